@@ -1,0 +1,50 @@
+"""kubetune.io/v1alpha1: FineTuneJob and ModelServe (the contract is shared/API.md)."""
+
+from .common import (
+    API_VERSION,
+    GROUP,
+    TARGET_CLUSTER,
+    TARGET_LOCAL,
+    VERSION,
+    Condition,
+    EnvVar,
+    KubeModel,
+    LocalObjectReference,
+    ObjectMeta,
+    Problem,
+    SecretKeyRef,
+    Toleration,
+)
+from .finetunejob import (
+    ADAPTER_METHODS,
+    CLASSIFICATION_TASKS,
+    CheckpointStatus,
+    DatasetSpec,
+    FineTuneJob,
+    FineTuneJobSpec,
+    FineTuneJobStatus,
+    MethodSpec,
+    ModelSpec,
+    Progress,
+    ResultStatus,
+    TrainingSpec,
+)
+from .modelserve import AdapterSource, ModelServe, ModelServeSpec, ModelServeStatus, ModelSource, Revision
+from .uris import (
+    ParsedURI,
+    URIError,
+    check_public_https_url,
+    forbidden_address_reason,
+    forbidden_host_reason,
+    parse_uri,
+)
+from .validation import KINDS, Validated, validate_document
+
+__all__ = [
+    "ADAPTER_METHODS", "API_VERSION", "AdapterSource", "CLASSIFICATION_TASKS", "CheckpointStatus", "Condition",
+    "DatasetSpec", "EnvVar", "FineTuneJob", "FineTuneJobSpec", "FineTuneJobStatus", "GROUP", "KINDS", "KubeModel",
+    "LocalObjectReference", "MethodSpec", "ModelServe", "ModelServeSpec", "ModelServeStatus", "ModelSource",
+    "ModelSpec", "ObjectMeta", "ParsedURI", "Problem", "Progress", "ResultStatus", "Revision", "SecretKeyRef",
+    "TARGET_CLUSTER", "TARGET_LOCAL", "Toleration", "TrainingSpec", "URIError", "VERSION", "Validated",
+    "check_public_https_url", "forbidden_address_reason", "forbidden_host_reason", "parse_uri", "validate_document",
+]  # fmt: skip

@@ -1,0 +1,669 @@
+"""FineTuneJob: fine-tune a base model on a dataset with one method and objective (API.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+
+from .common import (
+    API_VERSION,
+    TARGET_CLUSTER,
+    Condition,
+    EnvVar,
+    KubeModel,
+    LocalObjectReference,
+    ObjectMeta,
+    Problem,
+    Quantity,
+    SecretKeyRef,
+    Toleration,
+    raise_problems,
+)
+from .uris import URIError, parse_uri
+
+Task = Literal["causal-lm", "seq2seq", "sequence-classification", "token-classification"]
+CLASSIFICATION_TASKS = ("sequence-classification", "token-classification")
+DatasetFormat = Literal[
+    "auto",
+    "text",
+    "prompt-completion",
+    "instruction",
+    "messages",
+    "classification",
+    "seq2seq",
+    "preference",
+    "token-tags",
+]
+ColumnKey = Literal[
+    "text", "label", "prompt", "completion", "instruction", "input", "output", "messages",
+    "source", "target", "chosen", "rejected", "tokens", "tags",
+]  # fmt: skip
+MethodType = Literal["full", "head-only", "lora", "qlora", "prefix-tuning", "prompt-tuning", "ia3"]
+ADAPTER_METHODS = ("lora", "qlora", "ia3")  # methods whose adapter can be merged into the base
+Scheduler = Literal["linear", "cosine", "constant", "constant-with-warmup", "polynomial"]
+Optimizer = Literal["adamw", "adafactor", "adamw-8bit", "paged-adamw-8bit"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+Metric = Literal["accuracy", "f1", "precision", "recall", "rouge", "bleu", "perplexity", "exact-match"]
+CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall")
+GENERATION_METRICS = ("rouge", "bleu", "perplexity", "exact-match")
+Strategy = Literal["auto", "ddp", "fsdp", "deepspeed"]
+ResultKind = Literal["adapter", "full", "prefix", "prompt"]
+
+MODEL_SCHEMES = ("hf", "pvc", "s3", "file")
+DATASET_SCHEMES = ("hf", "pvc", "s3", "https", "file")
+OUTPUT_SCHEMES = ("pvc", "s3", "file")
+
+
+def _uri_validator(allowed: tuple[str, ...]):
+    def check(value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_uri(value, allowed)
+            except URIError as error:
+                raise ValueError(str(error)) from None
+        return value
+
+    return check
+
+
+def _uri_pattern(allowed: tuple[str, ...]) -> str:
+    return "^(" + "|".join(allowed) + ")://.+"
+
+
+ModelURI = Annotated[
+    str, AfterValidator(_uri_validator(MODEL_SCHEMES)), Field(pattern=_uri_pattern(MODEL_SCHEMES))
+]
+DatasetURI = Annotated[
+    str, AfterValidator(_uri_validator(DATASET_SCHEMES)), Field(pattern=_uri_pattern(DATASET_SCHEMES))
+]
+OutputURI = Annotated[
+    str, AfterValidator(_uri_validator(OUTPUT_SCHEMES)), Field(pattern=_uri_pattern(OUTPUT_SCHEMES))
+]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class ModelSpec(KubeModel):
+    """The base model to fine-tune."""
+
+    uri: ModelURI
+    """Where the base model comes from: hf://ORG/NAME, pvc://CLAIM/PATH or s3://BUCKET/PREFIX."""
+    revision: Annotated[str | None, Field(min_length=1)] = "main"
+    """Hub branch, tag or commit (hf:// only); the resolved commit is recorded in status.result."""
+    task: Task = "causal-lm"
+    """What the model learns: causal-lm, seq2seq, sequence-classification or token-classification."""
+    num_labels: Annotated[int | None, Field(ge=1)] = None
+    """Number of classes; required for sequence-classification and token-classification."""
+    labels: list[str] | None = None
+    """Optional class names (id2label), one per label; the length must equal numLabels."""
+    trust_remote_code: bool = False
+    """Run model code from the model repository (only for models you trust)."""
+    secret_ref: SecretKeyRef | None = None
+    """Secret with a Hub token (key defaults to HF_TOKEN) or S3 credentials for a private model."""
+
+
+class DatasetSpec(KubeModel):
+    """The training data."""
+
+    uri: DatasetURI
+    """hf://ORG/NAME, pvc://CLAIM/PATH (jsonl, json, csv, parquet or a saved datasets folder), s3://BUCKET/PREFIX or a public https:// URL."""
+    config: str | None = None
+    """Hub dataset configuration name, e.g. "3.0.0" for cnn_dailymail."""
+    format: DatasetFormat = "auto"
+    """How rows are turned into training examples; auto detects it from the column names."""
+    columns: dict[ColumnKey, str] = Field(default_factory=dict)
+    """Rename map from kubetune's column names to the dataset's, e.g. {text: review, label: sentiment}."""
+    train_split: Annotated[str, Field(min_length=1)] = "train"
+    """Split used for training."""
+    eval_split: Annotated[str | None, Field(min_length=1)] = None
+    """Split used for evaluation; exclusive with evalFraction."""
+    eval_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """Fraction of the training split held out for evaluation (0 <= x < 1); exclusive with evalSplit."""
+    max_samples: Annotated[int | None, Field(ge=1)] = None
+    """Use at most this many training rows (for smoke runs)."""
+    max_length: PositiveInt = 512
+    """Maximum tokens per example (the source, for seq2seq)."""
+    target_max_length: PositiveInt = 128
+    """Maximum target tokens for seq2seq."""
+    source_prefix: str = ""
+    """Text put before every source for seq2seq, e.g. "summarize: " for T5."""
+    packing: bool = False
+    """Pack several examples into each sequence without padding (causal-lm only)."""
+    chat_template: str | None = None
+    """Jinja chat template that overrides the tokenizer's for the messages format."""
+    secret_ref: SecretKeyRef | None = None
+    """Secret with a Hub token or S3 credentials for a private dataset."""
+
+
+class LoraSpec(KubeModel):
+    """LoRA settings (lora and qlora)."""
+
+    r: PositiveInt = 16
+    """Rank of the update matrices."""
+    alpha: Annotated[float, Field(gt=0)] = 32
+    """Scaling factor (lora_alpha)."""
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    """Dropout on the LoRA path."""
+    target_modules: Annotated[
+        Literal["all-linear"] | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)],
+        Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}),
+    ] = "all-linear"
+    """Modules that get adapters: "all-linear" or a list of module names such as [q_proj, v_proj]."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases are trained."""
+
+
+class QuantizationSpec(KubeModel):
+    """How the frozen base model is quantized (qlora only)."""
+
+    bits: Literal[4, 8] = 4
+    """4 or 8 bits."""
+    type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type."""
+    double_quant: bool = True
+    """Quantize the quantization constants too (saves about 0.4 bits per parameter)."""
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Data type of the matrix multiplications."""
+
+
+class PrefixTuningSpec(KubeModel):
+    """Prefix tuning settings."""
+
+    num_virtual_tokens: PositiveInt = 20
+    """Number of virtual tokens prepended at every layer."""
+
+
+class PromptTuningSpec(KubeModel):
+    """Prompt tuning settings."""
+
+    num_virtual_tokens: PositiveInt = 20
+    """Number of virtual tokens prepended to the input."""
+    init_text: Annotated[str | None, Field(min_length=1)] = None
+    """Initialize the virtual tokens from this text instead of randomly."""
+
+
+class HeadOnlySpec(KubeModel):
+    """Head-only settings: everything is frozen except these modules."""
+
+    trainable: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = Field(
+        default_factory=lambda: ["classifier"]
+    )
+    """Module-name patterns that stay trainable (e.g. classifier, score, lm_head)."""
+    unfreeze_last_layers: NonNegativeInt = 0
+    """Also train this many of the last transformer layers."""
+
+
+class MethodSpec(KubeModel):
+    """How the model is adapted."""
+
+    type: MethodType = "lora"
+    """full, head-only, lora, qlora, prefix-tuning, prompt-tuning or ia3."""
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    """LoRA settings (lora and qlora)."""
+    quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
+    """Quantization of the frozen base (qlora only)."""
+    prefix_tuning: PrefixTuningSpec = Field(default_factory=PrefixTuningSpec)
+    """Prefix tuning settings."""
+    prompt_tuning: PromptTuningSpec = Field(default_factory=PromptTuningSpec)
+    """Prompt tuning settings."""
+    head_only: HeadOnlySpec = Field(default_factory=HeadOnlySpec)
+    """Head-only settings."""
+
+
+class DPOSpec(KubeModel):
+    """Direct Preference Optimization settings."""
+
+    beta: Annotated[float, Field(gt=0)] = 0.1
+    """Strength of the KL penalty towards the reference model."""
+
+
+class ObjectiveSpec(KubeModel):
+    """What the training optimizes."""
+
+    type: Literal["sft", "dpo"] = "sft"
+    """sft (supervised fine-tuning) or dpo (needs format preference and task causal-lm)."""
+    dpo: DPOSpec = Field(default_factory=DPOSpec)
+    """DPO settings."""
+
+
+class EarlyStoppingSpec(KubeModel):
+    """Stop when the evaluation metric stops improving."""
+
+    patience: PositiveInt = 3
+    """Evaluations without improvement before stopping."""
+    metric: Annotated[str, Field(min_length=1)] = "eval_loss"
+    """Metric to watch, e.g. eval_loss or eval_accuracy."""
+    greater_is_better: bool = False
+    """Whether a larger metric is better."""
+
+
+EvalEvery = Annotated[
+    Literal["epoch"] | Annotated[int, Field(ge=1)],
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+]
+
+
+class TrainingSpec(KubeModel):
+    """Training hyperparameters."""
+
+    epochs: Annotated[float, Field(gt=0)] = 3
+    """Passes over the training data."""
+    max_steps: Annotated[int | None, Field(ge=1)] = None
+    """Stop after this many optimizer steps; overrides epochs."""
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 2.0e-5
+    """Peak learning rate."""
+    batch_size: PositiveInt = 8
+    """Examples per device per step."""
+    gradient_accumulation_steps: PositiveInt = 1
+    """Steps whose gradients are summed before each optimizer step."""
+    scheduler: Scheduler = "linear"
+    """Learning-rate schedule."""
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """Fraction of steps used for warmup; exclusive with warmupSteps."""
+    warmup_steps: Annotated[int | None, Field(ge=0)] = None
+    """Warmup steps; exclusive with warmupRatio."""
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    """Weight decay."""
+    optimizer: Optimizer = "adamw"
+    """adamw, adafactor, adamw-8bit or paged-adamw-8bit (8-bit ones need a GPU)."""
+    max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
+    """Gradient clipping norm."""
+    precision: Precision = "auto"
+    """auto (bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU), bf16, fp16 or fp32."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory by recomputing activations."""
+    seed: NonNegativeInt = 42
+    """Random seed."""
+    eval_every: EvalEvery = "epoch"
+    """Evaluate every epoch ("epoch") or every N steps."""
+    metrics: list[Metric] = Field(default_factory=list)
+    """Evaluation metrics: accuracy, f1, precision, recall (classification); rouge, bleu, perplexity, exact-match (generation)."""
+    early_stopping: EarlyStoppingSpec | None = None
+    """Stop early when the watched metric stops improving (needs an evaluation set)."""
+    extra_args: Annotated[
+        dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    ] = Field(default_factory=dict)
+    """Passed to transformers TrainingArguments as is (escape hatch)."""
+
+
+class ResourcesSpec(KubeModel):
+    """Where and on what the trainer pods run."""
+
+    nodes: PositiveInt = 1
+    """Number of nodes (one trainer pod each)."""
+    gpus_per_node: NonNegativeInt = 1
+    """GPUs per pod; 0 trains on CPU."""
+    gpu_resource: Annotated[str, Field(min_length=1)] = "nvidia.com/gpu"
+    """Extended resource name of the GPUs."""
+    cpu: Quantity | None = None
+    """CPU request and limit per pod, e.g. "8"."""
+    memory: Quantity | None = None
+    """Memory request and limit per pod, e.g. 64Gi."""
+    shared_memory: Quantity = "8Gi"
+    """Size of the memory-backed /dev/shm."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the pods must match."""
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Tolerations of the pods."""
+    affinity: Annotated[
+        dict[str, Any] | None, Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    ] = None
+    """Pod affinity rules (core/v1 Affinity)."""
+    priority_class_name: str | None = None
+    """PriorityClass of the pods."""
+    scheduler_name: str | None = None
+    """Scheduler of the pods."""
+
+
+class DistributedSpec(KubeModel):
+    """How several GPUs share the work."""
+
+    strategy: Strategy = "auto"
+    """auto (DDP on several GPUs), ddp, fsdp or deepspeed."""
+    deepspeed_stage: Literal[1, 2, 3] = 2
+    """ZeRO stage (deepspeed only)."""
+
+
+class CheckpointsSpec(KubeModel):
+    """How often progress is saved."""
+
+    every_steps: PositiveInt = 500
+    """Save a checkpoint every N optimizer steps (and on SIGTERM)."""
+    keep_last: PositiveInt = 2
+    """Number of checkpoints kept."""
+
+
+class OutputSpec(KubeModel):
+    """Where the result goes."""
+
+    uri: OutputURI | None = None
+    """pvc://CLAIM/PATH or s3://BUCKET/PREFIX; required in a cluster."""
+    merge_adapter: bool = False
+    """Also write the adapter merged into the base model (lora, qlora, ia3)."""
+    secret_ref: SecretKeyRef | None = None
+    """Secret with S3 credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_ENDPOINT_URL)."""
+
+
+# CEL rules the API server checks; the same rules run in Python in FineTuneJobSpec.check_rules.
+FINETUNEJOB_SPEC_CEL = [
+    {
+        "rule": "!(self.model.task in ['sequence-classification', 'token-classification']) || has(self.model.numLabels)",
+        "message": "model.numLabels is required for sequence-classification and token-classification",
+        "fieldPath": ".model.numLabels",
+    },
+    {
+        "rule": "!has(self.model.labels) || (has(self.model.numLabels) && size(self.model.labels) == self.model.numLabels)",
+        "message": "model.labels must have exactly model.numLabels names",
+        "fieldPath": ".model.labels",
+    },
+    {
+        "rule": "self.method.type != 'qlora' || self.model.task in ['causal-lm', 'seq2seq']",
+        "message": "method.type qlora works only with model.task causal-lm or seq2seq",
+        "fieldPath": ".method.type",
+    },
+    {
+        "rule": "self.method.type != 'qlora' || self.resources.gpusPerNode >= 1",
+        "message": "method.type qlora needs a GPU: set resources.gpusPerNode >= 1",
+        "fieldPath": ".resources.gpusPerNode",
+    },
+    {
+        "rule": "self.objective.type != 'dpo' || (self.dataset.format == 'preference' && self.model.task == 'causal-lm')",
+        "message": "objective.type dpo needs dataset.format preference and model.task causal-lm",
+        "fieldPath": ".objective.type",
+    },
+    {
+        "rule": "!self.dataset.packing || self.model.task == 'causal-lm'",
+        "message": "dataset.packing works only with model.task causal-lm",
+        "fieldPath": ".dataset.packing",
+    },
+    {
+        "rule": "!self.output.mergeAdapter || self.method.type in ['lora', 'qlora', 'ia3']",
+        "message": "output.mergeAdapter works only with method.type lora, qlora or ia3",
+        "fieldPath": ".output.mergeAdapter",
+    },
+    {
+        "rule": "!has(self.dataset.evalSplit) || self.dataset.evalFraction == 0.0",
+        "message": "dataset.evalSplit and dataset.evalFraction are exclusive: set one of them",
+        "fieldPath": ".dataset.evalFraction",
+    },
+    {
+        "rule": "self.resources.nodes == 1 || self.resources.gpusPerNode >= 1",
+        "message": "resources.nodes > 1 needs resources.gpusPerNode >= 1",
+        "fieldPath": ".resources.nodes",
+    },
+    {
+        "rule": "has(self.output.uri) && !self.output.uri.startsWith('file://')",
+        "message": "output.uri is required in a cluster and must be pvc://CLAIM/PATH or s3://BUCKET/PREFIX",
+        "fieldPath": ".output.uri",
+    },
+    {
+        "rule": "!self.model.uri.startsWith('file://') && !self.dataset.uri.startsWith('file://')",
+        "message": "file:// URIs work only with `kubetune train --local`; in a cluster use hf://, pvc:// or s3://",
+        "fieldPath": ".model.uri",
+    },
+    {
+        "rule": "self.dataset.format != 'classification' || self.model.task == 'sequence-classification'",
+        "message": "dataset.format classification needs model.task sequence-classification",
+        "fieldPath": ".dataset.format",
+    },
+    {
+        "rule": "self.dataset.format != 'token-tags' || self.model.task == 'token-classification'",
+        "message": "dataset.format token-tags needs model.task token-classification",
+        "fieldPath": ".dataset.format",
+    },
+    {
+        "rule": "(!has(self.training.earlyStopping) && size(self.training.metrics) == 0) || has(self.dataset.evalSplit) || self.dataset.evalFraction > 0.0",
+        "message": "training.metrics and training.earlyStopping need an evaluation set: set dataset.evalSplit or dataset.evalFraction",
+        "fieldPath": ".dataset.evalSplit",
+    },
+    {
+        "rule": "!(self.model.task in ['sequence-classification', 'token-classification']) || self.training.metrics.all(m, m in ['accuracy', 'f1', 'precision', 'recall'])",
+        "message": "classification tasks support the metrics accuracy, f1, precision and recall",
+        "fieldPath": ".training.metrics",
+    },
+    {
+        "rule": "self.model.task in ['sequence-classification', 'token-classification'] || self.training.metrics.all(m, m in ['rouge', 'bleu', 'perplexity', 'exact-match'])",
+        "message": "causal-lm and seq2seq support the metrics rouge, bleu, perplexity and exact-match",
+        "fieldPath": ".training.metrics",
+    },
+    {
+        "rule": "!has(self.training.warmupSteps) || self.training.warmupRatio == 0.0",
+        "message": "training.warmupRatio and training.warmupSteps are exclusive: set one of them",
+        "fieldPath": ".training.warmupSteps",
+    },
+    {
+        "rule": "!(self.method.type in ['prefix-tuning', 'prompt-tuning']) || self.objective.type == 'sft'",
+        "message": "prefix-tuning and prompt-tuning support only objective.type sft",
+        "fieldPath": ".objective.type",
+    },
+]
+
+
+class FineTuneJobSpec(KubeModel):
+    """What to fine-tune, on what data, how, and where the result goes."""
+
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": {"x-kubernetes-validations": FINETUNEJOB_SPEC_CEL}
+    }
+
+    model: ModelSpec
+    """The base model."""
+    dataset: DatasetSpec
+    """The training data."""
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    """How the model is adapted (full, head-only, lora, qlora, prefix-tuning, prompt-tuning, ia3)."""
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    """What is optimized (sft or dpo)."""
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    """Hyperparameters."""
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    """Nodes, GPUs, CPU, memory and scheduling of the trainer pods."""
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+    """Multi-GPU strategy."""
+    checkpoints: CheckpointsSpec = Field(default_factory=CheckpointsSpec)
+    """Checkpointing."""
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    """Where the result is stored."""
+    image: Annotated[str | None, Field(min_length=1)] = None
+    """Trainer image; defaults to the operator's setting."""
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
+    """Secrets for pulling the trainer image."""
+    env: list[EnvVar] = Field(default_factory=list)
+    """Extra environment variables of the trainer container."""
+    queue_name: Annotated[str | None, Field(min_length=1, max_length=63)] = None
+    """Kueue LocalQueue; the Job is created suspended for Kueue to admit."""
+    suspend: bool = False
+    """Suspend the run (pods are deleted; resuming continues from the latest checkpoint)."""
+    backoff_limit: NonNegativeInt = 3
+    """Whole-run retries after a failed attempt; each resumes from the latest checkpoint."""
+    active_deadline_seconds: Annotated[int | None, Field(ge=1)] = None
+    """Fail the run when it has been running this long."""
+    pending_deadline_seconds: Annotated[int | None, Field(ge=1)] = None
+    """Fail when the trainer is not running this long after the run was created."""
+    ttl_seconds_after_finished: Annotated[int | None, Field(ge=0)] = None
+    """Delete the FineTuneJob this long after it succeeded or failed."""
+
+    @field_validator("env")
+    @classmethod
+    def _env_names_unique(cls, env: list[EnvVar]) -> list[EnvVar]:
+        names = [e.name for e in env]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"environment variable(s) {', '.join(duplicates)} set more than once")
+        return env
+
+    @model_validator(mode="after")
+    def _check_rules(self, info: ValidationInfo) -> FineTuneJobSpec:
+        target = (info.context or {}).get("target", TARGET_CLUSTER)
+        raise_problems(self.problems(target))
+        return self
+
+    def problems(self, target: str = TARGET_CLUSTER) -> list[Problem]:
+        """The cross-field rules of API.md, each broken one as a Problem with its field path."""
+        model, data, method, training, resources = (
+            self.model,
+            self.dataset,
+            self.method,
+            self.training,
+            self.resources,
+        )
+        classification = model.task in CLASSIFICATION_TASKS
+        has_eval = data.eval_split is not None or data.eval_fraction > 0
+        checks: list[tuple[bool, str, str]] = [
+            (classification and model.num_labels is None, "model.numLabels",
+             f"required for model.task {model.task}: set the number of classes"),
+            (model.labels is not None and len(model.labels) != (model.num_labels or 0), "model.labels",
+             f"has {len(model.labels or [])} names but model.numLabels is {model.num_labels}; give one name per label"),
+            (model.revision not in (None, "main") and not model.uri.startswith("hf://"), "model.revision",
+             "applies only to hf:// models; remove it"),
+            (method.type == "qlora" and model.task not in ("causal-lm", "seq2seq"), "method.type",
+             f"qlora works only with model.task causal-lm or seq2seq, not {model.task}; use lora"),
+            (method.type == "qlora" and resources.gpus_per_node < 1, "resources.gpusPerNode",
+             "qlora needs a GPU (bitsandbytes 4/8-bit): set gpusPerNode >= 1 or use method lora"),
+            (self.objective.type == "dpo" and (data.format != "preference" or model.task != "causal-lm"), "objective.type",
+             "dpo needs dataset.format preference and model.task causal-lm"),
+            (method.type in ("prefix-tuning", "prompt-tuning") and self.objective.type != "sft", "objective.type",
+             f"{method.type} supports only objective sft"),
+            (data.packing and model.task != "causal-lm", "dataset.packing",
+             f"packing works only with model.task causal-lm, not {model.task}; set it to false"),
+            (self.output.merge_adapter and method.type not in ADAPTER_METHODS, "output.mergeAdapter",
+             f"method {method.type} has no adapter to merge (only lora, qlora and ia3 do); set it to false"),
+            (data.eval_split is not None and data.eval_fraction > 0, "dataset.evalFraction",
+             "evalSplit and evalFraction are exclusive: set one of them"),
+            (resources.nodes > 1 and resources.gpus_per_node < 1, "resources.nodes",
+             "more than one node needs GPUs: set resources.gpusPerNode >= 1"),
+            (data.format == "classification" and model.task != "sequence-classification", "dataset.format",
+             "classification data needs model.task sequence-classification"),
+            (data.format == "token-tags" and model.task != "token-classification", "dataset.format",
+             "token-tags data needs model.task token-classification"),
+            ((bool(training.metrics) or training.early_stopping is not None) and not has_eval, "dataset.evalSplit",
+             "training.metrics and training.earlyStopping need an evaluation set: set dataset.evalSplit or dataset.evalFraction"),
+            (training.warmup_steps is not None and training.warmup_ratio > 0, "training.warmupSteps",
+             "warmupRatio and warmupSteps are exclusive: set one of them"),
+        ]  # fmt: skip
+        problems = [Problem(path, message) for broken, path, message in checks if broken]
+        allowed = CLASSIFICATION_METRICS if classification else GENERATION_METRICS
+        wrong = [m for m in training.metrics if m not in allowed]
+        if wrong:
+            problems.append(
+                Problem(
+                    "training.metrics",
+                    f"{', '.join(wrong)} do not apply to {model.task}; use {', '.join(allowed)}",
+                )
+            )
+        if target == TARGET_CLUSTER:
+            if self.output.uri is None or self.output.uri.startswith("file://"):
+                problems.append(
+                    Problem("output.uri", "required in a cluster: use pvc://CLAIM/PATH or s3://BUCKET/PREFIX")
+                )
+            for path, uri in (("model.uri", model.uri), ("dataset.uri", data.uri)):
+                if uri.startswith("file://"):
+                    problems.append(
+                        Problem(
+                            path,
+                            "file:// works only with `kubetune train --local`; use hf://, pvc:// or s3://",
+                        )
+                    )
+        return problems
+
+
+class Progress(KubeModel):
+    """Live training progress, written by the trainer."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    total_steps: int = 0
+    """Optimizer steps planned."""
+    epoch: float = 0.0
+    """Epochs done (fractional)."""
+    percent: float = 0.0
+    """step / totalSteps in percent."""
+    loss: float | None = None
+    """Latest training loss."""
+    eval_loss: float | None = None
+    """Latest evaluation loss."""
+    learning_rate: float | None = None
+    """Current learning rate."""
+    tokens_per_second: float | None = None
+    """Training throughput over all GPUs."""
+    eta_seconds: float | None = None
+    """Estimated seconds until the run finishes."""
+    updated_at: datetime | None = None
+    """When this progress was reported."""
+
+
+class CheckpointStatus(KubeModel):
+    """The latest complete checkpoint."""
+
+    uri: str | None = None
+    """Where it is."""
+    step: int | None = None
+    """Step it was taken at."""
+    saved_at: datetime | None = None
+    """When it was saved."""
+
+
+class ResultStatus(KubeModel):
+    """The result of the latest successful run."""
+
+    uri: str | None = None
+    """Where the adapter or model is."""
+    kind: ResultKind | None = None
+    """adapter, full, prefix or prompt."""
+    merged_uri: str | None = None
+    """Where the merged model is (mergeAdapter)."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Final training and evaluation metrics."""
+    base_model_revision: str | None = None
+    """The resolved commit of the base model."""
+    dataset_digest: str | None = None
+    """Digest of the training data."""
+    config_hash: str | None = None
+    """Hash of the spec that produced it."""
+    image: str | None = None
+    """Trainer image that produced it."""
+
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+
+
+class FineTuneJobStatus(KubeModel):
+    """Observed state; conditions are the truth and phase summarizes them."""
+
+    phase: Phase | None = None
+    """Pending, Running, Succeeded, Failed or Suspended."""
+    observed_generation: int | None = None
+    """The metadata.generation the status reflects."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Validated, Running, Succeeded, Failed, Suspended."""
+    job_name: str | None = None
+    """The trainer batch/v1 Job."""
+    start_time: datetime | None = None
+    """When the current run started."""
+    completion_time: datetime | None = None
+    """When the current run finished."""
+    attempts: int = 0
+    """Attempts of the current run so far."""
+    progress: Progress = Field(default_factory=Progress)
+    """Live progress (written by the trainer)."""
+    checkpoint: CheckpointStatus = Field(default_factory=CheckpointStatus)
+    """Latest checkpoint (written by the trainer)."""
+    result: ResultStatus = Field(default_factory=ResultStatus)
+    """Result of the run (written by the trainer)."""
+
+
+class FineTuneJob(KubeModel):
+    """A fine-tuning run of a base model on a dataset."""
+
+    api_version: Literal["kubetune.io/v1alpha1"] = API_VERSION
+    """kubetune.io/v1alpha1"""
+    kind: Literal["FineTuneJob"] = "FineTuneJob"
+    """FineTuneJob"""
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    """Standard object metadata."""
+    spec: FineTuneJobSpec
+    """Desired state."""
+    status: FineTuneJobStatus | None = None
+    """Observed state."""

@@ -1,0 +1,297 @@
+"""ModelServe: serve a base model or a FineTuneJob's result (plus LoRA adapters) with TGI (API.md)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, ValidationInfo, model_validator
+
+from .common import (
+    API_VERSION,
+    DNS_LABEL,
+    TARGET_CLUSTER,
+    Condition,
+    IntOrPercent,
+    KubeModel,
+    LocalObjectReference,
+    ObjectMeta,
+    Problem,
+    Quantity,
+    Toleration,
+    raise_problems,
+)
+from .finetunejob import _uri_pattern, _uri_validator
+
+SERVE_SCHEMES = ("hf", "pvc", "s3")
+ServeURI = Annotated[
+    str, AfterValidator(_uri_validator(SERVE_SCHEMES)), Field(pattern=_uri_pattern(SERVE_SCHEMES))
+]
+
+
+def _check_regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a valid regular expression: {error}") from None
+    return value
+
+
+class ModelSource(KubeModel):
+    """Exactly one of fineTuneJobRef or uri."""
+
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.fineTuneJobRef) != has(self.uri)",
+                    "message": "set exactly one of fineTuneJobRef and uri",
+                }
+            ]
+        }
+    }
+
+    fine_tune_job_ref: LocalObjectReference | None = None
+    """Serve this FineTuneJob's result (its full or merged model); follows each new result."""
+    uri: ServeURI | None = None
+    """Serve this model: hf://ORG/NAME, pvc://CLAIM/PATH or s3://BUCKET/PREFIX."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        if (self.fine_tune_job_ref is None) == (self.uri is None):
+            raise_problems([Problem("", "set exactly one of fineTuneJobRef and uri")])
+        return self
+
+
+class AdapterSource(ModelSource):
+    """A LoRA adapter served on top of the model."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
+    """Adapter name clients pass as the model/adapter id."""
+
+
+class ServeResources(KubeModel):
+    """Resources and placement of the TGI pods."""
+
+    gpus: Annotated[int, Field(ge=0)] = 1
+    """GPUs per replica."""
+    gpu_resource: Annotated[str, Field(min_length=1)] = "nvidia.com/gpu"
+    """Extended resource name of the GPUs."""
+    cpu: Quantity | None = None
+    """CPU request and limit per replica."""
+    memory: Quantity | None = None
+    """Memory request and limit per replica."""
+    shared_memory: Quantity = "1Gi"
+    """Size of the memory-backed /dev/shm (NCCL needs it for sharded models)."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the pods must match."""
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Tolerations of the pods."""
+
+
+TGIQuantize = Literal[
+    "awq",
+    "compressed-tensors",
+    "eetq",
+    "exl2",
+    "gptq",
+    "marlin",
+    "bitsandbytes",
+    "bitsandbytes-nf4",
+    "bitsandbytes-fp4",
+    "fp8",
+]
+
+
+class TGISpec(KubeModel):
+    """Text Generation Inference launcher settings."""
+
+    quantize: TGIQuantize | None = None
+    """--quantize: awq, gptq, bitsandbytes-nf4, fp8, ..."""
+    num_shard: Annotated[int | None, Field(ge=1)] = None
+    """--num-shard: GPUs the model is sharded over (at most resources.gpus)."""
+    dtype: Literal["float16", "bfloat16"] | None = None
+    """--dtype."""
+    max_input_tokens: Annotated[int | None, Field(ge=1)] = None
+    """--max-input-tokens."""
+    max_total_tokens: Annotated[int | None, Field(ge=1)] = None
+    """--max-total-tokens."""
+    max_batch_prefill_tokens: Annotated[int | None, Field(ge=1)] = None
+    """--max-batch-prefill-tokens."""
+    max_concurrent_requests: Annotated[int | None, Field(ge=1)] = None
+    """--max-concurrent-requests."""
+    extra_args: list[str] = Field(default_factory=list)
+    """More text-generation-launcher arguments, as is."""
+
+
+class SmokeTestSpec(KubeModel):
+    """The generate call that must succeed before a rollout is Ready."""
+
+    enabled: bool = True
+    """Run the smoke test after each rollout."""
+    prompt: Annotated[str, Field(min_length=1)] = "Hello"
+    """Prompt sent to the model and to each adapter."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 8
+    """Tokens to generate."""
+    expect: Annotated[str | None, AfterValidator(_check_regex)] = None
+    """A regular expression the generated text must match."""
+
+
+class RolloutSpec(KubeModel):
+    """How new revisions roll out."""
+
+    max_surge: IntOrPercent = 1
+    """Extra pods during a rollout (number or percent)."""
+    max_unavailable: IntOrPercent = 0
+    """Pods that may be unavailable during a rollout (number or percent)."""
+    progress_deadline_seconds: Annotated[int, Field(ge=60)] = 1200
+    """Fail the rollout when it has not progressed this long (large models load slowly)."""
+    smoke_test: SmokeTestSpec = Field(default_factory=SmokeTestSpec)
+    """The generate call that proves a rollout answers."""
+    auto_rollback: bool = True
+    """Return to the previous revision when a rollout fails."""
+
+
+class ServiceSpec(KubeModel):
+    """The Service in front of the TGI pods."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    """Service type."""
+    port: Annotated[int, Field(ge=1, le=65535)] = 80
+    """Service port."""
+
+
+class ModelServeSpec(KubeModel):
+    """What to serve and how."""
+
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.engine == 'tgi'",
+                    "message": "engine vllm is reserved for a later version; use tgi",
+                    "fieldPath": ".engine",
+                },
+                {
+                    "rule": "!has(self.tgi.numShard) || self.resources.gpus == 0 || self.tgi.numShard <= self.resources.gpus",
+                    "message": "tgi.numShard cannot exceed resources.gpus",
+                    "fieldPath": ".tgi.numShard",
+                },
+                {
+                    "rule": "self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))",
+                    "message": "adapter names must be unique",
+                    "fieldPath": ".adapters",
+                },
+            ]
+        }
+    }
+
+    engine: Literal["tgi", "vllm"] = "tgi"
+    """Serving engine: tgi (vllm is reserved for later)."""
+    model: ModelSource
+    """The model to serve: a FineTuneJob's result or a URI."""
+    adapters: Annotated[list[AdapterSource], Field(max_length=64)] = Field(default_factory=list)
+    """LoRA adapters served on top of the model (TGI LORA_ADAPTERS)."""
+    replicas: Annotated[int, Field(ge=0)] = 1
+    """Number of TGI pods."""
+    image: Annotated[str | None, Field(min_length=1)] = None
+    """TGI image; defaults to the operator's setting."""
+    resources: ServeResources = Field(default_factory=ServeResources)
+    """GPUs, CPU, memory and placement."""
+    tgi: TGISpec = Field(default_factory=TGISpec)
+    """TGI launcher settings."""
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    """Rollout strategy, smoke test and rollback."""
+    service: ServiceSpec = Field(default_factory=ServiceSpec)
+    """The Service in front of the pods."""
+
+    @model_validator(mode="after")
+    def _check_rules(self, info: ValidationInfo) -> ModelServeSpec:
+        raise_problems(self.problems((info.context or {}).get("target", TARGET_CLUSTER)))
+        return self
+
+    def problems(self, target: str = TARGET_CLUSTER) -> list[Problem]:
+        """Cross-field rules, each broken one as a Problem with its field path."""
+        problems = []
+        if self.engine != "tgi":
+            problems.append(Problem("engine", f"{self.engine} is reserved for a later version; use tgi"))
+        shard = self.tgi.num_shard
+        if shard is not None and self.resources.gpus and shard > self.resources.gpus:
+            problems.append(
+                Problem(
+                    "tgi.numShard",
+                    f"{shard} shards need {shard} GPUs but resources.gpus is {self.resources.gpus}",
+                )
+            )
+        names = [a.name for a in self.adapters]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            problems.append(
+                Problem("adapters", f"adapter name {name!r} is used more than once; names must be unique")
+            )
+        return problems
+
+
+class Revision(KubeModel):
+    """What a rollout serves."""
+
+    hash: str | None = None
+    """Hash of the model, adapters and serving settings."""
+    model: str | None = None
+    """The resolved model location."""
+    adapters: list[str] = Field(default_factory=list)
+    """name=location of each adapter."""
+    sources: list[str] = Field(default_factory=list)
+    """FineTuneJobs (and their result config hashes) the revision came from."""
+
+
+class LastRollout(KubeModel):
+    """The most recent rollout."""
+
+    started_at: datetime | None = None
+    """When it started."""
+    finished_at: datetime | None = None
+    """When it finished."""
+    result: Literal["succeeded", "rolled-back", "failed"] | None = None
+    """succeeded, rolled-back or failed."""
+    message: str | None = None
+    """What happened, including the smoke test's error or output."""
+
+
+class ModelServeStatus(KubeModel):
+    """Observed state of a ModelServe."""
+
+    phase: Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"] | None = None
+    """Pending, Progressing, Ready, Degraded or Failed."""
+    observed_generation: int | None = None
+    """The metadata.generation the status reflects."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Ready, Progressing, Degraded."""
+    endpoint: str | None = None
+    """In-cluster URL of the Service."""
+    revision: Revision = Field(default_factory=Revision)
+    """What is being served now."""
+    previous_revision: Revision | None = None
+    """What was served before the latest rollout."""
+    replicas: int = 0
+    """Pods of the Deployment."""
+    ready_replicas: int = 0
+    """Ready pods."""
+    last_rollout: LastRollout = Field(default_factory=LastRollout)
+    """The most recent rollout."""
+
+
+class ModelServe(KubeModel):
+    """A model (and LoRA adapters) served by TGI with smoke-tested rollouts."""
+
+    api_version: Literal["kubetune.io/v1alpha1"] = API_VERSION
+    """kubetune.io/v1alpha1"""
+    kind: Literal["ModelServe"] = "ModelServe"
+    """ModelServe"""
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    """Standard object metadata."""
+    spec: ModelServeSpec
+    """Desired state."""
+    status: ModelServeStatus | None = None
+    """Observed state."""

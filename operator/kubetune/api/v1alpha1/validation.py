@@ -1,0 +1,104 @@
+"""Turn a manifest (a dict) into a model or a list of problems, each with a field path a user can find.
+
+Pure: the caller reads files and prints; ``kubetune validate`` and the operator's Validated condition
+both use ``validate_document``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .common import API_VERSION, TARGET_CLUSTER, Problem
+from .finetunejob import FineTuneJob
+from .modelserve import ModelServe
+
+KINDS: dict[str, type[BaseModel]] = {"FineTuneJob": FineTuneJob, "ModelServe": ModelServe}
+
+
+@dataclass
+class Validated:
+    """The result of validating one manifest."""
+
+    kind: str
+    name: str
+    obj: FineTuneJob | ModelServe | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def validate_document(doc: Any, target: str = TARGET_CLUSTER) -> Validated:
+    """Validate one manifest of either kind against the schema and the cross-field rules."""
+    if not isinstance(doc, dict):
+        return Validated("?", "?", problems=[Problem("", "not a Kubernetes object (expected a mapping)")])
+    kind = str(doc.get("kind", "?"))
+    name = (
+        str((doc.get("metadata") or {}).get("name") or "?") if isinstance(doc.get("metadata"), dict) else "?"
+    )
+    if doc.get("apiVersion") != API_VERSION:
+        return Validated(
+            kind,
+            name,
+            problems=[Problem("apiVersion", f"must be {API_VERSION}, not {doc.get('apiVersion')!r}")],
+        )
+    model = KINDS.get(kind)
+    if model is None:
+        return Validated(
+            kind, name, problems=[Problem("kind", f"must be one of {', '.join(KINDS)}, not {kind!r}")]
+        )
+    if name == "?":
+        return Validated(kind, name, problems=[Problem("metadata.name", "required: give the object a name")])
+    try:
+        obj = model.model_validate(doc, context={"target": target})
+    except ValidationError as error:
+        return Validated(kind, name, problems=problems_from(error))
+    return Validated(kind, name, obj=obj)
+
+
+def problems_from(error: ValidationError) -> list[Problem]:
+    """One Problem per pydantic error, with a dotted camelCase path and a message a user can act on."""
+    problems: list[Problem] = []
+    for item in error.errors(include_url=False):
+        base = _path(item["loc"])
+        if item["type"] == "cross_field":
+            for rel, message in item["ctx"]["problems"]:
+                problems.append(Problem(".".join(p for p in (base, rel) if p), message))
+            continue
+        problems.append(Problem(base, _message(item)))
+    # A value that fits no member of a union gets one error per member: say them on one line.
+    merged: dict[str, list[str]] = {}
+    for problem in problems:
+        messages = merged.setdefault(problem.path, [])
+        if problem.message not in messages:
+            messages.append(problem.message)
+    return [Problem(path, "; or ".join(messages)) for path, messages in merged.items()]
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif "[" in str(part) or str(part).startswith(("function-", "constrained-")):
+            continue  # union member and validator tags say nothing to a user
+        else:
+            parts.append(("." if parts else "") + str(part))
+    return "".join(parts)
+
+
+def _message(item: dict[str, Any]) -> str:
+    kind, message = item["type"], item["msg"]
+    if kind == "extra_forbidden":
+        return "unknown field; check its spelling and place (`kubectl explain` lists the fields)"
+    if kind == "missing":
+        return "required field is missing"
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if "input" in item and kind not in ("missing",) and not isinstance(item["input"], dict | list):
+        message = f"{message} (got {item['input']!r})"
+    return message
