@@ -30,6 +30,7 @@ from .finetunejob import (
     TrainingSpec,
 )
 from .modelserve import AdapterSource, ModelServe, ModelServeSpec, ModelServeStatus, ModelSource, Revision
+from .trainerconfig import TrainerConfig, TrainerRuntime, config_hash, pvc_claims, pvc_local_path
 from .uris import (
     ParsedURI,
     URIError,
@@ -45,6 +46,6 @@ __all__ = [
     "DatasetSpec", "EnvVar", "FineTuneJob", "FineTuneJobSpec", "FineTuneJobStatus", "GROUP", "KINDS", "KubeModel",
     "LocalObjectReference", "MethodSpec", "ModelServe", "ModelServeSpec", "ModelServeStatus", "ModelSource",
     "ModelSpec", "ObjectMeta", "ParsedURI", "Problem", "Progress", "ResultStatus", "Revision", "SecretKeyRef",
-    "TARGET_CLUSTER", "TARGET_LOCAL", "Toleration", "TrainingSpec", "URIError", "VERSION", "Validated",
-    "check_public_https_url", "forbidden_address_reason", "forbidden_host_reason", "parse_uri", "validate_document",
+    "TARGET_CLUSTER", "TARGET_LOCAL", "Toleration", "TrainerConfig", "TrainerRuntime", "TrainingSpec", "URIError", "VERSION", "Validated",
+    "check_public_https_url", "config_hash", "pvc_claims", "pvc_local_path", "forbidden_address_reason", "forbidden_host_reason", "parse_uri", "validate_document",
 ]  # fmt: skip

@@ -1,0 +1,84 @@
+"""The contract between the operator and the trainer pod.
+
+The operator renders a ``TrainerConfig`` (the FineTuneJob plus runtime facts, never secrets) into a
+ConfigMap mounted at ``CONFIG_PATH``; the pod's environment carries its place in the run (``ENV_*``).
+``kubetune train --local`` builds the same object for a run on this machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated
+
+from pydantic import Field
+
+from .common import KubeModel
+from .finetunejob import FineTuneJob
+from .uris import parse_uri
+
+CONFIG_DIR = "/etc/kubetune"
+CONFIG_FILE = "config.yaml"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
+PVC_MOUNT_ROOT = "/mnt/pvc"  # every claim a job names is mounted at PVC_MOUNT_ROOT/CLAIM
+WORK_DIR = "/mnt/kubetune/work"  # scratch (emptyDir): staging for s3:// output, downloads
+CACHE_DIR = "/mnt/kubetune/cache"  # HF_HOME (emptyDir)
+RENDEZVOUS_PORT = 29500
+METRICS_PORT = 9400
+
+# Environment of a trainer pod (set by the operator's Job template).
+ENV_CONFIG = "KUBETUNE_CONFIG"  # path of the rendered config
+ENV_NODE_RANK = "KUBETUNE_NODE_RANK"  # from the Indexed Job's completion index
+ENV_NUM_NODES = "KUBETUNE_NUM_NODES"
+ENV_GPUS_PER_NODE = "KUBETUNE_GPUS_PER_NODE"
+ENV_MASTER_ADDR = "KUBETUNE_MASTER_ADDR"  # stable DNS name of pod 0 behind the headless Service
+ENV_MASTER_PORT = "KUBETUNE_MASTER_PORT"
+ENV_POD_NAME = "KUBETUNE_POD_NAME"
+ENV_REPORT_STATUS = "KUBETUNE_REPORT_STATUS"  # "true" in a cluster: patch the FineTuneJob's status
+
+
+def pvc_local_path(uri: str) -> str:
+    """Where a pvc://CLAIM/PATH URI is found inside a trainer or serving pod."""
+    parsed = parse_uri(uri, ("pvc",))
+    return "/".join(p for p in (PVC_MOUNT_ROOT, parsed.claim, parsed.path) if p)
+
+
+def pvc_claims(job: FineTuneJob) -> list[str]:
+    """The distinct PersistentVolumeClaims a FineTuneJob reads or writes, in a stable order."""
+    uris = [job.spec.model.uri, job.spec.dataset.uri, job.spec.output.uri or ""]
+    claims = [parse_uri(u, ("pvc",)).claim for u in uris if u.startswith("pvc://")]
+    return sorted(set(claims))
+
+
+def config_hash(job: FineTuneJob) -> str:
+    """A short, stable hash of the spec: it names a run and goes into the result's lineage."""
+    canonical = json.dumps(job.spec.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class TrainerRuntime(KubeModel):
+    """Facts the operator knows and the spec does not say."""
+
+    run_id: Annotated[str, Field(min_length=1)]
+    """Identifies this run (the spec's config hash); checkpoints of another run are never resumed."""
+    output_dir: Annotated[str, Field(min_length=1)]
+    """Local directory the trainer writes the result and checkpoints to (a mounted claim, or staging for s3)."""
+    output_uri: str | None = None
+    """Where the result ends up as the user wrote it (pvc:// or s3://); None for local runs."""
+    image: str | None = None
+    """Trainer image, recorded in the lineage."""
+    report_status: bool = False
+    """Patch the FineTuneJob's status (in a cluster, with the pod's ServiceAccount)."""
+    metrics_port: int | None = METRICS_PORT
+    """Port of the Prometheus endpoint; None turns it off."""
+    uid: str | None = None
+    """The FineTuneJob's uid (status patches are made only to this object)."""
+
+
+class TrainerConfig(KubeModel):
+    """What a trainer pod reads from CONFIG_PATH."""
+
+    job: FineTuneJob
+    """The FineTuneJob as the operator saw it (metadata name/namespace/generation and the full spec)."""
+    runtime: TrainerRuntime
+    """Runtime facts."""
