@@ -68,19 +68,35 @@ def _uri_validator(allowed: tuple[str, ...]):
     return check
 
 
+# The shape of each scheme as an RE2 pattern for the CRD (the API server checks it); Python checks
+# the same shapes (and more: '..' in pvc paths, SSRF hosts) in parse_uri with friendlier messages.
+_SCHEME_PATTERNS = {
+    "hf": r"hf:///*[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?/*",
+    "pvc": r"pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*(/.*)?",
+    "s3": r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?",
+    "https": r"https://[^/?#]+([/?#].*)?",
+    "file": r"file:///.*",
+}
+URI_MAX_LENGTH = 2048
+
+
 def _uri_pattern(allowed: tuple[str, ...]) -> str:
-    return "^(" + "|".join(allowed) + ")://.+"
+    return "^(" + "|".join(_SCHEME_PATTERNS[s] for s in allowed) + ")$"
 
 
-ModelURI = Annotated[
-    str, AfterValidator(_uri_validator(MODEL_SCHEMES)), Field(pattern=_uri_pattern(MODEL_SCHEMES))
-]
-DatasetURI = Annotated[
-    str, AfterValidator(_uri_validator(DATASET_SCHEMES)), Field(pattern=_uri_pattern(DATASET_SCHEMES))
-]
-OutputURI = Annotated[
-    str, AfterValidator(_uri_validator(OUTPUT_SCHEMES)), Field(pattern=_uri_pattern(OUTPUT_SCHEMES))
-]
+def _uri_type(allowed: tuple[str, ...]) -> Any:
+    """A URI string: length checked first, then parse_uri's rules; the pattern goes to the CRD only."""
+    return Annotated[
+        str,
+        Field(max_length=URI_MAX_LENGTH),
+        AfterValidator(_uri_validator(allowed)),
+        Field(json_schema_extra={"pattern": _uri_pattern(allowed)}),
+    ]
+
+
+ModelURI = _uri_type(MODEL_SCHEMES)
+DatasetURI = _uri_type(DATASET_SCHEMES)
+OutputURI = _uri_type(OUTPUT_SCHEMES)
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 

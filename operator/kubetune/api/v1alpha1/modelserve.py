@@ -22,12 +22,10 @@ from .common import (
     Toleration,
     raise_problems,
 )
-from .finetunejob import _uri_pattern, _uri_validator
+from .finetunejob import _uri_type
 
 SERVE_SCHEMES = ("hf", "pvc", "s3")
-ServeURI = Annotated[
-    str, AfterValidator(_uri_validator(SERVE_SCHEMES)), Field(pattern=_uri_pattern(SERVE_SCHEMES))
-]
+ServeURI = _uri_type(SERVE_SCHEMES)
 
 
 def _check_regex(value: str | None) -> str | None:

@@ -1,0 +1,159 @@
+"""The `kubetune` command: crds, validate, train --local, operator.
+
+One function per subcommand. ``train`` and ``operator`` import their implementations lazily, so
+``kubetune validate`` and ``kubetune crds`` need neither the trainer's dependencies nor a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+DEFAULT_CRDS_DIR = "crds"  # relative to the working directory: run it in the repository root
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    """Write the CRDs from the models, or (--check) report where the committed ones differ."""
+    from kubetune import crdgen
+
+    if args.check:
+        problems = crdgen.check_crds(args.output_dir)
+        for line in problems:
+            print(line, file=sys.stderr)
+        if problems:
+            print("CRDs are out of date: run `kubetune crds` (or `make crds`) and commit the result", file=sys.stderr)
+            return 1
+        print(f"CRDs in {args.output_dir} match the models")
+        return 0
+    for path in crdgen.write_crds(args.output_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate FineTuneJob/ModelServe manifests offline; one line per problem, exit 1 when any.
+
+    Documents of other kinds (a Namespace, a Secret, ...) are skipped with a note on stderr, so a
+    whole GitOps folder can be checked; a file without any kubetune object is an error.
+    """
+    from kubetune.api.v1alpha1 import GROUP, KINDS, TARGET_CLUSTER, TARGET_LOCAL, validate_document
+
+    target = TARGET_LOCAL if args.local else TARGET_CLUSTER
+    failed = checked = 0
+    for name in args.files:
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text()
+            docs = list(yaml.safe_load_all(text))
+        except OSError as error:
+            print(f"{name}: cannot read: {error.strerror or error}")
+            failed += 1
+            continue
+        except yaml.YAMLError as error:
+            print(f"{name}: not valid YAML: {' '.join(str(error).split())}")
+            failed += 1
+            continue
+        ours = 0
+        for index, doc in enumerate(docs):
+            if doc is None:
+                continue
+            where = f"{name} (document {index + 1})" if len(docs) > 1 else name
+            if isinstance(doc, dict) and not _is_kubetune(doc, GROUP, KINDS):
+                print(f"{where}: skipped {doc.get('kind', '?')} {_name(doc)} (not a kubetune object)", file=sys.stderr)
+                continue
+            ours += 1
+            result = validate_document(doc, target)
+            for problem in result.problems:
+                print(f"{name}: {result.kind}/{result.name}: {problem}")
+            failed += bool(result.problems)
+            checked += 1
+        if ours == 0:
+            print(f"{name}: no FineTuneJob or ModelServe in this file")
+            failed += 1
+    summary = f"{checked} object(s) checked, {failed} with problems"
+    print(summary, file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _is_kubetune(doc: dict, group: str, kinds: dict) -> bool:
+    api_version = str(doc.get("apiVersion") or "")
+    return api_version.startswith(f"{group}/") or doc.get("kind") in kinds
+
+
+def _name(doc: dict) -> str:
+    metadata = doc.get("metadata")
+    return str(metadata.get("name") or "?") if isinstance(metadata, dict) else "?"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run a FineTuneJob's training on this machine with the trainer code the pods run."""
+    if not args.local:
+        print("kubetune train runs training on this machine only: add --local "
+              "(in a cluster, `kubectl apply -f` the manifest instead)", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        from kubetune_trainer.local import run_local
+    except ImportError as error:
+        print(f"kubetune train --local needs the trainer package and its dependencies "
+              f"(`pip install 'kubetune[trainer]'`): {error}", file=sys.stderr)  # fmt: skip
+        return 1
+    return run_local(args.file, args.output)
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    """Run the operator (kopf) against the current kubeconfig or in-cluster."""
+    try:
+        from kubetune.handlers import run_operator
+    except ImportError as error:
+        print(f"kubetune operator is not available: {error}", file=sys.stderr)
+        return 1
+    namespaces = None if args.all_namespaces or not args.namespace else list(args.namespace)
+    result = run_operator(namespaces=namespaces, standalone=args.standalone)
+    return int(result or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubetune", description="Fine-tune and serve language models on Kubernetes, declaratively."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    crds = sub.add_parser("crds", help="write the CRDs from the models (or --check them)")
+    crds.add_argument("--check", action="store_true", help="exit 1 when the files differ from the models")
+    crds.add_argument("--output-dir", default=DEFAULT_CRDS_DIR, help="folder of the CRD files (default: %(default)s)")
+    crds.set_defaults(func=cmd_crds)
+
+    validate = sub.add_parser("validate", help="check FineTuneJob/ModelServe manifests offline")
+    validate.add_argument("-f", "--filename", dest="files", action="extend", nargs="+", required=True,
+                          metavar="FILE", help="manifest files (multi-document YAML; - for stdin)")
+    validate.add_argument("--local", action="store_true",
+                          help="check for `kubetune train --local` (file:// URIs allowed, output optional)")
+    validate.set_defaults(func=cmd_validate)
+
+    train = sub.add_parser("train", help="run a FineTuneJob's training on this machine")
+    train.add_argument("-f", "--filename", dest="file", required=True, metavar="FILE", help="the FineTuneJob manifest")
+    train.add_argument("--local", action="store_true", help="train here, not in a cluster (required)")
+    train.add_argument("--output", metavar="DIR", default=None, help="where artifacts go (default: spec.output.uri)")
+    train.set_defaults(func=cmd_train)
+
+    operator = sub.add_parser("operator", help="run the operator against the current kubeconfig or in-cluster")
+    operator.add_argument("-n", "--namespace", action="append", metavar="NS",
+                          help="watch this namespace (repeatable; default: all namespaces)")
+    operator.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces")
+    operator.add_argument("--standalone", action="store_true", help="no peering with other operator instances")
+    operator.set_defaults(func=cmd_operator)
+    return parser  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "operator" and args.all_namespaces and args.namespace:
+        build_parser().error("--namespace and --all-namespaces are exclusive")
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()
