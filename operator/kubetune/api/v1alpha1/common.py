@@ -49,7 +49,7 @@ def _check_quantity(value: str | int | float | None) -> str | None:
     if not _QUANTITY.match(text) or text.startswith("-"):
         raise PydanticCustomError(
             "quantity",
-            "{value!r} is not a Kubernetes quantity; write it like 8, 500m, 64Gi or 1.5",
+            "'{value}' is not a Kubernetes quantity; write it like 8, 500m, 64Gi or 1.5",
             {"value": text},
         )
     return text

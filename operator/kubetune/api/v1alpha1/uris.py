@@ -145,8 +145,8 @@ def forbidden_address_reason(address: ipaddress.IPv4Address | ipaddress.IPv6Addr
         return forbidden_address_reason(address.ipv4_mapped)
     checks = (
         ("loopback", address.is_loopback),
-        ("private", address.is_private),
         ("link-local (cloud metadata lives here)", address.is_link_local),
+        ("private", address.is_private),
         ("multicast", address.is_multicast),
         ("reserved", address.is_reserved),
         ("unspecified", address.is_unspecified),

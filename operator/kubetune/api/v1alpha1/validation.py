@@ -99,6 +99,7 @@ def _message(item: dict[str, Any]) -> str:
         return "required field is missing"
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    if "input" in item and kind not in ("missing",) and not isinstance(item["input"], dict | list):
-        message = f"{message} (got {item['input']!r})"
+    value = item.get("input")
+    if "input" in item and kind != "missing" and not isinstance(value, dict | list) and str(value) not in message:
+        message = f"{message} (got {value!r})"
     return message
