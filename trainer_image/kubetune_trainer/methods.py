@@ -1,0 +1,164 @@
+"""Adapt the base model with the FineTuneJob's method: full, head-only, LoRA, QLoRA, prefix, prompt, IA3.
+
+``apply_method`` returns the model to train and the result kind (adapter | full | prefix | prompt).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+
+from kubetune.api.v1alpha1 import MethodSpec, ModelSpec
+
+from .errors import ConfigError
+
+PEFT_TASK_TYPES = {
+    "causal-lm": "CAUSAL_LM",
+    "seq2seq": "SEQ_2_SEQ_LM",
+    "sequence-classification": "SEQ_CLS",
+    "token-classification": "TOKEN_CLS",
+}
+RESULT_KINDS = {
+    "full": "full",
+    "head-only": "full",
+    "lora": "adapter",
+    "qlora": "adapter",
+    "ia3": "adapter",
+    "prefix-tuning": "prefix",
+    "prompt-tuning": "prompt",
+}
+DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
+def bnb_config(method: MethodSpec):
+    """The BitsAndBytesConfig of a qlora spec (4-bit nf4/fp4 with double quant, or 8-bit)."""
+    from transformers import BitsAndBytesConfig
+
+    q = method.quantization
+    if q.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=torch_dtype(q.compute_dtype),
+    )
+
+
+def lora_config(method: MethodSpec, task: str):
+    from peft import LoraConfig
+
+    lora = method.lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias=lora.bias,
+        task_type=PEFT_TASK_TYPES[task],
+    )
+
+
+def peft_config(method: MethodSpec, model_spec: ModelSpec, tokenizer_path: str | None = None, revision: str | None = None):
+    """The PEFT config of an adapter method (None for full and head-only)."""
+    from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit
+
+    task_type = PEFT_TASK_TYPES[model_spec.task]
+    kind = method.type
+    if kind in ("lora", "qlora"):
+        return lora_config(method, model_spec.task)
+    if kind == "ia3":
+        return IA3Config(task_type=task_type)
+    if kind == "prefix-tuning":
+        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=method.prefix_tuning.num_virtual_tokens)
+    if kind == "prompt-tuning":
+        pt = method.prompt_tuning
+        if pt.init_text:
+            return PromptTuningConfig(
+                task_type=task_type,
+                num_virtual_tokens=pt.num_virtual_tokens,
+                prompt_tuning_init=PromptTuningInit.TEXT,
+                prompt_tuning_init_text=pt.init_text,
+                tokenizer_name_or_path=tokenizer_path,
+                tokenizer_kwargs={"revision": revision} if revision else None,
+            )
+        return PromptTuningConfig(task_type=task_type, num_virtual_tokens=pt.num_virtual_tokens)
+    return None
+
+
+def _layer_list(model):
+    """The model's stack of transformer blocks (the longest ModuleList named layers/layer/h/block)."""
+    import torch
+
+    best = None
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and re.search(r"(^|\.)(layers|layer|h|block|blocks)$", name):
+            if best is None or len(module) > len(best[1]):
+                best = (name, module)
+    return best
+
+
+def freeze_for_head_only(model, patterns: list[str], last_layers: int) -> list[str]:
+    """Freeze everything but parameters matching patterns (substring or glob) and the last N blocks."""
+    trainable_prefixes: list[str] = []
+    if last_layers:
+        found = _layer_list(model)
+        if found is None:
+            raise ConfigError("method.headOnly.unfreezeLastLayers: cannot find this model's list of layers")
+        name, layers = found
+        start = max(0, len(layers) - last_layers)
+        trainable_prefixes = [f"{name}.{i}." for i in range(start, len(layers))]
+    kept = []
+    for pname, param in model.named_parameters():
+        keep = any(p in pname or fnmatch.fnmatch(pname, p) for p in patterns) or any(
+            pname.startswith(prefix) for prefix in trainable_prefixes
+        )
+        param.requires_grad = keep
+        if keep:
+            kept.append(pname)
+    if not any(any(p in name or fnmatch.fnmatch(name, p) for p in patterns) for name in kept):
+        top = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
+        raise ConfigError(
+            f"method.headOnly.trainable {patterns} matches no parameter of this model; its top-level modules are "
+            f"{', '.join(top)} (classification heads are usually 'classifier' or 'score', LM heads 'lm_head')"
+        )
+    return kept
+
+
+def apply_method(model, method: MethodSpec, model_spec: ModelSpec, *, gradient_checkpointing: bool = False,
+                 tokenizer_path: str | None = None, revision: str | None = None):
+    """Return (model to train, result kind)."""
+    kind = RESULT_KINDS[method.type]
+    if method.type == "full":
+        return model, kind
+    if method.type == "head-only":
+        freeze_for_head_only(model, method.head_only.trainable, method.head_only.unfreeze_last_layers)
+        return model, kind
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if method.type == "qlora":
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    config = peft_config(method, model_spec, tokenizer_path, revision)
+    try:
+        model = get_peft_model(model, config)
+    except (ValueError, KeyError) as error:
+        raise ConfigError(f"method {method.type} cannot be applied to this model: {error}") from None
+    if gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    return model, kind
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

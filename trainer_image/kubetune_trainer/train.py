@@ -1,0 +1,199 @@
+"""One training run from a TrainerConfig: data, model, method, objective, checkpoints, artifacts, reporting."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.v1alpha1 import TrainerConfig
+
+from . import artifacts, checkpoints, data as data_mod, methods, objectives
+from . import metrics as metric_fns
+from . import model as model_mod
+from .errors import Preempted
+
+log = logging.getLogger("kubetune_trainer.train")
+
+
+class _LocalReporting:
+    """Used until/unless kubetune_trainer.reporting is importable: the Trainer's own progress bar and logs."""
+
+    @staticmethod
+    def make_callbacks(config):  # noqa: ARG004
+        return []
+
+    @staticmethod
+    def report_result(config, result):  # noqa: ARG004
+        log.info("result: %s", result)
+
+    @staticmethod
+    def report_checkpoint(config, uri, step):  # noqa: ARG004
+        log.info("checkpoint at step %s: %s", step, uri)
+
+
+def reporting_module():
+    try:
+        from . import reporting  # written by the reporting owner: make_callbacks, report_result, report_checkpoint
+
+        return reporting
+    except ImportError as error:
+        log.debug("kubetune_trainer.reporting unavailable (%s); reporting to the console only", error)
+        return _LocalReporting
+
+
+@dataclass
+class Outcome:
+    result: dict
+    metrics: dict[str, float]
+    model: Any = None
+    tokenizer: Any = None
+    data: Any = None
+    trainer: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+def _dtype_for(spec, precision: str):
+    import torch
+
+    if spec.method.type == "qlora":
+        return methods.torch_dtype(spec.method.quantization.compute_dtype)
+    adapter = spec.method.type in ("lora", "ia3", "prefix-tuning", "prompt-tuning")
+    if adapter and precision == "bf16" and torch.cuda.is_available():
+        return torch.bfloat16
+    if adapter and precision == "fp16":
+        return torch.float16
+    return torch.float32  # full fine-tuning keeps fp32 master weights; bf16/fp16 come from autocast
+
+
+def generation_scores(model, tokenizer, samples, names, max_new_tokens: int = 64) -> dict[str, float]:
+    """Greedy generations for held-out prompts scored against the references (causal-lm text metrics)."""
+    import torch
+
+    predictions, references = [], []
+    device = next(model.parameters()).device
+    model.eval()
+    for sample in samples[:32]:
+        if not isinstance(sample.reference, str) or not sample.prompt:
+            continue
+        ids = sample.prompt_ids or tokenizer(sample.prompt, add_special_tokens=True)["input_ids"]
+        want = len(tokenizer(sample.reference, add_special_tokens=False)["input_ids"]) + 4
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=torch.tensor([ids], device=device),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
+                max_new_tokens=min(max_new_tokens, want),
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        predictions.append(tokenizer.decode(out[0][len(ids) :], skip_special_tokens=True))
+        references.append(sample.reference)
+    if not predictions:
+        return {}
+    return {f"eval_{k}": v for k, v in metric_fns.text_scores(predictions, references, names).items()}
+
+
+def run(config: TrainerConfig) -> dict:
+    """Train as the config says and return the result (ResultStatus JSON); raises Preempted on SIGTERM."""
+    return run_training(config).result
+
+
+def run_training(config: TrainerConfig, stop_flag: checkpoints.StopFlag | None = None) -> Outcome:
+    from transformers import set_seed
+
+    spec = config.job.spec
+    runtime = config.runtime
+    started_at = datetime.now(UTC)
+    set_seed(spec.training.seed)
+    Path(runtime.output_dir).mkdir(parents=True, exist_ok=True)
+    artifacts.clear_marker(runtime.output_dir)
+
+    precision = model_mod.resolve_precision(spec.training.precision)
+    use_cpu = not model_mod.cuda_available()
+    source = model_mod.resolve_source(spec.model)
+    tokenizer = model_mod.load_tokenizer(spec.model, source)
+    prepared = data_mod.prepare(spec.dataset, spec.model, tokenizer, spec.training.seed, spec.objective.type)
+    log.info("dataset %s: format %s, %d training rows, digest %s", spec.dataset.uri, prepared.format,
+             prepared.rows, prepared.digest)
+
+    dtype = _dtype_for(spec, precision)
+    quantization = methods.bnb_config(spec.method) if spec.method.type == "qlora" else None
+    device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))} if quantization is not None else None
+
+    def load_base(quantized: bool = True):
+        base = model_mod.load_model(
+            spec.model, source, dtype=dtype, label_names=prepared.label_names,
+            quantization_config=quantization if quantized else None,
+            device_map=device_map if quantized else None,
+        )
+        if base.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+            base.config.pad_token_id = tokenizer.pad_token_id
+        return base
+
+    model = load_base()
+    model, kind = methods.apply_method(
+        model, spec.method, spec.model,
+        gradient_checkpointing=spec.training.gradient_checkpointing,
+        tokenizer_path=source.path, revision=source.revision,
+    )
+    trainable, total = methods.count_parameters(model)
+    log.info("method %s: %d of %d parameters trainable (%.2f%%)", spec.method.type, trainable, total,
+             100.0 * trainable / max(1, total))
+    ref_model = None
+    if spec.objective.type == "dpo" and kind == "full":
+        ref_model = load_base().eval()
+
+    checkpoints.clean_foreign(runtime.output_dir, runtime.run_id)
+    resume = checkpoints.latest_complete(runtime.output_dir, runtime.run_id)
+    if resume is not None:
+        log.info("resuming from %s", resume)
+
+    flag = stop_flag or checkpoints.StopFlag()
+    restore_signal = checkpoints.install_sigterm(flag)
+    reporting = reporting_module()
+
+    def on_checkpoint(path: str, step: int) -> None:
+        rel = Path(path).relative_to(runtime.output_dir).as_posix()
+        reporting.report_checkpoint(config, artifacts.result_uri(config, rel), step)  # reporting: status.checkpoint
+
+    callbacks = list(reporting.make_callbacks(config))  # reporting: progress to status + Prometheus / console
+    checkpoint_callback = checkpoints.CheckpointCallback(runtime.run_id, spec.checkpoints.every_steps, flag, on_checkpoint)
+    callbacks += [checkpoint_callback, *objectives.early_stopping_callbacks(spec)]
+
+    kwargs = objectives.training_arguments(
+        spec, str(checkpoints.checkpoint_dir(runtime.output_dir)), precision,
+        has_eval=prepared.eval is not None, use_cpu=use_cpu,
+    )
+    args = objectives.build_args(spec, kwargs, tokenizer)
+    trainer = objectives.build_trainer(spec, args, model, tokenizer, prepared, callbacks, ref_model=ref_model)
+    try:
+        train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        restore_signal()
+    if flag.is_set():
+        raise Preempted(
+            f"stopped after SIGTERM at step {trainer.state.global_step}; the checkpoint there is resumed on restart"
+        )
+
+    metrics = dict(train_output.metrics)
+    if prepared.eval is not None:
+        metrics.update(trainer.evaluate())
+    names = spec.training.metrics
+    if "perplexity" in names:
+        metrics.update(metric_fns.perplexity(metrics))
+    if spec.model.task == "causal-lm" and spec.objective.type == "sft" and any(n in metric_fns.TEXT for n in names):
+        metrics.update(generation_scores(trainer.model, tokenizer, prepared.samples, names))
+    metrics = artifacts.numeric(metrics)
+
+    result: dict = {}
+    if trainer.is_world_process_zero():
+        result = artifacts.save(
+            config, trainer, tokenizer, kind=kind, metrics=metrics,
+            base_revision=model_mod.resolved_revision(source), dataset_digest=prepared.digest,
+            started_at=started_at, base_loader=lambda: load_base(quantized=False), precision=precision,
+        )
+        reporting.report_result(config, result)  # reporting: status.result
+    return Outcome(result, metrics, trainer.model, tokenizer, prepared, trainer)
