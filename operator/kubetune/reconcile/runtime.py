@@ -1,0 +1,99 @@
+"""The operator's runtime: one API client, one work queue per kind, metrics around each reconcile.
+Built once at startup (handlers.py) and shared by the kopf handlers, which only enqueue keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from kubernetes import client, config
+
+from kubetune import metrics
+from kubetune.render.finetunejob import RenderOptions
+from kubetune.settings import Settings
+
+from .finetunejob import CONTROLLER as FTJ_CONTROLLER
+from .finetunejob import AppliedCache, FineTuneJobReconciler
+from .kube import Kube
+from .queue import Key, Outcome, WorkQueue
+
+log = logging.getLogger("kubetune.runtime")
+
+
+def api_client(pool_size: int = 16) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+    conf = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=conf)
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=conf)
+    conf.connection_pool_maxsize = pool_size
+    return client.ApiClient(conf)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    kube: Kube
+    queues: dict[str, WorkQueue] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        for q in self.queues.values():
+            await q.start()
+
+    async def stop(self) -> None:
+        for q in self.queues.values():
+            await q.stop()
+
+
+def finetunejob_controller(kube: Kube, settings: Settings) -> WorkQueue:
+    opts = RenderOptions(
+        trainer_image=settings.trainer_image,
+        image_pull_policy=settings.trainer_image_pull_policy,
+        termination_grace_seconds=settings.termination_grace_seconds,
+    )
+    reconciler = FineTuneJobReconciler(kube, opts, AppliedCache(max_age=settings.resync_seconds))
+    phases = metrics.PhaseTracker()
+
+    def reconcile(key: Key) -> Outcome:
+        started = time.perf_counter()
+        try:
+            result = reconciler.reconcile(*key)
+        except Exception:
+            metrics.RECONCILE_ERRORS.labels(FTJ_CONTROLLER).inc()
+            metrics.RECONCILE_TOTAL.labels(FTJ_CONTROLLER, "error").inc()
+            raise
+        finally:
+            metrics.RECONCILE_TIME.labels(FTJ_CONTROLLER).observe(time.perf_counter() - started)
+        phases.set(key, result.phase)
+        if result.phase is None:
+            queue.forget(key)
+        if result.job_created_after is not None:
+            metrics.APPLY_TO_JOB.observe(result.job_created_after)
+        if result.run_seconds is not None:
+            metrics.RUN_DURATION.labels("succeeded" if result.phase == "Succeeded" else "failed").observe(
+                result.run_seconds
+            )
+        outcome = "requeue" if result.problem else ("requeue_after" if result.requeue_after else "success")
+        metrics.RECONCILE_TOTAL.labels(FTJ_CONTROLLER, outcome).inc()
+        return Outcome(requeue_after=result.requeue_after, backoff=result.problem)
+
+    queue = WorkQueue(
+        FTJ_CONTROLLER,
+        reconcile,
+        workers=settings.workers,
+        resync_seconds=settings.resync_seconds,
+        backoff_base=settings.backoff_base_seconds,
+        backoff_max=settings.backoff_max_seconds,
+    )
+    return queue
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    kube = Kube(api_client(pool_size=max(16, settings.workers * 2)), settings.field_manager)
+    kube.on_write = lambda verb, kind: metrics.API_WRITES.labels(verb, kind).inc()
+    rt = Runtime(settings=settings, kube=kube)
+    rt.queues[FTJ_CONTROLLER] = finetunejob_controller(kube, settings)
+    return rt

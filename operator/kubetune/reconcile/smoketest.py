@@ -1,0 +1,193 @@
+"""The smoke test: real generate calls through huggingface_hub's InferenceClient against a TGI endpoint.
+
+huggingface_hub's ``InferenceClient.text_generation`` is the maintained TGI client (the old
+``text-generation`` package is deprecated and pins huggingface_hub < 1.0). Given a URL as ``model`` it
+POSTs TGI's native payload ``{"inputs", "parameters", "stream"}`` to that URL, and it passes
+``adapter_id`` through ``parameters`` exactly as TGI's /generate expects, so one client covers the
+base model and every LoRA adapter.
+
+One generate per target: the base model (``adapter_id`` unset) and each adapter by name. Greedy
+decoding, so the output is deterministic and ``expect`` (a regular expression, ``re.search``) is a fair
+check. Connection errors and 5xx overload answers are retried a few times (a pod that just became
+Ready may still be warming up); a wrong output is not retried.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from huggingface_hub import InferenceClient, constants
+from huggingface_hub.errors import InferenceTimeoutError, OverloadedError, TextGenerationError
+
+DEFAULT_TIMEOUT_SECONDS = 60.0
+DEFAULT_ATTEMPTS = 3
+MAX_SHOWN_OUTPUT = 200
+
+
+class SmokeTestUnavailable(RuntimeError):
+    """The smoke test cannot run at all from this process (a setting of the operator, not the model)."""
+
+
+@dataclass
+class TargetResult:
+    """The outcome of one generate call."""
+
+    target: str
+    """"base model" or "adapter NAME"."""
+    ok: bool
+    output: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    generated_tokens: int | None = None
+
+    def describe(self) -> str:
+        if self.error:
+            return f"{self.target}: {self.error}"
+        return f"{self.target}: generated {_show(self.output)}"
+
+
+@dataclass
+class SmokeTestResult:
+    """All generate calls of one smoke test."""
+
+    endpoint: str
+    results: list[TargetResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.results) and all(r.ok for r in self.results)
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.results)
+
+    @property
+    def message(self) -> str:
+        """One line for a condition/Event: the failures first, or what passed."""
+        failed = [r for r in self.results if not r.ok]
+        if failed:
+            return f"smoke test against {self.endpoint} failed: " + "; ".join(r.describe() for r in failed)
+        return f"smoke test against {self.endpoint} passed: " + "; ".join(r.describe() for r in self.results)
+
+
+def _show(text: str | None) -> str:
+    text = text or ""
+    if len(text) > MAX_SHOWN_OUTPUT:
+        text = text[:MAX_SHOWN_OUTPUT] + "..."
+    return repr(text)
+
+
+def _describe_error(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    first = text[0] if text else ""
+    name = type(error).__name__
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status is not None and str(status) not in first:
+        name = f"{name} (HTTP {status})"
+    return f"{name}: {first[:300]}" if first else name
+
+
+def _retryable(error: BaseException) -> bool:
+    """Transport errors, timeouts and "overloaded" answers may pass on a second try; answers of the
+    model (a 500 from generation, a validation error, a wrong output) will not."""
+    if isinstance(error, OverloadedError | InferenceTimeoutError):
+        return True
+    if isinstance(error, TextGenerationError):
+        return False
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status is not None:
+        return status in (429, 502, 503, 504)
+    return True  # connection refused/reset: the pod may be restarting
+
+
+def generate_once(
+    client: InferenceClient,
+    *,
+    target: str,
+    prompt: str,
+    max_new_tokens: int,
+    expect: str | None,
+    adapter_id: str | None,
+    attempts: int = DEFAULT_ATTEMPTS,
+    backoff_seconds: float = 1.0,
+) -> TargetResult:
+    """One generate call (retried on transport errors) and the check of its output against EXPECT."""
+    started = time.monotonic()
+    last_error: BaseException | None = None
+    for attempt in range(max(1, attempts)):
+        try:
+            out = client.text_generation(
+                prompt,
+                max_new_tokens=max_new_tokens,
+                adapter_id=adapter_id,
+                do_sample=False,
+                details=True,
+            )
+        except Exception as error:  # the client raises many kinds; all of them fail the test
+            last_error = error
+            if attempt + 1 < attempts and _retryable(error):
+                time.sleep(backoff_seconds * (2**attempt))
+                continue
+            break
+        seconds = time.monotonic() - started
+        text = out.generated_text
+        tokens = out.details.generated_tokens if out.details else None
+        if expect is not None and not re.search(expect, text):
+            return TargetResult(
+                target,
+                False,
+                output=text,
+                error=f"output {_show(text)} does not match expect {expect!r}",
+                seconds=seconds,
+                generated_tokens=tokens,
+            )
+        if not text and tokens == 0:
+            return TargetResult(target, False, output=text, error="generated no tokens", seconds=seconds)
+        return TargetResult(target, True, output=text, seconds=seconds, generated_tokens=tokens)
+    assert last_error is not None
+    return TargetResult(target, False, error=_describe_error(last_error), seconds=time.monotonic() - started)
+
+
+def run_smoke_test(
+    endpoint: str,
+    *,
+    prompt: str,
+    max_new_tokens: int,
+    expect: str | None = None,
+    adapters: Sequence[str] = (),
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    attempts: int = DEFAULT_ATTEMPTS,
+    backoff_seconds: float = 1.0,
+) -> SmokeTestResult:
+    """Generate once with the base model and once per adapter at ENDPOINT (a TGI base URL).
+
+    Raises SmokeTestUnavailable when this process cannot make the calls at all; that says nothing
+    about the model and must not trigger a rollback.
+    """
+    if constants.is_offline_mode():
+        raise SmokeTestUnavailable(
+            "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set in the operator's environment, and "
+            "huggingface_hub then refuses every HTTP call, including those to TGI; unset it for the "
+            "operator (it never downloads models itself)"
+        )
+    client = InferenceClient(model=endpoint.rstrip("/"), timeout=timeout)
+    result = SmokeTestResult(endpoint)
+    targets: list[tuple[str, str | None]] = [("base model", None)]
+    targets += [(f"adapter {name}", name) for name in adapters]
+    for target, adapter_id in targets:
+        result.results.append(
+            generate_once(
+                client,
+                target=target,
+                prompt=prompt,
+                max_new_tokens=max_new_tokens,
+                expect=expect,
+                adapter_id=adapter_id,
+                attempts=attempts,
+                backoff_seconds=backoff_seconds,
+            )
+        )
+    return result

@@ -1,0 +1,643 @@
+"""ModelServe -> TGI Deployment, Service and PodDisruptionBudget (pure functions, no client, no kopf).
+
+The reconcile layer reads the referenced FineTuneJobs and passes them in; everything here is a
+function of its arguments:
+
+- :func:`resolve_sources` turns ``spec.model`` / ``spec.adapters`` (URIs or FineTuneJob references)
+  into locations TGI can load, or says why it cannot (UnsupportedByEngine) or what it waits for.
+- :func:`revision_hash` names what a rollout serves (model, adapters, TGI settings, image).
+- :func:`render_deployment`, :func:`render_service`, :func:`render_pdb` build the children.
+
+Serving pods use the trainer's mount convention: a claim is mounted read-only at ``/mnt/pvc/CLAIM``
+(``pvc_local_path``); s3:// sources are copied by an init container (the kubetune trainer image)
+into an emptyDir under ``/mnt/kubetune/models``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from kubetune.api.v1alpha1 import (
+    API_VERSION,
+    CLASSIFICATION_TASKS,
+    FineTuneJob,
+    FineTuneJobStatus,
+    ModelServe,
+    Revision,
+    parse_uri,
+    pvc_local_path,
+)
+from kubetune.api.v1alpha1.trainerconfig import PVC_MOUNT_ROOT
+from kubetune.render.common import (
+    COMPONENT,
+    MANAGED_BY,
+    MANAGER,
+    MODELSERVE_LABEL,
+    child_name,
+    owner_reference,
+    propagated_labels,
+)
+
+# ---- names, labels, annotations -------------------------------------------------------------
+
+LABEL_REVISION = "kubetune.io/revision"
+ANNOTATION_REVISION = "kubetune.io/revision"
+# On the Deployment (not its template): the pod template of the last revision that passed, so a failed
+# rollout can go back to exactly what was served, and the hash of a revision that failed (never retried
+# until the spec or a result changes).
+ANNOTATION_PREVIOUS_TEMPLATE = "kubetune.io/previous-template"
+ANNOTATION_FAILED_REVISION = "kubetune.io/failed-revision"
+
+CONTAINER_NAME = "tgi"
+CONTAINER_PORT = 80  # the TGI image sets PORT=80 (launcher default otherwise 3000); we set it explicitly
+PORT_NAME = "http"
+MODELS_DIR = "/mnt/kubetune/models"  # emptyDir: s3:// downloads
+HF_CACHE_DIR = "/data"  # the TGI image's HUGGINGFACE_HUB_CACHE
+PROBE_PERIOD_SECONDS = 10
+
+REASON_UNSUPPORTED = "UnsupportedByEngine"
+REASON_WAITING = "WaitingForResult"
+
+
+def _short_hash(text: str, length: int = 8) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def deployment_name(ms: ModelServe) -> str:
+    return child_name(ms.metadata.name or "", "")
+
+
+def pdb_name(ms: ModelServe) -> str:
+    return child_name(ms.metadata.name or "", "")
+
+
+def service_name(ms: ModelServe) -> str:
+    """A DNS-1035 label (Service names must start with a letter): the ModelServe's name when it is one."""
+    name = child_name(ms.metadata.name or "", "")
+    if re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name):
+        return name
+    cleaned = re.sub(r"[^a-z0-9-]", "-", name).strip("-")
+    return child_name("s-" + cleaned, "") if not cleaned[:1].isalpha() else child_name(cleaned, "")
+
+
+def selector_labels(ms: ModelServe) -> dict[str, str]:
+    return {MODELSERVE_LABEL: deployment_name(ms)}
+
+
+def common_labels(ms: ModelServe) -> dict[str, str]:
+    return {
+        **propagated_labels(ms.metadata.labels),
+        "app.kubernetes.io/name": "tgi",
+        "app.kubernetes.io/instance": deployment_name(ms),
+        COMPONENT: "model-server",
+        MANAGED_BY: MANAGER,
+        **selector_labels(ms),
+    }
+
+
+def _owner(ms: ModelServe, uid: str) -> dict[str, Any]:
+    return owner_reference(
+        {"apiVersion": API_VERSION, "kind": "ModelServe", "metadata": {"name": ms.metadata.name, "uid": uid}}
+    )
+
+
+def endpoint(ms: ModelServe, override: str | None = None) -> str:
+    """The URL the smoke test calls and status.endpoint shows.
+
+    OVERRIDE (Settings.serve_endpoint_override) replaces the cluster DNS name; it may use the
+    placeholders {name}, {namespace}, {service} and {port}, e.g. ``http://127.0.0.1:8090``.
+    """
+    svc, ns, port = service_name(ms), ms.metadata.namespace or "default", ms.spec.service.port
+    if override:
+        return override.format(name=ms.metadata.name, namespace=ns, service=svc, port=port).rstrip("/")
+    return f"http://{svc}.{ns}.svc:{port}"
+
+
+# ---- sources ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """One thing to load: the model (name None) or an adapter."""
+
+    name: str | None
+    uri: str
+    """Where it is (hf://, pvc:// or s3://)."""
+    source: str | None = None
+    """FineTuneJob/NAME@CONFIGHASH#UID when it came from a job's result."""
+    s3_secret: str | None = None
+    """Secret with S3 credentials (a job's output.secretRef) for the download init container."""
+
+
+@dataclass
+class Resolution:
+    """What resolve_sources found: the sources, or why they cannot be served (yet)."""
+
+    model: ResolvedSource | None = None
+    adapters: list[ResolvedSource] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
+    """Messages: the engine cannot serve this; each says what would work."""
+    waiting: list[str] = field(default_factory=list)
+    """Messages: a referenced job has no result yet."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.unsupported and not self.waiting and self.model is not None
+
+    @property
+    def reason(self) -> str | None:
+        if self.unsupported:
+            return REASON_UNSUPPORTED
+        if self.waiting:
+            return REASON_WAITING
+        return None
+
+    @property
+    def message(self) -> str:
+        return "; ".join(self.unsupported + self.waiting)
+
+    @property
+    def sources(self) -> list[str]:
+        items = [self.model] if self.model else []
+        return [s.source for s in items + self.adapters if s.source]
+
+
+class InvalidJob(ValueError):
+    """A referenced FineTuneJob that does not parse (its own status says why)."""
+
+
+def _as_job(obj: FineTuneJob | Mapping[str, Any] | None) -> FineTuneJob | None:
+    if obj is None or isinstance(obj, FineTuneJob):
+        return obj
+    body = {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec") if obj.get(k) is not None}
+    status = dict(obj.get("status") or {})
+    # Status is written by the operator and the trainer; read only the fields this version knows.
+    known = {f.alias or n for n, f in FineTuneJobStatus.model_fields.items()}
+    body["status"] = {k: v for k, v in status.items() if k in known}
+    try:
+        return FineTuneJob.model_validate(body, context={"target": "cluster"})
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise InvalidJob(f"{where}: {first.get('msg')}") from None
+
+
+def _load_job(res: Resolution, where: str, ref: str, raw: Any) -> FineTuneJob | None:
+    """The job, or None after recording why it cannot be used (missing or invalid)."""
+    try:
+        job = _as_job(raw)
+    except InvalidJob as error:
+        res.waiting.append(f"{where}: FineTuneJob {ref!r} is not valid ({error}); fix it first")
+        return None
+    if job is None:
+        res.waiting.append(f"{where}: FineTuneJob {ref!r} does not exist (yet); create it or fix the name")
+    return job
+
+
+def _job_uid(obj: FineTuneJob | Mapping[str, Any] | None) -> str:
+    if obj is None:
+        return ""
+    if isinstance(obj, FineTuneJob):
+        return str((obj.metadata.model_extra or {}).get("uid") or "")
+    return str((obj.get("metadata") or {}).get("uid") or "")
+
+
+def _source_id(name: str, job: FineTuneJob, uid: str) -> str:
+    result = job.status.result if job.status else None
+    config_hash = (result.config_hash if result else None) or "unknown"
+    return f"FineTuneJob/{name}@{config_hash}" + (f"#{uid[:8]}" if uid else "")
+
+
+def resolve_sources(ms: ModelServe, jobs: Mapping[str, FineTuneJob | Mapping[str, Any] | None]) -> Resolution:
+    """Where the model and each adapter are, given the referenced FineTuneJobs (name -> object or None).
+
+    Classifiers, prefix/prompt-tuned results and non-LoRA adapters are UnsupportedByEngine; a job
+    without a result is waited for. A job that is running again but has a result from an earlier run
+    keeps serving that result until the new one arrives.
+    """
+    res = Resolution()
+    spec = ms.spec
+    if spec.engine != "tgi":
+        res.unsupported.append(f"engine {spec.engine} is reserved for a later version; set engine: tgi")
+
+    # The model.
+    if spec.model.uri:
+        res.model = ResolvedSource(None, spec.model.uri)
+    else:
+        ref = spec.model.fine_tune_job_ref.name  # type: ignore[union-attr]
+        raw = jobs.get(ref)
+        where = "model.fineTuneJobRef"
+        job = _load_job(res, where, ref, raw)
+        if job is not None:
+            task = job.spec.model.task
+            result = job.status.result if job.status else None
+            phase = job.status.phase if job.status else None
+            if task in CLASSIFICATION_TASKS:
+                res.unsupported.append(
+                    f"{where}: FineTuneJob {ref!r} trains a {task} model and TGI serves only text generation; "
+                    "serve a causal-lm or seq2seq FineTuneJob, or run the classifier with your own Deployment"
+                )
+            elif result is None or not result.uri:
+                res.waiting.append(_waiting_message(where, ref, phase))
+            elif result.kind in ("prefix", "prompt"):
+                res.unsupported.append(
+                    f"{where}: FineTuneJob {ref!r} produced a {result.kind}-tuning result, which TGI cannot "
+                    "load; train with method lora (served under adapters) or full (served as model)"
+                )
+            elif result.merged_uri:
+                res.model = ResolvedSource(
+                    None,
+                    result.merged_uri,
+                    _source_id(ref, job, _job_uid(raw)),
+                    _s3_secret(job, result.merged_uri),
+                )
+            elif result.kind == "full":
+                res.model = ResolvedSource(
+                    None, result.uri, _source_id(ref, job, _job_uid(raw)), _s3_secret(job, result.uri)
+                )
+            else:  # an adapter without a merged copy
+                res.unsupported.append(
+                    f"{where}: FineTuneJob {ref!r} produced a LoRA adapter without a merged model; set "
+                    "spec.output.mergeAdapter: true on the job, or serve its base model "
+                    f"(model.uri: {job.spec.model.uri}) with the adapter under adapters: "
+                    f"[{{name: ..., fineTuneJobRef: {{name: {ref}}}}}]"
+                )
+
+    # The adapters.
+    for index, adapter in enumerate(spec.adapters):
+        where = f"adapters[{index}] ({adapter.name})"
+        if adapter.uri:
+            res.adapters.append(ResolvedSource(adapter.name, adapter.uri))
+            continue
+        ref = adapter.fine_tune_job_ref.name  # type: ignore[union-attr]
+        raw = jobs.get(ref)
+        job = _load_job(res, where, ref, raw)
+        if job is None:
+            continue
+        result = job.status.result if job.status else None
+        phase = job.status.phase if job.status else None
+        method = job.spec.method.type
+        if job.spec.model.task in CLASSIFICATION_TASKS:
+            res.unsupported.append(
+                f"{where}: FineTuneJob {ref!r} trains a {job.spec.model.task} model; TGI serves adapters "
+                "of text-generation models only"
+            )
+        elif method in ("prefix-tuning", "prompt-tuning") or (result and result.kind in ("prefix", "prompt")):
+            res.unsupported.append(
+                f"{where}: FineTuneJob {ref!r} uses {method}, which TGI cannot load as an adapter; "
+                "train with method lora or qlora"
+            )
+        elif method == "ia3":
+            res.unsupported.append(
+                f"{where}: FineTuneJob {ref!r} trains an IA3 adapter and TGI loads only LoRA adapters; "
+                "train with method lora or qlora, or set output.mergeAdapter: true and serve the merged "
+                "model under model.fineTuneJobRef"
+            )
+        elif method in ("full", "head-only") or (result and result.kind == "full"):
+            res.unsupported.append(
+                f"{where}: FineTuneJob {ref!r} produces a full model, not an adapter; serve it under "
+                f"model.fineTuneJobRef: {{name: {ref}}}"
+            )
+        elif result is None or not result.uri:
+            res.waiting.append(_waiting_message(where, ref, phase))
+        else:
+            res.adapters.append(
+                ResolvedSource(
+                    adapter.name, result.uri, _source_id(ref, job, _job_uid(raw)), _s3_secret(job, result.uri)
+                )
+            )
+        # An adapter trained on another Hub model than the one served does not load.
+        served = spec.model.uri or ""
+        if (
+            served.startswith("hf://")
+            and job.spec.model.uri.startswith("hf://")
+            and served.rstrip("/") != job.spec.model.uri.rstrip("/")
+        ):
+            res.unsupported.append(
+                f"{where}: FineTuneJob {ref!r} trained its adapter on {job.spec.model.uri} but model.uri is "
+                f"{served}; serve model.uri: {job.spec.model.uri}"
+            )
+    return res
+
+
+def _waiting_message(where: str, ref: str, phase: str | None) -> str:
+    if phase == "Failed":
+        return f"{where}: FineTuneJob {ref!r} failed and has no result; fix and rerun it (see its conditions)"
+    return f"{where}: waiting for FineTuneJob {ref!r} to succeed (phase {phase or 'Pending'})"
+
+
+def _s3_secret(job: FineTuneJob, uri: str) -> str | None:
+    if uri.startswith("s3://") and job.spec.output.secret_ref:
+        return job.spec.output.secret_ref.name
+    return None
+
+
+# ---- revision --------------------------------------------------------------------------------
+
+
+def _tgi_settings(ms: ModelServe) -> dict[str, Any]:
+    return ms.spec.tgi.to_dict()
+
+
+def revision_hash(ms: ModelServe, resolution: Resolution, image: str) -> str:
+    """A short stable hash over what the pods serve: model, adapters, their sources, TGI settings, image."""
+    canonical = json.dumps(
+        {
+            "model": resolution.model.uri if resolution.model else None,
+            "adapters": [f"{a.name}={a.uri}" for a in resolution.adapters],
+            "sources": resolution.sources,
+            "tgi": _tgi_settings(ms),
+            "image": image,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return _short_hash(canonical, 16)
+
+
+def revision(ms: ModelServe, resolution: Resolution, image: str) -> Revision:
+    """The status.revision record of RESOLUTION."""
+    return Revision(
+        hash=revision_hash(ms, resolution, image),
+        model=resolution.model.uri if resolution.model else None,
+        adapters=[f"{a.name}={a.uri}" for a in resolution.adapters],
+        sources=resolution.sources,
+    )
+
+
+# ---- the pod ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Volumes:
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+    claims: set[str] = field(default_factory=set)
+    downloads: list[tuple[str, str, str | None]] = field(default_factory=list)  # (uri, dest, secret)
+
+    def local_path(self, src: ResolvedSource, slot: str) -> str:
+        """Where SRC is inside the TGI container; hf:// ids are returned as is (TGI downloads them)."""
+        parsed = parse_uri(src.uri, ("hf", "pvc", "s3"))
+        if parsed.scheme == "hf":
+            return parsed.hf_repo_id
+        if parsed.scheme == "pvc":
+            if parsed.claim not in self.claims:
+                self.claims.add(parsed.claim)
+                vol = child_name("pvc", parsed.claim.replace(".", "-"))
+                self.volumes.append(
+                    {"name": vol, "persistentVolumeClaim": {"claimName": parsed.claim, "readOnly": True}}
+                )
+                self.mounts.append(
+                    {"name": vol, "mountPath": f"{PVC_MOUNT_ROOT}/{parsed.claim}", "readOnly": True}
+                )
+            return pvc_local_path(src.uri)
+        dest = f"{MODELS_DIR}/{slot}"
+        self.downloads.append((src.uri, dest, src.s3_secret))
+        return dest
+
+
+# Copies an s3:// prefix into a directory with fsspec/s3fs (both in the kubetune trainer image);
+# credentials and the endpoint come from the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...).
+S3_FETCH_SCRIPT = """\
+import os, sys, fsspec
+src, dest = sys.argv[1].rstrip('/'), sys.argv[2]
+fs = fsspec.filesystem('s3', endpoint_url=os.environ.get('AWS_ENDPOINT_URL') or None)
+os.makedirs(dest, exist_ok=True)
+fs.get(src + '/', dest + '/', recursive=True)
+print('fetched', src, 'to', dest, flush=True)
+"""
+
+
+def _tgi_args(ms: ModelServe) -> list[str]:
+    tgi = ms.spec.tgi
+    args = ["--json-output"]
+    for flag, value in (
+        ("--quantize", tgi.quantize),
+        ("--num-shard", tgi.num_shard),
+        ("--dtype", tgi.dtype),
+        ("--max-input-tokens", tgi.max_input_tokens),
+        ("--max-total-tokens", tgi.max_total_tokens),
+        ("--max-batch-prefill-tokens", tgi.max_batch_prefill_tokens),
+        ("--max-concurrent-requests", tgi.max_concurrent_requests),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    return args + list(tgi.extra_args)
+
+
+def _probe(path: str, period: int, failures: int, timeout: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": PORT_NAME},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout,
+    }
+
+
+def render_pod_template(
+    ms: ModelServe,
+    resolution: Resolution,
+    *,
+    image: str,
+    trainer_image: str,
+    revision_hash_: str,
+) -> dict[str, Any]:
+    """The TGI pod template of one revision (RESOLUTION must be ok)."""
+    if resolution.model is None:
+        raise ValueError(f"nothing to serve: {resolution.message or 'no model resolved'}")
+    spec = ms.spec
+    vols = _Volumes()
+    model_id = vols.local_path(resolution.model, "model")
+    adapters = [f"{a.name}={vols.local_path(a, f'adapter-{a.name}')}" for a in resolution.adapters]
+
+    env: list[dict[str, Any]] = [
+        {"name": "MODEL_ID", "value": model_id},
+        {"name": "PORT", "value": str(CONTAINER_PORT)},
+        {"name": "HOSTNAME", "value": "0.0.0.0"},
+        {"name": "HUGGINGFACE_HUB_CACHE", "value": HF_CACHE_DIR},
+    ]
+    if adapters:
+        env.append({"name": "LORA_ADAPTERS", "value": ",".join(adapters)})
+
+    resources: dict[str, dict[str, Any]] = {"requests": {}, "limits": {}}
+    res = spec.resources
+    if res.gpus:
+        resources["limits"][res.gpu_resource] = res.gpus
+        resources["requests"][res.gpu_resource] = res.gpus
+    for key, value in (("cpu", res.cpu), ("memory", res.memory)):
+        if value is not None:
+            resources["requests"][key] = str(value)
+            resources["limits"][key] = str(value)
+    resources = {k: v for k, v in resources.items() if v}
+
+    # Large models take a long time to download and load: give the startup probe the whole progress
+    # deadline, then check readiness often and liveness gently.
+    startup_failures = max(6, math.ceil(spec.rollout.progress_deadline_seconds / PROBE_PERIOD_SECONDS))
+    volumes = [
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": str(res.shared_memory)}},
+        {"name": "hf-cache", "emptyDir": {}},
+        *vols.volumes,
+    ]
+    mounts = [
+        {"name": "shm", "mountPath": "/dev/shm"},
+        {"name": "hf-cache", "mountPath": HF_CACHE_DIR},
+        *vols.mounts,
+    ]
+    init_containers = []
+    if vols.downloads:
+        volumes.append({"name": "models", "emptyDir": {}})
+        mounts.append({"name": "models", "mountPath": MODELS_DIR, "readOnly": True})
+        for index, (uri, dest, secret) in enumerate(vols.downloads):
+            init: dict[str, Any] = {
+                "name": f"fetch-{index}",
+                "image": trainer_image,
+                "command": ["python", "-c", S3_FETCH_SCRIPT, uri, dest],
+                "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
+            }
+            if secret:
+                init["envFrom"] = [{"secretRef": {"name": secret}}]
+            init_containers.append(init)
+
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "args": _tgi_args(ms),
+        "env": env,
+        "ports": [{"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+        "volumeMounts": mounts,
+        "startupProbe": _probe("/health", PROBE_PERIOD_SECONDS, startup_failures, 5),
+        "readinessProbe": _probe("/health", PROBE_PERIOD_SECONDS, 3, 5),
+        "livenessProbe": _probe("/health", 30, 6, 10),
+    }
+    if resources:
+        container["resources"] = resources
+
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        # TGI drains in-flight requests on SIGTERM.
+        "terminationGracePeriodSeconds": 60,
+    }
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
+    if res.node_selector:
+        pod_spec["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        pod_spec["tolerations"] = [t.to_dict() for t in res.tolerations]
+
+    return {
+        "metadata": {
+            "labels": {**common_labels(ms), LABEL_REVISION: revision_hash_},
+            "annotations": {ANNOTATION_REVISION: revision_hash_},
+        },
+        "spec": pod_spec,
+    }
+
+
+def template_revision(template: Mapping[str, Any] | None) -> str | None:
+    """The revision hash a pod template carries."""
+    meta = (template or {}).get("metadata") or {}
+    return (meta.get("annotations") or {}).get(ANNOTATION_REVISION) or (meta.get("labels") or {}).get(
+        LABEL_REVISION
+    )
+
+
+def render_deployment(
+    ms: ModelServe,
+    uid: str,
+    template: Mapping[str, Any],
+    *,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The Deployment around a pod TEMPLATE (this revision's, or a previous one when rolling back).
+
+    ANNOTATIONS go on the Deployment itself (previous template, failed revision): they are carried
+    from apply to apply because one field manager owns them.
+    """
+    spec = ms.spec
+    meta: dict[str, Any] = {
+        "name": deployment_name(ms),
+        "namespace": ms.metadata.namespace,
+        "labels": common_labels(ms),
+        "ownerReferences": [_owner(ms, uid)],
+    }
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector_labels(ms)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {
+                    "maxSurge": spec.rollout.max_surge,
+                    "maxUnavailable": spec.rollout.max_unavailable,
+                },
+            },
+            "progressDeadlineSeconds": spec.rollout.progress_deadline_seconds,
+            "revisionHistoryLimit": 3,
+            "template": json.loads(json.dumps(template)),
+        },
+    }
+
+
+def render_service(ms: ModelServe, uid: str) -> dict[str, Any]:
+    """The Service in front of the pods: spec.service.port -> the container's http port."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(ms),
+            "namespace": ms.metadata.namespace,
+            "labels": common_labels(ms),
+            "ownerReferences": [_owner(ms, uid)],
+        },
+        "spec": {
+            "type": ms.spec.service.type,
+            "selector": selector_labels(ms),
+            "ports": [
+                {"name": PORT_NAME, "port": ms.spec.service.port, "targetPort": PORT_NAME, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def wants_pdb(ms: ModelServe) -> bool:
+    return ms.spec.replicas > 1
+
+
+def render_pdb(ms: ModelServe, uid: str) -> dict[str, Any]:
+    """At most one TGI pod voluntarily disrupted at a time (only rendered when replicas > 1)."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": pdb_name(ms),
+            "namespace": ms.metadata.namespace,
+            "labels": common_labels(ms),
+            "ownerReferences": [_owner(ms, uid)],
+        },
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(ms)}},
+    }
+
+
+def referenced_jobs(ms: ModelServe | Mapping[str, Any]) -> list[str]:
+    """Names of the FineTuneJobs a ModelServe reads (for the index that re-triggers it)."""
+    spec = ms.spec.to_dict() if isinstance(ms, ModelServe) else dict(ms.get("spec") or {})
+    names = []
+    for src in [spec.get("model") or {}, *(spec.get("adapters") or [])]:
+        ref = (src or {}).get("fineTuneJobRef") or {}
+        if ref.get("name") and ref["name"] not in names:
+            names.append(ref["name"])
+    return names

@@ -1,0 +1,67 @@
+"""The operator's settings: one object, read from the environment (prefix ``KUBETUNE_``).
+
+    KUBETUNE_NAMESPACES=team-a,team-b      watch these namespaces (empty: all)
+    KUBETUNE_TRAINER_IMAGE=...             default trainer image (spec.image overrides it)
+    KUBETUNE_METRICS_PORT=8080             Prometheus metrics (0 turns them off)
+    KUBETUNE_HEALTH_PORT=8081              liveness endpoint /healthz (0 turns it off)
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/kubetune-trainer:0.1.0"
+DEFAULT_TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.4"
+
+
+class Settings(BaseSettings):
+    """Everything an operator deployment can tune; defaults suit a cluster install."""
+
+    model_config = SettingsConfigDict(env_prefix="KUBETUNE_", extra="ignore")
+
+    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Namespaces to watch (comma separated in the environment); empty watches the whole cluster."""
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    """Trainer image when a FineTuneJob does not name one."""
+    trainer_image_pull_policy: str | None = None
+    """imagePullPolicy of trainer containers; None leaves the Kubernetes default."""
+    tgi_image: str = DEFAULT_TGI_IMAGE
+    """Text Generation Inference image when a ModelServe does not name one."""
+    metrics_port: int = 8080
+    """Port of the Prometheus metrics endpoint (0: off)."""
+    health_port: int = 8081
+    """Port of the liveness endpoint /healthz (0: off)."""
+    log_level: str = "INFO"
+    """Log level of the operator."""
+    field_manager: str = "kubetune"
+    """Server-side apply field manager of every child object."""
+    workers: int = 8
+    """Reconciles that run at the same time (different objects; one object is never reconciled twice at once)."""
+    resync_seconds: float = 600.0
+    """Every object is reconciled at least this often, even without events (drift repair)."""
+    requeue_seconds: float = 30.0
+    """Re-check interval while something outside the operator is awaited (pods pending, image pulls)."""
+    backoff_base_seconds: float = 1.0
+    """First retry delay after an error or an unresolved problem; doubles each time."""
+    backoff_max_seconds: float = 300.0
+    """Longest retry delay."""
+    termination_grace_seconds: int = 120
+    """terminationGracePeriodSeconds of trainer pods: time to write a checkpoint on SIGTERM."""
+    serve_endpoint_override: str | None = None
+    """For ModelServe smoke tests from outside the cluster: a URL or a template with {name},
+    {namespace} and {port}, e.g. "http://127.0.0.1:{port}"."""
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [n.strip() for n in value.split(",") if n.strip()]
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides (e.g. from command-line flags)."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
