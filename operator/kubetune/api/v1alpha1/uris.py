@@ -133,7 +133,9 @@ def forbidden_host_reason(host: str) -> str | None:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        if re.fullmatch(r"[0-9.]+", host) or re.fullmatch(r"0x[0-9a-f]+", host):
+        # Like the WHATWG URL parser: a host whose last label is a number (decimal, octal or 0x-hex)
+        # is an IPv4 address in some form (2130706433, 0x7f000001, 0x7f.1, 127.1), never a DNS name.
+        if re.fullmatch(r"[0-9]+|0x[0-9a-f]*", host.rsplit(".", 1)[-1]):
             return f"host {host!r} is an address written in an unusual form"
         return None
     return forbidden_address_reason(address)
