@@ -29,6 +29,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from kubetune.api.v1alpha1 import GROUP, VERSION, ResultStatus, TrainerConfig
+from kubetune.api.v1alpha1.trainerconfig import ENV_REPORT_STATUS
 
 log = logging.getLogger("kubetune_trainer.reporting")
 
@@ -53,6 +54,16 @@ def _finite(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def reports_status(config: TrainerConfig) -> bool:
+    """runtime.reportStatus, unless $KUBETUNE_REPORT_STATUS (set by the operator's pod template) says otherwise."""
+    raw = os.environ.get(ENV_REPORT_STATUS, "").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    return config.runtime.report_status
 
 
 def report_interval() -> float:
@@ -259,7 +270,7 @@ class ReportingCallback(TrainerCallback):
         clock=time.monotonic,
     ) -> None:
         self.config = config
-        self.cluster = config.runtime.report_status
+        self.cluster = reports_status(config)
         self.writer = writer if writer is not None else (StatusWriter(config) if self.cluster else None)
         self.metrics = metrics
         self.interval = report_interval() if interval is None else interval
@@ -400,7 +411,7 @@ def report_checkpoint(config: TrainerConfig, uri: str, step: int) -> None:
     if not is_main_process():
         return
     checkpoint = {"uri": uri, "step": int(step), "savedAt": _now()}
-    if config.runtime.report_status:
+    if reports_status(config):
         StatusWriter(config).patch({"checkpoint": checkpoint})
     else:
         _console(f"checkpoint at step {step}: {uri}")
@@ -420,7 +431,7 @@ def report_result(config: TrainerConfig, result: dict[str, Any]) -> None:
         body = {k: v for k, v in result.items() if k in fields}
     metrics = body.get("metrics") or {}
     body["metrics"] = {k: v for k, v in ((k, _finite(v)) for k, v in metrics.items()) if v is not None}
-    if config.runtime.report_status:
+    if reports_status(config):
         StatusWriter(config).patch({"result": body})
     else:
         _console(f"result: {body.get('kind') or 'model'} at {body.get('uri')}")
