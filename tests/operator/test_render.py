@@ -1,0 +1,241 @@
+"""Render unit tests: every FineTuneJob in examples/ -> the children, checked field by field. No cluster."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from kubetune.api.v1alpha1 import TrainerConfig, pvc_claims, validate_document
+from kubetune.api.v1alpha1.trainerconfig import (
+    CACHE_DIR,
+    CONFIG_DIR,
+    CONFIG_FILE,
+    ENV_MASTER_ADDR,
+    ENV_NODE_RANK,
+    ENV_NUM_NODES,
+    WORK_DIR,
+)
+from kubetune.render.common import child_name, owner_reference
+from kubetune.render.finetunejob import (
+    KUEUE_QUEUE_LABEL,
+    RenderOptions,
+    job_name,
+    render_children,
+    render_configmap,
+    render_job,
+    render_rbac,
+    render_service,
+    run_id,
+    secret_uses,
+)
+from tests.operator.conftest import example_docs, tiny_job
+
+OPTS = RenderOptions(trainer_image="example.org/trainer:test", termination_grace_seconds=120)
+EXAMPLES = example_docs()
+
+
+def load(doc: dict, ns: str = "team-a", uid: str = "0000-uid", generation: int = 3):
+    doc = copy.deepcopy(doc)
+    doc["metadata"].update(namespace=ns, uid=uid, generation=generation)
+    v = validate_document(doc)
+    assert v.ok, v.problems
+    return v.obj
+
+
+def env_of(job: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_examples_exist():
+    assert len(EXAMPLES) >= 10, [f for f, _ in EXAMPLES]
+
+
+@pytest.mark.parametrize("doc", [d for _, d in EXAMPLES], ids=[f for f, _ in EXAMPLES])
+def test_example_children(doc):
+    ftj = load(doc)
+    spec = ftj.spec
+    name = ftj.metadata.name
+    children = render_children(ftj, OPTS)
+    kinds = [c["kind"] for c in children]
+    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Job"]
+    for child in children:
+        meta = child["metadata"]
+        assert meta["namespace"] == "team-a"
+        assert meta["ownerReferences"] == [{
+            "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "name": name, "uid": "0000-uid",
+            "controller": True, "blockOwnerDeletion": True}]
+        assert meta["labels"]["kubetune.io/finetunejob"] == name
+        for k, v in (ftj.metadata.labels or {}).items():
+            assert meta["labels"][k] == v  # the owner's labels are propagated
+        assert len(meta["name"]) <= 63
+
+    sa, role, rb, cm, svc, job = children
+    # Job: Indexed, one pod per node, a failed pod fails the attempt
+    js = job["spec"]
+    assert job["metadata"]["name"] == f"{name}-trainer"
+    assert js["completionMode"] == "Indexed"
+    assert js["completions"] == js["parallelism"] == spec.resources.nodes
+    assert js["backoffLimit"] == 0
+    rules = js["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[1]["action"] == "FailJob"
+    assert js["suspend"] is bool(spec.suspend or spec.queue_name)
+    if spec.queue_name:
+        assert job["metadata"]["labels"][KUEUE_QUEUE_LABEL] == spec.queue_name
+    pod = js["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["subdomain"] == svc["metadata"]["name"]
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    assert pod["terminationGracePeriodSeconds"] == 120
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (c,) = pod["containers"]
+    assert c["image"] == (spec.image or OPTS.trainer_image)
+    assert c["command"] == ["kubetune-trainer", "launch"]
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    limits = c["resources"].get("limits", {})
+    if spec.resources.gpus_per_node:
+        assert limits[spec.resources.gpu_resource] == str(spec.resources.gpus_per_node)
+    else:
+        assert not any("gpu" in k for k in limits)
+    if spec.resources.memory:
+        assert limits["memory"] == c["resources"]["requests"]["memory"] == str(spec.resources.memory)
+    if spec.resources.cpu:
+        assert limits["cpu"] == str(spec.resources.cpu)
+    for key, want in (("nodeSelector", spec.resources.node_selector), ("priorityClassName", spec.resources.priority_class_name)):
+        if want:
+            assert pod[key] == want
+    if spec.resources.tolerations:
+        assert len(pod["tolerations"]) == len(spec.resources.tolerations)
+    if spec.image_pull_secrets:
+        assert pod["imagePullSecrets"] == [{"name": s.name} for s in spec.image_pull_secrets]
+    # volumes: config, shm (memory-backed, sized), scratch, cache, one per claim
+    vols = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert vols["config"]["configMap"]["name"] == cm["metadata"]["name"]
+    assert vols["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": str(spec.resources.shared_memory)}
+    assert {CONFIG_DIR, "/dev/shm", WORK_DIR, CACHE_DIR} <= set(mounts)
+    claims = pvc_claims(ftj)
+    for claim in claims:
+        m = mounts[f"/mnt/pvc/{claim}"]
+        assert vols[m["name"]]["persistentVolumeClaim"]["claimName"] == claim
+    assert len(vols) == 4 + len(claims)
+    # env: rank from the completion index, world, rendezvous; secrets only as secretKeyRef
+    env = env_of(job)
+    assert env[ENV_NODE_RANK]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']")
+    assert env[ENV_NUM_NODES]["value"] == str(spec.resources.nodes)
+    assert env[ENV_MASTER_ADDR]["value"] == f"{name}-trainer-0.{svc['metadata']['name']}"
+    for use in secret_uses(ftj):
+        refs = [e["valueFrom"]["secretKeyRef"] for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})]
+        assert any(r["name"] == use.name and r["key"] == use.required_keys[0] for r in refs)
+    for e in spec.env:
+        assert env[e.name] == e.to_dict()
+    # Service: headless, selects this attempt's pods
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == {"batch.kubernetes.io/job-name": job["metadata"]["name"]}
+    # RBAC: exactly this object
+    assert role["rules"] == [
+        {"apiGroups": ["kubetune.io"], "resources": ["finetunejobs"], "resourceNames": [name], "verbs": ["get"]},
+        {"apiGroups": ["kubetune.io"], "resources": ["finetunejobs/status"], "resourceNames": [name],
+         "verbs": ["get", "patch"]},
+    ]
+    assert rb["roleRef"]["name"] == role["metadata"]["name"]
+    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "team-a"}]
+    # ConfigMap: the trainer config, no secrets
+    config = TrainerConfig.model_validate(yaml.safe_load(cm["data"][CONFIG_FILE]))
+    assert config.runtime.run_id == run_id(ftj)
+    assert config.runtime.report_status is True
+    assert config.runtime.uid == "0000-uid"
+    assert config.job.spec.model.uri == spec.model.uri
+    assert "valueFrom" not in cm["data"][CONFIG_FILE] and "AWS_SECRET" not in cm["data"][CONFIG_FILE]
+
+
+def test_render_is_deterministic_and_lifecycle_fields_keep_the_run():
+    doc = tiny_job("det")
+    a = load(doc)
+    assert render_children(a, OPTS) == render_children(load(doc), OPTS)
+    changed = copy.deepcopy(doc)
+    changed["spec"].update(suspend=True, backoffLimit=7, activeDeadlineSeconds=100, pendingDeadlineSeconds=5,
+                           ttlSecondsAfterFinished=1)
+    b = load(changed, generation=9)
+    assert run_id(a) == run_id(b)
+    assert render_configmap(a, OPTS) == render_configmap(b, OPTS)
+    changed["spec"]["training"] = {"maxSteps": 11}
+    assert run_id(load(changed)) != run_id(a)
+
+
+def test_attempt_names_and_service_selector():
+    ftj = load(tiny_job("att"))
+    assert job_name("att", 1) == "att-trainer"
+    assert job_name("att", 3) == "att-trainer-3"
+    job = render_job(ftj, OPTS, 3)
+    assert job["metadata"]["name"] == "att-trainer-3"
+    assert job["metadata"]["labels"]["kubetune.io/attempt"] == "3"
+    assert env_of(job)[ENV_MASTER_ADDR]["value"] == "att-trainer-3-0.att-trainer"
+    assert render_service(ftj, 3)["spec"]["selector"] == {"batch.kubernetes.io/job-name": "att-trainer-3"}
+
+
+def test_long_names_are_shortened_stably():
+    long = "x" * 200
+    assert len(child_name(long, "trainer-config")) <= 63
+    assert child_name(long, "trainer") == child_name(long, "trainer")
+    assert child_name(long, "trainer") != child_name(long[:-1] + "y", "trainer")
+    assert len(job_name(long, 12)) <= 52
+
+
+def test_labels_propagate_and_reserved_ones_do_not():
+    ftj = load(tiny_job("lbl", labels={"team": "nlp", "kwok.kubetune.io/outcome": "fail",
+                                          "kubetune.io/attempt": "99"}))
+    job = render_job(ftj, OPTS)
+    for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
+        assert labels["team"] == "nlp" and labels["kwok.kubetune.io/outcome"] == "fail"
+        assert labels["kubetune.io/attempt"] == "1"
+
+
+def test_queue_name_starts_suspended_with_kueue_label():
+    ftj = load(tiny_job("q", queueName="gpu-queue"))
+    job = render_job(ftj, OPTS)
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "gpu-queue"
+    assert KUEUE_QUEUE_LABEL not in job["spec"]["template"]["metadata"]["labels"]
+
+
+def test_secrets_reach_env_by_reference_only():
+    doc = tiny_job("sec", model={"uri": "hf://meta-llama/Llama-3.1-8B", "secretRef": {"name": "hf", "key": "token"}},
+                   output={"uri": "s3://my-bucket/p", "secretRef": {"name": "s3"}},
+                   env=[{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HF_HOME", "value": "/x"}])
+    ftj = load(doc)
+    env = env_of(render_job(ftj, OPTS))
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "s3", "key": "AWS_ACCESS_KEY_ID"}
+    assert env["AWS_ENDPOINT_URL"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert env["HF_HOME"] == {"name": "HF_HOME", "value": "/x"}  # the user's value wins, once
+    names = [e["name"] for e in render_job(ftj, OPTS)["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert len(names) == len(set(names))
+    assert [(u.name, u.required_keys) for u in secret_uses(ftj)] == [
+        ("s3", ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")), ("hf", ("token",))]
+
+
+def test_pvc_volumes_read_only_unless_written():
+    doc = tiny_job("pvc", model={"uri": "pvc://base/llama"}, dataset={"uri": "pvc://data/x.jsonl"},
+                   output={"uri": "pvc://models/out"})
+    job = render_job(load(doc), OPTS)
+    vols = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]
+            for v in job["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    assert vols == {"base": {"claimName": "base", "readOnly": True}, "data": {"claimName": "data", "readOnly": True},
+                    "models": {"claimName": "models", "readOnly": False}}
+
+
+def test_owner_reference_shape():
+    ref = owner_reference({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                           "metadata": {"name": "a", "uid": "u"}})
+    assert ref["controller"] is True and ref["blockOwnerDeletion"] is True
+
+
+def test_rbac_names_match():
+    sa, role, rb = render_rbac(load(tiny_job("r")))
+    assert sa["metadata"]["name"] == role["metadata"]["name"] == rb["metadata"]["name"] == "r-trainer"
