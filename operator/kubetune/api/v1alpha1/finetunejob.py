@@ -294,7 +294,7 @@ class TrainingSpec(KubeModel):
     """Random seed."""
     eval_every: EvalEvery = "epoch"
     """Evaluate every epoch ("epoch") or every N steps."""
-    metrics: list[Metric] = Field(default_factory=list)
+    metrics: Annotated[list[Metric], Field(max_length=8)] = Field(default_factory=list)
     """Evaluation metrics: accuracy, f1, precision, recall (classification); rouge, bleu, perplexity, exact-match (generation)."""
     early_stopping: EarlyStoppingSpec | None = None
     """Stop early when the watched metric stops improving (needs an evaluation set)."""
