@@ -100,6 +100,7 @@ def test_special_fields():
     assert resources["nodeSelector"]["additionalProperties"] == {"type": "string"}
     for quantity in ("cpu", "memory", "sharedMemory"):
         assert resources[quantity]["x-kubernetes-int-or-string"] is True and "type" not in resources[quantity]
+        assert resources[quantity]["pattern"].startswith("^\\+?")  # quantity syntax, no minus sign
     every = training["evalEvery"]
     assert every["x-kubernetes-int-or-string"] is True and every["default"] == "epoch"
     assert "type(self) == int && self >= 1" in every["x-kubernetes-validations"][0]["rule"]

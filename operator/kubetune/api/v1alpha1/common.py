@@ -55,10 +55,19 @@ def _check_quantity(value: str | int | float | None) -> str | None:
     return text
 
 
+# The same syntax without a minus sign, for the CRD (the API server applies it to strings only).
+_QUANTITY_CRD_PATTERN = _QUANTITY.pattern.replace(r"^(\+|-)?", r"^\+?", 1)
+
 Quantity = Annotated[
     str | int | float,
     AfterValidator(_check_quantity),
-    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": _QUANTITY_CRD_PATTERN,
+        }
+    ),
 ]
 """A Kubernetes resource quantity such as 8, 500m or 64Gi."""
 
