@@ -450,6 +450,11 @@ FINETUNEJOB_SPEC_CEL = [
         "fieldPath": ".training.warmupSteps",
     },
     {
+        "rule": "!has(self.model.revision) || self.model.revision == 'main' || self.model.uri.startsWith('hf://')",
+        "message": "model.revision applies only to hf:// models; remove it",
+        "fieldPath": ".model.revision",
+    },
+    {
         "rule": "!(self.method.type in ['prefix-tuning', 'prompt-tuning']) || self.objective.type == 'sft'",
         "message": "prefix-tuning and prompt-tuning support only objective.type sft",
         "fieldPath": ".objective.type",
@@ -486,7 +491,10 @@ class FineTuneJobSpec(KubeModel):
     """Trainer image; defaults to the operator's setting."""
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
     """Secrets for pulling the trainer image."""
-    env: list[EnvVar] = Field(default_factory=list)
+    env: Annotated[
+        list[EnvVar],
+        Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}),
+    ] = Field(default_factory=list)
     """Extra environment variables of the trainer container."""
     queue_name: Annotated[str | None, Field(min_length=1, max_length=63)] = None
     """Kueue LocalQueue; the Job is created suspended for Kueue to admit."""
