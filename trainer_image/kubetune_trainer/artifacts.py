@@ -114,13 +114,23 @@ def upload(local_dir: Path, uri: str) -> None:
         fs.put_file(str(local_dir / SUCCESS), f"{remote}/{SUCCESS}")
 
 
+FINAL_FSDP_STATE_DICT_TYPE = "FULL_STATE_DICT"
+
+
+def save_weights(trainer, output_dir: str) -> None:
+    """The adapter or the full model (every process calls this: FSDP/DeepSpeed gather the weights)."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        plugin = trainer.accelerator.state.fsdp_plugin
+        plugin.set_state_dict_type(FINAL_FSDP_STATE_DICT_TYPE)
+    trainer.save_model(output_dir)
+
+
 def save(config: TrainerConfig, trainer, tokenizer, *, kind: str, metrics: dict[str, float], base_revision: str | None,
          dataset_digest: str, started_at: datetime, base_loader=None, precision: str | None = None) -> dict:
-    """Write the result and return it as ResultStatus JSON (camelCase)."""
+    """Write the rest of the result beside the saved weights (main process) and return it as ResultStatus JSON."""
     spec = config.job.spec
     out = Path(config.runtime.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
     for stale in ("training_args.bin",):
         (out / stale).unlink(missing_ok=True)

@@ -27,6 +27,7 @@ RESULT_KINDS = {
     "prefix-tuning": "prefix",
     "prompt-tuning": "prompt",
 }
+CLASSIFIER_HEADS = r"(.*\.)?(classifier|score)(\..*)?"
 DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 
 
@@ -55,6 +56,10 @@ def lora_config(method: MethodSpec, task: str):
     from peft import LoraConfig
 
     lora = method.lora
+    extra = {}
+    if task in ("sequence-classification", "token-classification") and lora.target_modules == "all-linear":
+        # the classification head is trained in full (PEFT's modules_to_save), not given an adapter
+        extra["exclude_modules"] = CLASSIFIER_HEADS
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -62,6 +67,7 @@ def lora_config(method: MethodSpec, task: str):
         target_modules=lora.target_modules,
         bias=lora.bias,
         task_type=PEFT_TASK_TYPES[task],
+        **extra,
     )
 
 

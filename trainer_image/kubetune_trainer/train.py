@@ -101,7 +101,8 @@ def run(config: TrainerConfig) -> dict:
     return run_training(config).result
 
 
-def run_training(config: TrainerConfig, stop_flag: checkpoints.StopFlag | None = None) -> Outcome:
+def run_training(config: TrainerConfig, stop_flag: checkpoints.StopFlag | None = None,
+                 extra_callbacks: list | None = None) -> Outcome:
     from transformers import set_seed
 
     spec = config.job.spec
@@ -161,7 +162,7 @@ def run_training(config: TrainerConfig, stop_flag: checkpoints.StopFlag | None =
 
     callbacks = list(reporting.make_callbacks(config))  # reporting: progress to status + Prometheus / console
     checkpoint_callback = checkpoints.CheckpointCallback(runtime.run_id, spec.checkpoints.every_steps, flag, on_checkpoint)
-    callbacks += [checkpoint_callback, *objectives.early_stopping_callbacks(spec)]
+    callbacks += [checkpoint_callback, *objectives.early_stopping_callbacks(spec), *(extra_callbacks or [])]
 
     kwargs = objectives.training_arguments(
         spec, str(checkpoints.checkpoint_dir(runtime.output_dir)), precision,
@@ -189,6 +190,7 @@ def run_training(config: TrainerConfig, stop_flag: checkpoints.StopFlag | None =
     metrics = artifacts.numeric(metrics)
 
     result: dict = {}
+    artifacts.save_weights(trainer, runtime.output_dir)
     if trainer.is_world_process_zero():
         result = artifacts.save(
             config, trainer, tokenizer, kind=kind, metrics=metrics,

@@ -1,0 +1,49 @@
+"""`kubetune-trainer`: the trainer image's entrypoint.
+
+- ``kubetune-trainer train``: run the training in this process from $KUBETUNE_CONFIG.
+- ``kubetune-trainer launch``: start one process per GPU (accelerate/torchrun) that each run ``train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def train_main(config_path: str | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .config import load_config
+    from .errors import Preempted, TrainerError
+    from .train import run
+
+    try:
+        config = load_config(config_path)
+        result = run(config)
+    except Preempted as stop:
+        logging.getLogger("kubetune_trainer").warning("%s", stop)
+        return Preempted.exit_code
+    except TrainerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    logging.getLogger("kubetune_trainer").info("done: %s", result.get("uri") if result else "(not the main process)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="kubetune-trainer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train in this process from the rendered config")
+    train.add_argument("--config", default=None, help="config path (default: $KUBETUNE_CONFIG or /etc/kubetune/config.yaml)")
+    sub.add_parser("launch", help="start the training processes for this pod's GPUs", add_help=False)
+    if argv and argv[0] == "launch":
+        from . import launch
+
+        return launch.main(argv[1:])
+    args = parser.parse_args(argv)
+    return train_main(args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
