@@ -32,5 +32,12 @@ crds: setup
 crds-check: setup
 	$(VENV)/bin/kubetune crds --check
 
+## bench: the benchmarks in docs/benchmarks.md (BENCH_ARGS passes options to hack/bench_trainer.py)
+bench: bench-trainer
+
+## bench-trainer: tokens/s of the kubetune trainer (packing) vs a padded HF Trainer + PEFT baseline, one run
+bench-trainer: setup
+	HF_HUB_OFFLINE=1 $(PY) hack/bench_trainer.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
