@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup test lint crds crds-check demo bench clean
+.PHONY: setup test lint crds crds-check demo bench clean testbin cluster-up cluster-down
 
 ## setup: create .venv and install kubetune with the trainer and dev extras (pinned by constraints.txt)
 setup: $(VENV)/.installed
@@ -17,8 +17,21 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 ## test: the whole suite (sets itself up first)
-test: setup
+test: setup testbin
 	$(PY) -m pytest
+
+## testbin: build the pinned etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, kwok and helm
+## into ~/.cache/kubetune/testbin (a no-op once built; see docs/testing.md)
+testbin:
+	bash hack/testbin.sh
+
+## cluster-up: start the local control plane (or reuse a running one); kubeconfig in .cluster/kubeconfig
+cluster-up: setup testbin
+	$(PY) -m tests.support.controlplane up
+
+## cluster-down: stop the local control plane's processes by PID
+cluster-down: setup
+	$(PY) -m tests.support.controlplane down
 
 ## lint: ruff and the import-direction rules from DESIGN.md
 lint: setup

@@ -156,7 +156,7 @@ build_kwok() {
   if [[ ! -x $KWOK_DIR/kwok ]]; then
     log "building kwok $KWOK_VERSION"
     timed "kwok-$KWOK_VERSION" go_install "$KWOK_DIR" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" \
-      "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
+      "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
   fi
   if [[ ! -d $KWOK_DIR/stages ]]; then
     # The kwok binary has no built-in Stages (kwokctl adds them); keep the release's own Stage

@@ -1,0 +1,1 @@
+"""kubetune test suite (importable so tests can share tests.support)."""

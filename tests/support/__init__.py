@@ -1,0 +1,1 @@
+"""Test helpers: the local control plane (controlplane) and its pytest plugin (cluster)."""
