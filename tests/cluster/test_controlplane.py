@@ -3,6 +3,7 @@ and garbage-collector controllers, TokenRequest + RBAC, watch resumption and CRD
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -289,3 +290,49 @@ def _crd_docs() -> list[dict]:
     for path in sorted((REPO / "crds").glob("*.yaml")):
         docs += [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "CustomResourceDefinition"]
     return docs
+
+
+def _apply_crd(kube: KubeCluster, doc: dict) -> None:
+    ext = client.ApiextensionsV1Api(kube.api)
+    name = doc["metadata"]["name"]
+    try:
+        ext.create_custom_resource_definition(doc)
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(name)
+        ext.replace_custom_resource_definition(
+            name, {**doc, "metadata": {**doc["metadata"], "resourceVersion": current.metadata.resource_version}})
+    wait_for(lambda: condition(ext.read_custom_resource_definition(name), "Established") == "True",
+             timeout=30, what=f"CRD {name} Established")
+
+
+def test_the_crds_are_accepted_and_a_cel_rule_rejects_a_bad_object(kube: KubeCluster, namespace: str):
+    docs = _crd_docs()
+    assert {d["metadata"]["name"] for d in docs} >= {"finetunejobs.kubetune.io", "modelserves.kubetune.io"}
+    for doc in docs:
+        _apply_crd(kube, doc)  # a structural-schema or CEL compile error would be rejected here
+
+    good = yaml.safe_load((REPO / "examples" / "bert-imdb-full.yaml").read_text())
+    good["metadata"]["namespace"] = namespace
+    co = client.CustomObjectsApi(kube.api)
+
+    def create(body: dict) -> dict:
+        return co.create_namespaced_custom_object("kubetune.io", "v1alpha1", namespace, "finetunejobs", body,
+                                                  dry_run="All")
+
+    assert create(good)["spec"]["dataset"]["evalSplit"] == "test"
+
+    both = yaml.safe_load(yaml.safe_dump(good))
+    both["spec"]["dataset"]["evalFraction"] = 0.1
+    with pytest.raises(client.ApiException) as err:
+        create(both)
+    assert err.value.status == 422
+    assert "dataset.evalSplit and dataset.evalFraction are exclusive" in json.loads(err.value.body)["message"]
+
+    multinode_cpu = yaml.safe_load(yaml.safe_dump(good))
+    multinode_cpu["spec"]["resources"].update(nodes=2, gpusPerNode=0)
+    with pytest.raises(client.ApiException) as err:
+        create(multinode_cpu)
+    assert err.value.status == 422
+    assert "resources.nodes > 1 needs resources.gpusPerNode >= 1" in json.loads(err.value.body)["message"]
