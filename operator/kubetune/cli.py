@@ -14,23 +14,28 @@ from pathlib import Path
 import yaml
 
 DEFAULT_CRDS_DIR = "crds"  # relative to the working directory: run it in the repository root
+DEFAULT_CHART_CRDS_DIR = "charts/kubetune/templates/crds"
 
 
 def cmd_crds(args: argparse.Namespace) -> int:
     """Write the CRDs from the models, or (--check) report where the committed ones differ."""
     from kubetune import crdgen
 
+    targets = [(args.output_dir, crdgen.rendered_files())]
+    if args.chart_dir:
+        targets.append((args.chart_dir, crdgen.chart_files()))
     if args.check:
-        problems = crdgen.check_crds(args.output_dir)
+        problems = [line for folder, files in targets for line in crdgen.check_crds(folder, files)]
         for line in problems:
             print(line, file=sys.stderr)
         if problems:
             print("CRDs are out of date: run `kubetune crds` (or `make crds`) and commit the result", file=sys.stderr)
             return 1
-        print(f"CRDs in {args.output_dir} match the models")
+        print(f"CRDs in {' and '.join(folder for folder, _ in targets)} match the models")
         return 0
-    for path in crdgen.write_crds(args.output_dir):
-        print(f"wrote {path}")
+    for folder, files in targets:
+        for path in crdgen.write_crds(folder, files):
+            print(f"wrote {path}")
     return 0
 
 
@@ -124,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     crds = sub.add_parser("crds", help="write the CRDs from the models (or --check them)")
     crds.add_argument("--check", action="store_true", help="exit 1 when the files differ from the models")
     crds.add_argument("--output-dir", default=DEFAULT_CRDS_DIR, help="folder of the CRD files (default: %(default)s)")
+    crds.add_argument("--chart-dir", default=DEFAULT_CHART_CRDS_DIR,
+                      help="folder of the Helm chart's CRD templates; empty to skip (default: %(default)s)")
     crds.set_defaults(func=cmd_crds)
 
     validate = sub.add_parser("validate", help="check FineTuneJob/ModelServe manifests offline")

@@ -210,12 +210,33 @@ def rendered_files() -> dict[str, str]:
     return {kind.filename: render_crd(crd_document(kind)) for kind in KINDS}
 
 
-def write_crds(output_dir: str | Path) -> list[Path]:
-    """Write every CRD into ``output_dir``; return the paths written."""
+CHART_CRDS_DIR = "charts/kubetune/templates/crds"
+
+
+def render_chart_crd(doc: dict[str, Any]) -> str:
+    """A CRD as a Helm template: installed when crds.enabled, kept on uninstall when crds.keep."""
+    body = yaml.safe_dump(doc, sort_keys=False, width=100, allow_unicode=True, default_flow_style=False)
+    name_line = f"metadata:\n  name: {doc['metadata']['name']}\n"
+    templated = (
+        name_line + "  {{- if .Values.crds.keep }}\n  annotations:\n    helm.sh/resource-policy: keep\n  {{- end }}\n"
+        "  labels:\n    {{- include \"kubetune.labels\" . | nindent 4 }}\n"
+    )
+    if name_line not in body:
+        raise ValueError(f"unexpected CRD metadata for {doc['metadata']['name']}")
+    return HEADER + "{{- if .Values.crds.enabled }}\n" + body.replace(name_line, templated, 1) + "{{- end }}\n"
+
+
+def chart_files() -> dict[str, str]:
+    """file name -> Helm template text of every CRD (for CHART_CRDS_DIR)."""
+    return {kind.filename: render_chart_crd(crd_document(kind)) for kind in KINDS}
+
+
+def write_crds(output_dir: str | Path, files: dict[str, str] | None = None) -> list[Path]:
+    """Write every CRD (``files``, default the plain CRDs) into ``output_dir``; return the paths written."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in rendered_files().items():
+    for name, text in (files if files is not None else rendered_files()).items():
         path = out / name
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
@@ -223,11 +244,11 @@ def write_crds(output_dir: str | Path) -> list[Path]:
     return written
 
 
-def check_crds(output_dir: str | Path) -> list[str]:
+def check_crds(output_dir: str | Path, files: dict[str, str] | None = None) -> list[str]:
     """Differences between the committed CRDs and the models, one summary line each (empty: in sync)."""
     out = Path(output_dir)
     problems = []
-    for name, text in rendered_files().items():
+    for name, text in (files if files is not None else rendered_files()).items():
         path = out / name
         if not path.exists():
             problems.append(f"{path}: missing")
