@@ -57,7 +57,7 @@ def test_default_render_has_crds_operator_and_rbac(helm):
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == "ghcr.io/kubetune/kubetune-operator:0.1.0"
-    assert container["args"] == ["operator", "--all-namespaces"]
+    assert container["args"] == ["operator", "--standalone", "--all-namespaces"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["livenessProbe"]["httpGet"]["port"] == "health"
@@ -75,7 +75,7 @@ def test_values_switch_crds_namespaces_and_images(helm):
                   "image.tag=dev")  # fmt: skip
     assert by_kind(docs, "CustomResourceDefinition") == []
     (container,) = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
-    assert container["args"] == ["operator", "--namespace=ml", "--namespace=research"]
+    assert container["args"] == ["operator", "--standalone", "--namespace=ml", "--namespace=research"]
     assert container["image"].endswith(":dev")
     assert {"name": "KUBETUNE_TRAINER_IMAGE", "value": "registry.local/trainer:1"} in container["env"]
     keep_off = render(helm, "crds.keep=false")
