@@ -260,7 +260,8 @@ def accelerate_config(
 
 def trainer_command() -> list[str]:
     """The agreed in-process command: ``kubetune-trainer train``."""
-    exe = shutil.which("kubetune-trainer")
+    beside = Path(sys.executable).parent / "kubetune-trainer"  # the same environment's script, even off PATH
+    exe = str(beside) if os.access(beside, os.X_OK) else shutil.which("kubetune-trainer")
     if exe:
         return [exe, "train"]
     return [
