@@ -70,7 +70,7 @@ def _token() -> str | None:
     return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
 
 
-def _load_files(files: list[Path], uri: str):
+def _load_files(files: list[Path], uri: str, split: str = "train"):
     import datasets
 
     suffixes = {f.suffix.lower() for f in files}
@@ -87,6 +87,8 @@ def _load_files(files: list[Path], uri: str):
     except Exception as error:
         cause = error.__cause__ or error
         names = ", ".join(str(f) for f in files)
+        if "corresponds to no data" in str(cause):
+            raise DataError(f"{uri}: split '{split}' is empty ({names} has no rows)") from None
         raise DataError(f"{uri}: cannot parse {names} as {builder}: {type(cause).__name__}: {cause}") from None
 
 
@@ -118,12 +120,12 @@ def _load_local(path: Path, split: str, train_split: str, uri: str):
                     f"{uri}: no file for split '{split}' in {path} (expected {split}.jsonl, {split}-*.parquet, ...)"
                 )
             mine = files
-        return _load_files(mine, uri)
+        return _load_files(mine, uri, split)
     if split != train_split:
         raise DataError(
             f"{uri}: a single file holds the training split only; use dataset.evalFraction, or a folder with {split}.jsonl"
         )
-    return _load_files([path], uri)
+    return _load_files([path], uri, split)
 
 
 def _load_hf(uri: str, spec: DatasetSpec, split: str):
