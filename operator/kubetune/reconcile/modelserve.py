@@ -452,15 +452,32 @@ class _Pass:
         self.result.phase = self.phase
         for type_, reason, message in self.events:
             self.kube.event(self.obj, type_, reason, message)
+        new = _strip_none(new)
         if new == self.old:
             return
-        # A merge patch: fields that went away are written as null.
-        patch = {**{k: None for k in self.old if k not in new}, **new}
+        patch = _merge_patch(self.old, new)
         try:
             self.kube.patch("ModelServe", self.ns, self.name, {"status": patch}, subresource="status")
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+
+def _strip_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def _merge_patch(old: Any, new: Any) -> Any:
+    """A JSON merge patch (RFC 7396) from OLD to NEW: maps merge, so keys that went away become null."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch = {k: None for k in old if k not in new}
+    for k, v in new.items():
+        if old.get(k) != v:
+            patch[k] = _merge_patch(old.get(k), v)
+    return patch
 
 
 def _ours(annotations: dict[str, str]) -> dict[str, str]:
