@@ -180,7 +180,7 @@ class _LocalSession:
                     self.cp.save()
                     return
                 self.cp._down()
-                cpmod.log("stopped the control plane this session started")
+                cpmod.log("stopped the control plane (started by this or an earlier session; no session uses it now)")
         finally:
             self.users_fh.close()
             self.users_fh = None

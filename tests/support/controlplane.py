@@ -555,6 +555,7 @@ class ControlPlane:
                 log("found a stale or broken control plane: stopping what is left of it")
                 self._down()
             tb = testbin or ensure_testbin()
+            self._stop_orphans(tb)
             t0 = time.monotonic()
             deadline = t0 + START_TIMEOUT
             self._fresh_dir()
@@ -599,6 +600,27 @@ class ControlPlane:
             log(f"control plane ready in {self.state['ready_seconds']} s (apiserver {t_api:.1f} s) at "
                 f"{self.server}; kubeconfig {self.kubeconfig}")
             return True
+
+    def _stop_orphans(self, tb: Testbin) -> None:
+        """Stop processes of an earlier start in this directory whose PIDs were never recorded (the
+        starter was killed mid-start): our binaries, running with this directory as their cwd."""
+        roots = tuple(str(d) + "/" for d in (tb.kubernetes, tb.etcd, tb.kwok))
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                if Path(os.readlink(proc / "cwd")) != self.dir.resolve():
+                    continue
+                argv = [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0")]
+            except OSError:
+                continue
+            if argv[0].startswith(roots):
+                log(f"stopping orphaned {Path(argv[0]).name} (pid {proc.name}) left by an interrupted start")
+                stop_pid(int(proc.name), argv[0])
+                for arg in argv:
+                    data = Path(arg.removeprefix("--data-dir="))
+                    if arg.startswith("--data-dir=") and data.name.startswith("kubetune-etcd-"):
+                        shutil.rmtree(data, ignore_errors=True)
 
     def _fresh_dir(self) -> None:
         for sub in ("pki", "pids"):
@@ -872,6 +894,8 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("restart", help="restart one component in place")
     r.add_argument("component", choices=COMPONENTS)
     args = parser.parse_args(argv)
+    # `timeout` and CI send SIGTERM: unwind through up()'s cleanup instead of leaving orphans.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cp = ControlPlane()
     try:
         if args.cmd == "up":
