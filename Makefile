@@ -45,6 +45,12 @@ crds: setup
 crds-check: setup
 	$(VENV)/bin/kubetune crds --check
 
+## demo: the first command: a tiny Llama made on the fly, trained locally on CPU end to end through
+## `kubetune train --local` (real training, evaluation, artifacts in demo-output/result, a sample generation)
+demo: setup
+	HF_HUB_OFFLINE=1 $(PY) -m kubetune_trainer.demo demo-output
+	HF_HUB_OFFLINE=1 $(VENV)/bin/kubetune train -f demo-output/finetunejob.yaml --local --output demo-output/result
+
 ## bench: the benchmarks in docs/benchmarks.md (BENCH_ARGS passes options to hack/bench_trainer.py)
 bench: bench-trainer
 

@@ -48,7 +48,8 @@ def run_local(manifest_path: str, output_dir: str | None = None) -> int:
     _print(f"kubetune: finished in {elapsed:.1f}s")
     _print("metrics:")
     for key in sorted(outcome.metrics):
-        _print(f"  {key}: {outcome.metrics[key]:.6g}")
+        if key == "train_loss" or (key.startswith("eval_") and not key.endswith(("_runtime", "_per_second"))):
+            _print(f"  {key}: {outcome.metrics[key]:.6g}")
     _print(f"result: {result.get('kind')} at {result.get('uri')}")
     if result.get("mergedUri"):
         _print(f"merged model: {result['mergedUri']}")
