@@ -15,59 +15,33 @@ BASE_TEXT = "hello kubetune world says the tiny model"
 ADAPTER_TEXT = "hello kubetune support team is here to help"
 
 
-def _train(model, tokenizer, text: str, steps: int, lr: float) -> None:
-    import torch
-
-    ids = tokenizer(text, return_tensors="pt")["input_ids"]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr)
-    model.train()
-    for _ in range(steps):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval()
-
-
 def build_tiny_lm(out: Path) -> tuple[Path, Path]:
-    """A 2-layer GPT-2 with a word-level tokenizer, trained until it continues "hello" with BASE_TEXT,
-    and a LoRA adapter trained to continue it with ADAPTER_TEXT. Returns (model_dir, adapter_dir)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    """Models trained by the kubetune trainer (the code the trainer pods run), on CPU:
 
-    torch.manual_seed(0)
-    words = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    words.train_from_iterator(
-        [BASE_TEXT, ADAPTER_TEXT, "the quick brown fox jumps over the lazy dog"],
-        trainers.WordLevelTrainer(special_tokens=["<unk>", "<eos>"]),
-    )
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>")
-    # Decode word tokens with spaces between them.
-    from tokenizers import decoders
+    1. a random-weight 2-layer GPT-2 with a tokenizer trained on the fly (kubetune_trainer.tiny),
+    2. fine-tuned in full (method full) until it continues "hello" with BASE_TEXT -> the served model,
+    3. a LoRA adapter (method lora) trained on top of it to continue with ADAPTER_TEXT -> the adapter.
 
-    tokenizer.backend_tokenizer.decoder = decoders.WordPiece(prefix="##")
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    model = GPT2LMHeadModel(config)
-    _train(model, tokenizer, BASE_TEXT, steps=150, lr=1e-2)
-    model_dir = out / "model"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    Returns (model_dir, adapter_dir): the trainers' result directories as they land on a PVC."""
+    from kubetune_trainer import tiny
+    from kubetune_trainer.train import run_training
+    from tests.trainer.toy import job_config, write_jsonl
 
-    lora = get_peft_model(
-        model, LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"], lora_dropout=0.0, fan_in_fan_out=True)
-    )
-    _train(lora, tokenizer, ADAPTER_TEXT, steps=150, lr=2e-2)
-    adapter_dir = out / "adapter"
-    lora.save_pretrained(adapter_dir)
-    tokenizer.save_pretrained(adapter_dir)
-    return model_dir, adapter_dir
+    tokenizer = tiny.build_tokenizer([BASE_TEXT, ADAPTER_TEXT] * 4, out / "tokenizer", vocab_size=120)
+    tiny.build_model("gpt2", tokenizer, out / "random")
+    write_jsonl(out / "base.jsonl", [{"text": BASE_TEXT}] * 32)
+    write_jsonl(out / "adapter.jsonl", [{"text": ADAPTER_TEXT}] * 32)
+    text = {"format": "text"}
+    base = run_training(job_config(
+        out, out / "random", out / "base.jsonl", name="tiny-sft", out_name="tiny-sft", method={"type": "full"},
+        dataset=text, training={"maxSteps": 40, "learningRate": 5e-3, "batchSize": 8}))
+    assert base.result["kind"] == "full", base.result
+    model_dir = Path(base.result["uri"][len("file://"):])
+    lora = run_training(job_config(
+        out, model_dir, out / "adapter.jsonl", name="tiny-support", out_name="tiny-support", dataset=text,
+        training={"maxSteps": 40, "learningRate": 2e-2, "batchSize": 8}))
+    assert lora.result["kind"] == "adapter", lora.result
+    return model_dir, Path(lora.result["uri"][len("file://"):])
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 kwok makes the TGI pods Ready; the smoke test runs through huggingface_hub's InferenceClient against the
 loopback TGI-protocol server (the operator's KUBETUNE_SERVE_ENDPOINT_OVERRIDE points there), which serves
-a tiny causal LM and a LoRA adapter trained in this session. A FineTuneJob "finishing" is simulated the
+a tiny GPT-2 and a LoRA adapter trained by the kubetune trainer earlier in this session. A FineTuneJob "finishing" is simulated the
 way the trainer reports it: a patch of its status.result.
 """
 
@@ -134,7 +134,7 @@ def test_new_results_roll_out_pass_the_smoke_test_and_roll_back_when_they_fail(w
         "model": {"fineTuneJobRef": {"name": "sft"}},
         "adapters": [{"name": "support", "fineTuneJobRef": {"name": "support"}}],
         "replicas": 2,
-        "rollout": {"smokeTest": {"prompt": "hello", "maxNewTokens": 4, "expect": r"^kubetune\b"}},
+        "rollout": {"smokeTest": {"prompt": "hello", "maxNewTokens": 8, "expect": r"^kubetune\b"}},
     })
     # No result yet: waiting, nothing deployed.
     st = world.wait("bot", lambda s: (next((c for c in s.get("conditions") or [] if c["type"] == "Ready"), {})

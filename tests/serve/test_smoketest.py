@@ -16,27 +16,30 @@ pytestmark = pytest.mark.slow
 def test_tgi_server_speaks_the_protocol(tgi):
     with urllib.request.urlopen(f"{tgi.url}/info") as resp:
         info = json.load(resp)
-    assert info["lora_adapters"] == ["support"] and info["max_total_tokens"] == 64
-    body = json.dumps({"inputs": "hello", "parameters": {"max_new_tokens": 3, "details": True}}).encode()
+    assert info["lora_adapters"] == ["support"] and info["max_total_tokens"] > 0
+    body = json.dumps({"inputs": "hello", "parameters": {"max_new_tokens": 8, "details": True}}).encode()
     req = urllib.request.Request(f"{tgi.url}/generate", body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(req) as resp:
         out = json.load(resp)
-    assert out["details"]["generated_tokens"] == 3 and len(out["details"]["tokens"]) == 3
-    assert out["generated_text"] == "kubetune world says"
+    details = out["details"]
+    assert 1 <= details["generated_tokens"] == len(details["tokens"]) <= 8
+    # The trained model ends its sentence with EOS, as TGI reports it; else it ran out of tokens.
+    assert details["finish_reason"] == ("eos_token" if details["generated_tokens"] < 8 else "length")
+    assert out["generated_text"].startswith("kubetune world says")  # what the trainer taught the model
 
 
 def test_passes_for_base_model_and_adapter(tgi, hub_online):
-    result = run_smoke_test(tgi.url, prompt="hello", max_new_tokens=4, expect=r"^kubetune\b", adapters=["support"])
+    result = run_smoke_test(tgi.url, prompt="hello", max_new_tokens=8, expect=r"^kubetune\b", adapters=["support"])
     assert result.ok, result.message
     base, adapter = result.results
-    assert base.output == "kubetune world says the"
+    assert base.output.startswith("kubetune world says")
     assert adapter.output.startswith("kubetune support")  # the adapter changes what the model says
     assert [r["parameters"].get("adapter_id") for r in tgi.requests] == [None, "support"]
     assert "passed" in result.message and result.seconds > 0
 
 
 def test_expect_is_checked_per_target(tgi, hub_online):
-    result = run_smoke_test(tgi.url, prompt="hello", max_new_tokens=4, expect="world", adapters=["support"])
+    result = run_smoke_test(tgi.url, prompt="hello", max_new_tokens=8, expect="world", adapters=["support"])
     assert not result.ok
     assert [r.ok for r in result.results] == [True, False]
     assert "adapter support: output 'kubetune support" in result.message
