@@ -8,7 +8,14 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from kubetune.api.v1alpha1 import TARGET_CLUSTER, TARGET_LOCAL, FineTuneJob, TrainerConfig, TrainerRuntime, config_hash
+from kubetune.api.v1alpha1 import (
+    TARGET_CLUSTER,
+    TARGET_LOCAL,
+    FineTuneJob,
+    TrainerConfig,
+    TrainerRuntime,
+    config_hash,
+)
 from kubetune.api.v1alpha1.trainerconfig import CONFIG_PATH, ENV_CONFIG
 
 from .errors import ConfigError

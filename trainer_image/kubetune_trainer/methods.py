@@ -104,9 +104,9 @@ def _layer_list(model):
 
     best = None
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and re.search(r"(^|\.)(layers|layer|h|block|blocks)$", name):
-            if best is None or len(module) > len(best[1]):
-                best = (name, module)
+        is_stack = isinstance(module, torch.nn.ModuleList) and re.search(r"(^|\.)(layers|layer|h|block|blocks)$", name)
+        if is_stack and (best is None or len(module) > len(best[1])):
+            best = (name, module)
     return best
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 from kubetune.api.v1alpha1 import TrainerConfig
 
-from . import artifacts, checkpoints, data as data_mod, methods, objectives
+from . import artifacts, checkpoints, methods, objectives
+from . import data as data_mod
 from . import metrics as metric_fns
 from . import model as model_mod
 from .errors import Preempted
@@ -37,7 +38,9 @@ class _LocalReporting:
 
 def reporting_module():
     try:
-        from . import reporting  # written by the reporting owner: make_callbacks, report_result, report_checkpoint
+        from . import (
+            reporting,  # written by the reporting owner: make_callbacks, report_result, report_checkpoint
+        )
 
         return reporting
     except ImportError as error:
