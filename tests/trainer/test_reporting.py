@@ -4,7 +4,6 @@ The test against a real API server with a ServiceAccount token is in test_report
 
 from __future__ import annotations
 
-import os
 import urllib.request
 
 import pytest
@@ -264,4 +263,10 @@ def test_local_result_and_checkpoint_go_to_the_console(tmp_path, capsys):
     assert "eval_loss: 0.5" in out and "train_loss" not in out  # NaN is not a figure
 
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+@pytest.mark.parametrize("setting", ["no", "all", "non_padding"])
+def test_tokens_are_counted_without_padding(tmp_path, setting):
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(include_num_input_tokens_seen=setting)
+    ReportingCallback(trainer_config(tmp_path)).on_init_end(args, FakeState(0), None)
+    assert args.include_num_input_tokens_seen == "non_padding"

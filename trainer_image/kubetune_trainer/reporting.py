@@ -336,9 +336,10 @@ class ReportingCallback(TrainerCallback):
     # ------------------------------------------------------------------ Trainer events
 
     def on_init_end(self, args, state, control, **kwargs):
-        # Tokens per second needs the Trainer to count the input tokens (gathered over all processes);
-        # every rank must agree, and every rank runs this callback.
-        if getattr(args, "include_num_input_tokens_seen", "no") in ("no", False, None):
+        # Tokens per second counts real tokens: the Trainer counts the non-padding input tokens (from the
+        # attention mask, or ids != pad for padding-free batches), gathered over all processes. Every rank
+        # must agree on this, and every rank runs this callback.
+        if getattr(args, "include_num_input_tokens_seen", "no") != "non_padding":
             args.include_num_input_tokens_seen = "non_padding"
         return control
 
