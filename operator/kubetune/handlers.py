@@ -19,15 +19,24 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import os
+import sys
 from typing import Any
 
-import kopf
+if "kubernetes" not in sys.modules and os.environ.get("KUBETUNE_KOPF_CLIENT_LIBRARY") != "1":
+    # kopf imports the official client library when it is installed (about 55 MiB of RSS) only to log in
+    # through it and to accept its model classes; the operator uses neither (kubetune.reconcile.kube talks
+    # to the API itself), so keep it out of the operator process. kopf then logs in with its own
+    # kubeconfig / ServiceAccount handlers.
+    sys.modules["kubernetes"] = None  # type: ignore[assignment]
 
-from kubetune import metrics
-from kubetune.reconcile.finetunejob import CONTROLLER as FTJ
-from kubetune.reconcile.runtime import Runtime, build_runtime
-from kubetune.render.common import FINETUNEJOB_LABEL
-from kubetune.settings import Settings, load_settings
+import kopf  # noqa: E402
+
+from kubetune import metrics  # noqa: E402
+from kubetune.reconcile.finetunejob import CONTROLLER as FTJ  # noqa: E402
+from kubetune.reconcile.runtime import Runtime, build_runtime  # noqa: E402
+from kubetune.render.common import FINETUNEJOB_LABEL  # noqa: E402
+from kubetune.settings import Settings, load_settings  # noqa: E402
 
 log = logging.getLogger("kubetune.handlers")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -180,6 +181,15 @@ def ftj_ns(kube, operator):
     """A fresh namespace the operator under test watches."""
     name = kube.new_namespace(NS_PREFIX)
     yield name
+    # Fake pods that never finish (outcome=run) would hold their GPUs through a 120 s grace period.
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube.api)
+    with contextlib.suppress(client.ApiException):
+        core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
+        for pod in core.list_namespaced_pod(name).items:  # the Job controller's finalizer outlives the Job
+            if pod.metadata.finalizers:
+                core.patch_namespaced_pod(pod.metadata.name, name, {"metadata": {"finalizers": None}})
     kube.delete_namespace(name)
 
 

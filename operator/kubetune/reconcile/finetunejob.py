@@ -289,6 +289,8 @@ class _Pass:
         cached = self.r.cache.get(key)
         if cached is not None:
             return cached[1]
+        if not self.old.get("observedGeneration"):
+            return None  # never reconciled: no ConfigMap yet
         cm = self.kube.get("ConfigMap", self.ns, key[2])
         if cm is None or not self.owned(cm):
             return None
@@ -374,6 +376,11 @@ class _Pass:
 
     def _apply_static(self, ftj: FineTuneJob, attempt: int) -> bool:
         """RBAC, ConfigMap and Service: applied only when what they should be differs from what was applied."""
+        # Everything they are rendered from: when it is what this process applied last, skip even rendering.
+        signature = (self.uid, self.gen, tuple(sorted((self.meta.get("labels") or {}).items())), attempt)
+        sig_key = ("static", self.ns, self.name)
+        if self.r.cache.get(sig_key) == (str(signature), None):
+            return True
         desired = [*render_rbac(ftj), render_configmap(ftj, self.r.opts), render_service(ftj, attempt)]
         for obj in desired:
             key = (obj["kind"], self.ns, obj["metadata"]["name"])
@@ -381,7 +388,9 @@ class _Pass:
             cached = self.r.cache.get(key)
             if cached is not None and cached[0] == digest:
                 continue
-            live = self.kube.get(obj["kind"], self.ns, key[2])
+            # Never reconciled before: its children cannot exist yet, so apply without reading first (a
+            # foreign object of that name is refused by the API server: two controller references).
+            live = self.kube.get(obj["kind"], self.ns, key[2]) if self.old.get("observedGeneration") else None
             if live is not None and not self.owned(live):
                 message = (f"{obj['kind']} {key[2]!r} already exists and does not belong to this FineTuneJob: "
                            f"delete it or rename the FineTuneJob")
@@ -391,6 +400,7 @@ class _Pass:
             if live is None or applied_hash(live) != digest:
                 live = self.kube.apply(obj)
             self.r.cache.put(key, applied_hash(live), _labels(live).get(RUN_ID_LABEL))
+        self.r.cache.put(sig_key, str(signature), None)
         return True
 
     def _create_job(self, ftj: FineTuneJob, attempt: int) -> None:

@@ -8,29 +8,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from kubernetes import client, config
-
 from kubetune import metrics
 from kubetune.render.finetunejob import RenderOptions
 from kubetune.settings import Settings
 
 from .finetunejob import CONTROLLER as FTJ_CONTROLLER
 from .finetunejob import AppliedCache, FineTuneJobReconciler
-from .kube import Kube
+from .kube import Kube, RestClient
 from .queue import Key, Outcome, WorkQueue
 
 log = logging.getLogger("kubetune.runtime")
-
-
-def api_client(pool_size: int = 16) -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
-    conf = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=conf)
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=conf)
-    conf.connection_pool_maxsize = pool_size
-    return client.ApiClient(conf)
 
 
 @dataclass
@@ -92,7 +79,7 @@ def finetunejob_controller(kube: Kube, settings: Settings) -> WorkQueue:
 
 
 def build_runtime(settings: Settings) -> Runtime:
-    kube = Kube(api_client(pool_size=max(16, settings.workers * 2)), settings.field_manager)
+    kube = Kube(RestClient.from_environment(pool_size=max(16, settings.workers * 2)), settings.field_manager)
     kube.on_write = lambda verb, kind: metrics.API_WRITES.labels(verb, kind).inc()
     rt = Runtime(settings=settings, kube=kube)
     rt.queues[FTJ_CONTROLLER] = finetunejob_controller(kube, settings)

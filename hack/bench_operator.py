@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""Benchmark of the FineTuneJob controller on the local control plane (targets in DESIGN.md).
+
+    .venv/bin/python hack/bench_operator.py [--latency-jobs 100] [--burst-jobs 1000] [--write-docs]
+
+Starts (or reuses) the local control plane, applies the CRDs, runs `kubetune operator` as a subprocess
+(8 workers, watching bench-* namespaces) and measures:
+
+1. apply -> trainer Job created, one FineTuneJob at a time (client create call -> the Job's ADDED event
+   on a watch), p50/p99;
+2. N FineTuneJobs created at once (16 client threads): time until every Job exists, duplicates
+   (more than one Job per FineTuneJob) and errors (failed creates, reconcile errors, FineTuneJobs not
+   Pending/Suspended);
+3. writes during a full resync of the unchanged objects: the operator is restarted (it lists and
+   reconciles everything again); writes counted by the operator's own counter and by comparing every
+   object's resourceVersion before and after;
+4. the operator's RSS with all objects loaded.
+
+FineTuneJobs are created with spec.suspend=true: the operator does all its work (children, status,
+events) but the Jobs start no pods, so the figures are the operator's, not kwok's or the scheduler's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "operator")]
+
+import psutil  # noqa: E402
+from kubernetes import client, config, watch  # noqa: E402
+
+from tests.operator.conftest import Operator, apply_crds, tiny_job, wait_for  # noqa: E402
+from tests.support import controlplane as cpmod  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+class JobWatch:
+    """Records when each trainer Job is first seen (ADDED) in the watched namespaces."""
+
+    def __init__(self, api: client.ApiClient):
+        self.batch = client.BatchV1Api(api)
+        self.seen: dict[tuple[str, str], float] = {}
+        self.adds: dict[tuple[str, str], int] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self.ready.wait(10)
+
+    def _run(self) -> None:
+        rv = self.batch.list_job_for_all_namespaces(limit=1).metadata.resource_version
+        while not self.stop.is_set():
+            w = watch.Watch()
+            self.ready.set()
+            try:
+                for ev in w.stream(self.batch.list_job_for_all_namespaces, resource_version=rv,
+                                   label_selector="kubetune.io/finetunejob", timeout_seconds=30,
+                                   allow_watch_bookmarks=True):
+                    obj = ev["object"]
+                    if isinstance(obj, dict):
+                        meta = obj["metadata"]
+                    else:
+                        meta = {"namespace": obj.metadata.namespace, "name": obj.metadata.name,
+                                "resourceVersion": obj.metadata.resource_version}
+                    rv = meta.get("resourceVersion", rv)
+                    if ev["type"] == "ADDED":
+                        key = (meta["namespace"], meta["name"])
+                        with self.lock:
+                            self.seen.setdefault(key, time.perf_counter())
+                            self.adds[key] = self.adds.get(key, 0) + 1
+                    if self.stop.is_set():
+                        break
+            except Exception:  # noqa: BLE001 - re-watch
+                time.sleep(0.2)
+
+    def first_seen(self, ns: str, name: str) -> float | None:
+        with self.lock:
+            return self.seen.get((ns, name))
+
+
+def new_ns(core: client.CoreV1Api, name: str) -> str:
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    wait_for(lambda: core.read_namespaced_service_account("default", name), 60, 0.1)
+    return name
+
+
+def settle(op: Operator, quiet: float = 3.0, timeout: float = 300.0) -> float:
+    """Wait until the operator's reconcile counter stops moving for QUIET seconds."""
+    start = time.monotonic()
+    last, since = -1.0, time.monotonic()
+    while time.monotonic() - start < timeout:
+        now = op.metric("controller_runtime_reconcile_total", controller="finetunejob")
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return last
+        time.sleep(0.25)
+    return last
+
+
+def versions(api: client.ApiClient, namespaces: list[str]) -> dict[str, str]:
+    """resourceVersion of every FineTuneJob and child in NAMESPACES."""
+    co, core, batch, rbac = (client.CustomObjectsApi(api), client.CoreV1Api(api), client.BatchV1Api(api),
+                             client.RbacAuthorizationV1Api(api))
+    out: dict[str, str] = {}
+    sel = "kubetune.io/finetunejob"
+    for ns in namespaces:
+        for o in co.list_namespaced_custom_object("kubetune.io", "v1alpha1", ns, "finetunejobs")["items"]:
+            out[f"ftj/{ns}/{o['metadata']['name']}"] = o["metadata"]["resourceVersion"]
+        for kind, items in (
+            ("job", batch.list_namespaced_job(ns, label_selector=sel).items),
+            ("cm", core.list_namespaced_config_map(ns, label_selector=sel).items),
+            ("svc", core.list_namespaced_service(ns, label_selector=sel).items),
+            ("sa", core.list_namespaced_service_account(ns, label_selector=sel).items),
+            ("role", rbac.list_namespaced_role(ns, label_selector=sel).items),
+            ("rb", rbac.list_namespaced_role_binding(ns, label_selector=sel).items),
+        ):
+            for o in items:
+                out[f"{kind}/{ns}/{o.metadata.name}"] = o.metadata.resource_version
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--latency-jobs", type=int, default=100)
+    ap.add_argument("--burst-jobs", type=int, default=1000)
+    ap.add_argument("--workers", type=int, default=8, help="operator reconcile workers (KUBETUNE_WORKERS)")
+    ap.add_argument("--write-docs", action="store_true", help="append the figures to docs/benchmarks.md")
+    ap.add_argument("--keep", action="store_true", help="keep the bench namespaces")
+    args = ap.parse_args()
+
+    cp = cpmod.ControlPlane()
+    cp.up()
+    kubeconfig = str(cp.kubeconfig)
+    api = config.new_client_from_config(config_file=kubeconfig)
+    api.configuration.connection_pool_maxsize = 32
+    core = client.CoreV1Api(api)
+    co = client.CustomObjectsApi(api)
+    apply_crds(api)
+    tag = time.strftime("%H%M%S")
+    out_dir = REPO / ".cluster" / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    op = Operator(kubeconfig, out_dir, namespaces="bench-*", KUBETUNE_WORKERS=str(args.workers),
+                  KUBETUNE_LOG_LEVEL="WARNING")
+    op.start()
+    jw = JobWatch(api)
+    results: dict[str, object] = {"workers": args.workers, "cpus": os.cpu_count()}
+    namespaces: list[str] = []
+    try:
+        # 1. latency, one at a time
+        ns = new_ns(core, f"bench-lat-{tag}")
+        namespaces.append(ns)
+        lat: list[float] = []
+        for i in range(args.latency_jobs):
+            body = tiny_job(f"lat-{i}", suspend=True)
+            t0 = time.perf_counter()
+            co.create_namespaced_custom_object("kubetune.io", "v1alpha1", ns, "finetunejobs", body)
+            seen = wait_for(lambda n=f"lat-{i}-trainer": jw.first_seen(ns, n), 30, 0.002)
+            lat.append(seen - t0)
+        results["latency_ms"] = {"n": len(lat), "p50": round(pct(lat, 0.5) * 1000, 1),
+                                 "p99": round(pct(lat, 0.99) * 1000, 1), "max": round(max(lat) * 1000, 1)}
+        print("apply -> Job:", results["latency_ms"], flush=True)
+
+        # 2. burst
+        ns = new_ns(core, f"bench-burst-{tag}")
+        namespaces.append(ns)
+        settle(op, 1.0)
+        errors_before = op.metric("controller_runtime_reconcile_errors_total")
+        create_errors: list[str] = []
+
+        def create(i: int) -> None:
+            try:
+                co.create_namespaced_custom_object("kubetune.io", "v1alpha1", ns, "finetunejobs",
+                                                   tiny_job(f"burst-{i}", suspend=True))
+            except Exception as exc:  # noqa: BLE001
+                create_errors.append(str(exc)[:200])
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(create, range(args.burst_jobs)))
+        t_created = time.perf_counter() - t0
+        names = [f"burst-{i}-trainer" for i in range(args.burst_jobs)]
+        wait_for(lambda: all(jw.first_seen(ns, n) for n in names), 600, 0.1, "all burst Jobs")
+        t_all = max(jw.first_seen(ns, n) for n in names) - t0
+        settle(op, 3.0)
+        batch = client.BatchV1Api(api)
+        jobs = batch.list_namespaced_job(ns, label_selector="kubetune.io/finetunejob").items
+        per_owner: dict[str, int] = {}
+        for j in jobs:
+            owner = j.metadata.labels["kubetune.io/finetunejob"]
+            per_owner[owner] = per_owner.get(owner, 0) + 1
+        duplicates = sum(n - 1 for n in per_owner.values() if n > 1) + sum(
+            n - 1 for (n_ns, _), n in jw.adds.items() if n_ns == ns and n > 1)
+        items = co.list_namespaced_custom_object("kubetune.io", "v1alpha1", ns, "finetunejobs")["items"]
+        bad = [o["metadata"]["name"] for o in items if (o.get("status") or {}).get("phase") != "Suspended"]
+        results["burst"] = {
+            "n": args.burst_jobs, "create_calls_s": round(t_created, 2), "all_jobs_s": round(t_all, 2),
+            "jobs": len(jobs), "duplicates": duplicates, "create_errors": len(create_errors),
+            "reconcile_errors": op.metric("controller_runtime_reconcile_errors_total") - errors_before,
+            "not_suspended_phase": len(bad),
+        }
+        print("burst:", results["burst"], flush=True)
+
+        # 4. RSS with everything loaded (before the restart)
+        proc = psutil.Process(op.proc.pid)
+        rss = sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+        results["rss_mib"] = round(rss / 2**20, 1)
+        results["objects"] = len(items) + args.latency_jobs
+        print("operator RSS MiB:", results["rss_mib"], "at", results["objects"], "FineTuneJobs", flush=True)
+
+        # 3. resync of unchanged objects: restart, let it reconcile everything, count writes
+        before = versions(api, namespaces)
+        op.restart()
+        t0 = time.perf_counter()
+        reconciles = settle(op, 5.0, 600)
+        t_resync = time.perf_counter() - t0
+        after = versions(api, namespaces)
+        changed = sorted(k for k in before if after.get(k) != before[k])
+        results["resync"] = {
+            "objects": results["objects"], "reconciles": reconciles, "seconds": round(t_resync - 5.0, 1),
+            "writes_counted_by_operator": op.metric("kubetune_api_writes_total"),
+            "objects_with_new_resourceVersion": len(changed), "examples": changed[:5],
+        }
+        print("resync:", results["resync"], flush=True)
+        proc = psutil.Process(op.proc.pid)
+        results["rss_after_resync_mib"] = round(proc.memory_info().rss / 2**20, 1)
+        hist = op.metrics()
+        results["operator_apply_to_job_histogram"] = [
+            line for line in hist.splitlines() if line.startswith("kubetune_finetunejob_apply_to_job_seconds_")
+            and ("_count" in line or "_sum" in line)]
+    finally:
+        jw.stop.set()
+        op.stop()
+        if not args.keep:
+            for ns in namespaces:
+                try:
+                    core.delete_namespace(ns)
+                except Exception:  # noqa: BLE001
+                    pass
+    (out_dir / f"results-{tag}.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    if args.write_docs:
+        write_docs(results, args)
+    return 0
+
+
+def write_docs(r: dict, args: argparse.Namespace) -> None:
+    path = REPO / "docs" / "benchmarks.md"
+    lat, burst, resync = r["latency_ms"], r["burst"], r["resync"]
+
+    def ok(cond: bool) -> str:
+        return "met" if cond else "**not met**"
+
+    text = f"""
+## Operator: FineTuneJob controller ({time.strftime('%Y-%m-%d')})
+
+Command: `.venv/bin/python hack/bench_operator.py --latency-jobs {args.latency_jobs} --burst-jobs {args.burst_jobs} --write-docs`
+(`make bench-operator`). Local control plane (etcd, kube-apiserver 1.36.3, controller-manager, scheduler,
+kwok) and the operator as a subprocess with {r['workers']} reconcile workers, all on the same
+{r['cpus']}-core machine, shared with the benchmark client. FineTuneJobs are created with `suspend: true`
+(children, status and events are all made; the Jobs start no pods).
+
+| What | Measured | Target (DESIGN.md) | |
+|---|---|---|---|
+| apply -> trainer Job created, {lat['n']} jobs one at a time | p50 {lat['p50']} ms, p99 {lat['p99']} ms (max {lat['max']} ms) | p50 <= 150 ms, p99 <= 500 ms | {ok(lat['p50'] <= 150 and lat['p99'] <= 500)} |
+| {burst['n']} FineTuneJobs created at once (16 client threads; creates took {burst['create_calls_s']} s) | all {burst['jobs']} Jobs after {burst['all_jobs_s']} s; {burst['duplicates']} duplicates; {burst['create_errors']} create errors, {burst['reconcile_errors']:.0f} reconcile errors, {burst['not_suspended_phase']} in a wrong phase | <= 30 s, 0 duplicates, 0 errors | {ok(burst['all_jobs_s'] <= 30 and burst['duplicates'] == 0 and burst['create_errors'] == 0 and burst['reconcile_errors'] == 0)} |
+| Resync of {resync['objects']} unchanged FineTuneJobs (operator restarted: full relist + {resync['reconciles']:.0f} reconciles in ~{resync['seconds']} s) | {resync['writes_counted_by_operator']:.0f} writes (operator's counter); {resync['objects_with_new_resourceVersion']} of all FineTuneJobs and children got a new resourceVersion | 0 writes | {ok(resync['writes_counted_by_operator'] == 0 and resync['objects_with_new_resourceVersion'] == 0)} |
+| Operator RSS with {r['objects']} FineTuneJobs (+ their Jobs) watched | {r['rss_mib']} MiB ({r['rss_after_resync_mib']} MiB after the restart and resync) | <= 120 MiB | {ok(r['rss_mib'] <= 120)} |
+"""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# Benchmarks\n\nFigures with the command that made them.\n")
+    with path.open("a") as fh:
+        fh.write(text)
+    print(f"appended to {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
