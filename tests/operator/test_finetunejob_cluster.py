@@ -73,7 +73,7 @@ def test_example_yields_children_and_runs(ftj: FTJ, doc, test_pvs):
     created = ftj.create(doc)
     uid = created["metadata"]["uid"]
     spec = validate_document({**doc, "metadata": {**doc["metadata"], "namespace": ftj.ns}}).obj.spec
-    job = wait_for(lambda: ftj.job(f"{name}-trainer"), 20, what="the trainer Job")
+    job = wait_for(lambda: ftj.job(f"{name}-trainer"), 45, what="the trainer Job")
     assert job.metadata.owner_references[0].uid == uid and job.metadata.owner_references[0].controller
     assert job.spec.completions == job.spec.parallelism == spec.resources.nodes
     assert job.spec.completion_mode == "Indexed"

@@ -26,6 +26,7 @@ from kubetune.render.common import (
 from kubetune.render.finetunejob import (
     RenderOptions,
     configmap_name,
+    job_name,
     render_configmap,
     render_job,
     render_rbac,
@@ -231,7 +232,7 @@ class _Pass:
             self.set("Running", False, "InvalidSpec", "not started: the spec is invalid")
             self._default("Succeeded", "NotStarted", "the run has not finished")
             self._default("Suspended", "NotSuspended", "")
-            for job in self._trainer_jobs():
+            for job in self._trainer_jobs(everything=True):
                 self._delete_job(job)
             return  # nothing to retry: an edit of the spec triggers the next reconcile
         self.set("Validated", True, "Valid", "the spec is valid")
@@ -243,6 +244,7 @@ class _Pass:
         current = [j for j in jobs if _labels(j).get(RUN_ID_LABEL) == rid]
         cm_run = self._configmap_run()
         if stale or (cm_run is not None and cm_run != rid):
+            stale = [j for j in self._trainer_jobs(everything=True) if _labels(j).get(RUN_ID_LABEL) != rid]
             self._start_new_run(rid, stale)
             if stale:
                 self.after(1.0)  # the old Job's name is reused: wait until it is gone
@@ -280,8 +282,14 @@ class _Pass:
         if type_ not in self.conds:
             self.set(type_, False, reason, message)
 
-    def _trainer_jobs(self) -> list[dict[str, Any]]:
-        jobs = self.kube.list("Job", self.ns, {FINETUNEJOB_LABEL: label_value(self.name)})
+    def _trainer_jobs(self, everything: bool = False) -> list[dict[str, Any]]:
+        """The trainer Jobs: the current attempt's by name (a GET; status.attempts says which), or all of
+        them by label (a LIST, which costs the API server a scan of the namespace) when EVERYTHING."""
+        if everything:
+            jobs = self.kube.list("Job", self.ns, {FINETUNEJOB_LABEL: label_value(self.name)})
+        else:
+            job = self.kube.get("Job", self.ns, job_name(self.name, max(self.st["attempts"], 1)))
+            jobs = [job] if job is not None else []
         return [j for j in jobs if self.owned(j)]
 
     def _configmap_run(self) -> str | None:
@@ -488,6 +496,8 @@ class _Pass:
                 self.set("Running", False, "Restarting", message)
                 self._apply_static(ftj, nxt)
                 self._create_job(ftj, nxt)
+                if self.st["attempts"] == nxt:
+                    self._delete_job(job)  # its pods are done; the next attempt resumes from the checkpoint
                 return
             message = (f"all {limit} attempts failed; last: {why}" if limit > 1 else f"the run failed: {why}")
             self._fail("BackoffLimitExceeded", message)
