@@ -274,7 +274,7 @@ def write_docs(r: dict, args: argparse.Namespace) -> None:
 ## Operator: FineTuneJob controller ({time.strftime('%Y-%m-%d')})
 
 Command: `.venv/bin/python hack/bench_operator.py --latency-jobs {args.latency_jobs} --burst-jobs {args.burst_jobs} --write-docs`
-(`make bench-operator`). Local control plane (etcd, kube-apiserver 1.36.3, controller-manager, scheduler,
+Local control plane (etcd, kube-apiserver 1.36.3, controller-manager, scheduler,
 kwok) and the operator as a subprocess with {r['workers']} reconcile workers, all on the same
 {r['cpus']}-core machine, shared with the benchmark client. FineTuneJobs are created with `suspend: true`
 (children, status and events are all made; the Jobs start no pods).
