@@ -3,7 +3,7 @@
 In a cluster (``runtime.reportStatus``) the main process patches ``status.progress`` (at most every
 ``KUBETUNE_REPORT_INTERVAL`` seconds, default 5, and always at the end), ``status.checkpoint`` after each
 save and ``status.result`` at the end: JSON merge patches to the ``status`` subresource of exactly this
-FineTuneJob (name and namespace from the config, its uid as a precondition), made with the pod's
+FineTuneJob (name and namespace from the config; its uid is checked before the first patch), made with the pod's
 ServiceAccount (or ``$KUBECONFIG`` when set, for tests and local runs against a cluster). A failed patch is
 logged and never stops training. Locally the same figures go to the console.
 
@@ -100,7 +100,10 @@ def _api_client():
 
 
 class StatusWriter:
-    """JSON merge patches to one FineTuneJob's status subresource. Thread-safe; never raises."""
+    """JSON merge patches to one FineTuneJob's status subresource. Thread-safe; never raises.
+
+    Before its first patch it reads the object (``get`` on finetunejobs/status) and turns itself off when
+    the uid is not this run's: the name now belongs to another FineTuneJob."""
 
     def __init__(self, config: TrainerConfig, api_client=None) -> None:
         self.name = config.job.metadata.name
@@ -109,6 +112,7 @@ class StatusWriter:
         self._api = api_client
         self._lock = threading.Lock()
         self._broken: str | None = None
+        self._uid_checked = False
         self.patches = 0
         self.failures = 0
 
@@ -121,22 +125,46 @@ class StatusWriter:
                 log.warning("status reporting is off: %s", self._broken)
         return self._api
 
+    def _same_object(self, api) -> bool:
+        """Once per writer: the object of that name is this run's FineTuneJob (its uid), not one deleted and
+        re-created meanwhile. (A uid in a merge patch is no precondition on the status subresource.)"""
+        if self._uid_checked or not self.uid:
+            return True
+        from kubernetes import client
+
+        try:
+            current = client.CustomObjectsApi(api).get_namespaced_custom_object_status(
+                GROUP, VERSION, self.namespace, PLURAL, self.name, _request_timeout=10
+            )
+        except Exception as exc:  # noqa: BLE001 - try again with the next report
+            self.failures += 1
+            log.warning(
+                "could not read FineTuneJob %s/%s: %s", self.namespace, self.name, getattr(exc, "reason", exc)
+            )
+            return False
+        uid = (current.get("metadata") or {}).get("uid")
+        if uid != self.uid:
+            self._broken = f"FineTuneJob {self.namespace}/{self.name} is another object (uid {uid}, this run's is {self.uid})"
+            log.warning("status reporting is off: %s", self._broken)
+            return False
+        self._uid_checked = True
+        return True
+
     def patch(self, status: dict[str, Any]) -> bool:
         """Merge STATUS into .status; True when the API server accepted it."""
         with self._lock:
+            if self._broken is not None:
+                return False
             if not self.name or not self.namespace:
-                if self._broken is None:
-                    self._broken = "the FineTuneJob's name or namespace is unknown"
-                    log.warning("status reporting is off: %s", self._broken)
+                self._broken = "the FineTuneJob's name or namespace is unknown"
+                log.warning("status reporting is off: %s", self._broken)
                 return False
             api = self._client()
             if api is None:
                 return False
+            if not self._same_object(api):
+                return False
             body: dict[str, Any] = {"status": status}
-            if self.uid:
-                # A precondition: the API server refuses the patch when the object is another
-                # FineTuneJob of the same name (deleted and re-created).
-                body["metadata"] = {"uid": self.uid}
             try:
                 from kubernetes import client
 
