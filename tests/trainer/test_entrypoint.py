@@ -128,3 +128,30 @@ def test_launch_plans_from_the_pod_env(image_venv, tmp_path):
         1,
         "llama-trainer-0.llama",
     )
+
+
+def test_single_process_launch_becomes_kubetune_trainer_train(image_venv, tmp_path):
+    """gpusPerNode 0: launch exec's `kubetune-trainer train` in its place (same PID, same env), whose exit
+    code is the pod's. The model cannot be fetched offline, so train fails fast and says which one."""
+    config = {
+        "job": {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": "tiny", "namespace": "team"},
+            "spec": {
+                "model": {"uri": "hf://kubetune-test/not-in-any-cache"},
+                "dataset": {"uri": "hf://kubetune-test/no-data"},
+                "output": {"uri": "pvc://models/tiny"},
+                "resources": {"gpusPerNode": 0},
+            },
+        },
+        "runtime": {"runId": "r1", "outputDir": str(tmp_path / "out"), "metricsPort": None},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(config))
+    env = clean_env(KUBETUNE_CONFIG=str(path), HF_HOME=str(tmp_path / "hf"))
+    out = subprocess.run([str(image_venv / "bin" / "kubetune-trainer"), "launch"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert f"command: {image_venv / 'bin' / 'kubetune-trainer'} train" in out.stderr
+    assert "hf://kubetune-test/not-in-any-cache" in out.stderr  # train read the config launch was given
