@@ -4,9 +4,9 @@ plain padded HF Trainer + PEFT LoRA baseline, on the same random-weight Llama an
 texts, in one run. Reports real (non-padding) tokens per second of each, their ratio, and each side's
 packing efficiency (real tokens / tokens computed). On a GPU it also reports MFU and peak memory.
 
-    make bench                                     # CPU defaults (about a minute or two on a laptop)
-    .venv/bin/python hack/bench_trainer.py --size 8b --texts 2000 --batch-size 4   # a GPU (bf16)
-    .venv/bin/python hack/bench_trainer.py --json results.json
+    make bench                                     # CPU defaults: 160 texts, 3 alternating runs per side (a few minutes)
+    .venv/bin/python hack/bench_trainer.py --size 8b --texts 2000 --max-length 2048 --batch-size 4 --repeats 1   # a GPU (bf16)
+    .venv/bin/python hack/bench_trainer.py --variant --json results.json   # + the packed-rows experiment
 
 Nothing reaches a hub: the tokenizer is trained on the generated texts, the model is built from a config.
 """
@@ -309,13 +309,13 @@ def summarize(name: str, trainer, counter: CountingCollator, runtime: float) -> 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    parser.add_argument("--texts", type=int, default=320, help="number of training texts (one epoch)")
+    parser.add_argument("--texts", type=int, default=160, help="number of training texts (one epoch)")
     parser.add_argument("--min-words", type=int, default=8)
     parser.add_argument("--max-words", type=int, default=400)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
-        "--repeats", type=int, default=2, help="runs per side, alternating (best is reported)"
+        "--repeats", type=int, default=3, help="runs per side, alternating (best is reported)"
     )
     parser.add_argument(
         "--variant",
