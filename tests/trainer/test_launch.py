@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from kubetune.api.v1alpha1 import FineTuneJobSpec
 from kubetune_trainer import launch
 from kubetune_trainer.launch import EnvFacts, LaunchError, env_facts, plan_launch
