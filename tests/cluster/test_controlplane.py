@@ -147,6 +147,42 @@ def test_deployment_becomes_available(kube: KubeCluster, namespace: str):
     assert len(apps.list_namespaced_replica_set(namespace).items) == 1
 
 
+def test_a_claim_of_the_default_storage_class_is_provisioned_and_mounted(kube: KubeCluster, namespace: str):
+    core = client.CoreV1Api(kube.api)
+    core.create_namespaced_persistent_volume_claim(namespace, client.V1PersistentVolumeClaim(
+        metadata=client.V1ObjectMeta(name="data"),
+        spec=client.V1PersistentVolumeClaimSpec(
+            access_modes=["ReadWriteMany" if kube.kwok else "ReadWriteOnce"],
+            resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}))))
+    core.create_namespaced_pod(namespace, client.V1Pod(
+        metadata=client.V1ObjectMeta(name="uses-data"),
+        spec=client.V1PodSpec(
+            containers=[client.V1Container(name="pause", image=PAUSE, volume_mounts=[
+                client.V1VolumeMount(name="data", mount_path="/data")])],
+            volumes=[client.V1Volume(name="data", persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(
+                claim_name="data"))])))
+    wait_for(lambda: core.read_namespaced_pod("uses-data", namespace).status.phase == "Running", timeout=120,
+             what="the pod using the claim to run")
+    pvc = core.read_namespaced_persistent_volume_claim("data", namespace)
+    assert pvc.status.phase == "Bound"
+    assert pvc.spec.storage_class_name  # the default class was filled in by admission
+    pv = core.read_persistent_volume(pvc.spec.volume_name)
+    assert pv.spec.claim_ref.uid == pvc.metadata.uid
+
+    core.delete_namespaced_pod("uses-data", namespace, grace_period_seconds=0)
+    wait_for(lambda: not core.list_namespaced_pod(namespace).items, what="the pod to go")
+    core.delete_namespaced_persistent_volume_claim("data", namespace)
+
+    def volume_gone() -> bool:  # reclaimPolicy Delete
+        try:
+            core.read_persistent_volume(pv.metadata.name)
+        except client.ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_for(volume_gone, timeout=60, what="the released volume to be deleted")
+
+
 def test_deleting_the_owner_garbage_collects_the_child(kube: KubeCluster, namespace: str):
     core = client.CoreV1Api(kube.api)
     owner = core.create_namespaced_config_map(namespace, client.V1ConfigMap(
