@@ -144,7 +144,7 @@ def testbin_built() -> bool:
 def ensure_testbin() -> Testbin:
     """Build the pinned binaries when missing (minutes when cold), return where they are."""
     if not testbin_built():
-        log("control plane binaries missing: building them with hack/testbin.sh (cold: ~30 min on 2 cores)")
+        log("control plane binaries missing: building them with hack/testbin.sh (cold: about 9 min on 2 cores)")
     dirs = _run_testbin()
     try:
         return Testbin(dirs["kubernetes"], dirs["etcd"], dirs["kwok"], dirs["helm"])
