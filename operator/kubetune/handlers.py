@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import logging
 import os
 import sys
@@ -140,5 +139,5 @@ def run_operator(
         )
 
 
-if importlib.util.find_spec("kubetune.handlers_modelserve") is not None:
-    importlib.import_module("kubetune.handlers_modelserve")  # registers the ModelServe controller
+# Registers the ModelServe controller (it imports this module, so it comes last).
+from kubetune import handlers_modelserve  # noqa: E402, F401

@@ -38,6 +38,7 @@ from kubetune.render.finetunejob import (
     _label_value as label_value,
 )
 
+from .conditions import load_conditions, set_condition
 from .kube import ApiException, Kube, fmt_time, now, parse_time
 
 log = logging.getLogger("kubetune.finetunejob")
@@ -167,9 +168,7 @@ class _Pass:
             "completionTime": old.get("completionTime"),
             "attempts": int(old.get("attempts") or 0),
         }
-        self.conds: dict[str, dict[str, Any]] = {
-            c["type"]: dict(c) for c in (old.get("conditions") or []) if c.get("type") in CONDITION_TYPES
-        }
+        self.conds = load_conditions(old, CONDITION_TYPES)
         self.old_conds = {t: dict(c) for t, c in self.conds.items()}
         self.events: list[tuple[str, str, str]] = []
         self.requeue: list[float] = []
@@ -180,17 +179,7 @@ class _Pass:
     # helpers
 
     def set(self, type_: str, status: bool | str, reason: str, message: str) -> None:
-        status = status if isinstance(status, str) else ("True" if status else "False")
-        old = self.conds.get(type_)
-        ltt = old.get("lastTransitionTime") if old and old.get("status") == status else fmt_time(self.now)
-        self.conds[type_] = {
-            "type": type_,
-            "status": status,
-            "observedGeneration": self.gen,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": ltt,
-        }
+        set_condition(self.conds, type_, status, reason, message, generation=self.gen, now=self.now)
 
     def is_true(self, type_: str) -> bool:
         c = self.conds.get(type_)

@@ -28,7 +28,8 @@ from kubetune.api.v1alpha1 import ModelServe, validate_document
 from kubetune.render import modelserve as r
 from kubetune.render.common import applied_hash, with_hash
 
-from .kube import RESOURCES, ApiException, Kube, fmt_time, now, parse_time
+from .conditions import load_conditions, set_condition
+from .kube import ApiException, Kube, fmt_time, now, parse_time
 from .smoketest import DEFAULT_TIMEOUT_SECONDS, SmokeTestResult, SmokeTestUnavailable, run_smoke_test
 
 log = logging.getLogger("kubetune.modelserve")
@@ -39,8 +40,6 @@ OWN_STATUS_FIELDS = (
     "phase", "observedGeneration", "conditions", "endpoint", "revision", "previousRevision", "replicas",
     "readyReplicas", "lastRollout",
 )  # fmt: skip
-# kube.RESOURCES does not list PodDisruptionBudgets (yet); the ModelServe controller needs them.
-RESOURCES.setdefault("PodDisruptionBudget", ("/apis/policy/v1", "poddisruptionbudgets"))
 
 WARNING_REASONS = {"RolledBack", "SmokeTestFailed", "ProgressDeadlineExceeded", "InvalidSpec",
                    r.REASON_UNSUPPORTED, "SmokeTestUnavailable"}  # fmt: skip
@@ -134,9 +133,7 @@ class _Pass:
         old = obj.get("status") or {}
         self.old = {k: old.get(k) for k in OWN_STATUS_FIELDS if old.get(k) is not None}
         self.st: dict[str, Any] = {k: v for k, v in self.old.items() if k not in ("conditions", "phase")}
-        self.conds = {
-            c["type"]: dict(c) for c in old.get("conditions") or [] if c.get("type") in CONDITION_TYPES
-        }
+        self.conds = load_conditions(old, CONDITION_TYPES)
         self.old_conds = {t: dict(c) for t, c in self.conds.items()}
         self.result = ServeResult()
         self.phase: str = "Pending"
@@ -145,13 +142,7 @@ class _Pass:
     # ---- helpers ----------------------------------------------------------------------------
 
     def set(self, type_: str, status: bool, reason: str, message: str) -> None:
-        value = "True" if status else "False"
-        old = self.conds.get(type_)
-        ltt = old.get("lastTransitionTime") if old and old.get("status") == value else fmt_time(self.now)
-        self.conds[type_] = {
-            "type": type_, "status": value, "observedGeneration": self.gen, "reason": reason,
-            "message": message[:2000], "lastTransitionTime": ltt,
-        }  # fmt: skip
+        set_condition(self.conds, type_, status, reason, message, generation=self.gen, now=self.now)
 
     def event(self, type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason, message))
