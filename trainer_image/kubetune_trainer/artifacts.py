@@ -1,9 +1,11 @@
 """The run's result in the output location: adapter or model + tokenizer, merged model, model card,
-lineage.json, and the completion marker ``_SUCCESS`` written last. s3:// output is staged locally, then uploaded.
+lineage.json, and the completion marker ``_SUCCESS`` written last. s3:// output is staged locally, then uploaded
+(checkpoints are uploaded as they complete: remote.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -105,6 +107,8 @@ def upload(local_dir: Path, uri: str) -> None:
     parsed = parse_uri(uri, ("s3",))
     fs = sources.s3_filesystem()
     remote = f"{parsed.bucket}/{parsed.path}".rstrip("/")
+    with contextlib.suppress(FileNotFoundError):  # an older result's marker must not vouch for new files
+        fs.rm_file(f"{remote}/{SUCCESS}")
     for path in sorted(local_dir.rglob("*")):
         rel = path.relative_to(local_dir)
         if path.is_dir() or rel.parts[0] in SKIP_UPLOAD:

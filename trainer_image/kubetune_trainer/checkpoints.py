@@ -14,9 +14,10 @@ import re
 import shutil
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from transformers import TrainerCallback
 
@@ -24,6 +25,7 @@ log = logging.getLogger("kubetune_trainer.checkpoints")
 
 MARKER = "kubetune-checkpoint.json"
 _STEP = re.compile(r"^checkpoint-(\d+)$")
+T = TypeVar("T")
 
 
 def checkpoint_dir(output_dir: str) -> Path:
@@ -37,20 +39,47 @@ def read_marker(path: Path) -> dict | None:
         return None
 
 
+def step_of(name: str) -> int | None:
+    """STEP of a ``checkpoint-STEP`` folder name, else None."""
+    m = _STEP.match(name)
+    return int(m.group(1)) if m else None
+
+
+def is_complete(marker: dict | None, run_id: str) -> bool:
+    return bool(marker) and marker.get("runId") == run_id
+
+
+def newest_complete(found: Iterable[tuple[int, T]], marker_of: Callable[[T], dict | None], run_id: str) -> T | None:
+    """The newest of (step, checkpoint) whose marker says it is complete and this run's; local and remote alike."""
+    for _, item in sorted(found, key=lambda pair: pair[0], reverse=True):
+        if is_complete(marker_of(item), run_id):
+            return item
+    return None
+
+
+def beyond_keep(found: Iterable[tuple[int, T]], marker_of: Callable[[T], dict | None], run_id: str,
+                keep_last: int) -> list[T]:
+    """Everything but the newest `keep_last` complete checkpoints of this run (older, incomplete, foreign)."""
+    kept = 0
+    drop = []
+    for _, item in sorted(found, key=lambda pair: pair[0], reverse=True):
+        if kept < keep_last and is_complete(marker_of(item), run_id):
+            kept += 1
+        else:
+            drop.append(item)
+    return drop
+
+
 def checkpoints(root: Path) -> list[tuple[int, Path]]:
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP.match(p.name))]
+    found = [(step, p) for p in root.iterdir() if p.is_dir() and (step := step_of(p.name)) is not None]
     return sorted(found)
 
 
 def latest_complete(output_dir: str, run_id: str) -> Path | None:
     """The newest checkpoint of this run with a completion marker."""
-    for _, path in reversed(checkpoints(checkpoint_dir(output_dir))):
-        marker = read_marker(path)
-        if marker and marker.get("runId") == run_id:
-            return path
-    return None
+    return newest_complete(checkpoints(checkpoint_dir(output_dir)), read_marker, run_id)
 
 
 def clean_foreign(output_dir: str, run_id: str) -> list[Path]:
@@ -58,7 +87,7 @@ def clean_foreign(output_dir: str, run_id: str) -> list[Path]:
     removed = []
     for _, path in checkpoints(checkpoint_dir(output_dir)):
         marker = read_marker(path)
-        if not marker or marker.get("runId") != run_id:
+        if not is_complete(marker, run_id):
             why = "incomplete" if not marker else f"from run {marker.get('runId')}"
             log.warning("removing checkpoint %s (%s)", path, why)
             shutil.rmtree(path, ignore_errors=True)

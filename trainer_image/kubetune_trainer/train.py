@@ -11,7 +11,7 @@ from typing import Any
 
 from kubetune.api.v1alpha1 import TrainerConfig
 
-from . import artifacts, checkpoints, methods, objectives
+from . import artifacts, checkpoints, methods, objectives, remote
 from . import data as data_mod
 from . import metrics as metric_fns
 from . import model as model_mod
@@ -152,6 +152,9 @@ def run_training(config: TrainerConfig, stop_flag: checkpoints.StopFlag | None =
 
     checkpoints.clean_foreign(runtime.output_dir, runtime.run_id)
     resume = checkpoints.latest_complete(runtime.output_dir, runtime.run_id)
+    store = remote.for_output(runtime.output_uri)  # s3://: checkpoints are mirrored there
+    if resume is None and store is not None:
+        resume = remote.restore(store, runtime.output_dir, runtime.run_id)
     if resume is not None:
         log.info("resuming from %s", resume)
 
@@ -161,7 +164,12 @@ def run_training(config: TrainerConfig, stop_flag: checkpoints.StopFlag | None =
 
     def on_checkpoint(path: str, step: int) -> None:
         rel = Path(path).relative_to(runtime.output_dir).as_posix()
-        reporting.report_checkpoint(config, artifacts.result_uri(config, rel), step)  # reporting: status.checkpoint
+        uri = artifacts.result_uri(config, rel)
+        if store is not None:
+            uri = remote.push(store, Path(path), runtime.run_id, spec.checkpoints.keep_last)
+            if uri is None:
+                return
+        reporting.report_checkpoint(config, uri, step)  # reporting: status.checkpoint
 
     callbacks = list(reporting.make_callbacks(config))  # reporting: progress to status + Prometheus / console
     checkpoint_callback = checkpoints.CheckpointCallback(runtime.run_id, spec.checkpoints.every_steps, flag, on_checkpoint)
