@@ -117,7 +117,7 @@ def build_args(spec: FineTuneJobSpec, kwargs: dict[str, Any], tokenizer=None):
         kwargs.update(
             max_length=spec.dataset.max_length,
             packing=spec.dataset.packing,
-            packing_strategy="bfd",  # best-fit packing, padding-free batches
+            packing_strategy="bfd",  # best-fit packing; rows or one flattened row: use_packed_rows
             eval_packing=False,
             dataset_text_field="text",
         )
@@ -171,7 +171,10 @@ def build_trainer(spec: FineTuneJobSpec, args, model, tokenizer, data, callbacks
     if task == "causal-lm":
         from trl import SFTTrainer
 
-        return SFTTrainer(**common)
+        trainer = SFTTrainer(**common)
+        if args.packing:
+            use_packed_rows(trainer, model)
+        return trainer
     if task == "seq2seq":
         collator = transformers.DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
         return transformers.Seq2SeqTrainer(data_collator=collator, compute_metrics=compute_metrics, **common)
@@ -180,6 +183,28 @@ def build_trainer(spec: FineTuneJobSpec, args, model, tokenizer, data, callbacks
     else:
         collator = transformers.DataCollatorWithPadding(tokenizer)
     return transformers.Trainer(data_collator=collator, compute_metrics=compute_metrics, **common)
+
+
+def use_packed_rows(trainer, model) -> bool:
+    """Packed bins as rows of at most maxLength tokens (per-document position ids, no attention mask) instead of
+    TRL's one flattened row, unless flash-attention (varlen kernels) or a model that cannot keep packed documents
+    apart by position ids (see packing.py). SFTTrainer refuses a custom collator with padding-free packing, so
+    the collator is swapped after construction; dataloaders read trainer.data_collator when they are built."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from . import packing
+
+    current = trainer.data_collator
+    if type(current) is not DataCollatorForLanguageModeling or not current.padding_free:
+        return False
+    if getattr(trainer.args, "use_cache", False):  # with a cache, masking_utils ignores packed position ids
+        return False
+    if not packing.packs_rows(model):
+        return False
+    trainer.data_collator = packing.RowPackedCollator(
+        pad_token_id=current.pad_token_id, pad_to_multiple_of=current.pad_to_multiple_of
+    )
+    return True
 
 
 def early_stopping_callbacks(spec: FineTuneJobSpec) -> list:
