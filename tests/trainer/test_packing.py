@@ -99,16 +99,18 @@ def fake_trainer(padding_free: bool = True):
     return types.SimpleNamespace(data_collator=collator, args=types.SimpleNamespace(use_cache=False))
 
 
-def test_families_without_position_id_packing_keep_the_flattened_path(assets, tmp_path):
+def test_families_without_position_id_packing_are_refused_without_flash_attention(assets, tmp_path):
+    """Bloom (ALiBi) would let packed documents attend to each other on sdpa/eager: packing is refused, clearly."""
     from transformers import BloomConfig, BloomForCausalLM
+
+    from kubetune_trainer.errors import ConfigError
 
     torch.manual_seed(0)
     bloom = BloomForCausalLM(BloomConfig(vocab_size=400, hidden_size=64, n_layer=2, n_head=4)).eval()
     assert not packs_rows(bloom)  # ALiBi: its mask ignores position ids
     trainer = fake_trainer()
-    before = trainer.data_collator
-    assert not objectives.use_packed_rows(trainer, bloom)
-    assert trainer.data_collator is before and before.padding_free  # TRL's one flattened row, as before
+    with pytest.raises(ConfigError, match=r"dataset.packing: .*BloomForCausalLM.*packing: false"):
+        objectives.use_packed_rows(trainer, bloom)
 
     llama = load(assets["llama"])
     trainer = fake_trainer()

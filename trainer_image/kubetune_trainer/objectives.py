@@ -197,10 +197,16 @@ def use_packed_rows(trainer, model) -> bool:
     current = trainer.data_collator
     if type(current) is not DataCollatorForLanguageModeling or not current.padding_free:
         return False
-    if getattr(trainer.args, "use_cache", False):  # with a cache, masking_utils ignores packed position ids
-        return False
-    if not packing.packs_rows(model):
-        return False
+    attention = packing.attn_implementation(model)
+    if "flash" in attention:
+        return False  # flash-attention's varlen kernels keep TRL's flattened documents apart
+    # with a cache, masking_utils ignores packed position ids
+    if getattr(trainer.args, "use_cache", False) or not packing.packs_rows(model):
+        raise ConfigError(
+            f"dataset.packing: this model ({type(model).__name__}, attention {attention}) would let packed examples "
+            "attend to each other: it keeps them apart only with flash-attention. Set dataset.packing: false, "
+            "or use a model that takes position_ids (Llama, Mistral, Qwen, GPT-2, ...)"
+        )
     trainer.data_collator = packing.RowPackedCollator(
         pad_token_id=current.pad_token_id, pad_to_multiple_of=current.pad_to_multiple_of
     )

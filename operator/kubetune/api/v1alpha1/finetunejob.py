@@ -395,6 +395,11 @@ FINETUNEJOB_SPEC_CEL = [
         "fieldPath": ".dataset.packing",
     },
     {
+        "rule": "!self.dataset.packing || !(self.method.type in ['prefix-tuning', 'prompt-tuning'])",
+        "message": "dataset.packing does not work with prefix-tuning or prompt-tuning",
+        "fieldPath": ".dataset.packing",
+    },
+    {
         "rule": "!self.output.mergeAdapter || self.method.type in ['lora', 'qlora', 'ia3']",
         "message": "output.mergeAdapter works only with method.type lora, qlora or ia3",
         "fieldPath": ".output.mergeAdapter",
@@ -552,6 +557,8 @@ class FineTuneJobSpec(KubeModel):
              f"{method.type} supports only objective sft"),
             (data.packing and model.task != "causal-lm", "dataset.packing",
              f"packing works only with model.task causal-lm, not {model.task}; set it to false"),
+            (data.packing and method.type in ("prefix-tuning", "prompt-tuning"), "dataset.packing",
+             f"packing does not work with {method.type} (virtual tokens break the packed position ids); set it to false"),
             (self.output.merge_adapter and method.type not in ADAPTER_METHODS, "output.mergeAdapter",
              f"method {method.type} has no adapter to merge (only lora, qlora and ia3 do); set it to false"),
             (data.eval_split is not None and data.eval_fraction > 0, "dataset.evalFraction",

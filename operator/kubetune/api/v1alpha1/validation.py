@@ -100,6 +100,11 @@ def _message(item: dict[str, Any]) -> str:
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     value = item.get("input")
-    if "input" in item and kind != "missing" and not isinstance(value, dict | list) and str(value) not in message:
+    if (
+        "input" in item
+        and kind != "missing"
+        and not isinstance(value, dict | list)
+        and str(value) not in message
+    ):
         message = f"{message} (got {value!r})"
     return message
