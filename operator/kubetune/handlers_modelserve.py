@@ -21,6 +21,7 @@ from kubetune import handlers, metrics
 from kubetune import metrics_modelserve as serve_metrics
 from kubetune.reconcile.modelserve import CONTROLLER, ModelServeReconciler, ServeOptions
 from kubetune.reconcile.queue import Key, Outcome, WorkQueue
+from kubetune.reconcile.runtime import outcome, work_queue
 from kubetune.render.common import MODELSERVE_LABEL
 from kubetune.render.modelserve import referenced_jobs
 from kubetune.settings import Settings
@@ -98,18 +99,9 @@ def modelserve_controller(rt: handlers.Runtime, settings: Settings) -> WorkQueue
             serve_metrics.ROLLOUTS.labels(result.rollout).inc()
         if result.result_to_ready_seconds is not None:
             serve_metrics.RESULT_TO_READY.observe(result.result_to_ready_seconds)
-        outcome = "requeue" if result.problem else ("requeue_after" if result.requeue_after else "success")
-        metrics.RECONCILE_TOTAL.labels(CONTROLLER, outcome).inc()
-        return Outcome(requeue_after=result.requeue_after, backoff=result.problem)
+        return outcome(CONTROLLER, result.requeue_after, result.problem)
 
-    queue = WorkQueue(
-        CONTROLLER,
-        reconcile,
-        workers=settings.workers,
-        resync_seconds=settings.resync_seconds,
-        backoff_base=settings.backoff_base_seconds,
-        backoff_max=settings.backoff_max_seconds,
-    )
+    queue = work_queue(CONTROLLER, reconcile, settings)
     return queue
 
 

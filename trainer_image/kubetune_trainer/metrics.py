@@ -57,15 +57,19 @@ def perplexity(metrics: dict[str, float], prefix: str = "eval") -> dict[str, flo
     return {f"{prefix}_perplexity": float(math.exp(min(loss, 50.0)))}
 
 
+def _argmax_and_labels(eval_pred) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted class ids and the labels of a transformers EvalPrediction (logits may come in a tuple)."""
+    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+    return np.argmax(logits, axis=-1), eval_pred.label_ids
+
+
 def sequence_classification(names: Sequence[str], num_labels: int) -> Callable | None:
     if not any(n in CLASSIFICATION for n in names):
         return None
 
     def compute(eval_pred) -> dict[str, float]:
-        logits, labels = eval_pred.predictions, eval_pred.label_ids
-        if isinstance(logits, tuple):
-            logits = logits[0]
-        return classification_scores(np.argmax(logits, axis=-1), labels, names, num_labels)
+        preds, labels = _argmax_and_labels(eval_pred)
+        return classification_scores(preds, labels, names, num_labels)
 
     return compute
 
@@ -75,10 +79,7 @@ def token_classification(names: Sequence[str], num_labels: int) -> Callable | No
         return None
 
     def compute(eval_pred) -> dict[str, float]:
-        logits, labels = eval_pred.predictions, eval_pred.label_ids
-        if isinstance(logits, tuple):
-            logits = logits[0]
-        preds = np.argmax(logits, axis=-1)
+        preds, labels = _argmax_and_labels(eval_pred)
         mask = labels != -100
         return classification_scores(preds[mask], labels[mask], names, num_labels, average="macro")
 

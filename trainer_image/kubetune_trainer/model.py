@@ -42,16 +42,7 @@ class ModelSource:
 
 
 def _cache_dir(*parts: str) -> Path:
-    base = Path(CACHE_DIR)
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        if not os.access(base, os.W_OK):
-            raise PermissionError
-        path = base.joinpath(*parts)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    except OSError:
-        return sources.work_dir(*parts)
+    return sources.writable_dir(CACHE_DIR, *parts)
 
 
 def resolve_source(spec: ModelSpec) -> ModelSource:

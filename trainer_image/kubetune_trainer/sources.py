@@ -25,18 +25,24 @@ MAX_REDIRECTS = 5
 MAX_DOWNLOAD_BYTES = 20 * 1024**3
 
 
-def work_dir(*parts: str) -> Path:
-    """A scratch folder: WORK_DIR in a pod, a temp folder elsewhere."""
-    base = Path(WORK_DIR)
+def writable_dir(preferred: str, *parts: str) -> Path:
+    """PREFERRED/PARTS (a pod's emptyDir) when it can be written, else the same under a temp folder."""
     try:
+        base = Path(preferred)
         base.mkdir(parents=True, exist_ok=True)
         if not os.access(base, os.W_OK):
-            raise PermissionError
+            raise PermissionError(preferred)
+        path = base.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
     except OSError:
-        base = Path(tempfile.gettempdir()) / "kubetune-work"
-    path = base.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.gettempdir(), "kubetune-work", *parts)
+        path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def work_dir(*parts: str) -> Path:
+    """A scratch folder: WORK_DIR in a pod, a temp folder elsewhere."""
+    return writable_dir(WORK_DIR, *parts)
 
 
 def local_path(uri: str) -> Path:
@@ -62,9 +68,9 @@ def s3_options() -> dict:
         options["client_kwargs"] = {"endpoint_url": endpoint}
         options["endpoint_url"] = endpoint
     if os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
-        options.setdefault("client_kwargs", {})["region_name"] = os.environ.get("AWS_REGION") or os.environ.get(
-            "AWS_DEFAULT_REGION"
-        )
+        options.setdefault("client_kwargs", {})["region_name"] = os.environ.get(
+            "AWS_REGION"
+        ) or os.environ.get("AWS_DEFAULT_REGION")
     return options
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kubetune import metrics
@@ -33,6 +34,25 @@ class Runtime:
     async def stop(self) -> None:
         for q in self.queues.values():
             await q.stop()
+
+
+def work_queue(controller: str, reconcile: Callable[[Key], Outcome], settings: Settings) -> WorkQueue:
+    """A controller's work queue, sized and paced by the settings."""
+    return WorkQueue(
+        controller,
+        reconcile,
+        workers=settings.workers,
+        resync_seconds=settings.resync_seconds,
+        backoff_base=settings.backoff_base_seconds,
+        backoff_max=settings.backoff_max_seconds,
+    )
+
+
+def outcome(controller: str, requeue_after: float | None, problem: bool) -> Outcome:
+    """Count a finished reconcile the way controller-runtime does and tell the queue what is next."""
+    result = "requeue" if problem else ("requeue_after" if requeue_after else "success")
+    metrics.RECONCILE_TOTAL.labels(controller, result).inc()
+    return Outcome(requeue_after=requeue_after, backoff=problem)
 
 
 def finetunejob_controller(kube: Kube, settings: Settings) -> WorkQueue:
@@ -63,18 +83,9 @@ def finetunejob_controller(kube: Kube, settings: Settings) -> WorkQueue:
             metrics.RUN_DURATION.labels("succeeded" if result.phase == "Succeeded" else "failed").observe(
                 result.run_seconds
             )
-        outcome = "requeue" if result.problem else ("requeue_after" if result.requeue_after else "success")
-        metrics.RECONCILE_TOTAL.labels(FTJ_CONTROLLER, outcome).inc()
-        return Outcome(requeue_after=result.requeue_after, backoff=result.problem)
+        return outcome(FTJ_CONTROLLER, result.requeue_after, result.problem)
 
-    queue = WorkQueue(
-        FTJ_CONTROLLER,
-        reconcile,
-        workers=settings.workers,
-        resync_seconds=settings.resync_seconds,
-        backoff_base=settings.backoff_base_seconds,
-        backoff_max=settings.backoff_max_seconds,
-    )
+    queue = work_queue(FTJ_CONTROLLER, reconcile, settings)
     return queue
 
 
