@@ -154,6 +154,31 @@ def test_full_result_on_s3_downloads_with_init_container_and_job_secret():
     assert {"name": "models", "emptyDir": {}} in pod["volumes"]
 
 
+def test_private_sources_by_uri_use_their_secret():
+    """A private Hub model gets HF_TOKEN from its Secret; an s3:// adapter downloads with its credentials."""
+    ms = serve({"model": {"uri": "hf://org/private-base", "secretRef": {"name": "hub", "key": "token"}},
+                "adapters": [{"name": "tone", "uri": "s3://bucket/adapters/tone", "secretRef": {"name": "s3"}}]})
+    tpl, _, _ = pod_of(ms)
+    pod = tpl["spec"]
+    (container,) = pod["containers"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub", "key": "token"}}} in container["env"]
+    (init,) = pod["initContainers"]
+    assert init["command"][-2:] == ["s3://bucket/adapters/tone", "/mnt/kubetune/models/adapter-tone"]
+    assert init["envFrom"] == [{"secretRef": {"name": "s3"}}]
+    public, _, _ = pod_of(serve({"model": {"uri": "hf://org/base"}}))
+    assert "HF_TOKEN" not in env_of(public["spec"]["containers"][0])
+
+
+def test_secret_ref_goes_with_uri_only():
+    from kubetune.api.v1alpha1 import validate_document
+
+    doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "ModelServe", "metadata": {"name": "bot"},
+           "spec": {"model": {"fineTuneJobRef": {"name": "j"}, "secretRef": {"name": "hub"}}}}
+    problems = validate_document(doc).problems
+    assert [str(p) for p in problems] == [
+        "spec.model.secretRef: goes with uri; a fineTuneJobRef uses the job's own secrets"]
+
+
 def test_adapters_by_uri_and_by_job_ref():
     ms = serve({"model": {"uri": "hf://org/base"},
                 "adapters": [{"name": "support", "fineTuneJobRef": {"name": "lora"}},

@@ -32,6 +32,7 @@ from kubetune.api.v1alpha1 import (
     FineTuneJobStatus,
     ModelServe,
     Revision,
+    SecretKeyRef,
     parse_uri,
     pvc_local_path,
 )
@@ -135,6 +136,8 @@ class ResolvedSource:
     """FineTuneJob/NAME@CONFIGHASH#UID when it came from a job's result."""
     s3_secret: str | None = None
     """Secret with S3 credentials (a job's output.secretRef) for the download init container."""
+    hf_token: tuple[str, str] | None = None
+    """(Secret, key) with a Hub token for a private hf:// source."""
 
 
 @dataclass
@@ -230,7 +233,7 @@ def resolve_sources(ms: ModelServe, jobs: Mapping[str, FineTuneJob | Mapping[str
 
     # The model.
     if spec.model.uri:
-        res.model = ResolvedSource(None, spec.model.uri)
+        res.model = _uri_source(None, spec.model.uri, spec.model.secret_ref)
     else:
         ref = spec.model.fine_tune_job_ref.name  # type: ignore[union-attr]
         raw = jobs.get(ref)
@@ -275,7 +278,7 @@ def resolve_sources(ms: ModelServe, jobs: Mapping[str, FineTuneJob | Mapping[str
     for index, adapter in enumerate(spec.adapters):
         where = f"adapters[{index}] ({adapter.name})"
         if adapter.uri:
-            res.adapters.append(ResolvedSource(adapter.name, adapter.uri))
+            res.adapters.append(_uri_source(adapter.name, adapter.uri, adapter.secret_ref))
             continue
         ref = adapter.fine_tune_job_ref.name  # type: ignore[union-attr]
         raw = jobs.get(ref)
@@ -332,6 +335,17 @@ def _waiting_message(where: str, ref: str, phase: str | None) -> str:
     if phase == "Failed":
         return f"{where}: FineTuneJob {ref!r} failed and has no result; fix and rerun it (see its conditions)"
     return f"{where}: waiting for FineTuneJob {ref!r} to succeed (phase {phase or 'Pending'})"
+
+
+def _uri_source(name: str | None, uri: str, secret: SecretKeyRef | None) -> ResolvedSource:
+    """A source named by URI, with its secret where the scheme needs one."""
+    if secret is None:
+        return ResolvedSource(name, uri)
+    if uri.startswith("s3://"):
+        return ResolvedSource(name, uri, s3_secret=secret.name)
+    if uri.startswith("hf://"):
+        return ResolvedSource(name, uri, hf_token=(secret.name, secret.key))
+    return ResolvedSource(name, uri)
 
 
 def _s3_secret(job: FineTuneJob, uri: str) -> str | None:
@@ -466,6 +480,10 @@ def render_pod_template(
     ]
     if adapters:
         env.append({"name": "LORA_ADAPTERS", "value": ",".join(adapters)})
+    # TGI takes one Hub token: the model's, else the first adapter's.
+    token = next((src.hf_token for src in (resolution.model, *resolution.adapters) if src.hf_token), None)
+    if token:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token[0], "key": token[1]}}})
 
     resources: dict[str, dict[str, Any]] = {"requests": {}, "limits": {}}
     res = spec.resources

@@ -19,6 +19,7 @@ from .common import (
     ObjectMeta,
     Problem,
     Quantity,
+    SecretKeyRef,
     Toleration,
     raise_problems,
 )
@@ -46,7 +47,12 @@ class ModelSource(KubeModel):
                 {
                     "rule": "has(self.fineTuneJobRef) != has(self.uri)",
                     "message": "set exactly one of fineTuneJobRef and uri",
-                }
+                },
+                {
+                    "rule": "!has(self.secretRef) || has(self.uri)",
+                    "message": "secretRef goes with uri; a fineTuneJobRef uses the job's own secrets",
+                    "fieldPath": ".secretRef",
+                },
             ]
         }
     }
@@ -55,11 +61,20 @@ class ModelSource(KubeModel):
     """Serve this FineTuneJob's result (its full or merged model); follows each new result."""
     uri: ServeURI | None = None
     """Serve this model: hf://ORG/NAME, pvc://CLAIM/PATH or s3://BUCKET/PREFIX."""
+    secret_ref: SecretKeyRef | None = None
+    """With uri: a Secret with a Hub token for a private hf:// model (key defaults to HF_TOKEN), or with S3
+    credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_ENDPOINT_URL) for s3://."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
+        problems = []
         if (self.fine_tune_job_ref is None) == (self.uri is None):
-            raise_problems([Problem("", "set exactly one of fineTuneJobRef and uri")])
+            problems.append(Problem("", "set exactly one of fineTuneJobRef and uri"))
+        if self.secret_ref is not None and self.uri is None:
+            problems.append(
+                Problem("secretRef", "goes with uri; a fineTuneJobRef uses the job's own secrets")
+            )
+        raise_problems(problems)
         return self
 
 
