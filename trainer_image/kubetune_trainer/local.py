@@ -44,15 +44,9 @@ def run_local(manifest_path: str, output_dir: str | None = None) -> int:
         return 1
     elapsed = time.monotonic() - started
     result = outcome.result
-    _print("")
+    # The result and its metrics were just printed by reporting.report_result (the same figures a cluster
+    # run writes to status.result).
     _print(f"kubetune: finished in {elapsed:.1f}s")
-    _print("metrics:")
-    for key in sorted(outcome.metrics):
-        if key == "train_loss" or (key.startswith("eval_") and not key.endswith(("_runtime", "_per_second"))):
-            _print(f"  {key}: {outcome.metrics[key]:.6g}")
-    _print(f"result: {result.get('kind')} at {result.get('uri')}")
-    if result.get("mergedUri"):
-        _print(f"merged model: {result['mergedUri']}")
     _print(f"lineage: {config.runtime.output_dir}/lineage.json (dataset {result.get('datasetDigest')})")
     try:
         sample = sample_prediction(spec.model.task, outcome.model, outcome.tokenizer, outcome.data.samples,

@@ -213,6 +213,19 @@ def use_packed_rows(trainer, model) -> bool:
     return True
 
 
+def without_raw_log_printing(trainer) -> None:
+    """Stop the Trainer printing its raw log dicts (kubetune's console lines say the same); keep its bar."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class BarOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            return None
+
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(BarOnly())
+
+
 def early_stopping_callbacks(spec: FineTuneJobSpec) -> list:
     if spec.training.early_stopping is None:
         return []

@@ -181,6 +181,8 @@ def run_training(config: TrainerConfig, stop_flag: checkpoints.StopFlag | None =
     )
     args = objectives.build_args(spec, kwargs, tokenizer)
     trainer = objectives.build_trainer(spec, args, model, tokenizer, prepared, callbacks, ref_model=ref_model)
+    if not config.runtime.report_status:  # local: reporting prints one line per logging step
+        objectives.without_raw_log_printing(trainer)
     try:
         train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
