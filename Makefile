@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup test lint crds crds-check demo bench clean testbin cluster-up cluster-down
+.PHONY: setup test lint crds crds-check demo bench bench-trainer bench-operator clean testbin cluster-up cluster-down
 
 ## setup: create .venv and install kubetune with the trainer and dev extras (pinned by constraints.txt)
 setup: $(VENV)/.installed
@@ -52,7 +52,11 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/kubetune train -f demo-output/finetunejob.yaml --local --output demo-output/result
 
 ## bench: the benchmarks in docs/benchmarks.md (BENCH_ARGS passes options to hack/bench_trainer.py)
-bench: bench-trainer
+bench: bench-trainer bench-operator
+
+## bench-operator: apply->Job latency, a 1000-job burst, writes on resync, RSS (on the local control plane)
+bench-operator: setup testbin
+	$(PY) hack/bench_operator.py --latency-jobs 100 --burst-jobs 1000
 
 ## bench-trainer: tokens/s of the kubetune trainer (packing) vs a padded HF Trainer + PEFT baseline, one run
 bench-trainer: setup
