@@ -49,7 +49,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     target = TARGET_LOCAL if args.local else TARGET_CLUSTER
     failed = checked = 0
-    for name in args.files:
+    for name in _expand(args.files):
         try:
             text = sys.stdin.read() if name == "-" else Path(name).read_text()
             docs = list(yaml.safe_load_all(text))
@@ -81,6 +81,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     summary = f"{checked} object(s) checked, {failed} with problems"
     print(summary, file=sys.stderr)
     return 1 if failed else 0
+
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _expand(names: list[str]) -> list[str]:
+    """Files as given; a folder becomes its manifests (.yaml, .yml, .json), sorted, like `kubectl apply -f DIR`."""
+    files: list[str] = []
+    for name in names:
+        path = Path(name)
+        if name != "-" and path.is_dir():
+            found = sorted(str(p) for p in path.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+            files.extend(found or [name])  # an empty folder is reported as unreadable
+        else:
+            files.append(name)
+    return files
 
 
 def _is_kubetune(doc: dict, group: str, kinds: dict) -> bool:
@@ -135,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check FineTuneJob/ModelServe manifests offline")
     validate.add_argument("-f", "--filename", dest="files", action="extend", nargs="+", required=True,
-                          metavar="FILE", help="manifest files (multi-document YAML; - for stdin)")
+                          metavar="FILE", help="manifest files or folders (multi-document YAML; - for stdin)")
     validate.add_argument("--local", action="store_true",
                           help="check for `kubetune train --local` (file:// URIs allowed, output optional)")
     validate.set_defaults(func=cmd_validate)

@@ -37,6 +37,22 @@ def test_all_examples_are_valid(capsys):
     assert f"{len(EXAMPLES)} object(s) checked, 0 with problems" in err
 
 
+def test_folders_are_read_like_kubectl_apply_f(capsys, tmp_path):
+    code, _, err = run(capsys, "validate", "-f", str(REPO / "examples"))
+    assert code == 0
+    assert f"{len(EXAMPLES)} object(s) checked, 0 with problems" in err
+    (tmp_path / "notes.txt").write_text("not a manifest")
+    write(tmp_path, "bad.yaml", modelserve("bad", model={}))
+    code, out, err = run(capsys, "validate", "-f", str(tmp_path))
+    assert code == 1
+    assert out.startswith(f"{tmp_path / 'bad.yaml'}: ModelServe/bad: spec.model: set exactly one")
+    assert "notes.txt" not in out + err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out, _ = run(capsys, "validate", "-f", str(empty))
+    assert code == 1 and f"{empty}: cannot read" in out
+
+
 def test_all_invalid_manifests_fail_with_a_line_each(capsys):
     code, out, _ = run(capsys, "validate", "-f", *map(str, INVALID))
     assert code == 1
