@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from typing import Any
 
 import kopf
 
-from kubetune import handlers, metrics
+from kubetune import handlers
 from kubetune import metrics_modelserve as serve_metrics
 from kubetune.reconcile.modelserve import CONTROLLER, ModelServeReconciler, ServeOptions
 from kubetune.reconcile.queue import Key, Outcome, WorkQueue
-from kubetune.reconcile.runtime import outcome, work_queue
+from kubetune.reconcile.runtime import measured, outcome, work_queue
 from kubetune.render.common import MODELSERVE_LABEL
 from kubetune.render.modelserve import referenced_jobs
 from kubetune.settings import Settings
@@ -80,15 +79,7 @@ def modelserve_controller(rt: handlers.Runtime, settings: Settings) -> WorkQueue
     reconciler = ModelServeReconciler(rt.kube, opts)
 
     def reconcile(key: Key) -> Outcome:
-        started = time.perf_counter()
-        try:
-            result = reconciler.reconcile(*key)
-        except Exception:
-            metrics.RECONCILE_ERRORS.labels(CONTROLLER).inc()
-            metrics.RECONCILE_TOTAL.labels(CONTROLLER, "error").inc()
-            raise
-        finally:
-            metrics.RECONCILE_TIME.labels(CONTROLLER).observe(time.perf_counter() - started)
+        result = measured(CONTROLLER, lambda: reconciler.reconcile(*key))
         if result.phase is None:
             queue.forget(key)
         if result.smoke is not None:

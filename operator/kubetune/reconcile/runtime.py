@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from kubetune import metrics
 from kubetune.render.finetunejob import RenderOptions
@@ -19,6 +20,7 @@ from .kube import Kube, RestClient
 from .queue import Key, Outcome, WorkQueue
 
 log = logging.getLogger("kubetune.runtime")
+T = TypeVar("T")
 
 
 @dataclass
@@ -48,6 +50,19 @@ def work_queue(controller: str, reconcile: Callable[[Key], Outcome], settings: S
     )
 
 
+def measured(controller: str, reconcile_once: Callable[[], T]) -> T:
+    """Run one reconcile, timing it and counting its errors the way controller-runtime does."""
+    started = time.perf_counter()
+    try:
+        return reconcile_once()
+    except Exception:
+        metrics.RECONCILE_ERRORS.labels(controller).inc()
+        metrics.RECONCILE_TOTAL.labels(controller, "error").inc()
+        raise
+    finally:
+        metrics.RECONCILE_TIME.labels(controller).observe(time.perf_counter() - started)
+
+
 def outcome(controller: str, requeue_after: float | None, problem: bool) -> Outcome:
     """Count a finished reconcile the way controller-runtime does and tell the queue what is next."""
     result = "requeue" if problem else ("requeue_after" if requeue_after else "success")
@@ -65,15 +80,7 @@ def finetunejob_controller(kube: Kube, settings: Settings) -> WorkQueue:
     phases = metrics.PhaseTracker()
 
     def reconcile(key: Key) -> Outcome:
-        started = time.perf_counter()
-        try:
-            result = reconciler.reconcile(*key)
-        except Exception:
-            metrics.RECONCILE_ERRORS.labels(FTJ_CONTROLLER).inc()
-            metrics.RECONCILE_TOTAL.labels(FTJ_CONTROLLER, "error").inc()
-            raise
-        finally:
-            metrics.RECONCILE_TIME.labels(FTJ_CONTROLLER).observe(time.perf_counter() - started)
+        result = measured(FTJ_CONTROLLER, lambda: reconciler.reconcile(*key))
         phases.set(key, result.phase)
         if result.phase is None:
             queue.forget(key)
