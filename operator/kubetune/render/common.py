@@ -58,6 +58,14 @@ def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def child_metadata(
+    owner: dict[str, Any], name: str, namespace: str | None, labels: dict[str, str], **extra: Any
+) -> dict[str, Any]:
+    """metadata of a child object: its name and labels, in its owner's namespace, owned by OWNER."""
+    meta = {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner_reference(owner)]}
+    return {**meta, **extra}
+
+
 def propagated_labels(labels: dict[str, str] | None) -> dict[str, str]:
     """The owner's labels that children carry too (so policies and selectors that match the owner match them)."""
     return {

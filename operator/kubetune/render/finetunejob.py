@@ -49,8 +49,8 @@ from .common import (
     PART_OF,
     RUN_GENERATION_ANNOTATION,
     RUN_ID_LABEL,
+    child_metadata,
     child_name,
-    owner_reference,
     propagated_labels,
     short_hash,
     with_hash,
@@ -153,14 +153,7 @@ def _label_value(value: str) -> str:
 
 
 def _meta(job: FineTuneJob, owner: dict[str, Any], name: str, **extra: Any) -> dict[str, Any]:
-    meta = {
-        "name": name,
-        "namespace": job.metadata.namespace,
-        "labels": base_labels(job),
-        "ownerReferences": [owner_reference(owner)],
-    }
-    meta.update(extra)
-    return meta
+    return child_metadata(owner, name, job.metadata.namespace, base_labels(job), **extra)
 
 
 def _owner(job: FineTuneJob) -> dict[str, Any]:

@@ -42,8 +42,8 @@ from kubetune.render.common import (
     MANAGED_BY,
     MANAGER,
     MODELSERVE_LABEL,
+    child_metadata,
     child_name,
-    owner_reference,
     propagated_labels,
 )
 
@@ -104,10 +104,9 @@ def common_labels(ms: ModelServe) -> dict[str, str]:
     }
 
 
-def _owner(ms: ModelServe, uid: str) -> dict[str, Any]:
-    return owner_reference(
-        {"apiVersion": API_VERSION, "kind": "ModelServe", "metadata": {"name": ms.metadata.name, "uid": uid}}
-    )
+def _meta(ms: ModelServe, uid: str, name: str) -> dict[str, Any]:
+    owner = {"apiVersion": API_VERSION, "kind": "ModelServe", "metadata": {"name": ms.metadata.name, "uid": uid}}
+    return child_metadata(owner, name, ms.metadata.namespace, common_labels(ms))
 
 
 def endpoint(ms: ModelServe, override: str | None = None) -> str:
@@ -581,12 +580,7 @@ def render_deployment(
     from apply to apply because one field manager owns them.
     """
     spec = ms.spec
-    meta: dict[str, Any] = {
-        "name": deployment_name(ms),
-        "namespace": ms.metadata.namespace,
-        "labels": common_labels(ms),
-        "ownerReferences": [_owner(ms, uid)],
-    }
+    meta = _meta(ms, uid, deployment_name(ms))
     if annotations:
         meta["annotations"] = dict(annotations)
     return {
@@ -615,12 +609,7 @@ def render_service(ms: ModelServe, uid: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": service_name(ms),
-            "namespace": ms.metadata.namespace,
-            "labels": common_labels(ms),
-            "ownerReferences": [_owner(ms, uid)],
-        },
+        "metadata": _meta(ms, uid, service_name(ms)),
         "spec": {
             "type": ms.spec.service.type,
             "selector": selector_labels(ms),
@@ -640,12 +629,7 @@ def render_pdb(ms: ModelServe, uid: str) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {
-            "name": pdb_name(ms),
-            "namespace": ms.metadata.namespace,
-            "labels": common_labels(ms),
-            "ownerReferences": [_owner(ms, uid)],
-        },
+        "metadata": _meta(ms, uid, pdb_name(ms)),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(ms)}},
     }
 
