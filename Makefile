@@ -35,7 +35,8 @@ cluster-down: setup
 
 ## lint: ruff and the import-direction rules from DESIGN.md
 lint: setup
-	$(VENV)/bin/ruff check operator trainer_image tests
+	$(VENV)/bin/ruff check operator trainer_image hack tests
+	$(VENV)/bin/ruff format --check operator trainer_image hack tests
 	$(VENV)/bin/lint-imports
 
 ## crds: regenerate crds/ and the chart's CRD templates from the pydantic models

@@ -23,10 +23,9 @@ events) but the Jobs start no pods, so the figures are the operator's, not kwok'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -72,15 +71,22 @@ class JobWatch:
             w = watch.Watch()
             self.ready.set()
             try:
-                for ev in w.stream(self.batch.list_job_for_all_namespaces, resource_version=rv,
-                                   label_selector="kubetune.io/finetunejob", timeout_seconds=30,
-                                   allow_watch_bookmarks=True):
+                for ev in w.stream(
+                    self.batch.list_job_for_all_namespaces,
+                    resource_version=rv,
+                    label_selector="kubetune.io/finetunejob",
+                    timeout_seconds=30,
+                    allow_watch_bookmarks=True,
+                ):
                     obj = ev["object"]
                     if isinstance(obj, dict):
                         meta = obj["metadata"]
                     else:
-                        meta = {"namespace": obj.metadata.namespace, "name": obj.metadata.name,
-                                "resourceVersion": obj.metadata.resource_version}
+                        meta = {
+                            "namespace": obj.metadata.namespace,
+                            "name": obj.metadata.name,
+                            "resourceVersion": obj.metadata.resource_version,
+                        }
                     rv = meta.get("resourceVersion", rv)
                     if ev["type"] == "ADDED":
                         key = (meta["namespace"], meta["name"])
@@ -119,8 +125,12 @@ def settle(op: Operator, quiet: float = 3.0, timeout: float = 300.0) -> float:
 
 def versions(api: client.ApiClient, namespaces: list[str]) -> dict[str, str]:
     """resourceVersion of every FineTuneJob and child in NAMESPACES."""
-    co, core, batch, rbac = (client.CustomObjectsApi(api), client.CoreV1Api(api), client.BatchV1Api(api),
-                             client.RbacAuthorizationV1Api(api))
+    co, core, batch, rbac = (
+        client.CustomObjectsApi(api),
+        client.CoreV1Api(api),
+        client.BatchV1Api(api),
+        client.RbacAuthorizationV1Api(api),
+    )
     out: dict[str, str] = {}
     sel = "kubetune.io/finetunejob"
     for ns in namespaces:
@@ -159,8 +169,13 @@ def main() -> int:
     tag = time.strftime("%H%M%S")
     out_dir = REPO / ".cluster" / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
-    op = Operator(kubeconfig, out_dir, namespaces="bench-*", KUBETUNE_WORKERS=str(args.workers),
-                  KUBETUNE_LOG_LEVEL="WARNING")
+    op = Operator(
+        kubeconfig,
+        out_dir,
+        namespaces="bench-*",
+        KUBETUNE_WORKERS=str(args.workers),
+        KUBETUNE_LOG_LEVEL="WARNING",
+    )
     op.start()
     jw = JobWatch(api)
     results: dict[str, object] = {"workers": args.workers, "cpus": os.cpu_count()}
@@ -176,8 +191,12 @@ def main() -> int:
             co.create_namespaced_custom_object("kubetune.io", "v1alpha1", ns, "finetunejobs", body)
             seen = wait_for(lambda n=f"lat-{i}-trainer": jw.first_seen(ns, n), 30, 0.002)
             lat.append(seen - t0)
-        results["latency_ms"] = {"n": len(lat), "p50": round(pct(lat, 0.5) * 1000, 1),
-                                 "p99": round(pct(lat, 0.99) * 1000, 1), "max": round(max(lat) * 1000, 1)}
+        results["latency_ms"] = {
+            "n": len(lat),
+            "p50": round(pct(lat, 0.5) * 1000, 1),
+            "p99": round(pct(lat, 0.99) * 1000, 1),
+            "max": round(max(lat) * 1000, 1),
+        }
         print("apply -> Job:", results["latency_ms"], flush=True)
 
         # 2. burst
@@ -189,8 +208,9 @@ def main() -> int:
 
         def create(i: int) -> None:
             try:
-                co.create_namespaced_custom_object("kubetune.io", "v1alpha1", ns, "finetunejobs",
-                                                   tiny_job(f"burst-{i}", suspend=True))
+                co.create_namespaced_custom_object(
+                    "kubetune.io", "v1alpha1", ns, "finetunejobs", tiny_job(f"burst-{i}", suspend=True)
+                )
             except Exception as exc:  # noqa: BLE001
                 create_errors.append(str(exc)[:200])
 
@@ -209,12 +229,17 @@ def main() -> int:
             owner = j.metadata.labels["kubetune.io/finetunejob"]
             per_owner[owner] = per_owner.get(owner, 0) + 1
         duplicates = sum(n - 1 for n in per_owner.values() if n > 1) + sum(
-            n - 1 for (n_ns, _), n in jw.adds.items() if n_ns == ns and n > 1)
+            n - 1 for (n_ns, _), n in jw.adds.items() if n_ns == ns and n > 1
+        )
         items = co.list_namespaced_custom_object("kubetune.io", "v1alpha1", ns, "finetunejobs")["items"]
         bad = [o["metadata"]["name"] for o in items if (o.get("status") or {}).get("phase") != "Suspended"]
         results["burst"] = {
-            "n": args.burst_jobs, "create_calls_s": round(t_created, 2), "all_jobs_s": round(t_all, 2),
-            "jobs": len(jobs), "duplicates": duplicates, "create_errors": len(create_errors),
+            "n": args.burst_jobs,
+            "create_calls_s": round(t_created, 2),
+            "all_jobs_s": round(t_all, 2),
+            "jobs": len(jobs),
+            "duplicates": duplicates,
+            "create_errors": len(create_errors),
             "reconcile_errors": op.metric("controller_runtime_reconcile_errors_total") - errors_before,
             "not_suspended_phase": len(bad),
         }
@@ -236,26 +261,30 @@ def main() -> int:
         after = versions(api, namespaces)
         changed = sorted(k for k in before if after.get(k) != before[k])
         results["resync"] = {
-            "objects": results["objects"], "reconciles": reconciles, "seconds": round(t_resync - 5.0, 1),
+            "objects": results["objects"],
+            "reconciles": reconciles,
+            "seconds": round(t_resync - 5.0, 1),
             "writes_counted_by_operator": op.metric("kubetune_api_writes_total"),
-            "objects_with_new_resourceVersion": len(changed), "examples": changed[:5],
+            "objects_with_new_resourceVersion": len(changed),
+            "examples": changed[:5],
         }
         print("resync:", results["resync"], flush=True)
         proc = psutil.Process(op.proc.pid)
         results["rss_after_resync_mib"] = round(proc.memory_info().rss / 2**20, 1)
         hist = op.metrics()
         results["operator_apply_to_job_histogram"] = [
-            line for line in hist.splitlines() if line.startswith("kubetune_finetunejob_apply_to_job_seconds_")
-            and ("_count" in line or "_sum" in line)]
+            line
+            for line in hist.splitlines()
+            if line.startswith("kubetune_finetunejob_apply_to_job_seconds_")
+            and ("_count" in line or "_sum" in line)
+        ]
     finally:
         jw.stop.set()
         op.stop()
         if not args.keep:
             for ns in namespaces:
-                try:
+                with contextlib.suppress(Exception):
                     core.delete_namespace(ns)
-                except Exception:  # noqa: BLE001
-                    pass
     (out_dir / f"results-{tag}.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     if args.write_docs:
@@ -271,20 +300,20 @@ def write_docs(r: dict, args: argparse.Namespace) -> None:
         return "met" if cond else "**not met**"
 
     text = f"""
-## Operator: FineTuneJob controller ({time.strftime('%Y-%m-%d')})
+## Operator: FineTuneJob controller ({time.strftime("%Y-%m-%d")})
 
 Command: `.venv/bin/python hack/bench_operator.py --latency-jobs {args.latency_jobs} --burst-jobs {args.burst_jobs} --write-docs`
 Local control plane (etcd, kube-apiserver 1.36.3, controller-manager, scheduler,
-kwok) and the operator as a subprocess with {r['workers']} reconcile workers, all on the same
-{r['cpus']}-core machine, shared with the benchmark client. FineTuneJobs are created with `suspend: true`
+kwok) and the operator as a subprocess with {r["workers"]} reconcile workers, all on the same
+{r["cpus"]}-core machine, shared with the benchmark client. FineTuneJobs are created with `suspend: true`
 (children, status and events are all made; the Jobs start no pods).
 
 | What | Measured | Target (DESIGN.md) | |
 |---|---|---|---|
-| apply -> trainer Job created, {lat['n']} jobs one at a time | p50 {lat['p50']} ms, p99 {lat['p99']} ms (max {lat['max']} ms) | p50 <= 150 ms, p99 <= 500 ms | {ok(lat['p50'] <= 150 and lat['p99'] <= 500)} |
-| {burst['n']} FineTuneJobs created at once (16 client threads; creates took {burst['create_calls_s']} s) | all {burst['jobs']} Jobs after {burst['all_jobs_s']} s; {burst['duplicates']} duplicates; {burst['create_errors']} create errors, {burst['reconcile_errors']:.0f} reconcile errors, {burst['not_suspended_phase']} in a wrong phase | <= 30 s, 0 duplicates, 0 errors | {ok(burst['all_jobs_s'] <= 30 and burst['duplicates'] == 0 and burst['create_errors'] == 0 and burst['reconcile_errors'] == 0)} |
-| Resync of {resync['objects']} unchanged FineTuneJobs (operator restarted: full relist + {resync['reconciles']:.0f} reconciles in ~{resync['seconds']} s) | {resync['writes_counted_by_operator']:.0f} writes (operator's counter); {resync['objects_with_new_resourceVersion']} of all FineTuneJobs and children got a new resourceVersion | 0 writes | {ok(resync['writes_counted_by_operator'] == 0 and resync['objects_with_new_resourceVersion'] == 0)} |
-| Operator RSS with {r['objects']} FineTuneJobs (+ their Jobs) watched | {r['rss_mib']} MiB ({r['rss_after_resync_mib']} MiB after the restart and resync) | <= 120 MiB | {ok(r['rss_mib'] <= 120)} |
+| apply -> trainer Job created, {lat["n"]} jobs one at a time | p50 {lat["p50"]} ms, p99 {lat["p99"]} ms (max {lat["max"]} ms) | p50 <= 150 ms, p99 <= 500 ms | {ok(lat["p50"] <= 150 and lat["p99"] <= 500)} |
+| {burst["n"]} FineTuneJobs created at once (16 client threads; creates took {burst["create_calls_s"]} s) | all {burst["jobs"]} Jobs after {burst["all_jobs_s"]} s; {burst["duplicates"]} duplicates; {burst["create_errors"]} create errors, {burst["reconcile_errors"]:.0f} reconcile errors, {burst["not_suspended_phase"]} in a wrong phase | <= 30 s, 0 duplicates, 0 errors | {ok(burst["all_jobs_s"] <= 30 and burst["duplicates"] == 0 and burst["create_errors"] == 0 and burst["reconcile_errors"] == 0)} |
+| Resync of {resync["objects"]} unchanged FineTuneJobs (operator restarted: full relist + {resync["reconciles"]:.0f} reconciles in ~{resync["seconds"]} s) | {resync["writes_counted_by_operator"]:.0f} writes (operator's counter); {resync["objects_with_new_resourceVersion"]} of all FineTuneJobs and children got a new resourceVersion | 0 writes | {ok(resync["writes_counted_by_operator"] == 0 and resync["objects_with_new_resourceVersion"] == 0)} |
+| Operator RSS with {r["objects"]} FineTuneJobs (+ their Jobs) watched | {r["rss_mib"]} MiB ({r["rss_after_resync_mib"]} MiB after the restart and resync) | <= 120 MiB | {ok(r["rss_mib"] <= 120)} |
 """
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -198,7 +198,9 @@ def run_kubetune(
             from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
             inner = DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=True)
-        captured["collation"] = type(inner).__name__ + (" (padding-free)" if getattr(inner, "padding_free", 0) else "")
+        captured["collation"] = type(inner).__name__ + (
+            " (padding-free)" if getattr(inner, "padding_free", 0) else ""
+        )
         trainer.data_collator = captured["collator"] = CountingCollator(inner, pad)
         captured["trainer"] = trainer
         return trainer

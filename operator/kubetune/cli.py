@@ -29,7 +29,10 @@ def cmd_crds(args: argparse.Namespace) -> int:
         for line in problems:
             print(line, file=sys.stderr)
         if problems:
-            print("CRDs are out of date: run `kubetune crds` (or `make crds`) and commit the result", file=sys.stderr)
+            print(
+                "CRDs are out of date: run `kubetune crds` (or `make crds`) and commit the result",
+                file=sys.stderr,
+            )
             return 1
         print(f"CRDs in {' and '.join(folder for folder, _ in targets)} match the models")
         return 0
@@ -67,7 +70,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 continue
             where = f"{name} (document {index + 1})" if len(docs) > 1 else name
             if isinstance(doc, dict) and not _is_kubetune(doc, GROUP, KINDS):
-                print(f"{where}: skipped {doc.get('kind', '?')} {_name(doc)} (not a kubetune object)", file=sys.stderr)
+                print(
+                    f"{where}: skipped {doc.get('kind', '?')} {_name(doc)} (not a kubetune object)",
+                    file=sys.stderr,
+                )
                 continue
             ours += 1
             result = validate_document(doc, target)
@@ -144,29 +150,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     crds = sub.add_parser("crds", help="write the CRDs from the models (or --check them)")
     crds.add_argument("--check", action="store_true", help="exit 1 when the files differ from the models")
-    crds.add_argument("--output-dir", default=DEFAULT_CRDS_DIR, help="folder of the CRD files (default: %(default)s)")
-    crds.add_argument("--chart-dir", default=DEFAULT_CHART_CRDS_DIR,
-                      help="folder of the Helm chart's CRD templates; empty to skip (default: %(default)s)")
+    crds.add_argument(
+        "--output-dir", default=DEFAULT_CRDS_DIR, help="folder of the CRD files (default: %(default)s)"
+    )
+    crds.add_argument(
+        "--chart-dir",
+        default=DEFAULT_CHART_CRDS_DIR,
+        help="folder of the Helm chart's CRD templates; empty to skip (default: %(default)s)",
+    )
     crds.set_defaults(func=cmd_crds)
 
     validate = sub.add_parser("validate", help="check FineTuneJob/ModelServe manifests offline")
-    validate.add_argument("-f", "--filename", dest="files", action="extend", nargs="+", required=True,
-                          metavar="FILE", help="manifest files or folders (multi-document YAML; - for stdin)")
-    validate.add_argument("--local", action="store_true",
-                          help="check for `kubetune train --local` (file:// URIs allowed, output optional)")
+    validate.add_argument(
+        "-f",
+        "--filename",
+        dest="files",
+        action="extend",
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="manifest files or folders (multi-document YAML; - for stdin)",
+    )
+    validate.add_argument(
+        "--local",
+        action="store_true",
+        help="check for `kubetune train --local` (file:// URIs allowed, output optional)",
+    )
     validate.set_defaults(func=cmd_validate)
 
     train = sub.add_parser("train", help="run a FineTuneJob's training on this machine")
-    train.add_argument("-f", "--filename", dest="file", required=True, metavar="FILE", help="the FineTuneJob manifest")
+    train.add_argument(
+        "-f", "--filename", dest="file", required=True, metavar="FILE", help="the FineTuneJob manifest"
+    )
     train.add_argument("--local", action="store_true", help="train here, not in a cluster (required)")
-    train.add_argument("--output", metavar="DIR", default=None, help="where artifacts go (default: spec.output.uri)")
+    train.add_argument(
+        "--output", metavar="DIR", default=None, help="where artifacts go (default: spec.output.uri)"
+    )
     train.set_defaults(func=cmd_train)
 
-    operator = sub.add_parser("operator", help="run the operator against the current kubeconfig or in-cluster")
-    operator.add_argument("-n", "--namespace", action="append", metavar="NS",
-                          help="watch this namespace (repeatable; default: all namespaces)")
+    operator = sub.add_parser(
+        "operator", help="run the operator against the current kubeconfig or in-cluster"
+    )
+    operator.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        metavar="NS",
+        help="watch this namespace (repeatable; default: all namespaces)",
+    )
     operator.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces")
-    operator.add_argument("--standalone", action="store_true", help="no peering with other operator instances")
+    operator.add_argument(
+        "--standalone", action="store_true", help="no peering with other operator instances"
+    )
     operator.set_defaults(func=cmd_operator)
     return parser  # fmt: skip
 

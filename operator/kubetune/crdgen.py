@@ -154,7 +154,9 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
         node.pop("nullable", None)
         node.pop("default", None)
         root["properties"][name] = node
-    missing = [path for path, node in walk(root["properties"]["spec"], ".spec") if not node.get("description")]
+    missing = [
+        path for path, node in walk(root["properties"]["spec"], ".spec") if not node.get("description")
+    ]
     if missing:
         raise CRDGenError(
             f"{model.__name__}: these spec fields have no description (write a docstring under each field): "
@@ -218,12 +220,15 @@ def render_chart_crd(doc: dict[str, Any]) -> str:
     body = yaml.safe_dump(doc, sort_keys=False, width=100, allow_unicode=True, default_flow_style=False)
     name_line = f"metadata:\n  name: {doc['metadata']['name']}\n"
     templated = (
-        name_line + "  {{- if .Values.crds.keep }}\n  annotations:\n    helm.sh/resource-policy: keep\n  {{- end }}\n"
-        "  labels:\n    {{- include \"kubetune.labels\" . | nindent 4 }}\n"
+        name_line
+        + "  {{- if .Values.crds.keep }}\n  annotations:\n    helm.sh/resource-policy: keep\n  {{- end }}\n"
+        '  labels:\n    {{- include "kubetune.labels" . | nindent 4 }}\n'
     )
     if name_line not in body:
         raise ValueError(f"unexpected CRD metadata for {doc['metadata']['name']}")
-    return HEADER + "{{- if .Values.crds.enabled }}\n" + body.replace(name_line, templated, 1) + "{{- end }}\n"
+    return (
+        HEADER + "{{- if .Values.crds.enabled }}\n" + body.replace(name_line, templated, 1) + "{{- end }}\n"
+    )
 
 
 def chart_files() -> dict[str, str]:

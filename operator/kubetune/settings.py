@@ -1,9 +1,9 @@
 """The operator's settings: one object, read from the environment (prefix ``KUBETUNE_``).
 
-    KUBETUNE_NAMESPACES=team-a,team-b      watch these namespaces (empty: all)
-    KUBETUNE_TRAINER_IMAGE=...             default trainer image (spec.image overrides it)
-    KUBETUNE_METRICS_PORT=8080             Prometheus metrics (0 turns them off)
-    KUBETUNE_HEALTH_PORT=8081              liveness endpoint /healthz (0 turns it off)
+KUBETUNE_NAMESPACES=team-a,team-b      watch these namespaces (empty: all)
+KUBETUNE_TRAINER_IMAGE=...             default trainer image (spec.image overrides it)
+KUBETUNE_METRICS_PORT=8080             Prometheus metrics (0 turns them off)
+KUBETUNE_HEALTH_PORT=8081              liveness endpoint /healthz (0 turns it off)
 """
 
 from __future__ import annotations

@@ -83,7 +83,11 @@ def test_values_switch_crds_namespaces_and_images(helm):
 
 
 def test_values_schema_rejects_unknown_and_wrong_values(helm):
-    for bad, word in [("bogus=1", "bogus"), ("logLevel=LOUD", "logLevel"), ("replicaCount=3", "replicaCount")]:
+    for bad, word in [
+        ("bogus=1", "bogus"),
+        ("logLevel=LOUD", "logLevel"),
+        ("replicaCount=3", "replicaCount"),
+    ]:
         proc = run_helm(helm, "template", "kt", str(CHART), "--kube-version", KUBE_VERSION, "--set", bad)
         assert proc.returncode != 0
         assert word in proc.stderr
@@ -105,13 +109,17 @@ def test_helm_install_on_the_real_api_server(helm, kube, namespace):
         rbac = client.RbacAuthorizationV1Api(kube.api)
         role = rbac.read_cluster_role(deployment.metadata.name)
         assert any("finetunejobs" in (rule.resources or []) for rule in role.rules)
-        status = json.loads(run_helm(helm, "status", release, "-n", namespace, "-o", "json", env=kube.env()).stdout)
+        status = json.loads(
+            run_helm(helm, "status", release, "-n", namespace, "-o", "json", env=kube.env()).stdout
+        )
         assert status["info"]["status"] == "deployed"
     finally:
         run_helm(helm, "uninstall", release, "--namespace", namespace, "--wait", env=kube.env())
         deadline = time.time() + 30
         while time.time() < deadline:
-            names = [r.metadata.name for r in client.RbacAuthorizationV1Api(kube.api).list_cluster_role().items]
+            names = [
+                r.metadata.name for r in client.RbacAuthorizationV1Api(kube.api).list_cluster_role().items
+            ]
             if not any(n.startswith(release) for n in names):
                 break
             time.sleep(0.5)

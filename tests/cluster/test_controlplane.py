@@ -41,7 +41,8 @@ def condition(obj, type_: str) -> str | None:
 
 def job(name: str, labels: dict | None = None, gpus: int = 1) -> client.V1Job:
     resources = client.V1ResourceRequirements(
-        requests={"cpu": "100m", "memory": "64Mi"}, limits={"nvidia.com/gpu": str(gpus)} if gpus else None)
+        requests={"cpu": "100m", "memory": "64Mi"}, limits={"nvidia.com/gpu": str(gpus)} if gpus else None
+    )
     return client.V1Job(
         metadata=client.V1ObjectMeta(name=name),
         spec=client.V1JobSpec(
@@ -50,8 +51,15 @@ def job(name: str, labels: dict | None = None, gpus: int = 1) -> client.V1Job:
                 metadata=client.V1ObjectMeta(labels=labels or {}),
                 spec=client.V1PodSpec(
                     restart_policy="Never",
-                    containers=[client.V1Container(name="main", image="busybox:1.36",
-                                                   command=["true"], resources=resources)]))))
+                    containers=[
+                        client.V1Container(
+                            name="main", image="busybox:1.36", command=["true"], resources=resources
+                        )
+                    ],
+                ),
+            ),
+        ),
+    )
 
 
 def job_pods(kube: KubeCluster, namespace: str, name: str) -> list[client.V1Pod]:
@@ -88,11 +96,18 @@ def test_kwok_nodes_advertise_gpus(kube: KubeCluster):
 def test_job_pod_is_scheduled_to_a_kwok_node_and_the_job_completes(kube: KubeCluster, namespace: str):
     batch = client.BatchV1Api(kube.api)
     batch.create_namespaced_job(namespace, job("ok", gpus=8))
-    done = wait_for(lambda: condition(batch.read_namespaced_job("ok", namespace), "Complete") == "True"
-                    and batch.read_namespaced_job("ok", namespace), what="Job Complete")
+    done = wait_for(
+        lambda: (
+            condition(batch.read_namespaced_job("ok", namespace), "Complete") == "True"
+            and batch.read_namespaced_job("ok", namespace)
+        ),
+        what="Job Complete",
+    )
     assert done.status.succeeded == 1
     assert condition(done, "Failed") in (None, "False")
-    kwok_nodes = {n.metadata.name for n in client.CoreV1Api(kube.api).list_node(label_selector="type=kwok").items}
+    kwok_nodes = {
+        n.metadata.name for n in client.CoreV1Api(kube.api).list_node(label_selector="type=kwok").items
+    }
     (pod,) = job_pods(kube, namespace, "ok")
     assert pod.spec.node_name in kwok_nodes  # the scheduler placed it (8 GPUs fit exactly one node)
     assert pod.status.phase == "Succeeded"
@@ -102,10 +117,16 @@ def test_job_pod_is_scheduled_to_a_kwok_node_and_the_job_completes(kube: KubeClu
 @pytest.mark.kwok
 def test_a_pod_labelled_to_fail_fails_its_job(kube: KubeCluster, namespace: str):
     batch = client.BatchV1Api(kube.api)
-    batch.create_namespaced_job(namespace, job("bad", labels={cpmod.OUTCOME_LABEL: "fail",
-                                                               cpmod.EXIT_CODE_KEY: "3"}))
-    failed = wait_for(lambda: condition(batch.read_namespaced_job("bad", namespace), "Failed") == "True"
-                      and batch.read_namespaced_job("bad", namespace), what="Job Failed")
+    batch.create_namespaced_job(
+        namespace, job("bad", labels={cpmod.OUTCOME_LABEL: "fail", cpmod.EXIT_CODE_KEY: "3"})
+    )
+    failed = wait_for(
+        lambda: (
+            condition(batch.read_namespaced_job("bad", namespace), "Failed") == "True"
+            and batch.read_namespaced_job("bad", namespace)
+        ),
+        what="Job Failed",
+    )
     assert failed.status.failed == 1
     assert condition(failed, "Complete") in (None, "False")
     assert {c.reason for c in failed.status.conditions if c.type == "Failed"} == {"BackoffLimitExceeded"}
@@ -119,11 +140,18 @@ def test_run_duration_and_run_forever_labels(kube: KubeCluster, namespace: str):
     batch, core = client.BatchV1Api(kube.api), client.CoreV1Api(kube.api)
     batch.create_namespaced_job(namespace, job("slow", labels={cpmod.RUN_DURATION_KEY: "3s"}, gpus=0))
     batch.create_namespaced_job(namespace, job("forever", labels={cpmod.OUTCOME_LABEL: "run"}, gpus=0))
-    running = wait_for(lambda: [p for p in job_pods(kube, namespace, "slow") if p.status.phase == "Running"],
-                       what="the slow pod Running")
+    running = wait_for(
+        lambda: [p for p in job_pods(kube, namespace, "slow") if p.status.phase == "Running"],
+        what="the slow pod Running",
+    )
     started = running[0].status.start_time
-    done = wait_for(lambda: condition(batch.read_namespaced_job("slow", namespace), "Complete") == "True"
-                    and batch.read_namespaced_job("slow", namespace), what="slow Job Complete")
+    done = wait_for(
+        lambda: (
+            condition(batch.read_namespaced_job("slow", namespace), "Complete") == "True"
+            and batch.read_namespaced_job("slow", namespace)
+        ),
+        what="slow Job Complete",
+    )
     assert (done.status.completion_time - started).total_seconds() >= 2.5
     (forever,) = job_pods(kube, namespace, "forever")
     assert core.read_namespaced_pod(forever.metadata.name, namespace).status.phase == "Running"
@@ -133,36 +161,70 @@ def test_run_duration_and_run_forever_labels(kube: KubeCluster, namespace: str):
 def test_deployment_becomes_available(kube: KubeCluster, namespace: str):
     apps = client.AppsV1Api(kube.api)
     labels = {"app": "web"}
-    apps.create_namespaced_deployment(namespace, client.V1Deployment(
-        metadata=client.V1ObjectMeta(name="web"),
-        spec=client.V1DeploymentSpec(
-            replicas=2,
-            selector=client.V1LabelSelector(match_labels=labels),
-            template=client.V1PodTemplateSpec(
-                metadata=client.V1ObjectMeta(labels=labels),
-                spec=client.V1PodSpec(containers=[client.V1Container(name="pause", image=PAUSE)])))))
-    dep = wait_for(lambda: condition(apps.read_namespaced_deployment("web", namespace), "Available") == "True"
-                   and apps.read_namespaced_deployment("web", namespace), timeout=120, what="Deployment Available")
+    apps.create_namespaced_deployment(
+        namespace,
+        client.V1Deployment(
+            metadata=client.V1ObjectMeta(name="web"),
+            spec=client.V1DeploymentSpec(
+                replicas=2,
+                selector=client.V1LabelSelector(match_labels=labels),
+                template=client.V1PodTemplateSpec(
+                    metadata=client.V1ObjectMeta(labels=labels),
+                    spec=client.V1PodSpec(containers=[client.V1Container(name="pause", image=PAUSE)]),
+                ),
+            ),
+        ),
+    )
+    dep = wait_for(
+        lambda: (
+            condition(apps.read_namespaced_deployment("web", namespace), "Available") == "True"
+            and apps.read_namespaced_deployment("web", namespace)
+        ),
+        timeout=120,
+        what="Deployment Available",
+    )
     assert dep.status.ready_replicas == 2
     assert len(apps.list_namespaced_replica_set(namespace).items) == 1
 
 
 def test_a_claim_of_the_default_storage_class_is_provisioned_and_mounted(kube: KubeCluster, namespace: str):
     core = client.CoreV1Api(kube.api)
-    core.create_namespaced_persistent_volume_claim(namespace, client.V1PersistentVolumeClaim(
-        metadata=client.V1ObjectMeta(name="data"),
-        spec=client.V1PersistentVolumeClaimSpec(
-            access_modes=["ReadWriteMany" if kube.kwok else "ReadWriteOnce"],
-            resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}))))
-    core.create_namespaced_pod(namespace, client.V1Pod(
-        metadata=client.V1ObjectMeta(name="uses-data"),
-        spec=client.V1PodSpec(
-            containers=[client.V1Container(name="pause", image=PAUSE, volume_mounts=[
-                client.V1VolumeMount(name="data", mount_path="/data")])],
-            volumes=[client.V1Volume(name="data", persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(
-                claim_name="data"))])))
-    wait_for(lambda: core.read_namespaced_pod("uses-data", namespace).status.phase == "Running", timeout=120,
-             what="the pod using the claim to run")
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        client.V1PersistentVolumeClaim(
+            metadata=client.V1ObjectMeta(name="data"),
+            spec=client.V1PersistentVolumeClaimSpec(
+                access_modes=["ReadWriteMany" if kube.kwok else "ReadWriteOnce"],
+                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+            ),
+        ),
+    )
+    core.create_namespaced_pod(
+        namespace,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name="uses-data"),
+            spec=client.V1PodSpec(
+                containers=[
+                    client.V1Container(
+                        name="pause",
+                        image=PAUSE,
+                        volume_mounts=[client.V1VolumeMount(name="data", mount_path="/data")],
+                    )
+                ],
+                volumes=[
+                    client.V1Volume(
+                        name="data",
+                        persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(claim_name="data"),
+                    )
+                ],
+            ),
+        ),
+    )
+    wait_for(
+        lambda: core.read_namespaced_pod("uses-data", namespace).status.phase == "Running",
+        timeout=120,
+        what="the pod using the claim to run",
+    )
     pvc = core.read_namespaced_persistent_volume_claim("data", namespace)
     assert pvc.status.phase == "Bound"
     assert pvc.spec.storage_class_name  # the default class was filled in by admission
@@ -185,12 +247,25 @@ def test_a_claim_of_the_default_storage_class_is_provisioned_and_mounted(kube: K
 
 def test_deleting_the_owner_garbage_collects_the_child(kube: KubeCluster, namespace: str):
     core = client.CoreV1Api(kube.api)
-    owner = core.create_namespaced_config_map(namespace, client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="owner"), data={"k": "v"}))
-    core.create_namespaced_config_map(namespace, client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="child", owner_references=[client.V1OwnerReference(
-            api_version="v1", kind="ConfigMap", name="owner", uid=owner.metadata.uid)])))
-    core.create_namespaced_config_map(namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="bystander")))
+    owner = core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner"), data={"k": "v"})
+    )
+    core.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(
+                name="child",
+                owner_references=[
+                    client.V1OwnerReference(
+                        api_version="v1", kind="ConfigMap", name="owner", uid=owner.metadata.uid
+                    )
+                ],
+            )
+        ),
+    )
+    core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="bystander"))
+    )
     core.delete_namespaced_config_map("owner", namespace, propagation_policy="Background")
 
     def gone() -> bool:
@@ -206,17 +281,33 @@ def test_deleting_the_owner_garbage_collects_the_child(kube: KubeCluster, namesp
 
 def test_service_account_token_is_limited_by_its_role(kube: KubeCluster, namespace: str, tmp_path: Path):
     core, rbac = client.CoreV1Api(kube.api), client.RbacAuthorizationV1Api(kube.api)
-    core.create_namespaced_service_account(namespace, client.V1ServiceAccount(
-        metadata=client.V1ObjectMeta(name="reader")))
-    rbac.create_namespaced_role(namespace, client.V1Role(
-        metadata=client.V1ObjectMeta(name="read-configmaps"),
-        rules=[client.V1PolicyRule(api_groups=[""], resources=["configmaps"], verbs=["get", "list"])]))
-    rbac.create_namespaced_role_binding(namespace, client.V1RoleBinding(
-        metadata=client.V1ObjectMeta(name="reader"),
-        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="read-configmaps"),
-        subjects=[client.RbacV1Subject(kind="ServiceAccount", name="reader", namespace=namespace)]))
-    tr = core.create_namespaced_service_account_token("reader", namespace, client.AuthenticationV1TokenRequest(
-        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)))
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="reader"))
+    )
+    rbac.create_namespaced_role(
+        namespace,
+        client.V1Role(
+            metadata=client.V1ObjectMeta(name="read-configmaps"),
+            rules=[client.V1PolicyRule(api_groups=[""], resources=["configmaps"], verbs=["get", "list"])],
+        ),
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name="reader"),
+            role_ref=client.V1RoleRef(
+                api_group="rbac.authorization.k8s.io", kind="Role", name="read-configmaps"
+            ),
+            subjects=[client.RbacV1Subject(kind="ServiceAccount", name="reader", namespace=namespace)],
+        ),
+    )
+    tr = core.create_namespaced_service_account_token(
+        "reader",
+        namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+        ),
+    )
     assert tr.status.token.count(".") == 2  # a signed JWT
 
     sa_api = token_client(kube, tr.status.token, tmp_path)
@@ -235,10 +326,13 @@ def test_service_account_token_is_limited_by_its_role(kube: KubeCluster, namespa
             return False
 
     wait_for(allowed, timeout=10, what="the RoleBinding to take effect")
-    for call in (lambda: sa_core.list_namespaced_secret(namespace),
-                 lambda: sa_core.create_namespaced_config_map(namespace, client.V1ConfigMap(
-                     metadata=client.V1ObjectMeta(name="nope"))),
-                 lambda: sa_core.list_namespaced_config_map("default")):
+    for call in (
+        lambda: sa_core.list_namespaced_secret(namespace),
+        lambda: sa_core.create_namespaced_config_map(
+            namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="nope"))
+        ),
+        lambda: sa_core.list_namespaced_config_map("default"),
+    ):
         with pytest.raises(client.ApiException) as err:
             call()
         assert err.value.status == 403
@@ -265,8 +359,9 @@ def _watch_across_a_restart(apiserver, core: client.CoreV1Api, namespace: str) -
 
     def watch_until_broken() -> None:
         try:
-            for ev in watch.Watch().stream(core.list_namespaced_config_map, namespace,
-                                           resource_version=start_rv, timeout_seconds=120):
+            for ev in watch.Watch().stream(
+                core.list_namespaced_config_map, namespace, resource_version=start_rv, timeout_seconds=120
+            ):
                 obj = ev["object"]
                 seen.append((ev["type"], obj.metadata.name, obj.metadata.resource_version))
             ended.append(None)
@@ -275,7 +370,9 @@ def _watch_across_a_restart(apiserver, core: client.CoreV1Api, namespace: str) -
 
     t = threading.Thread(target=watch_until_broken, daemon=True)
     t.start()
-    core.create_namespaced_config_map(namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="before")))
+    core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="before"))
+    )
     wait_for(lambda: any(name == "before" for _, name, _ in seen), what="the watch to see 'before'")
     old_pid = apiserver.pid
 
@@ -285,7 +382,9 @@ def _watch_across_a_restart(apiserver, core: client.CoreV1Api, namespace: str) -
     t.join(timeout=30)
     assert not t.is_alive() and ended, "the first watch should have ended with the old API server"
     last_rv = seen[-1][2]
-    core.create_namespaced_config_map(namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="after")))
+    core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="after"))
+    )
 
     # Resume from the last resourceVersion seen. A fresh API server's watch cache starts at etcd's
     # current revision, so if anything was written between our last event and the restart it answers
@@ -293,8 +392,9 @@ def _watch_across_a_restart(apiserver, core: client.CoreV1Api, namespace: str) -
     # contract (client-go's reflector, kopf) is to relist and watch from the list's resourceVersion.
     resumed, expired = [], None
     try:
-        for ev in watch.Watch().stream(core.list_namespaced_config_map, namespace, resource_version=last_rv,
-                                       timeout_seconds=30):  # timeout_seconds: the client raises 410
+        for ev in watch.Watch().stream(
+            core.list_namespaced_config_map, namespace, resource_version=last_rv, timeout_seconds=30
+        ):  # timeout_seconds: the client raises 410
             resumed.append((ev["type"], ev["object"].metadata.name))
             if ev["object"].metadata.name == "after":
                 break
@@ -307,10 +407,16 @@ def _watch_across_a_restart(apiserver, core: client.CoreV1Api, namespace: str) -
     listing = core.list_namespaced_config_map(namespace)
     assert {"before", "after"} <= {cm.metadata.name for cm in listing.items}  # etcd kept everything
     assert int(listing.metadata.resource_version) > int(last_rv)
-    core.create_namespaced_config_map(namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="later")))
+    core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="later"))
+    )
     resumed = []
-    for ev in watch.Watch().stream(core.list_namespaced_config_map, namespace,
-                                   resource_version=listing.metadata.resource_version, timeout_seconds=30):
+    for ev in watch.Watch().stream(
+        core.list_namespaced_config_map,
+        namespace,
+        resource_version=listing.metadata.resource_version,
+        timeout_seconds=30,
+    ):
         resumed.append((ev["type"], ev["object"].metadata.name))
         if ev["object"].metadata.name == "later":
             break
@@ -324,7 +430,11 @@ def _watch_across_a_restart(apiserver, core: client.CoreV1Api, namespace: str) -
 def _crd_docs() -> list[dict]:
     docs = []
     for path in sorted((REPO / "crds").glob("*.yaml")):
-        docs += [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "CustomResourceDefinition"]
+        docs += [
+            d
+            for d in yaml.safe_load_all(path.read_text())
+            if d and d.get("kind") == "CustomResourceDefinition"
+        ]
     return docs
 
 
@@ -338,9 +448,14 @@ def _apply_crd(kube: KubeCluster, doc: dict) -> None:
             raise
         current = ext.read_custom_resource_definition(name)
         ext.replace_custom_resource_definition(
-            name, {**doc, "metadata": {**doc["metadata"], "resourceVersion": current.metadata.resource_version}})
-    wait_for(lambda: condition(ext.read_custom_resource_definition(name), "Established") == "True",
-             timeout=30, what=f"CRD {name} Established")
+            name,
+            {**doc, "metadata": {**doc["metadata"], "resourceVersion": current.metadata.resource_version}},
+        )
+    wait_for(
+        lambda: condition(ext.read_custom_resource_definition(name), "Established") == "True",
+        timeout=30,
+        what=f"CRD {name} Established",
+    )
 
 
 def test_the_crds_are_accepted_and_a_cel_rule_rejects_a_bad_object(kube: KubeCluster, namespace: str):
@@ -354,8 +469,9 @@ def test_the_crds_are_accepted_and_a_cel_rule_rejects_a_bad_object(kube: KubeClu
     co = client.CustomObjectsApi(kube.api)
 
     def create(body: dict) -> dict:
-        return co.create_namespaced_custom_object("kubetune.io", "v1alpha1", namespace, "finetunejobs", body,
-                                                  dry_run="All")
+        return co.create_namespaced_custom_object(
+            "kubetune.io", "v1alpha1", namespace, "finetunejobs", body, dry_run="All"
+        )
 
     assert create(good)["spec"]["dataset"]["evalSplit"] == "test"
 

@@ -95,7 +95,12 @@ def test_crds_are_established_with_names_and_columns(crds):
     ext = client.ApiextensionsV1Api(crds.api)
     ftj = ext.read_custom_resource_definition(f"finetunejobs.{GROUP}")
     assert ftj.spec.names.short_names == ["ftj", "ftjs"] and ftj.spec.names.categories == ["kubetune"]
-    assert [c.name for c in ftj.spec.versions[0].additional_printer_columns] == ["Phase", "Progress", "Loss", "Age"]
+    assert [c.name for c in ftj.spec.versions[0].additional_printer_columns] == [
+        "Phase",
+        "Progress",
+        "Loss",
+        "Age",
+    ]
     serve = ext.read_custom_resource_definition(f"modelserves.{GROUP}")
     assert serve.spec.names.short_names == ["mserve"]
     for crd in (ftj, serve):  # a non-structural schema would show up as a condition
@@ -110,7 +115,9 @@ def test_example_is_accepted(crds, ns, path):
         assert created["metadata"]["name"] == doc["metadata"]["name"]
         if doc["kind"] == "FineTuneJob":  # the server filled the nested defaults (default: {} on objects)
             spec = created["spec"]
-            assert spec["checkpoints"]["everySteps"] == doc["spec"].get("checkpoints", {}).get("everySteps", 500)
+            assert spec["checkpoints"]["everySteps"] == doc["spec"].get("checkpoints", {}).get(
+                "everySteps", 500
+            )
             assert spec["objective"]["dpo"]["beta"] > 0 and "mergeAdapter" in spec["output"]
             assert spec["resources"]["gpusPerNode"] == doc["spec"].get("resources", {}).get("gpusPerNode", 1)
 
@@ -152,7 +159,9 @@ def test_status_subresource_and_printer_columns(crds, ns):
     custom.create_namespaced_custom_object(GROUP, VERSION, ns, "finetunejobs", doc)
     name = doc["metadata"]["name"]
     # status is ignored on the main resource and written through /status
-    custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "finetunejobs", name, {"status": {"phase": "Failed"}})
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, "finetunejobs", name, {"status": {"phase": "Failed"}}
+    )
     assert "status" not in custom.get_namespaced_custom_object(GROUP, VERSION, ns, "finetunejobs", name)
     custom.patch_namespaced_custom_object_status(
         GROUP, VERSION, ns, "finetunejobs", name,

@@ -34,7 +34,9 @@ def example_docs(kind: str = "FineTuneJob") -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def wait_for(fn: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "condition") -> Any:
+def wait_for(
+    fn: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
+) -> Any:
     """Poll FN until it returns something truthy; fail with the last value after TIMEOUT seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -89,8 +91,12 @@ class Operator:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         fh = open(self.log_path, "w")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubetune.cli", "operator"], env=env, stdout=fh, stderr=subprocess.STDOUT,
-            cwd=REPO, start_new_session=True,
+            [sys.executable, "-m", "kubetune.cli", "operator"],
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
         )
         wait_for(self.healthy, timeout, 0.2, f"the operator's liveness endpoint (log: {self.log_path})")
 
@@ -149,15 +155,20 @@ def apply_crds(api) -> None:
             if not doc:
                 continue
             api.call_api(
-                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{doc['metadata']['name']}", "PATCH",
+                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{doc['metadata']['name']}",
+                "PATCH",
                 query_params=[("fieldManager", "kubetune-tests"), ("force", "true")],
                 header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
-                body=doc, auth_settings=["BearerToken"], _preload_content=False,
+                body=doc,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
             )
 
             def established(name=doc["metadata"]["name"]):
                 crd = ext.read_custom_resource_definition(name)
-                return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+                return any(
+                    c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
+                )
 
             wait_for(established, 30, 0.2, f"CRD {doc['metadata']['name']} established")
 
@@ -229,13 +240,17 @@ class FTJ:
     def create(self, doc: dict[str, Any]) -> dict[str, Any]:
         doc = copy.deepcopy(doc)
         doc.setdefault("metadata", {})["namespace"] = self.ns
-        return self.co.create_namespaced_custom_object("kubetune.io", "v1alpha1", self.ns, "finetunejobs", doc)
+        return self.co.create_namespaced_custom_object(
+            "kubetune.io", "v1alpha1", self.ns, "finetunejobs", doc
+        )
 
     def get(self, name: str) -> dict[str, Any]:
         return self.co.get_namespaced_custom_object("kubetune.io", "v1alpha1", self.ns, "finetunejobs", name)
 
     def patch(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return self.co.patch_namespaced_custom_object("kubetune.io", "v1alpha1", self.ns, "finetunejobs", name, patch)
+        return self.co.patch_namespaced_custom_object(
+            "kubetune.io", "v1alpha1", self.ns, "finetunejobs", name, patch
+        )
 
     def delete(self, name: str) -> None:
         self.co.delete_namespaced_custom_object("kubetune.io", "v1alpha1", self.ns, "finetunejobs", name)
@@ -250,8 +265,12 @@ class FTJ:
         return {}
 
     def wait_phase(self, name: str, phase: str, timeout: float = 60.0) -> dict[str, Any]:
-        return wait_for(lambda: (s := self.status(name)).get("phase") == phase and s, timeout, 0.1,
-                        f"{name} phase {phase} (status: {json.dumps(self._safe_status(name))[:1500]})")
+        return wait_for(
+            lambda: (s := self.status(name)).get("phase") == phase and s,
+            timeout,
+            0.1,
+            f"{name} phase {phase} (status: {json.dumps(self._safe_status(name))[:1500]})",
+        )
 
     def _safe_status(self, name: str) -> Any:
         try:
@@ -266,8 +285,11 @@ class FTJ:
         return self.batch.read_namespaced_job(job_name, self.ns)
 
     def events(self, name: str) -> list[Any]:
-        return [e for e in self.core.list_namespaced_event(self.ns).items
-                if e.involved_object.name == name and e.involved_object.kind == "FineTuneJob"]
+        return [
+            e
+            for e in self.core.list_namespaced_event(self.ns).items
+            if e.involved_object.name == name and e.involved_object.kind == "FineTuneJob"
+        ]
 
     def pods(self, name: str) -> list[Any]:
         return self.core.list_namespaced_pod(self.ns, label_selector=f"kubetune.io/finetunejob={name}").items

@@ -31,7 +31,9 @@ def _prepare_references(f: FTJ, doc: dict) -> None:
     for use in secret_uses(obj):
         data = {k: "dGVzdA==" for k in use.required_keys}
         try:
-            f.core.create_namespaced_secret(f.ns, client.V1Secret(metadata=client.V1ObjectMeta(name=use.name), data=data))
+            f.core.create_namespaced_secret(
+                f.ns, client.V1Secret(metadata=client.V1ObjectMeta(name=use.name), data=data)
+            )
         except client.ApiException as exc:
             if exc.status != 409:
                 raise
@@ -39,18 +41,41 @@ def _prepare_references(f: FTJ, doc: dict) -> None:
     for claim in pvc_claims(obj):
         # A statically bound PV (no provisioner on the test control plane): the scheduler needs it Bound.
         pv = f"{f.ns}-{claim}"
-        f.core.create_persistent_volume({
-            "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": pv, "labels": {"kubetune.io/test-ns": f.ns}},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                     "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": "/tmp/kubetune-test"},
-                     "claimRef": {"namespace": f.ns, "name": claim}}})
-        f.core.create_namespaced_persistent_volume_claim(f.ns, {
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
-            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
-                     "resources": {"requests": {"storage": "1Gi"}}}})
-        wait_for(lambda c=claim: f.core.read_namespaced_persistent_volume_claim(c, f.ns).status.phase == "Bound",
-                 30, 0.2, f"PVC {claim} bound")
+        f.core.create_persistent_volume(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": pv, "labels": {"kubetune.io/test-ns": f.ns}},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "hostPath": {"path": "/tmp/kubetune-test"},
+                    "claimRef": {"namespace": f.ns, "name": claim},
+                },
+            }
+        )
+        f.core.create_namespaced_persistent_volume_claim(
+            f.ns,
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "volumeName": pv,
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            },
+        )
+        wait_for(
+            lambda c=claim: f.core.read_namespaced_persistent_volume_claim(c, f.ns).status.phase == "Bound",
+            30,
+            0.2,
+            f"PVC {claim} bound",
+        )
 
 
 @pytest.fixture
@@ -82,7 +107,8 @@ def test_example_yields_children_and_runs(ftj: FTJ, doc, test_pvs):
     if spec.resources.gpus_per_node:
         assert limits[spec.resources.gpu_resource] == str(spec.resources.gpus_per_node)
     assert {v.persistent_volume_claim.claim_name for v in pod.volumes if v.persistent_volume_claim} == set(
-        pvc_claims(validate_document({**doc, "metadata": {**doc["metadata"], "namespace": ftj.ns}}).obj))
+        pvc_claims(validate_document({**doc, "metadata": {**doc["metadata"], "namespace": ftj.ns}}).obj)
+    )
     svc = ftj.core.read_namespaced_service(f"{name}-trainer", ftj.ns)
     assert svc.spec.cluster_ip == "None"
     role = ftj.rbac.read_namespaced_role(f"{name}-trainer", ftj.ns)
@@ -94,13 +120,21 @@ def test_example_yields_children_and_runs(ftj: FTJ, doc, test_pvs):
     if spec.queue_name:
         assert job.spec.suspend is True
         assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == spec.queue_name
-        st = wait_for(lambda: (c := ftj.cond(name, "Suspended")).get("reason") == "WaitingForAdmission" and c, 20)
+        st = wait_for(
+            lambda: (c := ftj.cond(name, "Suspended")).get("reason") == "WaitingForAdmission" and c, 20
+        )
         assert ftj.status(name)["phase"] == "Pending", st
         return
     st = ftj.wait_phase(name, "Succeeded", 60)
     assert st["jobName"] == f"{name}-trainer" and st["attempts"] == 1
     assert st["startTime"] and st["completionTime"]
-    assert {c["type"] for c in st["conditions"]} == {"Validated", "Running", "Succeeded", "Failed", "Suspended"}
+    assert {c["type"] for c in st["conditions"]} == {
+        "Validated",
+        "Running",
+        "Succeeded",
+        "Failed",
+        "Suspended",
+    }
     assert all(c["observedGeneration"] == 1 for c in st["conditions"])
 
 
@@ -147,7 +181,9 @@ def test_suspend_and_resume(ftj: FTJ):
     ftj.patch("sus", {"spec": {"suspend": True}})
     st = ftj.wait_phase("sus", "Suspended", 30)
     assert ftj.job("sus-trainer").spec.suspend is True
-    wait_for(lambda: not [p for p in ftj.pods("sus") if not p.metadata.deletion_timestamp], 30, what="pods gone")
+    wait_for(
+        lambda: not [p for p in ftj.pods("sus") if not p.metadata.deletion_timestamp], 30, what="pods gone"
+    )
     assert st["attempts"] == 1
     ftj.patch("sus", {"spec": {"suspend": False}})
     ftj.wait_phase("sus", "Running", 30)
@@ -189,23 +225,29 @@ def test_deleting_the_finetunejob_deletes_children(ftj: FTJ):
 
     def all_gone():
         sel = "kubetune.io/finetunejob=gone"
-        return not (ftj.jobs("gone") or ftj.core.list_namespaced_config_map(ftj.ns, label_selector=sel).items
-                    or ftj.core.list_namespaced_service(ftj.ns, label_selector=sel).items
-                    or ftj.rbac.list_namespaced_role(ftj.ns, label_selector=sel).items
-                    or ftj.core.list_namespaced_service_account(ftj.ns, label_selector=sel).items)
+        return not (
+            ftj.jobs("gone")
+            or ftj.core.list_namespaced_config_map(ftj.ns, label_selector=sel).items
+            or ftj.core.list_namespaced_service(ftj.ns, label_selector=sel).items
+            or ftj.rbac.list_namespaced_role(ftj.ns, label_selector=sel).items
+            or ftj.core.list_namespaced_service_account(ftj.ns, label_selector=sel).items
+        )
 
     wait_for(all_gone, 60, 0.3, "garbage collection of the children")
 
 
 def test_missing_secret_is_a_clear_condition(ftj: FTJ):
-    ftj.create(tiny_job("nosecret", model={"uri": "hf://meta-llama/Llama-3.1-8B", "secretRef": {"name": "hf-token"}}))
+    ftj.create(
+        tiny_job("nosecret", model={"uri": "hf://meta-llama/Llama-3.1-8B", "secretRef": {"name": "hf-token"}})
+    )
     c = wait_for(lambda: (c := ftj.cond("nosecret", "Running")).get("reason") == "SecretNotFound" and c, 20)
     assert "Secret 'hf-token'" in c["message"] and "spec.model.secretRef" in c["message"]
     assert ftj.status("nosecret")["phase"] == "Pending"
     assert not ftj.jobs("nosecret")
     assert "SecretNotFound" in {e.reason for e in ftj.events("nosecret")}
-    ftj.core.create_namespaced_secret(ftj.ns, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="hf-token"), string_data={"HF_TOKEN": "x"}))
+    ftj.core.create_namespaced_secret(
+        ftj.ns, client.V1Secret(metadata=client.V1ObjectMeta(name="hf-token"), string_data={"HF_TOKEN": "x"})
+    )
     wait_for(lambda: ftj.jobs("nosecret"), 30, 0.2, "the Job once the Secret exists")
 
 
@@ -230,12 +272,24 @@ def test_unchanged_object_makes_no_writes(ftj: FTJ, operator):
     ftj.wait_phase("quiet", "Succeeded", 60)
     time.sleep(1)
     sel = "kubetune.io/finetunejob=quiet"
+
     def versions():
         return sorted(
-            [o.metadata.resource_version for o in ftj.core.list_namespaced_config_map(ftj.ns, label_selector=sel).items]
-            + [o.metadata.resource_version for o in ftj.core.list_namespaced_service(ftj.ns, label_selector=sel).items]
-            + [o.metadata.resource_version for o in ftj.rbac.list_namespaced_role(ftj.ns, label_selector=sel).items]
-            + [o.metadata.resource_version for o in ftj.jobs("quiet")])
+            [
+                o.metadata.resource_version
+                for o in ftj.core.list_namespaced_config_map(ftj.ns, label_selector=sel).items
+            ]
+            + [
+                o.metadata.resource_version
+                for o in ftj.core.list_namespaced_service(ftj.ns, label_selector=sel).items
+            ]
+            + [
+                o.metadata.resource_version
+                for o in ftj.rbac.list_namespaced_role(ftj.ns, label_selector=sel).items
+            ]
+            + [o.metadata.resource_version for o in ftj.jobs("quiet")]
+        )
+
     children = versions()
     # Poke it (an annotation: an event, no spec change), and let it reconcile.
     poked = ftj.patch("quiet", {"metadata": {"annotations": {"poke": "1"}}})
@@ -291,19 +345,28 @@ def test_serviceaccount_token_patches_only_its_own_status(kube, ftj: FTJ, tmp_pa
     wait_for(lambda: ftj.rbac.read_namespaced_role_binding("mine-trainer", ftj.ns), 20)
     ftj.wait_phase("mine", "Suspended", 20)
     token = ftj.core.create_namespaced_service_account_token(
-        "mine-trainer", ftj.ns, client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
-            audiences=[], expiration_seconds=600))).status.token
+        "mine-trainer",
+        ftj.ns,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+        ),
+    ).status.token
     co = client.CustomObjectsApi(token_client(kube, token, tmp_path))
     progress = {"status": {"progress": {"step": 5, "totalSteps": 10, "percent": 50.0, "loss": 1.25}}}
-    patched = co.patch_namespaced_custom_object_status("kubetune.io", "v1alpha1", ftj.ns, "finetunejobs", "mine", progress)
+    patched = co.patch_namespaced_custom_object_status(
+        "kubetune.io", "v1alpha1", ftj.ns, "finetunejobs", "mine", progress
+    )
     assert patched["status"]["progress"]["step"] == 5
     co.get_namespaced_custom_object("kubetune.io", "v1alpha1", ftj.ns, "finetunejobs", "mine")
     with pytest.raises(client.ApiException) as denied:
-        co.patch_namespaced_custom_object_status("kubetune.io", "v1alpha1", ftj.ns, "finetunejobs", "other", progress)
+        co.patch_namespaced_custom_object_status(
+            "kubetune.io", "v1alpha1", ftj.ns, "finetunejobs", "other", progress
+        )
     assert denied.value.status == 403
     with pytest.raises(client.ApiException) as denied_spec:
-        co.patch_namespaced_custom_object("kubetune.io", "v1alpha1", ftj.ns, "finetunejobs", "mine",
-                                          {"spec": {"suspend": False}})
+        co.patch_namespaced_custom_object(
+            "kubetune.io", "v1alpha1", ftj.ns, "finetunejobs", "mine", {"spec": {"suspend": False}}
+        )
     assert denied_spec.value.status == 403
     # The operator keeps the trainer's fields: resume (a reconcile with status writes) and look again.
     ftj.patch("mine", {"spec": {"suspend": False}})

@@ -63,9 +63,16 @@ def test_example_children(doc):
     for child in children:
         meta = child["metadata"]
         assert meta["namespace"] == "team-a"
-        assert meta["ownerReferences"] == [{
-            "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "name": name, "uid": "0000-uid",
-            "controller": True, "blockOwnerDeletion": True}]
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "kubetune.io/v1alpha1",
+                "kind": "FineTuneJob",
+                "name": name,
+                "uid": "0000-uid",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
         assert meta["labels"]["kubetune.io/finetunejob"] == name
         for k, v in (ftj.metadata.labels or {}).items():
             assert meta["labels"][k] == v  # the owner's labels are propagated
@@ -79,7 +86,10 @@ def test_example_children(doc):
     assert js["completions"] == js["parallelism"] == spec.resources.nodes
     assert js["backoffLimit"] == 0
     rules = js["podFailurePolicy"]["rules"]
-    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[0] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
     assert rules[1]["action"] == "FailJob"
     assert js["suspend"] is bool(spec.suspend or spec.queue_name)
     if spec.queue_name:
@@ -105,7 +115,10 @@ def test_example_children(doc):
         assert limits["memory"] == c["resources"]["requests"]["memory"] == str(spec.resources.memory)
     if spec.resources.cpu:
         assert limits["cpu"] == str(spec.resources.cpu)
-    for key, want in (("nodeSelector", spec.resources.node_selector), ("priorityClassName", spec.resources.priority_class_name)):
+    for key, want in (
+        ("nodeSelector", spec.resources.node_selector),
+        ("priorityClassName", spec.resources.priority_class_name),
+    ):
         if want:
             assert pod[key] == want
     if spec.resources.tolerations:
@@ -126,11 +139,14 @@ def test_example_children(doc):
     # env: rank from the completion index, world, rendezvous; secrets only as secretKeyRef
     env = env_of(job)
     assert env[ENV_NODE_RANK]["valueFrom"]["fieldRef"]["fieldPath"] == (
-        "metadata.annotations['batch.kubernetes.io/job-completion-index']")
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    )
     assert env[ENV_NUM_NODES]["value"] == str(spec.resources.nodes)
     assert env[ENV_MASTER_ADDR]["value"] == f"{name}-trainer-0.{svc['metadata']['name']}"
     for use in secret_uses(ftj):
-        refs = [e["valueFrom"]["secretKeyRef"] for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})]
+        refs = [
+            e["valueFrom"]["secretKeyRef"] for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})
+        ]
         assert any(r["name"] == use.name and r["key"] == use.required_keys[0] for r in refs)
     for e in spec.env:
         assert env[e.name] == e.to_dict()
@@ -139,12 +155,23 @@ def test_example_children(doc):
     assert svc["spec"]["selector"] == {"batch.kubernetes.io/job-name": job["metadata"]["name"]}
     # RBAC: exactly this object
     assert role["rules"] == [
-        {"apiGroups": ["kubetune.io"], "resources": ["finetunejobs"], "resourceNames": [name], "verbs": ["get"]},
-        {"apiGroups": ["kubetune.io"], "resources": ["finetunejobs/status"], "resourceNames": [name],
-         "verbs": ["get", "patch"]},
+        {
+            "apiGroups": ["kubetune.io"],
+            "resources": ["finetunejobs"],
+            "resourceNames": [name],
+            "verbs": ["get"],
+        },
+        {
+            "apiGroups": ["kubetune.io"],
+            "resources": ["finetunejobs/status"],
+            "resourceNames": [name],
+            "verbs": ["get", "patch"],
+        },
     ]
     assert rb["roleRef"]["name"] == role["metadata"]["name"]
-    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "team-a"}]
+    assert rb["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "team-a"}
+    ]
     # ConfigMap: the trainer config, no secrets
     config = TrainerConfig.model_validate(yaml.safe_load(cm["data"][CONFIG_FILE]))
     assert config.runtime.run_id == run_id(ftj)
@@ -159,8 +186,13 @@ def test_render_is_deterministic_and_lifecycle_fields_keep_the_run():
     a = load(doc)
     assert render_children(a, OPTS) == render_children(load(doc), OPTS)
     changed = copy.deepcopy(doc)
-    changed["spec"].update(suspend=True, backoffLimit=7, activeDeadlineSeconds=100, pendingDeadlineSeconds=5,
-                           ttlSecondsAfterFinished=1)
+    changed["spec"].update(
+        suspend=True,
+        backoffLimit=7,
+        activeDeadlineSeconds=100,
+        pendingDeadlineSeconds=5,
+        ttlSecondsAfterFinished=1,
+    )
     b = load(changed, generation=9)
     assert run_id(a) == run_id(b)
     assert render_configmap(a, OPTS) == render_configmap(b, OPTS)
@@ -188,8 +220,11 @@ def test_long_names_are_shortened_stably():
 
 
 def test_labels_propagate_and_reserved_ones_do_not():
-    ftj = load(tiny_job("lbl", labels={"team": "nlp", "kwok.kubetune.io/outcome": "fail",
-                                          "kubetune.io/attempt": "99"}))
+    ftj = load(
+        tiny_job(
+            "lbl", labels={"team": "nlp", "kwok.kubetune.io/outcome": "fail", "kubetune.io/attempt": "99"}
+        )
+    )
     job = render_job(ftj, OPTS)
     for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
         assert labels["team"] == "nlp" and labels["kwok.kubetune.io/outcome"] == "fail"
@@ -205,9 +240,12 @@ def test_queue_name_starts_suspended_with_kueue_label():
 
 
 def test_secrets_reach_env_by_reference_only():
-    doc = tiny_job("sec", model={"uri": "hf://meta-llama/Llama-3.1-8B", "secretRef": {"name": "hf", "key": "token"}},
-                   output={"uri": "s3://my-bucket/p", "secretRef": {"name": "s3"}},
-                   env=[{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HF_HOME", "value": "/x"}])
+    doc = tiny_job(
+        "sec",
+        model={"uri": "hf://meta-llama/Llama-3.1-8B", "secretRef": {"name": "hf", "key": "token"}},
+        output={"uri": "s3://my-bucket/p", "secretRef": {"name": "s3"}},
+        env=[{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HF_HOME", "value": "/x"}],
+    )
     ftj = load(doc)
     env = env_of(render_job(ftj, OPTS))
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
@@ -217,22 +255,35 @@ def test_secrets_reach_env_by_reference_only():
     names = [e["name"] for e in render_job(ftj, OPTS)["spec"]["template"]["spec"]["containers"][0]["env"]]
     assert len(names) == len(set(names))
     assert [(u.name, u.required_keys) for u in secret_uses(ftj)] == [
-        ("s3", ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")), ("hf", ("token",))]
+        ("s3", ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")),
+        ("hf", ("token",)),
+    ]
 
 
 def test_pvc_volumes_read_only_unless_written():
-    doc = tiny_job("pvc", model={"uri": "pvc://base/llama"}, dataset={"uri": "pvc://data/x.jsonl"},
-                   output={"uri": "pvc://models/out"})
+    doc = tiny_job(
+        "pvc",
+        model={"uri": "pvc://base/llama"},
+        dataset={"uri": "pvc://data/x.jsonl"},
+        output={"uri": "pvc://models/out"},
+    )
     job = render_job(load(doc), OPTS)
-    vols = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]
-            for v in job["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v}
-    assert vols == {"base": {"claimName": "base", "readOnly": True}, "data": {"claimName": "data", "readOnly": True},
-                    "models": {"claimName": "models", "readOnly": False}}
+    vols = {
+        v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]
+        for v in job["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert vols == {
+        "base": {"claimName": "base", "readOnly": True},
+        "data": {"claimName": "data", "readOnly": True},
+        "models": {"claimName": "models", "readOnly": False},
+    }
 
 
 def test_owner_reference_shape():
-    ref = owner_reference({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                           "metadata": {"name": "a", "uid": "u"}})
+    ref = owner_reference(
+        {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "a", "uid": "u"}}
+    )
     assert ref["controller"] is True and ref["blockOwnerDeletion"] is True
 
 

@@ -32,16 +32,33 @@ def build_tiny_lm(out: Path) -> tuple[Path, Path]:
     write_jsonl(out / "base.jsonl", [{"text": BASE_TEXT}] * 32)
     write_jsonl(out / "adapter.jsonl", [{"text": ADAPTER_TEXT}] * 32)
     text = {"format": "text"}
-    base = run_training(job_config(
-        out, out / "random", out / "base.jsonl", name="tiny-sft", out_name="tiny-sft", method={"type": "full"},
-        dataset=text, training={"maxSteps": 40, "learningRate": 5e-3, "batchSize": 8}))
+    base = run_training(
+        job_config(
+            out,
+            out / "random",
+            out / "base.jsonl",
+            name="tiny-sft",
+            out_name="tiny-sft",
+            method={"type": "full"},
+            dataset=text,
+            training={"maxSteps": 40, "learningRate": 5e-3, "batchSize": 8},
+        )
+    )
     assert base.result["kind"] == "full", base.result
-    model_dir = Path(base.result["uri"][len("file://"):])
-    lora = run_training(job_config(
-        out, model_dir, out / "adapter.jsonl", name="tiny-support", out_name="tiny-support", dataset=text,
-        training={"maxSteps": 40, "learningRate": 2e-2, "batchSize": 8}))
+    model_dir = Path(base.result["uri"][len("file://") :])
+    lora = run_training(
+        job_config(
+            out,
+            model_dir,
+            out / "adapter.jsonl",
+            name="tiny-support",
+            out_name="tiny-support",
+            dataset=text,
+            training={"maxSteps": 40, "learningRate": 2e-2, "batchSize": 8},
+        )
+    )
     assert lora.result["kind"] == "adapter", lora.result
-    return model_dir, Path(lora.result["uri"][len("file://"):])
+    return model_dir, Path(lora.result["uri"][len("file://") :])
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,11 @@ class World:
     # FineTuneJobs
     def job(self, name: str, method: str = "lora", task: str = "causal-lm", merge: bool = False) -> None:
         spec: dict[str, Any] = {
-            "model": {"uri": "hf://org/tiny", "task": task, **({"numLabels": 2} if "classification" in task else {})},
+            "model": {
+                "uri": "hf://org/tiny",
+                "task": task,
+                **({"numLabels": 2} if "classification" in task else {}),
+            },
             "dataset": {"uri": "hf://org/data"},
             "method": {"type": method},
             "training": {"maxSteps": 5},
@@ -63,8 +67,17 @@ class World:
             "output": {"uri": f"s3://bucket/{name}", "mergeAdapter": merge},
         }
         self.co.create_namespaced_custom_object(
-            GROUP, VERSION, self.ns, "finetunejobs",
-            {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec})
+            GROUP,
+            VERSION,
+            self.ns,
+            "finetunejobs",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "FineTuneJob",
+                "metadata": {"name": name},
+                "spec": spec,
+            },
+        )
 
     def report_result(self, name: str, kind: str, config_hash: str, merged: bool = False) -> None:
         """What the trainer does at the end of a run: patch the job's status.result."""
@@ -72,16 +85,29 @@ class World:
         if merged:
             result["mergedUri"] = f"s3://bucket/{name}/{config_hash}/merged"
         self.co.patch_namespaced_custom_object_status(
-            GROUP, VERSION, self.ns, "finetunejobs", name, {"status": {"result": result}})
+            GROUP, VERSION, self.ns, "finetunejobs", name, {"status": {"result": result}}
+        )
 
     # ModelServes
     def serve(self, name: str, spec: dict[str, Any]) -> None:
         self.co.create_namespaced_custom_object(
-            GROUP, VERSION, self.ns, "modelserves",
-            {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelServe", "metadata": {"name": name}, "spec": spec})
+            GROUP,
+            VERSION,
+            self.ns,
+            "modelserves",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "ModelServe",
+                "metadata": {"name": name},
+                "spec": spec,
+            },
+        )
 
     def status(self, name: str) -> dict[str, Any]:
-        return self.co.get_namespaced_custom_object(GROUP, VERSION, self.ns, "modelserves", name).get("status") or {}
+        return (
+            self.co.get_namespaced_custom_object(GROUP, VERSION, self.ns, "modelserves", name).get("status")
+            or {}
+        )
 
     def cond(self, name: str, type_: str) -> dict[str, Any]:
         return next((c for c in self.status(name).get("conditions") or [] if c["type"] == type_), {})
@@ -94,8 +120,10 @@ class World:
         try:
             return wait_for(check, timeout, 0.2, what)
         except AssertionError:
-            raise AssertionError(f"timed out waiting for {what}; status: {json.dumps(self.status(name), indent=1)}\n"
-                                 f"---- operator log ----\n{self.op.log_tail(80)}") from None
+            raise AssertionError(
+                f"timed out waiting for {what}; status: {json.dumps(self.status(name), indent=1)}\n"
+                f"---- operator log ----\n{self.op.log_tail(80)}"
+            ) from None
 
     def deployment(self, name: str):
         return self.apps.read_namespaced_deployment(name, self.ns)
@@ -104,8 +132,11 @@ class World:
         return self.deployment(name).spec.template.metadata.annotations["kubetune.io/revision"]
 
     def events(self, name: str) -> list[tuple[str, str, str]]:
-        return [(e.type, e.reason, e.message) for e in self.core.list_namespaced_event(self.ns).items
-                if e.involved_object.name == name and e.involved_object.kind == "ModelServe"]
+        return [
+            (e.type, e.reason, e.message)
+            for e in self.core.list_namespaced_event(self.ns).items
+            if e.involved_object.name == name and e.involved_object.kind == "ModelServe"
+        ]
 
 
 @pytest.fixture
@@ -122,23 +153,36 @@ def phase_is(phase: str):
 def ready(rev_hash: str | None = None):
     def check(st):
         rd = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
-        return (st.get("phase") == "Ready" and rd.get("status") == "True"
-                and (rev_hash is None or (st.get("revision") or {}).get("hash") == rev_hash))
+        return (
+            st.get("phase") == "Ready"
+            and rd.get("status") == "True"
+            and (rev_hash is None or (st.get("revision") or {}).get("hash") == rev_hash)
+        )
+
     return check
 
 
 def test_new_results_roll_out_pass_the_smoke_test_and_roll_back_when_they_fail(world, tgi):
     world.job("sft", method="lora", merge=True)
     world.job("support", method="lora")
-    world.serve("bot", {
-        "model": {"fineTuneJobRef": {"name": "sft"}},
-        "adapters": [{"name": "support", "fineTuneJobRef": {"name": "support"}}],
-        "replicas": 2,
-        "rollout": {"smokeTest": {"prompt": "hello", "maxNewTokens": 8, "expect": r"^kubetune\b"}},
-    })
+    world.serve(
+        "bot",
+        {
+            "model": {"fineTuneJobRef": {"name": "sft"}},
+            "adapters": [{"name": "support", "fineTuneJobRef": {"name": "support"}}],
+            "replicas": 2,
+            "rollout": {"smokeTest": {"prompt": "hello", "maxNewTokens": 8, "expect": r"^kubetune\b"}},
+        },
+    )
     # No result yet: waiting, nothing deployed.
-    st = world.wait("bot", lambda s: (next((c for c in s.get("conditions") or [] if c["type"] == "Ready"), {})
-                                      .get("reason") == "WaitingForResult"), "WaitingForResult")
+    st = world.wait(
+        "bot",
+        lambda s: (
+            next((c for c in s.get("conditions") or [] if c["type"] == "Ready"), {}).get("reason")
+            == "WaitingForResult"
+        ),
+        "WaitingForResult",
+    )
     assert st["phase"] == "Pending"
     assert "waiting for FineTuneJob 'sft' to succeed" in world.cond("bot", "Ready")["message"]
 
@@ -166,7 +210,9 @@ def test_new_results_roll_out_pass_the_smoke_test_and_roll_back_when_they_fail(w
     # A new result whose server errors: roll back to rev1, say why.
     tgi.set_mode("error")
     world.report_result("sft", "adapter", "s2", merged=True)
-    st = world.wait("bot", lambda s: (s.get("lastRollout") or {}).get("result") == "rolled-back", "rollback", 90)
+    st = world.wait(
+        "bot", lambda s: (s.get("lastRollout") or {}).get("result") == "rolled-back", "rollback", 90
+    )
     assert st["phase"] == "Degraded"
     assert st["revision"]["hash"] == rev1 and st["previousRevision"]["model"] == "s3://bucket/sft/s2/merged"
     degraded = world.cond("bot", "Degraded")
@@ -183,17 +229,27 @@ def test_new_results_roll_out_pass_the_smoke_test_and_roll_back_when_they_fail(w
     # A new result whose output does not match expect: rolled back with the output in the message.
     tgi.set_mode("wrong", "I am a teapot")
     world.report_result("sft", "adapter", "s3", merged=True)
-    st = world.wait("bot", lambda s: (s.get("lastRollout") or {}).get("result") == "rolled-back"
-                    and (s.get("previousRevision") or {}).get("model") == "s3://bucket/sft/s3/merged",
-                    "second rollback", 90)
+    st = world.wait(
+        "bot",
+        lambda s: (
+            (s.get("lastRollout") or {}).get("result") == "rolled-back"
+            and (s.get("previousRevision") or {}).get("model") == "s3://bucket/sft/s3/merged"
+        ),
+        "second rollback",
+        90,
+    )
     assert st["revision"]["hash"] == rev1
     assert "output 'I am a teapot' does not match expect" in world.cond("bot", "Degraded")["message"]
 
     # A good result: rolls out and is Ready again, Degraded cleared.
     tgi.set_mode("ok")
     world.report_result("sft", "adapter", "s4", merged=True)
-    st = world.wait("bot", lambda s: ready()(s) and s["revision"]["model"] == "s3://bucket/sft/s4/merged",
-                    "Ready on the fourth result", 90)
+    st = world.wait(
+        "bot",
+        lambda s: ready()(s) and s["revision"]["model"] == "s3://bucket/sft/s4/merged",
+        "Ready on the fourth result",
+        90,
+    )
     assert world.cond("bot", "Degraded")["status"] == "False"
     assert st["previousRevision"]["hash"] == rev1
     assert world.template_revision("bot") == st["revision"]["hash"]
@@ -209,21 +265,30 @@ def test_a_first_rollout_that_fails_has_nothing_to_roll_back_to(world, tgi):
     ready_c = world.cond("hub", "Ready")
     assert ready_c["status"] == "False" and ready_c["reason"] == "SmokeTestFailed"
     assert "there is no previous revision" in ready_c["message"] and "GenerationError" in ready_c["message"]
-    assert world.deployment("hub").metadata.annotations["kubetune.io/failed-revision"] == st["revision"]["hash"]
+    assert (
+        world.deployment("hub").metadata.annotations["kubetune.io/failed-revision"] == st["revision"]["hash"]
+    )
 
 
 @pytest.mark.parametrize(
     ("method", "task", "kind", "needle"),
-    [("full", "sequence-classification", "full", "TGI serves only text generation"),
-     ("prefix-tuning", "causal-lm", "prefix", "train with method lora")],
+    [
+        ("full", "sequence-classification", "full", "TGI serves only text generation"),
+        ("prefix-tuning", "causal-lm", "prefix", "train with method lora"),
+    ],
     ids=["classifier", "prefix-tuning"],
 )
 def test_what_tgi_cannot_serve_is_unsupported_by_engine(world, method, task, kind, needle):
     world.job("odd", method=method, task=task)
     world.report_result("odd", kind, "x1")
     world.serve("odd", {"model": {"fineTuneJobRef": {"name": "odd"}}})
-    st = world.wait("odd", lambda s: any(c["type"] == "Ready" and c["reason"] == "UnsupportedByEngine"
-                                         for c in s.get("conditions") or []), "UnsupportedByEngine")
+    st = world.wait(
+        "odd",
+        lambda s: any(
+            c["type"] == "Ready" and c["reason"] == "UnsupportedByEngine" for c in s.get("conditions") or []
+        ),
+        "UnsupportedByEngine",
+    )
     assert st["phase"] == "Failed"
     assert needle in world.cond("odd", "Ready")["message"]
     assert world.apps.list_namespaced_deployment(world.ns).items == []

@@ -16,14 +16,26 @@ UID = "0000-1111"
 
 def serve(spec: dict, name: str = "bot", namespace: str = "team") -> ModelServe:
     return ModelServe.model_validate(
-        {"apiVersion": "kubetune.io/v1alpha1", "kind": "ModelServe",
-         "metadata": {"name": name, "namespace": namespace, "uid": UID}, "spec": spec}
+        {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "ModelServe",
+            "metadata": {"name": name, "namespace": namespace, "uid": UID},
+            "spec": spec,
+        }
     )
 
 
-def job(name: str, *, method: str = "lora", task: str = "causal-lm", result: dict | None = None,
-        phase: str | None = "Succeeded", output: str = "pvc://models/out", base: str = "hf://org/base",
-        secret: str | None = None) -> dict:
+def job(
+    name: str,
+    *,
+    method: str = "lora",
+    task: str = "causal-lm",
+    result: dict | None = None,
+    phase: str | None = "Succeeded",
+    output: str = "pvc://models/out",
+    base: str = "hf://org/base",
+    secret: str | None = None,
+) -> dict:
     spec: dict = {
         "model": {"uri": base, "task": task, **({"numLabels": 2} if "classification" in task else {})},
         "dataset": {"uri": "hf://org/data"},
@@ -34,9 +46,13 @@ def job(name: str, *, method: str = "lora", task: str = "causal-lm", result: dic
     if result is not None:
         status["result"] = result
         status["kopf"] = {"progress": {}}  # unknown status keys must not break parsing
-    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-            "metadata": {"name": name, "namespace": "team", "uid": f"uid-{name}-0123456789"},
-            "spec": spec, "status": status}
+    return {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": "team", "uid": f"uid-{name}-0123456789"},
+        "spec": spec,
+        "status": status,
+    }
 
 
 def pod_of(ms: ModelServe, jobs: dict | None = None) -> tuple[dict, r.Resolution, str]:
@@ -52,23 +68,47 @@ def env_of(container: dict) -> dict[str, str]:
 
 
 def test_hub_model_deployment_and_service():
-    ms = serve({"model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct"}, "replicas": 1,
-                "resources": {"gpus": 2, "cpu": "8", "memory": "64Gi", "sharedMemory": "2Gi",
-                              "nodeSelector": {"gpu": "h100"},
-                              "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
-                "tgi": {"quantize": "bitsandbytes-nf4", "numShard": 2, "dtype": "bfloat16", "maxInputTokens": 4096,
-                        "maxTotalTokens": 8192, "extraArgs": ["--sharded", "true"]},
-                "rollout": {"maxSurge": 1, "maxUnavailable": 0, "progressDeadlineSeconds": 1800},
-                "service": {"type": "NodePort", "port": 8000}})
+    ms = serve(
+        {
+            "model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+            "replicas": 1,
+            "resources": {
+                "gpus": 2,
+                "cpu": "8",
+                "memory": "64Gi",
+                "sharedMemory": "2Gi",
+                "nodeSelector": {"gpu": "h100"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            },
+            "tgi": {
+                "quantize": "bitsandbytes-nf4",
+                "numShard": 2,
+                "dtype": "bfloat16",
+                "maxInputTokens": 4096,
+                "maxTotalTokens": 8192,
+                "extraArgs": ["--sharded", "true"],
+            },
+            "rollout": {"maxSurge": 1, "maxUnavailable": 0, "progressDeadlineSeconds": 1800},
+            "service": {"type": "NodePort", "port": 8000},
+        }
+    )
     tpl, _, rev = pod_of(ms)
     dep = r.render_deployment(ms, UID, tpl)
     assert dep["metadata"]["name"] == "bot" and dep["metadata"]["namespace"] == "team"
     assert dep["metadata"]["ownerReferences"][0] == {
-        "apiVersion": "kubetune.io/v1alpha1", "kind": "ModelServe", "name": "bot", "uid": UID,
-        "controller": True, "blockOwnerDeletion": True}
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "ModelServe",
+        "name": "bot",
+        "uid": UID,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
     spec = dep["spec"]
     assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     assert spec["progressDeadlineSeconds"] == 1800
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
     assert spec["template"]["metadata"]["labels"][r.LABEL_REVISION] == rev
@@ -80,8 +120,13 @@ def test_hub_model_deployment_and_service():
     assert env["MODEL_ID"] == "meta-llama/Llama-3.1-8B-Instruct"
     assert "LORA_ADAPTERS" not in env
     args = c["args"]
-    for flag, value in [("--quantize", "bitsandbytes-nf4"), ("--num-shard", "2"), ("--dtype", "bfloat16"),
-                        ("--max-input-tokens", "4096"), ("--max-total-tokens", "8192")]:
+    for flag, value in [
+        ("--quantize", "bitsandbytes-nf4"),
+        ("--num-shard", "2"),
+        ("--dtype", "bfloat16"),
+        ("--max-input-tokens", "4096"),
+        ("--max-total-tokens", "8192"),
+    ]:
         assert args[args.index(flag) + 1] == value
     assert args[-2:] == ["--sharded", "true"]
     assert c["resources"]["limits"] == {"nvidia.com/gpu": 2, "cpu": "8", "memory": "64Gi"}
@@ -128,8 +173,17 @@ def test_no_gpus_no_gpu_limit():
 
 def test_merged_result_from_job_ref_on_pvc():
     ms = serve({"model": {"fineTuneJobRef": {"name": "sft"}}})
-    jobs = {"sft": job("sft", result={"uri": "pvc://models/sft/adapter", "kind": "adapter",
-                                      "mergedUri": "pvc://models/sft/adapter/merged", "configHash": "abc123"})}
+    jobs = {
+        "sft": job(
+            "sft",
+            result={
+                "uri": "pvc://models/sft/adapter",
+                "kind": "adapter",
+                "mergedUri": "pvc://models/sft/adapter/merged",
+                "configHash": "abc123",
+            },
+        )
+    }
     tpl, res, _ = pod_of(ms, jobs)
     c = tpl["spec"]["containers"][0]
     assert env_of(c)["MODEL_ID"] == "/mnt/pvc/models/sft/adapter/merged"
@@ -142,8 +196,15 @@ def test_merged_result_from_job_ref_on_pvc():
 
 def test_full_result_on_s3_downloads_with_init_container_and_job_secret():
     ms = serve({"model": {"fineTuneJobRef": {"name": "full"}}})
-    jobs = {"full": job("full", method="full", output="s3://bucket/runs/full", secret="s3-creds",
-                        result={"uri": "s3://bucket/runs/full", "kind": "full", "configHash": "f00"})}
+    jobs = {
+        "full": job(
+            "full",
+            method="full",
+            output="s3://bucket/runs/full",
+            secret="s3-creds",
+            result={"uri": "s3://bucket/runs/full", "kind": "full", "configHash": "f00"},
+        )
+    }
     tpl, _, _ = pod_of(ms, jobs)
     pod = tpl["spec"]
     (init,) = pod["initContainers"]
@@ -156,12 +217,18 @@ def test_full_result_on_s3_downloads_with_init_container_and_job_secret():
 
 def test_private_sources_by_uri_use_their_secret():
     """A private Hub model gets HF_TOKEN from its Secret; an s3:// adapter downloads with its credentials."""
-    ms = serve({"model": {"uri": "hf://org/private-base", "secretRef": {"name": "hub", "key": "token"}},
-                "adapters": [{"name": "tone", "uri": "s3://bucket/adapters/tone", "secretRef": {"name": "s3"}}]})
+    ms = serve(
+        {
+            "model": {"uri": "hf://org/private-base", "secretRef": {"name": "hub", "key": "token"}},
+            "adapters": [{"name": "tone", "uri": "s3://bucket/adapters/tone", "secretRef": {"name": "s3"}}],
+        }
+    )
     tpl, _, _ = pod_of(ms)
     pod = tpl["spec"]
     (container,) = pod["containers"]
-    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub", "key": "token"}}} in container["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub", "key": "token"}}} in container[
+        "env"
+    ]
     (init,) = pod["initContainers"]
     assert init["command"][-2:] == ["s3://bucket/adapters/tone", "/mnt/kubetune/models/adapter-tone"]
     assert init["envFrom"] == [{"secretRef": {"name": "s3"}}]
@@ -172,26 +239,40 @@ def test_private_sources_by_uri_use_their_secret():
 def test_secret_ref_goes_with_uri_only():
     from kubetune.api.v1alpha1 import validate_document
 
-    doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "ModelServe", "metadata": {"name": "bot"},
-           "spec": {"model": {"fineTuneJobRef": {"name": "j"}, "secretRef": {"name": "hub"}}}}
+    doc = {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "ModelServe",
+        "metadata": {"name": "bot"},
+        "spec": {"model": {"fineTuneJobRef": {"name": "j"}, "secretRef": {"name": "hub"}}},
+    }
     problems = validate_document(doc).problems
     assert [str(p) for p in problems] == [
-        "spec.model.secretRef: goes with uri; a fineTuneJobRef uses the job's own secrets"]
+        "spec.model.secretRef: goes with uri; a fineTuneJobRef uses the job's own secrets"
+    ]
 
 
 def test_adapters_by_uri_and_by_job_ref():
-    ms = serve({"model": {"uri": "hf://org/base"},
-                "adapters": [{"name": "support", "fineTuneJobRef": {"name": "lora"}},
-                             {"name": "sql", "uri": "pvc://adapters/sql"},
-                             {"name": "legal", "uri": "s3://bucket/legal"}]})
+    ms = serve(
+        {
+            "model": {"uri": "hf://org/base"},
+            "adapters": [
+                {"name": "support", "fineTuneJobRef": {"name": "lora"}},
+                {"name": "sql", "uri": "pvc://adapters/sql"},
+                {"name": "legal", "uri": "s3://bucket/legal"},
+            ],
+        }
+    )
     jobs = {"lora": job("lora", result={"uri": "pvc://models/lora", "kind": "adapter", "configHash": "c1"})}
     tpl, res, _ = pod_of(ms, jobs)
     pod = tpl["spec"]
     env = env_of(pod["containers"][0])
     assert env["MODEL_ID"] == "org/base"
-    assert env["LORA_ADAPTERS"] == ("support=/mnt/pvc/models/lora,sql=/mnt/pvc/adapters/sql,"
-                                    "legal=/mnt/kubetune/models/adapter-legal")
-    claims = sorted(v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v)
+    assert env["LORA_ADAPTERS"] == (
+        "support=/mnt/pvc/models/lora,sql=/mnt/pvc/adapters/sql,legal=/mnt/kubetune/models/adapter-legal"
+    )
+    claims = sorted(
+        v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+    )
     assert claims == ["adapters", "models"]
     assert [i["command"][-1] for i in pod["initContainers"]] == ["/mnt/kubetune/models/adapter-legal"]
     rev = r.revision(ms, res, TGI)
@@ -218,31 +299,70 @@ def test_revision_follows_results_settings_and_image_only():
 @pytest.mark.parametrize(
     ("spec", "jobs", "needle"),
     [
-        ({"model": {"fineTuneJobRef": {"name": "cls"}}},
-         {"cls": job("cls", method="full", task="sequence-classification",
-                     result={"uri": "pvc://m/cls", "kind": "full"})},
-         "TGI serves only text generation"),
-        ({"model": {"fineTuneJobRef": {"name": "pre"}}},
-         {"pre": job("pre", method="prefix-tuning", result={"uri": "pvc://m/pre", "kind": "prefix"})},
-         "train with method lora"),
-        ({"model": {"uri": "hf://org/base"}, "adapters": [{"name": "p", "fineTuneJobRef": {"name": "pt"}}]},
-         {"pt": job("pt", method="prompt-tuning", result={"uri": "pvc://m/pt", "kind": "prompt"})},
-         "train with method lora or qlora"),
-        ({"model": {"fineTuneJobRef": {"name": "lora"}}},
-         {"lora": job("lora", result={"uri": "pvc://m/lora", "kind": "adapter"})},
-         "set spec.output.mergeAdapter: true"),
-        ({"model": {"uri": "hf://org/base"}, "adapters": [{"name": "f", "fineTuneJobRef": {"name": "full"}}]},
-         {"full": job("full", method="full", result={"uri": "pvc://m/full", "kind": "full"})},
-         "serve it under model.fineTuneJobRef"),
-        ({"model": {"uri": "hf://org/base"}, "adapters": [{"name": "i", "fineTuneJobRef": {"name": "ia3"}}]},
-         {"ia3": job("ia3", method="ia3", result={"uri": "pvc://m/ia3", "kind": "adapter"})},
-         "TGI loads only LoRA adapters"),
-        ({"model": {"uri": "hf://org/other"}, "adapters": [{"name": "a", "fineTuneJobRef": {"name": "lora"}}]},
-         {"lora": job("lora", result={"uri": "pvc://m/lora", "kind": "adapter"})},
-         "serve model.uri: hf://org/base"),
+        (
+            {"model": {"fineTuneJobRef": {"name": "cls"}}},
+            {
+                "cls": job(
+                    "cls",
+                    method="full",
+                    task="sequence-classification",
+                    result={"uri": "pvc://m/cls", "kind": "full"},
+                )
+            },
+            "TGI serves only text generation",
+        ),
+        (
+            {"model": {"fineTuneJobRef": {"name": "pre"}}},
+            {"pre": job("pre", method="prefix-tuning", result={"uri": "pvc://m/pre", "kind": "prefix"})},
+            "train with method lora",
+        ),
+        (
+            {
+                "model": {"uri": "hf://org/base"},
+                "adapters": [{"name": "p", "fineTuneJobRef": {"name": "pt"}}],
+            },
+            {"pt": job("pt", method="prompt-tuning", result={"uri": "pvc://m/pt", "kind": "prompt"})},
+            "train with method lora or qlora",
+        ),
+        (
+            {"model": {"fineTuneJobRef": {"name": "lora"}}},
+            {"lora": job("lora", result={"uri": "pvc://m/lora", "kind": "adapter"})},
+            "set spec.output.mergeAdapter: true",
+        ),
+        (
+            {
+                "model": {"uri": "hf://org/base"},
+                "adapters": [{"name": "f", "fineTuneJobRef": {"name": "full"}}],
+            },
+            {"full": job("full", method="full", result={"uri": "pvc://m/full", "kind": "full"})},
+            "serve it under model.fineTuneJobRef",
+        ),
+        (
+            {
+                "model": {"uri": "hf://org/base"},
+                "adapters": [{"name": "i", "fineTuneJobRef": {"name": "ia3"}}],
+            },
+            {"ia3": job("ia3", method="ia3", result={"uri": "pvc://m/ia3", "kind": "adapter"})},
+            "TGI loads only LoRA adapters",
+        ),
+        (
+            {
+                "model": {"uri": "hf://org/other"},
+                "adapters": [{"name": "a", "fineTuneJobRef": {"name": "lora"}}],
+            },
+            {"lora": job("lora", result={"uri": "pvc://m/lora", "kind": "adapter"})},
+            "serve model.uri: hf://org/base",
+        ),
     ],
-    ids=["classifier", "prefix-model", "prompt-adapter", "unmerged-adapter-as-model", "full-as-adapter", "ia3",
-         "adapter-of-other-base"],
+    ids=[
+        "classifier",
+        "prefix-model",
+        "prompt-adapter",
+        "unmerged-adapter-as-model",
+        "full-as-adapter",
+        "ia3",
+        "adapter-of-other-base",
+    ],
 )
 def test_unsupported_by_engine(spec, jobs, needle):
     res = r.resolve_sources(serve(spec), jobs)
@@ -253,9 +373,14 @@ def test_unsupported_by_engine(spec, jobs, needle):
 
 @pytest.mark.parametrize(
     ("jobs", "needle"),
-    [({}, "does not exist"),
-     ({"sft": job("sft", method="full", phase="Running")}, "waiting for FineTuneJob 'sft' to succeed (phase Running)"),
-     ({"sft": job("sft", method="full", phase="Failed")}, "failed and has no result")],
+    [
+        ({}, "does not exist"),
+        (
+            {"sft": job("sft", method="full", phase="Running")},
+            "waiting for FineTuneJob 'sft' to succeed (phase Running)",
+        ),
+        ({"sft": job("sft", method="full", phase="Failed")}, "failed and has no result"),
+    ],
     ids=["missing", "running", "failed"],
 )
 def test_waiting_for_a_result(jobs, needle):
@@ -279,9 +404,17 @@ def test_job_objects_and_dicts_resolve_alike():
 
 
 def test_long_names_fit_and_referenced_jobs():
-    ms = serve({"model": {"fineTuneJobRef": {"name": "a"}},
-                "adapters": [{"name": "x", "fineTuneJobRef": {"name": "b"}}, {"name": "y", "fineTuneJobRef": {"name": "a"}},
-                             {"name": "z", "uri": "hf://org/z"}]}, name="n" * 120)
+    ms = serve(
+        {
+            "model": {"fineTuneJobRef": {"name": "a"}},
+            "adapters": [
+                {"name": "x", "fineTuneJobRef": {"name": "b"}},
+                {"name": "y", "fineTuneJobRef": {"name": "a"}},
+                {"name": "z", "uri": "hf://org/z"},
+            ],
+        },
+        name="n" * 120,
+    )
     assert len(r.deployment_name(ms)) <= 63 and len(r.service_name(ms)) <= 63
     assert r.referenced_jobs(ms) == ["a", "b"]
     assert r.referenced_jobs({"spec": ms.spec.to_dict()}) == ["a", "b"]

@@ -29,7 +29,9 @@ def test_tgi_server_speaks_the_protocol(tgi):
 
 
 def test_passes_for_base_model_and_adapter(tgi, hub_online):
-    result = run_smoke_test(tgi.url, prompt="hello", max_new_tokens=8, expect=r"^kubetune\b", adapters=["support"])
+    result = run_smoke_test(
+        tgi.url, prompt="hello", max_new_tokens=8, expect=r"^kubetune\b", adapters=["support"]
+    )
     assert result.ok, result.message
     base, adapter = result.results
     assert base.output.startswith("kubetune world says")
@@ -68,8 +70,9 @@ def test_unknown_adapter_is_a_validation_error(tgi, hub_online):
 
 
 def test_unreachable_endpoint_is_retried_then_fails(hub_online):
-    result = run_smoke_test("http://127.0.0.1:9", prompt="hello", max_new_tokens=2, attempts=2,
-                            backoff_seconds=0.01, timeout=2)
+    result = run_smoke_test(
+        "http://127.0.0.1:9", prompt="hello", max_new_tokens=2, attempts=2, backoff_seconds=0.01, timeout=2
+    )
     assert not result.ok
     assert "ConnectError" in result.message and "http://127.0.0.1:9" in result.message
 

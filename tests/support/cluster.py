@@ -110,8 +110,9 @@ class KubeCluster:
 
         core = client.CoreV1Api(self.api)
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
-            name=name, labels={"kubetune.io/test": "true"})))
+        core.create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"kubetune.io/test": "true"}))
+        )
         deadline = time.monotonic() + timeout
         while True:  # pods cannot be created before the ServiceAccount controller made "default"
             try:
@@ -180,7 +181,9 @@ class _LocalSession:
                     self.cp.save()
                     return
                 self.cp._down()
-                cpmod.log("stopped the control plane (started by this or an earlier session; no session uses it now)")
+                cpmod.log(
+                    "stopped the control plane (started by this or an earlier session; no session uses it now)"
+                )
         finally:
             self.users_fh.close()
             self.users_fh = None
@@ -195,14 +198,17 @@ def _kind_binary() -> str:
     if not kind:
         raise cpmod.ControlPlaneError(
             "KUBETUNE_TEST_CLUSTER=kind needs the kind binary (e.g. `go install sigs.k8s.io/kind@v0.31.0`, "
-            "then put it on PATH or set KIND=/path/to/kind) and a working Docker")
+            "then put it on PATH or set KIND=/path/to/kind) and a working Docker"
+        )
     return kind
 
 
 def kind_up(name: str, kubeconfig: Path) -> bool:
     """Create (or reuse) the kind cluster NAME, write its kubeconfig; True when created here."""
     kind = _kind_binary()
-    existing = subprocess.run([kind, "get", "clusters"], check=True, capture_output=True, text=True).stdout.split()
+    existing = subprocess.run(
+        [kind, "get", "clusters"], check=True, capture_output=True, text=True
+    ).stdout.split()
     kubeconfig.parent.mkdir(parents=True, exist_ok=True)
     created = name not in existing
     if created:
@@ -211,7 +217,9 @@ def kind_up(name: str, kubeconfig: Path) -> bool:
             cmd += ["--image", image]
         subprocess.run(cmd, check=True)
     else:
-        subprocess.run([kind, "export", "kubeconfig", "--name", name, "--kubeconfig", str(kubeconfig)], check=True)
+        subprocess.run(
+            [kind, "export", "kubeconfig", "--name", name, "--kubeconfig", str(kubeconfig)], check=True
+        )
     return created
 
 
@@ -224,10 +232,14 @@ def advertise_fake_gpus(api) -> None:
     core = client.CoreV1Api(api)
     gpu = cpmod.KWOK_NODES[0]
     for node in core.list_node().items:
-        core.patch_node(node.metadata.name, {"metadata": {"labels": {
-            k: v for k, v in gpu["labels"].items() if k.startswith("nvidia.com/")}}})
-        core.patch_node_status(node.metadata.name, {"status": {
-            "capacity": {"nvidia.com/gpu": gpu["capacity"]["nvidia.com/gpu"]}}})
+        core.patch_node(
+            node.metadata.name,
+            {"metadata": {"labels": {k: v for k, v in gpu["labels"].items() if k.startswith("nvidia.com/")}}},
+        )
+        core.patch_node_status(
+            node.metadata.name,
+            {"status": {"capacity": {"nvidia.com/gpu": gpu["capacity"]["nvidia.com/gpu"]}}},
+        )
 
 
 def kind_down(name: str) -> None:
@@ -271,8 +283,9 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         elif cluster is None and flavor_from_env() == "local":
             cp = cpmod.ControlPlane()
             if cp.logs.exists():
-                report.sections.append(("control plane logs (tails)",
-                                        "\n".join(cp.log_tail(c, 30) for c in cpmod.COMPONENTS)))
+                report.sections.append(
+                    ("control plane logs (tails)", "\n".join(cp.log_tail(c, 30) for c in cpmod.COMPONENTS))
+                )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

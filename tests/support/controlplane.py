@@ -83,8 +83,13 @@ KWOK_NODES = [
             "nvidia.com/gpu.memory": "81559",
             "topology.kubernetes.io/zone": f"kwok-zone-{i % 2}",
         },
-        "capacity": {"cpu": "96", "memory": "1024Gi", "pods": "110", "nvidia.com/gpu": "8",
-                     "ephemeral-storage": "2Ti"},
+        "capacity": {
+            "cpu": "96",
+            "memory": "1024Gi",
+            "pods": "110",
+            "nvidia.com/gpu": "8",
+            "ephemeral-storage": "2Ti",
+        },
     }
     for i in range(2)
 ]
@@ -145,7 +150,9 @@ def testbin_built() -> bool:
 def ensure_testbin() -> Testbin:
     """Build the pinned binaries when missing (minutes when cold), return where they are."""
     if not testbin_built():
-        log("control plane binaries missing: building them with hack/testbin.sh (cold: about 9 min on 2 cores)")
+        log(
+            "control plane binaries missing: building them with hack/testbin.sh (cold: about 9 min on 2 cores)"
+        )
     dirs = _run_testbin()
     try:
         return Testbin(dirs["kubernetes"], dirs["etcd"], dirs["kwok"], dirs["helm"])
@@ -245,26 +252,45 @@ def make_pki(pki: Path) -> None:
         "apiserver",
         "kube-apiserver",
         server=True,
-        sans=("127.0.0.1", "::1", "localhost", service_ip, "kubernetes", "kubernetes.default",
-              "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"),
+        sans=(
+            "127.0.0.1",
+            "::1",
+            "localhost",
+            service_ip,
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ),
     )
     issue("admin", "kubetune-admin", orgs=("system:masters",))
     # The aggregation layer's front proxy: its own CA, as kubeadm does.
     fp_key = ec.generate_private_key(ec.SECP256R1())
     fp_name = name("kubetune-front-proxy-ca")
     fp_cert = (
-        x509.CertificateBuilder().subject_name(fp_name).issuer_name(fp_name).public_key(fp_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(not_after)
+        x509.CertificateBuilder()
+        .subject_name(fp_name)
+        .issuer_name(fp_name)
+        .public_key(fp_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
         .sign(fp_key, hashes.SHA256())
     )
     _write(pki / "front-proxy-ca.crt", fp_cert.public_bytes(serialization.Encoding.PEM), 0o644)
     client_key = ec.generate_private_key(ec.SECP256R1())
     client_cert = (
-        x509.CertificateBuilder().subject_name(name("front-proxy-client")).issuer_name(fp_name)
-        .public_key(client_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(not_after)
+        x509.CertificateBuilder()
+        .subject_name(name("front-proxy-client"))
+        .issuer_name(fp_name)
+        .public_key(client_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(fp_key, hashes.SHA256())
@@ -294,11 +320,21 @@ def write_kubeconfig(path: Path, server: str, pki: Path, user: str) -> None:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "kubetune-test", "cluster": {
-            "server": server, "certificate-authority-data": b64(pki / "ca.crt")}}],
-        "users": [{"name": user, "user": {
-            "client-certificate-data": b64(pki / f"{user}.crt"),
-            "client-key-data": b64(pki / f"{user}.key")}}],
+        "clusters": [
+            {
+                "name": "kubetune-test",
+                "cluster": {"server": server, "certificate-authority-data": b64(pki / "ca.crt")},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate-data": b64(pki / f"{user}.crt"),
+                    "client-key-data": b64(pki / f"{user}.key"),
+                },
+            }
+        ],
         "contexts": [{"name": "kubetune-test", "context": {"cluster": "kubetune-test", "user": user}}],
         "current-context": "kubetune-test",
     }
@@ -480,9 +516,11 @@ class ControlPlane:
     # health ------------------------------------------------------------------------------
     def processes_alive(self) -> dict[str, bool]:
         comps = self.state.get("components", {})
-        return {name: name in comps and pid_alive(comps[name]["pid"], comps[name]["argv"][0],
-                                                  comps[name].get("start"))
-                for name in COMPONENTS}
+        return {
+            name: name in comps
+            and pid_alive(comps[name]["pid"], comps[name]["argv"][0], comps[name].get("start"))
+            for name in COMPONENTS
+        }
 
     def healthy(self) -> bool:
         return bool(self.state) and all(self.processes_alive().values()) and self.apiserver_ready()
@@ -494,64 +532,92 @@ class ControlPlane:
         if component == "etcd":
             peer = f"http://127.0.0.1:{p['etcd_peer']}"
             client = f"http://127.0.0.1:{p['etcd']}"
-            return [binary, "--name=kubetune", f"--data-dir={self.state['etcd_data']}",
-                    f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-                    f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-                    f"--initial-cluster=kubetune={peer}", "--initial-cluster-state=new",
-                    "--unsafe-no-fsync=true", "--log-level=info", "--snapshot-count=10000"]
+            return [
+                binary,
+                "--name=kubetune",
+                f"--data-dir={self.state['etcd_data']}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=kubetune={peer}",
+                "--initial-cluster-state=new",
+                "--unsafe-no-fsync=true",
+                "--log-level=info",
+                "--snapshot-count=10000",
+            ]
         if component == "kube-apiserver":
-            return [binary,
-                    f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
-                    "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-                    f"--secure-port={p['apiserver']}",
-                    f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-                    f"--client-ca-file={pki / 'ca.crt'}",
-                    f"--service-account-issuer={SA_ISSUER}",
-                    f"--service-account-key-file={pki / 'sa.pub'}",
-                    f"--service-account-signing-key-file={pki / 'sa.key'}",
-                    f"--service-cluster-ip-range={SERVICE_CIDR}",
-                    "--authorization-mode=Node,RBAC",
-                    "--enable-admission-plugins=NodeRestriction",
-                    "--allow-privileged=true",
-                    "--endpoint-reconciler-type=none",
-                    f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
-                    "--requestheader-allowed-names=front-proxy-client",
-                    "--requestheader-username-headers=X-Remote-User",
-                    "--requestheader-group-headers=X-Remote-Group",
-                    "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-                    f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
-                    f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
-                    "--profiling=false",
-                    f"--cert-dir={d / 'pki' / 'apiserver-generated'}"]
+            return [
+                binary,
+                f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={p['apiserver']}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                "--allow-privileged=true",
+                "--endpoint-reconciler-type=none",
+                f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+                "--profiling=false",
+                f"--cert-dir={d / 'pki' / 'apiserver-generated'}",
+            ]
         if component == "kube-controller-manager":
             kc = str(d / "controller-manager.kubeconfig")
-            return [binary, f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
-                    f"--authorization-kubeconfig={kc}",
-                    "--bind-address=127.0.0.1", f"--secure-port={p['controller_manager']}",
-                    "--leader-elect=false",
-                    "--use-service-account-credentials=true",
-                    f"--service-account-private-key-file={pki / 'sa.key'}",
-                    f"--root-ca-file={pki / 'ca.crt'}",
-                    f"--cluster-signing-cert-file={pki / 'ca.crt'}",
-                    f"--cluster-signing-key-file={pki / 'ca.key'}",
-                    f"--service-cluster-ip-range={SERVICE_CIDR}",
-                    f"--cert-dir={d / 'pki' / 'controller-manager-generated'}",
-                    "--profiling=false"]
+            return [
+                binary,
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={p['controller_manager']}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+                f"--cluster-signing-key-file={pki / 'ca.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--cert-dir={d / 'pki' / 'controller-manager-generated'}",
+                "--profiling=false",
+            ]
         if component == "kube-scheduler":
             kc = str(d / "scheduler.kubeconfig")
-            return [binary, f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
-                    f"--authorization-kubeconfig={kc}",
-                    "--bind-address=127.0.0.1", f"--secure-port={p['scheduler']}",
-                    "--leader-elect=false",
-                    f"--cert-dir={d / 'pki' / 'scheduler-generated'}",
-                    "--profiling=false"]
+            return [
+                binary,
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={p['scheduler']}",
+                "--leader-elect=false",
+                f"--cert-dir={d / 'pki' / 'scheduler-generated'}",
+                "--profiling=false",
+            ]
         if component == "kwok":
-            return [binary, f"--kubeconfig={self.kubeconfig}", f"--config={d / 'kwok.yaml'}",
-                    "--manage-all-nodes=false",
-                    f"--manage-nodes-with-annotation-selector={'='.join(KWOK_NODE_ANNOTATION)}",
-                    f"--server-address=127.0.0.1:{p['kwok']}",
-                    f"--cidr={POD_CIDR}", "--node-ip=10.240.0.1",
-                    "--node-lease-duration-seconds=40"]
+            return [
+                binary,
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={d / 'kwok.yaml'}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={'='.join(KWOK_NODE_ANNOTATION)}",
+                f"--server-address=127.0.0.1:{p['kwok']}",
+                f"--cidr={POD_CIDR}",
+                "--node-ip=10.240.0.1",
+                "--node-lease-duration-seconds=40",
+            ]
         raise KeyError(component)
 
     def _spawn(self, component: str, argv: list[str]) -> int:
@@ -559,11 +625,20 @@ class ControlPlane:
         with open(self.log_file(component), "ab") as logf:
             logf.write(f"\n==== {dt.datetime.now().isoformat()} starting: {' '.join(argv)}\n".encode())
             logf.flush()
-            proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=self.dir, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.dir,
+                start_new_session=True,
+            )
         _CHILDREN[proc.pid] = proc
         self.state.setdefault("components", {})[component] = {
-            "pid": proc.pid, "start": proc_start_time(proc.pid), "argv": argv}
+            "pid": proc.pid,
+            "start": proc_start_time(proc.pid),
+            "argv": argv,
+        }
         self.save()
         return proc.pid
 
@@ -576,8 +651,9 @@ class ControlPlane:
                 if not pid_alive(c["pid"], c["argv"][0], c.get("start")):
                     raise ControlPlaneError(f"{comp} exited while waiting for {what}\n" + self.log_tail(comp))
             time.sleep(0.1)
-        raise ControlPlaneError(f"timed out waiting for {what}\n"
-                                + "\n".join(self.log_tail(c) for c in components))
+        raise ControlPlaneError(
+            f"timed out waiting for {what}\n" + "\n".join(self.log_tail(c) for c in components)
+        )
 
     def log_tail(self, component: str, lines: int = 40) -> str:
         try:
@@ -615,18 +691,26 @@ class ControlPlane:
         t0 = time.monotonic()
         deadline = t0 + START_TIMEOUT
         self._fresh_dir()
-        etcd_data = tempfile.mkdtemp(prefix="kubetune-etcd-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+        etcd_data = tempfile.mkdtemp(
+            prefix="kubetune-etcd-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        )
         self.state = {
             "started_at": dt.datetime.now(dt.UTC).isoformat(),
             "etcd_data": etcd_data,
             "ports": dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True)),
-            "testbin": {"kubernetes": str(tb.kubernetes), "etcd": str(tb.etcd), "kwok": str(tb.kwok),
-                        "helm": str(tb.helm)},
+            "testbin": {
+                "kubernetes": str(tb.kubernetes),
+                "etcd": str(tb.etcd),
+                "kwok": str(tb.kwok),
+                "helm": str(tb.helm),
+            },
             "components": {},
         }
         make_pki(self.pki)
         write_kubeconfig(self.kubeconfig, self.server, self.pki, "admin")
-        write_kubeconfig(self.dir / "controller-manager.kubeconfig", self.server, self.pki, "controller-manager")
+        write_kubeconfig(
+            self.dir / "controller-manager.kubeconfig", self.server, self.pki, "controller-manager"
+        )
         write_kubeconfig(self.dir / "scheduler.kubeconfig", self.server, self.pki, "scheduler")
         self.kubeconfig.chmod(0o600)
         write_kwok_config(self.dir / "kwok.yaml", tb.kwok / "stages")
@@ -644,8 +728,12 @@ class ControlPlane:
             storage_class = yaml.safe_load((tb.kwok / "stages" / STORAGE_CLASS).read_text())
             self.request("POST", "/apis/storage.k8s.io/v1/storageclasses", storage_class)
             self._wait("kwok nodes Ready", self._nodes_ready, deadline, list(COMPONENTS))
-            self._wait("controller-manager and scheduler /healthz", self._components_healthy, deadline,
-                       list(COMPONENTS))
+            self._wait(
+                "controller-manager and scheduler /healthz",
+                self._components_healthy,
+                deadline,
+                list(COMPONENTS),
+            )
             self._wait("the default ServiceAccount", self._default_sa, deadline, list(COMPONENTS))
         except BaseException:
             log("start failed; stopping the components started so far")
@@ -654,8 +742,10 @@ class ControlPlane:
         self.state["ready_seconds"] = round(time.monotonic() - t0, 2)
         self.state["apiserver_ready_seconds"] = round(t_api, 2)
         self.save()
-        log(f"control plane ready in {self.state['ready_seconds']} s (apiserver {t_api:.1f} s) at "
-            f"{self.server}; kubeconfig {self.kubeconfig}")
+        log(
+            f"control plane ready in {self.state['ready_seconds']} s (apiserver {t_api:.1f} s) at "
+            f"{self.server}; kubeconfig {self.kubeconfig}"
+        )
         return True
 
     def _stop_orphans(self, tb: Testbin) -> None:
@@ -695,16 +785,24 @@ class ControlPlane:
             nodes = self.request("GET", "/api/v1/nodes?labelSelector=type%3Dkwok")["items"]
         except (urllib.error.URLError, OSError):
             return False
-        ready = [n for n in nodes if any(c["type"] == "Ready" and c["status"] == "True"
-                                         for c in n.get("status", {}).get("conditions", []))]
+        ready = [
+            n
+            for n in nodes
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in n.get("status", {}).get("conditions", [])
+            )
+        ]
         return len(ready) >= len(KWOK_NODES)
 
     def _components_healthy(self) -> bool:
         ctx = ssl._create_unverified_context()  # self-signed serving certs, loopback only
         p = self.state["ports"]
-        return (self._get_ok(f"https://127.0.0.1:{p['controller_manager']}/healthz", ctx)
-                and self._get_ok(f"https://127.0.0.1:{p['scheduler']}/healthz", ctx)
-                and self._get_ok(f"http://127.0.0.1:{p['kwok']}/healthz"))
+        return (
+            self._get_ok(f"https://127.0.0.1:{p['controller_manager']}/healthz", ctx)
+            and self._get_ok(f"https://127.0.0.1:{p['scheduler']}/healthz", ctx)
+            and self._get_ok(f"http://127.0.0.1:{p['kwok']}/healthz")
+        )
 
     def _default_sa(self) -> bool:
         try:
@@ -723,8 +821,12 @@ class ControlPlane:
             stop_pid(comp["pid"], comp["argv"][0], comp.get("start"))
             self._spawn(component, comp["argv"])
             if component == "kube-apiserver":
-                self._wait("kube-apiserver /readyz", self.apiserver_ready, time.monotonic() + timeout,
-                           ["etcd", "kube-apiserver"])
+                self._wait(
+                    "kube-apiserver /readyz",
+                    self.apiserver_ready,
+                    time.monotonic() + timeout,
+                    ["etcd", "kube-apiserver"],
+                )
 
     @contextlib.contextmanager
     def extra_apiserver(self, name: str = "kube-apiserver-extra"):
@@ -733,9 +835,14 @@ class ControlPlane:
         if not self.state:
             self.load()
         port = free_port()
-        argv = [f"--secure-port={port}" if a.startswith("--secure-port=") else
-                f"--cert-dir={self.pki / (name + '-generated')}" if a.startswith("--cert-dir=") else a
-                for a in self.state["components"]["kube-apiserver"]["argv"]]
+        argv = [
+            f"--secure-port={port}"
+            if a.startswith("--secure-port=")
+            else f"--cert-dir={self.pki / (name + '-generated')}"
+            if a.startswith("--cert-dir=")
+            else a
+            for a in self.state["components"]["kube-apiserver"]["argv"]
+        ]
         # Its identity Lease would be named after the host, i.e. the same as the main one's: the two
         # would fight over it. (In a real HA control plane each runs on its own host.)
         argv.append("--feature-gates=APIServerIdentity=false,UnknownVersionInteroperabilityProxy=false")
@@ -809,8 +916,14 @@ class ExtraApiServer:
         with open(log_path, "ab") as logf:
             logf.write(f"\n==== {dt.datetime.now().isoformat()} starting: {' '.join(self.argv)}\n".encode())
             logf.flush()
-            proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=self.cp.dir, start_new_session=True)
+            proc = subprocess.Popen(
+                self.argv,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.cp.dir,
+                start_new_session=True,
+            )
         _CHILDREN[proc.pid] = proc
         self.pid, self.start_time = proc.pid, proc_start_time(proc.pid)
         self._record(proc.pid)
@@ -842,15 +955,29 @@ def node_manifest(node: dict) -> dict:
         "kind": "Node",
         "metadata": {
             "name": node["name"],
-            "annotations": {KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1],
-                            "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {"kubernetes.io/hostname": node["name"], "kubernetes.io/os": "linux",
-                       "kubernetes.io/arch": "amd64", "kubernetes.io/role": "agent", **node["labels"]},
+            "annotations": {
+                KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1],
+                "node.alpha.kubernetes.io/ttl": "0",
+            },
+            "labels": {
+                "kubernetes.io/hostname": node["name"],
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "kubernetes.io/role": "agent",
+                **node["labels"],
+            },
         },
         "spec": {},
-        "status": {"capacity": node["capacity"], "allocatable": node["capacity"],
-                   "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
-                                "kubeletVersion": "kwok", "containerRuntimeVersion": "kwok"}},
+        "status": {
+            "capacity": node["capacity"],
+            "allocatable": node["capacity"],
+            "nodeInfo": {
+                "architecture": "amd64",
+                "operatingSystem": "linux",
+                "kubeletVersion": "kwok",
+                "containerRuntimeVersion": "kwok",
+            },
+        },
     }
 
 
@@ -867,11 +994,15 @@ def kwok_stages(stages_dir: Path) -> list[dict]:
             raise ControlPlaneError(f"kwok stage {path} missing: rebuild with hack/testbin.sh")
         return yaml.safe_load(path.read_text())
 
-    delay = {"durationMilliseconds": 0, "durationFrom": {"expressionFrom": _label_or_annotation(RUN_DURATION_KEY)}}
+    delay = {
+        "durationMilliseconds": 0,
+        "durationFrom": {"expressionFrom": _label_or_annotation(RUN_DURATION_KEY)},
+    }
 
     complete = load("pod/fast/pod-complete.yaml")
     complete["spec"]["selector"]["matchExpressions"].append(
-        {"key": f'.metadata.labels["{OUTCOME_LABEL}"]', "operator": "NotIn", "values": ["fail", "run"]})
+        {"key": f'.metadata.labels["{OUTCOME_LABEL}"]', "operator": "NotIn", "values": ["fail", "run"]}
+    )
     complete["spec"]["delay"] = delay
 
     fail = {
@@ -880,11 +1011,13 @@ def kwok_stages(stages_dir: Path) -> list[dict]:
         "metadata": {"name": "kubetune-pod-fail"},
         "spec": {
             "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
-            "selector": {"matchExpressions": [
-                {"key": f'.metadata.labels["{OUTCOME_LABEL}"]', "operator": "In", "values": ["fail"]},
-                {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
-                {"key": ".status.phase", "operator": "In", "values": ["Running"]},
-            ]},
+            "selector": {
+                "matchExpressions": [
+                    {"key": f'.metadata.labels["{OUTCOME_LABEL}"]', "operator": "In", "values": ["fail"]},
+                    {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+                    {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+                ]
+            },
             "delay": delay,
             "next": {"statusTemplate": FAIL_TEMPLATE.replace("EXIT_CODE_EXPR", _exit_code_template())},
         },
@@ -909,8 +1042,10 @@ STORAGE_CLASS = "volume/fast/storage-class.yaml"  # kwok's own: kwok-volume, def
 
 
 def _exit_code_template() -> str:
-    return (f'{{{{ $labels := or .metadata.labels dict }}}}{{{{ $annotations := or .metadata.annotations dict }}}}'
-            f'{{{{ $code := or ( index $labels "{EXIT_CODE_KEY}" ) ( index $annotations "{EXIT_CODE_KEY}" ) "1" }}}}')
+    return (
+        f"{{{{ $labels := or .metadata.labels dict }}}}{{{{ $annotations := or .metadata.annotations dict }}}}"
+        f'{{{{ $code := or ( index $labels "{EXIT_CODE_KEY}" ) ( index $annotations "{EXIT_CODE_KEY}" ) "1" }}}}'
+    )
 
 
 FAIL_TEMPLATE = """\
@@ -957,8 +1092,11 @@ def write_kwok_config(path: Path, stages_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.support.controlplane", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.controlplane",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="start the control plane (or reuse a healthy one)")
     sub.add_parser("down", help="stop every component by PID and drop etcd's data")
@@ -982,8 +1120,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             alive = cp.processes_alive()
             for name, ok in alive.items():
-                print(f"{name:26} {'running' if ok else 'NOT RUNNING'}  pid "
-                      f"{cp.state['components'].get(name, {}).get('pid')}")
+                print(
+                    f"{name:26} {'running' if ok else 'NOT RUNNING'}  pid "
+                    f"{cp.state['components'].get(name, {}).get('pid')}"
+                )
             ready = cp.apiserver_ready()
             print(f"{'apiserver /readyz':26} {'ok' if ready else 'NOT READY'}  {cp.server}")
             print(f"{'kubeconfig':26} {cp.kubeconfig}")

@@ -59,15 +59,37 @@ def datasets_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("toy-data")
     write_jsonl(root / "capitals.jsonl", capitals_rows())
     write_jsonl(root / "text.jsonl", [{"text": r["prompt"] + r["completion"] + "."} for r in capitals_rows()])
-    write_jsonl(root / "instruction.jsonl", [
-        {"instruction": "Give the capital of the country.", "input": c, "output": k} for c, k in CAPITALS] * 6)
-    write_jsonl(root / "messages.jsonl", [
-        {"messages": [{"role": "user", "content": f"capital of {c}?"}, {"role": "assistant", "content": k}]}
-        for c, k in CAPITALS] * 6)
+    write_jsonl(
+        root / "instruction.jsonl",
+        [{"instruction": "Give the capital of the country.", "input": c, "output": k} for c, k in CAPITALS]
+        * 6,
+    )
+    write_jsonl(
+        root / "messages.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": f"capital of {c}?"},
+                    {"role": "assistant", "content": k},
+                ]
+            }
+            for c, k in CAPITALS
+        ]
+        * 6,
+    )
     write_jsonl(root / "seq2seq.jsonl", [{"source": c, "target": k} for c, k in CAPITALS] * 6)
-    write_jsonl(root / "preference.jsonl", [
-        {"prompt": f"The capital of {c} is", "chosen": f" {k}", "rejected": f" {CAPITALS[(i + 1) % len(CAPITALS)][1]}"}
-        for i, (c, k) in enumerate(CAPITALS)] * 4)
+    write_jsonl(
+        root / "preference.jsonl",
+        [
+            {
+                "prompt": f"The capital of {c} is",
+                "chosen": f" {k}",
+                "rejected": f" {CAPITALS[(i + 1) % len(CAPITALS)][1]}",
+            }
+            for i, (c, k) in enumerate(CAPITALS)
+        ]
+        * 4,
+    )
     write_jsonl(root / "sentiment.jsonl", sentiment_rows())
     write_jsonl(root / "tagging.jsonl", tagging_rows())
     return root

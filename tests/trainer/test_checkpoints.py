@@ -41,7 +41,10 @@ def test_latest_complete_skips_incomplete_and_foreign(tmp_path):
     assert checkpoints.latest_complete(str(tmp_path), "run-c") is None
     removed = checkpoints.clean_foreign(str(tmp_path), "run-a")
     assert sorted(p.name for p in removed) == ["checkpoint-30", "checkpoint-40"]
-    assert [p.name for _, p in checkpoints.checkpoints(tmp_path / "checkpoints")] == ["checkpoint-10", "checkpoint-20"]
+    assert [p.name for _, p in checkpoints.checkpoints(tmp_path / "checkpoints")] == [
+        "checkpoint-10",
+        "checkpoint-20",
+    ]
 
 
 class FirstStep(TrainerCallback):
@@ -55,22 +58,36 @@ class FirstStep(TrainerCallback):
 
 def test_sigterm_saves_then_restart_resumes(assets, datasets_dir, tmp_path):
     manifest = tmp_path / "job.yaml"
-    manifest.write_text(yaml.safe_dump({
-        "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "preempt"},
-        "spec": {
-            "model": {"uri": f"file://{assets['llama']}"},
-            "dataset": {"uri": f"file://{datasets_dir / 'capitals.jsonl'}", "maxLength": 32},
-            "method": {"type": "lora", "lora": {"r": 4}},
-            "training": {"maxSteps": 120, "learningRate": 1e-3, "batchSize": 4},
-            "checkpoints": {"everySteps": 20, "keepLast": 2},
-        },
-    }))
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kubetune.io/v1alpha1",
+                "kind": "FineTuneJob",
+                "metadata": {"name": "preempt"},
+                "spec": {
+                    "model": {"uri": f"file://{assets['llama']}"},
+                    "dataset": {"uri": f"file://{datasets_dir / 'capitals.jsonl'}", "maxLength": 32},
+                    "method": {"type": "lora", "lora": {"r": 4}},
+                    "training": {"maxSteps": 120, "learningRate": 1e-3, "batchSize": 4},
+                    "checkpoints": {"everySteps": 20, "keepLast": 2},
+                },
+            }
+        )
+    )
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer_image")]),
-           "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer_image")]),
+        "HF_HUB_OFFLINE": "1",
+    }
     code = "import sys; from kubetune_trainer.local import run_local; sys.exit(run_local(sys.argv[1], sys.argv[2]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(manifest), str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(manifest), str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while not (out / "checkpoints" / "checkpoint-20" / checkpoints.MARKER).exists():

@@ -51,42 +51,72 @@ def test_messages_loss_only_on_assistant_tokens(datasets_dir, tokenizer):
 
 
 def test_messages_with_the_specs_chat_template(tmp_path, tokenizer):
-    path = write_jsonl(tmp_path / "chat.jsonl", [
-        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "red"},
-                      {"role": "user", "content": "again"}, {"role": "assistant", "content": "blue"}]}])
-    template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
-                "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+    path = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "red"},
+                    {"role": "user", "content": "again"},
+                    {"role": "assistant", "content": "blue"},
+                ]
+            }
+        ],
+    )
+    template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
     prepared = prep(path, tokenizer, chatTemplate=template)
     row = prepared.train[0]
-    learned = tokenizer.decode([t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab != -100])
+    learned = tokenizer.decode(
+        [t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab != -100]
+    )
     assert "red" in learned and "blue" in learned and "hi" not in learned and "again" not in learned
 
 
 def test_columns_rename_and_instruction_format(tmp_path, tokenizer):
-    path = write_jsonl(tmp_path / "alpaca.jsonl", [{"q": "Give the capital.", "ctx": "France", "a": "Paris"}] * 4)
+    path = write_jsonl(
+        tmp_path / "alpaca.jsonl", [{"q": "Give the capital.", "ctx": "France", "a": "Paris"}] * 4
+    )
     prepared = prep(path, tokenizer, columns={"instruction": "q", "input": "ctx", "output": "a"})
     assert prepared.format == "instruction"
     assert "### Input:\nFrance" in prepared.samples[0].prompt
 
 
 def test_classification_string_labels_map_to_ids(tmp_path, tokenizer):
-    path = write_jsonl(tmp_path / "s.jsonl", [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}] * 3)
-    prepared = prep(path, tokenizer, task="sequence-classification", model={"numLabels": 2, "labels": ["neg", "pos"]})
+    path = write_jsonl(
+        tmp_path / "s.jsonl", [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}] * 3
+    )
+    prepared = prep(
+        path, tokenizer, task="sequence-classification", model={"numLabels": 2, "labels": ["neg", "pos"]}
+    )
     assert prepared.train["labels"][:2] == [1, 0]
     assert prepared.label_names == ["neg", "pos"]
 
 
 def test_token_tags_align_labels_to_first_subword(datasets_dir, tokenizer):
-    prepared = prep(datasets_dir / "tagging.jsonl", tokenizer, task="token-classification",
-                    model={"numLabels": 3, "labels": ["O", "COLOR", "ANIMAL"]})
+    prepared = prep(
+        datasets_dir / "tagging.jsonl",
+        tokenizer,
+        task="token-classification",
+        model={"numLabels": 3, "labels": ["O", "COLOR", "ANIMAL"]},
+    )
     row = prepared.train[0]
     assert row["labels"][0] == -100  # <s>
     assert sum(1 for label in row["labels"] if label != -100) == 6  # one label per word
 
 
 def test_seq2seq_prefix_and_eval_fraction_and_max_samples(datasets_dir, tokenizer):
-    prepared = prep(datasets_dir / "seq2seq.jsonl", tokenizer, task="seq2seq", sourcePrefix="capital: ",
-                    evalFraction=0.25, maxSamples=10)
+    prepared = prep(
+        datasets_dir / "seq2seq.jsonl",
+        tokenizer,
+        task="seq2seq",
+        sourcePrefix="capital: ",
+        evalFraction=0.25,
+        maxSamples=10,
+    )
     assert len(prepared.train) == 10
     assert tokenizer.decode(prepared.train[0]["input_ids"], skip_special_tokens=True).startswith("capital:")
     assert prepared.eval is not None and len(prepared.eval) > 0
@@ -127,7 +157,13 @@ def test_missing_column_is_named(tmp_path, tokenizer):
 def test_renamed_column_that_does_not_exist_is_named(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "p.jsonl", [{"review": "a", "label": 1}] * 3)
     with pytest.raises(DataError, match="'sentence'.*dataset.columns.text"):
-        prep(path, tokenizer, task="sequence-classification", model={"numLabels": 2}, columns={"text": "sentence"})
+        prep(
+            path,
+            tokenizer,
+            task="sequence-classification",
+            model={"numLabels": 2},
+            columns={"text": "sentence"},
+        )
 
 
 def test_auto_detection_failure_is_clear(tmp_path, tokenizer):
@@ -144,8 +180,9 @@ def test_empty_file_and_empty_split_are_named(tmp_path, tokenizer):
 
     (tmp_path / "d").mkdir()
     datasets.Dataset.from_dict({"text": ["a", "b"]}).to_parquet(str(tmp_path / "d" / "train.parquet"))
-    datasets.Dataset.from_dict({"text": []}, features=datasets.Features({"text": datasets.Value("string")})).to_parquet(
-        str(tmp_path / "d" / "test.parquet"))
+    datasets.Dataset.from_dict(
+        {"text": []}, features=datasets.Features({"text": datasets.Value("string")})
+    ).to_parquet(str(tmp_path / "d" / "test.parquet"))
     with pytest.raises(DataError, match="split 'test' is empty"):
         prep(tmp_path / "d", tokenizer, evalSplit="test")
 
@@ -159,7 +196,9 @@ def test_label_out_of_range_is_named(tmp_path, tokenizer):
 def test_unknown_label_name_is_named(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "l.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": "meh"}])
     with pytest.raises(DataError, match="'meh'"):
-        prep(path, tokenizer, task="sequence-classification", model={"numLabels": 2, "labels": ["neg", "pos"]})
+        prep(
+            path, tokenizer, task="sequence-classification", model={"numLabels": 2, "labels": ["neg", "pos"]}
+        )
 
 
 def test_unparseable_file_is_named(tmp_path, tokenizer):
@@ -170,7 +209,9 @@ def test_unparseable_file_is_named(tmp_path, tokenizer):
 
 
 def test_null_value_names_column_and_row(tmp_path, tokenizer):
-    path = write_jsonl(tmp_path / "n.jsonl", [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": None}])
+    path = write_jsonl(
+        tmp_path / "n.jsonl", [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": None}]
+    )
     with pytest.raises(DataError, match="column 'completion' is empty in row 1"):
         prep(path, tokenizer)
 
@@ -195,8 +236,10 @@ def test_preference_data_needs_dpo(datasets_dir, tokenizer):
 
 def test_https_rejects_hosts_that_resolve_to_private_addresses(monkeypatch, tmp_path):
     def fake_getaddrinfo(host, port, *args, **kwargs):
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port)),
-                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", port))]
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", port)),
+        ]
 
     monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
     with pytest.raises(DataError, match=r"resolves to 10\.0\.0\.7.*private"):
@@ -204,8 +247,11 @@ def test_https_rejects_hosts_that_resolve_to_private_addresses(monkeypatch, tmp_
 
 
 def test_https_rejects_metadata_address(monkeypatch, tmp_path):
-    monkeypatch.setattr(socket, "getaddrinfo",
-                        lambda host, port, *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", port))])
+    monkeypatch.setattr(
+        socket,
+        "getaddrinfo",
+        lambda host, port, *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", port))],
+    )
     with pytest.raises(DataError, match="link-local"):
         sources.download_https("https://rebind.example.com/x.jsonl", tmp_path)
 

@@ -73,8 +73,12 @@ def test_no_cross_document_attention_in_packed_rows(assets, arch):
     with torch.no_grad():
         out = model(**batch, use_cache=False)
         # the control: the same rows under a plain causal mask do mix documents
-        mixed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                      attention_mask=torch.ones_like(batch["input_ids"]), use_cache=False).logits
+        mixed = model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            attention_mask=torch.ones_like(batch["input_ids"]),
+            use_cache=False,
+        ).logits
         alone_losses = []
         for row, start, doc in docs:
             alone = model(input_ids=doc[None], use_cache=False).logits[0]
@@ -127,9 +131,13 @@ def test_flash_attention_keeps_the_flattened_path():
 
 
 def test_packed_rows_training_lowers_the_loss(assets, datasets_dir, tmp_path):
-    config = job_config(tmp_path, assets["llama"], datasets_dir / "text.jsonl",
-                        dataset={"packing": True, "format": "text", "maxLength": 48},
-                        training={"maxSteps": 12, "learningRate": 5e-3, "batchSize": 4})
+    config = job_config(
+        tmp_path,
+        assets["llama"],
+        datasets_dir / "text.jsonl",
+        dataset={"packing": True, "format": "text", "maxLength": 48},
+        training={"maxSteps": 12, "learningRate": 5e-3, "batchSize": 4},
+    )
     outcome = run_training(config)
     trainer = outcome.trainer
     assert isinstance(trainer.data_collator, RowPackedCollator)

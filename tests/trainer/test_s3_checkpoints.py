@@ -74,9 +74,13 @@ def test_remote_choice_follows_the_local_rules(fs, tmp_path):
     """Incomplete (no marker) and foreign checkpoints are never restored, however new; pruning drops them."""
     root = f"{BUCKET}/run/checkpoints"
     for step, run_id in ((10, "run-a"), (20, "run-a"), (30, None), (40, "run-b")):
-        fs.pipe_file(f"{root}/checkpoint-{step}/trainer_state.json", json.dumps({"global_step": step}).encode())
+        fs.pipe_file(
+            f"{root}/checkpoint-{step}/trainer_state.json", json.dumps({"global_step": step}).encode()
+        )
         if run_id:
-            fs.pipe_file(f"{root}/checkpoint-{step}/{checkpoints.MARKER}", json.dumps({"runId": run_id}).encode())
+            fs.pipe_file(
+                f"{root}/checkpoint-{step}/{checkpoints.MARKER}", json.dumps({"runId": run_id}).encode()
+            )
     store = remote.RemoteCheckpoints(OUTPUT, fs)
     assert store.latest_complete("run-a") == f"{root}/checkpoint-20"
     assert store.latest_complete("run-c") is None
@@ -92,16 +96,22 @@ def test_remote_choice_follows_the_local_rules(fs, tmp_path):
 def test_sigterm_then_fresh_pod_resumes_from_s3(assets, datasets_dir, fs, s3_env, tmp_path):
     max_steps, every, keep = 30, 5, 2
     manifest = tmp_path / "job.yaml"
-    manifest.write_text(yaml.safe_dump({
-        "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "preempt-s3"},
-        "spec": {
-            "model": {"uri": f"file://{assets['llama']}"},
-            "dataset": {"uri": f"file://{datasets_dir / 'capitals.jsonl'}", "maxLength": 32},
-            "method": {"type": "lora", "lora": {"r": 4}},
-            "training": {"maxSteps": max_steps, "learningRate": 1e-3, "batchSize": 4},
-            "checkpoints": {"everySteps": every, "keepLast": keep},
-        },
-    }))
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kubetune.io/v1alpha1",
+                "kind": "FineTuneJob",
+                "metadata": {"name": "preempt-s3"},
+                "spec": {
+                    "model": {"uri": f"file://{assets['llama']}"},
+                    "dataset": {"uri": f"file://{datasets_dir / 'capitals.jsonl'}", "maxLength": 32},
+                    "method": {"type": "lora", "lora": {"r": 4}},
+                    "training": {"maxSteps": max_steps, "learningRate": 1e-3, "batchSize": 4},
+                    "checkpoints": {"everySteps": every, "keepLast": keep},
+                },
+            }
+        )
+    )
 
     def s3_config(staging: Path):
         config = local_config(load_manifest(str(manifest)), str(staging))
@@ -112,8 +122,12 @@ def test_sigterm_then_fresh_pod_resumes_from_s3(assets, datasets_dir, fs, s3_env
 
     # pod 1: trains into its staging dir until a checkpoint is in S3, then gets SIGTERM
     first = tmp_path / "pod-1"
-    env = {**os.environ, **s3_env, "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer_image")])}
+    env = {
+        **os.environ,
+        **s3_env,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer_image")]),
+    }
     code = (
         "import logging, sys\n"
         "logging.basicConfig(level=logging.INFO)\n"
@@ -129,8 +143,13 @@ def test_sigterm_then_fresh_pod_resumes_from_s3(assets, datasets_dir, fs, s3_env
         "    sys.exit(Preempted.exit_code)\n"
     )
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", code, str(manifest), str(first), OUTPUT], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(manifest), str(first), OUTPUT],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while not fs.exists(f"{BUCKET}/run/checkpoints/checkpoint-{every}/{checkpoints.MARKER}"):
@@ -160,16 +179,20 @@ def test_sigterm_then_fresh_pod_resumes_from_s3(assets, datasets_dir, fs, s3_env
     after_sigterm = remote_steps(fs, run_id)
     assert all(after_sigterm.values()) and len(after_sigterm) == keep and max(after_sigterm) == step
     assert not fs.exists(f"{BUCKET}/run/_SUCCESS")
-    print(f"\nSIGTERM checkpoint in S3 at step {step}; remote checkpoints {sorted(after_sigterm)} "
-          f"after {time.monotonic() - started:.1f}s")
+    print(
+        f"\nSIGTERM checkpoint in S3 at step {step}; remote checkpoints {sorted(after_sigterm)} "
+        f"after {time.monotonic() - started:.1f}s"
+    )
 
     # pod 2: a fresh, empty staging dir; resumes from S3 at the saved step, not step 0
     fresh = tmp_path / "pod-2"
     assert not fresh.exists()
     probe = FirstStep()
     outcome = run_training(s3_config(fresh), extra_callbacks=[probe])
-    print(f"restart with an empty staging dir: first step {probe.first_step}, "
-          f"finished at {outcome.trainer.state.global_step}")
+    print(
+        f"restart with an empty staging dir: first step {probe.first_step}, "
+        f"finished at {outcome.trainer.state.global_step}"
+    )
     assert probe.first_step == step + 1
     assert outcome.trainer.state.global_step == max_steps
 

@@ -37,7 +37,7 @@ def probe_ids(tokenizer, text: str = PROBE):
 def assert_complete_result(outcome, kind: str) -> None:
     from pathlib import Path
 
-    out = Path(outcome.result["uri"][len("file://"):])
+    out = Path(outcome.result["uri"][len("file://") :])
     assert outcome.result["kind"] == kind
     success = out / "_SUCCESS"
     assert success.exists()
@@ -58,7 +58,9 @@ def assert_complete_result(outcome, kind: str) -> None:
 @pytest.fixture(scope="module")
 def lora_run(assets, datasets_dir, tmp_path_factory):
     config = job_config(
-        tmp_path_factory.mktemp("lora"), assets["llama"], datasets_dir / "capitals.jsonl",
+        tmp_path_factory.mktemp("lora"),
+        assets["llama"],
+        datasets_dir / "capitals.jsonl",
         dataset={"evalFraction": 0.25},
         training={"maxSteps": 16, "metrics": ["perplexity", "exact-match"]},
         output={"mergeAdapter": True},
@@ -95,9 +97,14 @@ def test_causal_lora_adapter_reloads_and_merged_equals_base_plus_adapter(lora_ru
 def test_causal_full_text_packing(assets, datasets_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    config = job_config(tmp_path, assets["gpt2"], datasets_dir / "text.jsonl",
-                        dataset={"packing": True, "format": "text"}, method={"type": "full"},
-                        training={"maxSteps": 10, "learningRate": 3e-3, "batchSize": 4})
+    config = job_config(
+        tmp_path,
+        assets["gpt2"],
+        datasets_dir / "text.jsonl",
+        dataset={"packing": True, "format": "text"},
+        method={"type": "full"},
+        training={"maxSteps": 10, "learningRate": 3e-3, "batchSize": 4},
+    )
     outcome = run_training(config)
     assert "seq_lengths" in outcome.trainer.train_dataset.column_names  # packed, padding-free batches
     assert_learned(outcome)
@@ -110,9 +117,14 @@ def test_causal_full_text_packing(assets, datasets_dir, tmp_path):
 def test_causal_instruction_ia3_merge(assets, datasets_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    config = job_config(tmp_path, assets["llama"], datasets_dir / "instruction.jsonl",
-                        method={"type": "ia3"}, output={"mergeAdapter": True},
-                        training={"maxSteps": 30, "learningRate": 1e-1})
+    config = job_config(
+        tmp_path,
+        assets["llama"],
+        datasets_dir / "instruction.jsonl",
+        method={"type": "ia3"},
+        output={"mergeAdapter": True},
+        training={"maxSteps": 30, "learningRate": 1e-1},
+    )
     outcome = run_training(config)
     assert_learned(outcome, 0.97)
     assert outcome.data.format == "instruction"
@@ -121,24 +133,33 @@ def test_causal_instruction_ia3_merge(assets, datasets_dir, tmp_path):
     torch.testing.assert_close(logits(merged, ids), logits(outcome.model, ids), atol=1e-4, rtol=1e-3)
 
 
-@pytest.mark.parametrize("method", [
-    {"type": "prefix-tuning", "prefixTuning": {"numVirtualTokens": 4}},
-    {"type": "prompt-tuning", "promptTuning": {"numVirtualTokens": 4, "initText": "The capital"}},
-])
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"type": "prefix-tuning", "prefixTuning": {"numVirtualTokens": 4}},
+        {"type": "prompt-tuning", "promptTuning": {"numVirtualTokens": 4, "initText": "The capital"}},
+    ],
+)
 def test_causal_prefix_and_prompt_tuning(assets, datasets_dir, tmp_path, method):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    config = job_config(tmp_path, assets["llama"], datasets_dir / "messages.jsonl", method=method,
-                        training={"maxSteps": 30, "learningRate": 1e-1})
+    config = job_config(
+        tmp_path,
+        assets["llama"],
+        datasets_dir / "messages.jsonl",
+        method=method,
+        training={"maxSteps": 30, "learningRate": 1e-1},
+    )
     outcome = run_training(config)
     assert outcome.data.format == "messages"
     assert_learned(outcome, 0.97)
     kind = "prefix" if method["type"] == "prefix-tuning" else "prompt"
     assert_complete_result(outcome, kind)
     ids = probe_ids(outcome.tokenizer)
-    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(assets["llama"]),
-                                         config.runtime.output_dir)
+    reloaded = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(assets["llama"]), config.runtime.output_dir
+    )
     torch.testing.assert_close(logits(reloaded, ids), logits(outcome.model, ids), atol=1e-5, rtol=1e-4)
 
 
@@ -158,7 +179,7 @@ def preference_margin(model, tokenizer, rows) -> float:
             with torch.no_grad():
                 logp = model(input_ids=ids).logits.log_softmax(-1)[0, :-1]
             targets = ids[0, 1:]
-            token_logp = logp.gather(-1, targets[:, None])[:, 0][len(prompt) - 1:]
+            token_logp = logp.gather(-1, targets[:, None])[:, 0][len(prompt) - 1 :]
             values.append(float(token_logp.sum()))
         total += values[0] - values[1]
     return total / len(rows)
@@ -167,10 +188,17 @@ def preference_margin(model, tokenizer, rows) -> float:
 def test_dpo_moves_the_preference_margin(assets, datasets_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    rows = [json.loads(line) for line in (datasets_dir / "preference.jsonl").read_text().splitlines()][: len(CAPITALS)]
-    config = job_config(tmp_path, assets["llama"], datasets_dir / "preference.jsonl",
-                        dataset={"format": "preference"}, objective={"type": "dpo", "dpo": {"beta": 0.1}},
-                        training={"maxSteps": 10, "learningRate": 1e-2})
+    rows = [json.loads(line) for line in (datasets_dir / "preference.jsonl").read_text().splitlines()][
+        : len(CAPITALS)
+    ]
+    config = job_config(
+        tmp_path,
+        assets["llama"],
+        datasets_dir / "preference.jsonl",
+        dataset={"format": "preference"},
+        objective={"type": "dpo", "dpo": {"beta": 0.1}},
+        training={"maxSteps": 10, "learningRate": 1e-2},
+    )
     base = AutoModelForCausalLM.from_pretrained(assets["llama"])
     from transformers import AutoTokenizer
 
@@ -190,10 +218,14 @@ def test_seq2seq_lora_with_prefix_and_generation_metrics(assets, datasets_dir, t
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM
 
-    config = job_config(tmp_path, assets["t5"], datasets_dir / "seq2seq.jsonl",
-                        model={"task": "seq2seq"},
-                        dataset={"sourcePrefix": "capital: ", "evalFraction": 0.25, "targetMaxLength": 8},
-                        training={"maxSteps": 12, "learningRate": 1e-2, "metrics": ["rouge", "bleu", "exact-match"]})
+    config = job_config(
+        tmp_path,
+        assets["t5"],
+        datasets_dir / "seq2seq.jsonl",
+        model={"task": "seq2seq"},
+        dataset={"sourcePrefix": "capital: ", "evalFraction": 0.25, "targetMaxLength": 8},
+        training={"maxSteps": 12, "learningRate": 1e-2, "metrics": ["rouge", "bleu", "exact-match"]},
+    )
     outcome = run_training(config)
     assert_learned(outcome)
     for key in ("eval_rouge1", "eval_rougeL", "eval_bleu", "eval_exact_match"):
@@ -202,9 +234,15 @@ def test_seq2seq_lora_with_prefix_and_generation_metrics(assets, datasets_dir, t
     assert first.startswith("<s> capital:") or "capital:" in first
     ids = probe_ids(outcome.tokenizer, "capital: France")
     decoder = torch.tensor([[outcome.tokenizer.pad_token_id]])
-    reloaded = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(assets["t5"]), config.runtime.output_dir)
-    torch.testing.assert_close(logits(reloaded, ids, decoder_input_ids=decoder),
-                               logits(outcome.model, ids, decoder_input_ids=decoder), atol=1e-5, rtol=1e-4)
+    reloaded = PeftModel.from_pretrained(
+        AutoModelForSeq2SeqLM.from_pretrained(assets["t5"]), config.runtime.output_dir
+    )
+    torch.testing.assert_close(
+        logits(reloaded, ids, decoder_input_ids=decoder),
+        logits(outcome.model, ids, decoder_input_ids=decoder),
+        atol=1e-5,
+        rtol=1e-4,
+    )
 
 
 # ---------------------------------------------------------------- classification
@@ -213,12 +251,20 @@ def test_seq2seq_lora_with_prefix_and_generation_metrics(assets, datasets_dir, t
 def test_sequence_classification_minilm_full(minilm_path, datasets_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    config = job_config(tmp_path, minilm_path, datasets_dir / "sentiment.jsonl",
-                        model={"task": "sequence-classification", "numLabels": 2, "labels": ["neg", "pos"]},
-                        dataset={"evalFraction": 0.25},
-                        method={"type": "full"},
-                        training={"maxSteps": 16, "learningRate": 1e-4, "batchSize": 8,
-                                  "metrics": ["accuracy", "f1", "precision", "recall"]})
+    config = job_config(
+        tmp_path,
+        minilm_path,
+        datasets_dir / "sentiment.jsonl",
+        model={"task": "sequence-classification", "numLabels": 2, "labels": ["neg", "pos"]},
+        dataset={"evalFraction": 0.25},
+        method={"type": "full"},
+        training={
+            "maxSteps": 16,
+            "learningRate": 1e-4,
+            "batchSize": 8,
+            "metrics": ["accuracy", "f1", "precision", "recall"],
+        },
+    )
     outcome = run_training(config)
     assert_learned(outcome)
     metrics = outcome.result["metrics"]
@@ -233,16 +279,22 @@ def test_sequence_classification_minilm_full(minilm_path, datasets_dir, tmp_path
 def test_sequence_classification_head_only_trains_only_the_head(minilm_path, datasets_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    config = job_config(tmp_path, minilm_path, datasets_dir / "sentiment.jsonl",
-                        model={"task": "sequence-classification", "numLabels": 2},
-                        method={"type": "head-only", "headOnly": {"trainable": ["classifier"], "unfreezeLastLayers": 1}},
-                        training={"maxSteps": 16, "learningRate": 2e-3})
+    config = job_config(
+        tmp_path,
+        minilm_path,
+        datasets_dir / "sentiment.jsonl",
+        model={"task": "sequence-classification", "numLabels": 2},
+        method={"type": "head-only", "headOnly": {"trainable": ["classifier"], "unfreezeLastLayers": 1}},
+        training={"maxSteps": 16, "learningRate": 2e-3},
+    )
     outcome = run_training(config)
     assert_learned(outcome)
     base = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
     after = dict(outcome.model.named_parameters())
     changed = [n for n, p in base.named_parameters() if not torch.equal(p, after[n].detach())]
-    assert any(n.startswith("classifier") for n in changed) and any(".layer.5." in n for n in changed), changed
+    assert any(n.startswith("classifier") for n in changed) and any(".layer.5." in n for n in changed), (
+        changed
+    )
     assert all(n.startswith(("classifier", "bert.encoder.layer.5.")) for n in changed), changed
 
 
@@ -250,14 +302,19 @@ def test_token_classification_lora_with_tag_names(assets, datasets_dir, tmp_path
     from peft import PeftModel
     from transformers import AutoModelForTokenClassification
 
-    config = job_config(tmp_path, assets["bert-tokens"], datasets_dir / "tagging.jsonl",
-                        model={"task": "token-classification", "numLabels": 3, "labels": ["O", "COLOR", "ANIMAL"]},
-                        dataset={"evalFraction": 0.25},
-                        training={"maxSteps": 12, "learningRate": 2e-2, "metrics": ["accuracy", "f1"]})
+    config = job_config(
+        tmp_path,
+        assets["bert-tokens"],
+        datasets_dir / "tagging.jsonl",
+        model={"task": "token-classification", "numLabels": 3, "labels": ["O", "COLOR", "ANIMAL"]},
+        dataset={"evalFraction": 0.25},
+        training={"maxSteps": 12, "learningRate": 2e-2, "metrics": ["accuracy", "f1"]},
+    )
     outcome = run_training(config)
     assert_learned(outcome)
     assert "eval_accuracy" in outcome.result["metrics"]
     ids = probe_ids(outcome.tokenizer, "the red cat")
-    reloaded = PeftModel.from_pretrained(AutoModelForTokenClassification.from_pretrained(assets["bert-tokens"]),
-                                         config.runtime.output_dir)
+    reloaded = PeftModel.from_pretrained(
+        AutoModelForTokenClassification.from_pretrained(assets["bert-tokens"]), config.runtime.output_dir
+    )
     torch.testing.assert_close(logits(reloaded, ids), logits(outcome.model, ids), atol=1e-5, rtol=1e-4)

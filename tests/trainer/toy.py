@@ -6,8 +6,16 @@ import json
 import random
 from pathlib import Path
 
-CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Egypt", "Cairo"),
-            ("Peru", "Lima"), ("Chile", "Santiago"), ("Kenya", "Nairobi")]
+CAPITALS = [
+    ("France", "Paris"),
+    ("Japan", "Tokyo"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Egypt", "Cairo"),
+    ("Peru", "Lima"),
+    ("Chile", "Santiago"),
+    ("Kenya", "Nairobi"),
+]
 POSITIVE = ["good", "great", "happy", "lovely", "fine", "nice"]
 NEGATIVE = ["bad", "awful", "sad", "poor", "terrible", "ugly"]
 COLORS = ["red", "green", "blue", "yellow"]
@@ -49,8 +57,10 @@ def corpus() -> list[str]:
     lines = [r["prompt"] + r["completion"] for r in capitals_rows(1)]
     lines += [r["text"] for r in sentiment_rows(200)]
     lines += [" ".join(r["tokens"]) for r in tagging_rows(200)]
-    lines += ["### Instruction: Give the capital of the country. ### Input: ### Response:",
-              "<|user|> <|assistant|> <|system|> capital: summarize: copy:"] * 3
+    lines += [
+        "### Instruction: Give the capital of the country. ### Input: ### Response:",
+        "<|user|> <|assistant|> <|system|> capital: summarize: copy:",
+    ] * 3
     return lines
 
 
@@ -62,8 +72,15 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def job_config(tmp_path: Path, model_path: Path | str, data_path: Path | str, *, name: str = "t", out_name: str = "out",
-               **spec) -> object:
+def job_config(
+    tmp_path: Path,
+    model_path: Path | str,
+    data_path: Path | str,
+    *,
+    name: str = "t",
+    out_name: str = "out",
+    **spec,
+) -> object:
     """A local TrainerConfig for a tiny run; spec keys are API.md's (camelCase) sections merged over defaults."""
     from kubetune.api.v1alpha1 import FineTuneJob
     from kubetune_trainer.config import local_config
@@ -80,7 +97,12 @@ def job_config(tmp_path: Path, model_path: Path | str, data_path: Path | str, *,
             body[key] = {**body[key], **value}
         else:
             body[key] = value
-    doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": body}
+    doc = {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": body,
+    }
     job = FineTuneJob.model_validate(doc, context={"target": "local"})
     return local_config(job, str(tmp_path / out_name))
 

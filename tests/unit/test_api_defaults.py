@@ -13,15 +13,36 @@ def test_minimal_finetunejob_gets_api_md_defaults():
     job = result.obj
     assert isinstance(job, FineTuneJob)
     spec = job.to_dict()["spec"]
-    assert spec["model"] == {"uri": "hf://openai-community/gpt2", "revision": "main", "task": "causal-lm", "trustRemoteCode": False}
+    assert spec["model"] == {
+        "uri": "hf://openai-community/gpt2",
+        "revision": "main",
+        "task": "causal-lm",
+        "trustRemoteCode": False,
+    }
     dataset = spec["dataset"]
     assert dataset["format"] == "auto" and dataset["columns"] == {} and dataset["trainSplit"] == "train"
     assert dataset["evalFraction"] == 0.0 and "evalSplit" not in dataset and "maxSamples" not in dataset
-    assert (dataset["maxLength"], dataset["targetMaxLength"], dataset["sourcePrefix"], dataset["packing"]) == (512, 128, "", False)
+    assert (
+        dataset["maxLength"],
+        dataset["targetMaxLength"],
+        dataset["sourcePrefix"],
+        dataset["packing"],
+    ) == (512, 128, "", False)
     method = spec["method"]
     assert method["type"] == "lora"
-    assert method["lora"] == {"r": 16, "alpha": 32, "dropout": 0.05, "targetModules": "all-linear", "bias": "none"}
-    assert method["quantization"] == {"bits": 4, "type": "nf4", "doubleQuant": True, "computeDtype": "bfloat16"}
+    assert method["lora"] == {
+        "r": 16,
+        "alpha": 32,
+        "dropout": 0.05,
+        "targetModules": "all-linear",
+        "bias": "none",
+    }
+    assert method["quantization"] == {
+        "bits": 4,
+        "type": "nf4",
+        "doubleQuant": True,
+        "computeDtype": "bfloat16",
+    }
     assert method["prefixTuning"] == {"numVirtualTokens": 20}
     assert method["promptTuning"] == {"numVirtualTokens": 20}
     assert method["headOnly"] == {"trainable": ["classifier"], "unfreezeLastLayers": 0}
@@ -34,14 +55,28 @@ def test_minimal_finetunejob_gets_api_md_defaults():
     }  # fmt: skip
     assert training == expected
     resources = spec["resources"]
-    assert (resources["nodes"], resources["gpusPerNode"], resources["gpuResource"]) == (1, 1, "nvidia.com/gpu")
-    assert resources["sharedMemory"] == "8Gi" and resources["nodeSelector"] == {} and resources["tolerations"] == []
+    assert (resources["nodes"], resources["gpusPerNode"], resources["gpuResource"]) == (
+        1,
+        1,
+        "nvidia.com/gpu",
+    )
+    assert (
+        resources["sharedMemory"] == "8Gi"
+        and resources["nodeSelector"] == {}
+        and resources["tolerations"] == []
+    )
     assert spec["distributed"] == {"strategy": "auto", "deepspeedStage": 2}
     assert spec["checkpoints"] == {"everySteps": 500, "keepLast": 2}
     assert spec["output"] == {"uri": "pvc://models/out", "mergeAdapter": False}
     assert spec["imagePullSecrets"] == [] and spec["env"] == []
     assert spec["suspend"] is False and spec["backoffLimit"] == 3
-    for unset in ("image", "queueName", "activeDeadlineSeconds", "pendingDeadlineSeconds", "ttlSecondsAfterFinished"):
+    for unset in (
+        "image",
+        "queueName",
+        "activeDeadlineSeconds",
+        "pendingDeadlineSeconds",
+        "ttlSecondsAfterFinished",
+    ):
         assert unset not in spec
 
 
@@ -51,10 +86,20 @@ def test_minimal_modelserve_gets_api_md_defaults():
     assert isinstance(result.obj, ModelServe)
     spec = result.obj.to_dict()["spec"]
     assert spec["engine"] == "tgi" and spec["adapters"] == [] and spec["replicas"] == 1
-    assert spec["resources"] == {"gpus": 1, "gpuResource": "nvidia.com/gpu", "sharedMemory": "1Gi", "nodeSelector": {}, "tolerations": []}
+    assert spec["resources"] == {
+        "gpus": 1,
+        "gpuResource": "nvidia.com/gpu",
+        "sharedMemory": "1Gi",
+        "nodeSelector": {},
+        "tolerations": [],
+    }
     assert spec["tgi"] == {"extraArgs": []}
     rollout = spec["rollout"]
-    assert (rollout["maxSurge"], rollout["maxUnavailable"], rollout["progressDeadlineSeconds"]) == (1, 0, 1200)
+    assert (rollout["maxSurge"], rollout["maxUnavailable"], rollout["progressDeadlineSeconds"]) == (
+        1,
+        0,
+        1200,
+    )
     assert rollout["smokeTest"] == {"enabled": True, "prompt": "Hello", "maxNewTokens": 8}
     assert rollout["autoRollback"] is True
     assert spec["service"] == {"type": "ClusterIP", "port": 80}

@@ -117,15 +117,24 @@ def test_each_broken_manifest_breaks_only_its_rule():
 
 
 def test_local_target_allows_file_uris_and_no_output():
-    doc = finetunejob(model={"uri": "file:///models/gpt2"}, dataset={"uri": "file:///data/train.jsonl"}, output={})
+    doc = finetunejob(
+        model={"uri": "file:///models/gpt2"}, dataset={"uri": "file:///data/train.jsonl"}, output={}
+    )
     assert not validate_document(doc).ok
     assert validate_document(doc, TARGET_LOCAL).ok
 
 
 def test_problems_are_all_reported_at_once():
-    doc = finetunejob(model=BERT | {"numLabels": None}, method={"type": "qlora"}, resources={"gpusPerNode": 0}, output={})
+    doc = finetunejob(
+        model=BERT | {"numLabels": None}, method={"type": "qlora"}, resources={"gpusPerNode": 0}, output={}
+    )
     paths = {p.path for p in validate_document(doc).problems}
-    assert {"spec.model.numLabels", "spec.method.type", "spec.resources.gpusPerNode", "spec.output.uri"} <= paths
+    assert {
+        "spec.model.numLabels",
+        "spec.method.type",
+        "spec.resources.gpusPerNode",
+        "spec.output.uri",
+    } <= paths
 
 
 def test_python_rules_and_crd_rules_name_the_same_fields():

@@ -14,7 +14,9 @@ from kubetune import cli
 
 from .helpers import EXAMPLES, INVALID, REPO, finetunejob, header, modelserve
 
-LINE = re.compile(r"^(?P<file>[^:]+): (?P<kind>FineTuneJob|ModelServe)/(?P<name>[^:]+): (?P<path>[^:]+): (?P<message>.+)$")
+LINE = re.compile(
+    r"^(?P<file>[^:]+): (?P<kind>FineTuneJob|ModelServe)/(?P<name>[^:]+): (?P<path>[^:]+): (?P<message>.+)$"
+)
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -90,7 +92,12 @@ def test_line_format_and_multi_document_files(capsys, tmp_path):
 
 
 def test_other_kinds_are_skipped_with_a_note(capsys, tmp_path):
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf-token"}, "stringData": {"HF_TOKEN": "x"}}
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "hf-token"},
+        "stringData": {"HF_TOKEN": "x"},
+    }
     file = write(tmp_path, "bundle.yaml", secret, finetunejob("ok"))
     code, out, err = run(capsys, "validate", "-f", file)
     assert code == 0 and out == ""
@@ -122,12 +129,16 @@ def test_wrong_group_version_and_non_mapping_documents(capsys, tmp_path):
     file = write(tmp_path, "v.yaml", doc, ["a", "list"])
     code, out, _ = run(capsys, "validate", "-f", file)
     assert code == 1
-    assert f"{file}: FineTuneJob/v: apiVersion: must be kubetune.io/v1alpha1, not 'kubetune.io/v1beta1'" in out
+    assert (
+        f"{file}: FineTuneJob/v: apiVersion: must be kubetune.io/v1alpha1, not 'kubetune.io/v1beta1'" in out
+    )
     assert "not a Kubernetes object" in out
 
 
 def test_local_flag_accepts_file_uris(capsys, tmp_path):
-    file = write(tmp_path, "local.yaml", finetunejob("l", dataset={"uri": "file:///data/train.jsonl"}, output={}))
+    file = write(
+        tmp_path, "local.yaml", finetunejob("l", dataset={"uri": "file:///data/train.jsonl"}, output={})
+    )
     assert run(capsys, "validate", "-f", file)[0] == 1
     assert run(capsys, "validate", "--local", "-f", file)[0] == 0
 

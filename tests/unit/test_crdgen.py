@@ -40,14 +40,21 @@ def test_schema_is_structural(kind):
         assert not FORBIDDEN & node.keys(), f"{path}: {FORBIDDEN & node.keys()}"
         assert set(node) <= crdgen.ALLOWED_KEYS, f"{path}: {set(node) - crdgen.ALLOWED_KEYS}"
         if "anyOf" in node:  # only the int-or-string form is structural
-            assert node.get("x-kubernetes-int-or-string") and node["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
+            assert node.get("x-kubernetes-int-or-string") and node["anyOf"] == [
+                {"type": "integer"},
+                {"type": "string"},
+            ], path
         special = node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
-        assert node.get("type") in ("object", "array", "string", "integer", "number", "boolean") or special, f"{path}: type"
+        assert node.get("type") in ("object", "array", "string", "integer", "number", "boolean") or special, (
+            f"{path}: type"
+        )
         assert node.get("type") != "null"
         assert not ("properties" in node and "additionalProperties" in node), path
         assert node.get("additionalProperties") is not False, path
         for bound in ("exclusiveMinimum", "exclusiveMaximum"):
-            assert isinstance(node.get(bound, True), bool), f"{path}: {bound} must be a boolean in OpenAPI v3.0"
+            assert isinstance(node.get(bound, True), bool), (
+                f"{path}: {bound} must be a boolean in OpenAPI v3.0"
+            )
         if node.get("type") == "array":
             assert isinstance(node.get("items"), dict), f"{path}: arrays need items"
 
@@ -71,7 +78,11 @@ def test_root_metadata_and_required():
 def test_nullable_instead_of_null_types_and_no_null_defaults():
     spec = schema("FineTuneJob")["properties"]["spec"]["properties"]
     assert spec["model"]["properties"]["numLabels"] == {
-        "description": spec["model"]["properties"]["numLabels"]["description"], "type": "integer", "nullable": True, "minimum": 1}
+        "description": spec["model"]["properties"]["numLabels"]["description"],
+        "type": "integer",
+        "nullable": True,
+        "minimum": 1,
+    }
     assert spec["model"]["properties"]["revision"]["default"] == "main"
     for path, node in all_nodes(schema("FineTuneJob")):
         assert node.get("default", "x") is not None, path
@@ -108,11 +119,21 @@ def test_special_fields():
     assert lora["targetModules"]["x-kubernetes-preserve-unknown-fields"] is True
     assert lora["alpha"]["minimum"] == 0 and lora["alpha"]["exclusiveMinimum"] is True
     env_value_from = spec["env"]["items"]["properties"]["valueFrom"]
-    assert env_value_from["x-kubernetes-preserve-unknown-fields"] is True and env_value_from["type"] == "object"
+    assert (
+        env_value_from["x-kubernetes-preserve-unknown-fields"] is True and env_value_from["type"] == "object"
+    )
     columns = spec["dataset"]["properties"]["columns"]
-    assert columns["maxProperties"] == 14 and "self.all(k, k in" in columns["x-kubernetes-validations"][0]["rule"]
+    assert (
+        columns["maxProperties"] == 14
+        and "self.all(k, k in" in columns["x-kubernetes-validations"][0]["rule"]
+    )
     assert spec["model"]["properties"]["uri"]["pattern"].startswith("^(hf://")
-    assert spec["model"]["properties"]["task"]["enum"] == ["causal-lm", "seq2seq", "sequence-classification", "token-classification"]
+    assert spec["model"]["properties"]["task"]["enum"] == [
+        "causal-lm",
+        "seq2seq",
+        "sequence-classification",
+        "token-classification",
+    ]
     assert spec["method"]["properties"]["quantization"]["properties"]["bits"]["enum"] == [4, 8]
 
 
@@ -122,7 +143,11 @@ def test_cel_rules_sit_where_the_models_put_them():
 
     assert ftj_rules == FINETUNEJOB_SPEC_CEL
     serve = schema("ModelServe")["properties"]["spec"]
-    assert {r["fieldPath"] for r in serve["x-kubernetes-validations"]} == {".engine", ".tgi.numShard", ".adapters"}
+    assert {r["fieldPath"] for r in serve["x-kubernetes-validations"]} == {
+        ".engine",
+        ".tgi.numShard",
+        ".adapters",
+    }
     one_of = "has(self.fineTuneJobRef) != has(self.uri)"
     assert serve["properties"]["model"]["x-kubernetes-validations"][0]["rule"] == one_of
     assert serve["properties"]["adapters"]["items"]["x-kubernetes-validations"][0]["rule"] == one_of
@@ -132,7 +157,9 @@ def test_cel_rules_sit_where_the_models_put_them():
 def test_names_columns_and_subresources():
     ftj, ms = DOCS["FineTuneJob"], DOCS["ModelServe"]
     assert ftj["metadata"]["name"] == "finetunejobs.kubetune.io"
-    assert ftj["spec"]["names"]["shortNames"] == ["ftj", "ftjs"] and ms["spec"]["names"]["shortNames"] == ["mserve"]
+    assert ftj["spec"]["names"]["shortNames"] == ["ftj", "ftjs"] and ms["spec"]["names"]["shortNames"] == [
+        "mserve"
+    ]
     for doc in (ftj, ms):
         assert doc["spec"]["names"]["categories"] == ["kubetune"] and doc["spec"]["scope"] == "Namespaced"
         version = doc["spec"]["versions"][0]

@@ -54,8 +54,16 @@ def test_examples_cover_the_workflows():
     assert any(s.objective.type == "dpo" and s.dataset.format == "preference" for s in specs)
     qlora = next(s for s in specs if s.method.type == "qlora")
     assert (qlora.method.lora.r, qlora.method.lora.alpha, qlora.method.quantization.type) == (64, 16, "nf4")
-    assert qlora.method.quantization.double_quant and qlora.method.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert any(s.resources.nodes == 2 and s.resources.gpus_per_node == 8 and s.distributed.strategy == "fsdp" for s in specs)
+    assert qlora.method.quantization.double_quant and qlora.method.lora.target_modules == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+    ]
+    assert any(
+        s.resources.nodes == 2 and s.resources.gpus_per_node == 8 and s.distributed.strategy == "fsdp"
+        for s in specs
+    )
     assert any(s.method.prompt_tuning.init_text for s in specs if s.method.type == "prompt-tuning")
     assert any(s.spec.model.fine_tune_job_ref and not s.spec.adapters for s in serves)
     assert any(s.spec.model.uri and s.spec.adapters for s in serves)

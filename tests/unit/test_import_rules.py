@@ -29,11 +29,15 @@ def test_the_repository_keeps_its_import_contracts():
 
 def test_the_contracts_catch_violations(tmp_path: Path):
     """A copy of the packages with forbidden imports added: every contract must break."""
-    shutil.copytree(REPO / "operator" / "kubetune", tmp_path / "kubetune", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "operator" / "kubetune", tmp_path / "kubetune", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copytree(REPO / "trainer_image" / "kubetune_trainer", tmp_path / "kubetune_trainer",
                     ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    (tmp_path / "kubetune" / "api" / "_probe.py").write_text("import kopf  # noqa\nimport kubetune.cli  # noqa\n")
+    (tmp_path / "kubetune" / "api" / "_probe.py").write_text(
+        "import kopf  # noqa\nimport kubetune.cli  # noqa\n"
+    )
     (tmp_path / "kubetune_trainer" / "_probe.py").write_text("import kubetune.crdgen  # noqa\n")
     result = lint_imports(tmp_path, [tmp_path])
     assert result.returncode != 0

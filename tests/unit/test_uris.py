@@ -76,7 +76,13 @@ def test_ssrf_rejected(url):
 
 
 @pytest.mark.parametrize(
-    "url", ["https://huggingface.co/x", "https://8.8.8.8/x", "https://[2606:4700:4700::1111]/x", "https://example.com:8443/a?b=c"]
+    "url",
+    [
+        "https://huggingface.co/x",
+        "https://8.8.8.8/x",
+        "https://[2606:4700:4700::1111]/x",
+        "https://example.com:8443/a?b=c",
+    ],
 )
 def test_public_https_accepted(url):
     assert parse_uri(url).scheme == "https"
@@ -94,7 +100,10 @@ def test_address_reasons_name_the_kind():
 
 @pytest.mark.parametrize(
     ("allowed", "uri"),
-    [(("hf", "pvc", "s3", "file"), u) for u in ("hf://gpt2", "hf://a/b", "pvc://c/p/q", "s3://bkt/p", "file:///x")]
+    [
+        (("hf", "pvc", "s3", "file"), u)
+        for u in ("hf://gpt2", "hf://a/b", "pvc://c/p/q", "s3://bkt/p", "file:///x")
+    ]
     + [(("hf", "pvc", "s3", "https", "file"), "https://example.com/data.jsonl")],
 )
 def test_crd_pattern_accepts_what_python_accepts(allowed, uri):
@@ -102,7 +111,9 @@ def test_crd_pattern_accepts_what_python_accepts(allowed, uri):
     assert re.search(_uri_pattern(allowed), uri)
 
 
-@pytest.mark.parametrize("uri", ["hf://a b", "hf://a/b/c", "pvc://Up/x", "s3://ab/x", "ftp://x/y", "file://rel", "https://"])
+@pytest.mark.parametrize(
+    "uri", ["hf://a b", "hf://a/b/c", "pvc://Up/x", "s3://ab/x", "ftp://x/y", "file://rel", "https://"]
+)
 def test_crd_pattern_rejects_what_python_rejects(uri):
     with pytest.raises(URIError):
         parse_uri(uri)

@@ -129,8 +129,19 @@ def save_weights(trainer, output_dir: str) -> None:
     trainer.save_model(output_dir)
 
 
-def save(config: TrainerConfig, trainer, tokenizer, *, kind: str, metrics: dict[str, float], base_revision: str | None,
-         dataset_digest: str, started_at: datetime, base_loader=None, precision: str | None = None) -> dict:
+def save(
+    config: TrainerConfig,
+    trainer,
+    tokenizer,
+    *,
+    kind: str,
+    metrics: dict[str, float],
+    base_revision: str | None,
+    dataset_digest: str,
+    started_at: datetime,
+    base_loader=None,
+    precision: str | None = None,
+) -> dict:
     """Write the rest of the result beside the saved weights (main process) and return it as ResultStatus JSON."""
     spec = config.job.spec
     out = Path(config.runtime.output_dir)
@@ -164,9 +175,17 @@ def save(config: TrainerConfig, trainer, tokenizer, *, kind: str, metrics: dict[
             "namespace": config.job.metadata.namespace,
             "uid": config.runtime.uid,
         },
-        "baseModel": {"uri": spec.model.uri, "revision": spec.model.revision, "resolvedRevision": base_revision},
-        "dataset": {"uri": spec.dataset.uri, "config": spec.dataset.config, "digest": dataset_digest,
-                    "format": spec.dataset.format},
+        "baseModel": {
+            "uri": spec.model.uri,
+            "revision": spec.model.revision,
+            "resolvedRevision": base_revision,
+        },
+        "dataset": {
+            "uri": spec.dataset.uri,
+            "config": spec.dataset.config,
+            "digest": dataset_digest,
+            "format": spec.dataset.format,
+        },
         "method": spec.method.type,
         "objective": spec.objective.type,
         "task": spec.model.task,

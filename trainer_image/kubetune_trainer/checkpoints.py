@@ -49,7 +49,9 @@ def is_complete(marker: dict | None, run_id: str) -> bool:
     return bool(marker) and marker.get("runId") == run_id
 
 
-def newest_complete(found: Iterable[tuple[int, T]], marker_of: Callable[[T], dict | None], run_id: str) -> T | None:
+def newest_complete(
+    found: Iterable[tuple[int, T]], marker_of: Callable[[T], dict | None], run_id: str
+) -> T | None:
     """The newest of (step, checkpoint) whose marker says it is complete and this run's; local and remote alike."""
     for _, item in sorted(found, key=lambda pair: pair[0], reverse=True):
         if is_complete(marker_of(item), run_id):
@@ -57,8 +59,9 @@ def newest_complete(found: Iterable[tuple[int, T]], marker_of: Callable[[T], dic
     return None
 
 
-def beyond_keep(found: Iterable[tuple[int, T]], marker_of: Callable[[T], dict | None], run_id: str,
-                keep_last: int) -> list[T]:
+def beyond_keep(
+    found: Iterable[tuple[int, T]], marker_of: Callable[[T], dict | None], run_id: str, keep_last: int
+) -> list[T]:
     """Everything but the newest `keep_last` complete checkpoints of this run (older, incomplete, foreign)."""
     kept = 0
     drop = []
@@ -127,8 +130,13 @@ def install_sigterm(flag: StopFlag) -> Callable[[], None]:
 class CheckpointCallback(TrainerCallback):
     """Saves every `every_steps` and on the stop flag; marks each finished checkpoint complete."""
 
-    def __init__(self, run_id: str, every_steps: int, flag: StopFlag,
-                 on_checkpoint: Callable[[str, int], None] | None = None):
+    def __init__(
+        self,
+        run_id: str,
+        every_steps: int,
+        flag: StopFlag,
+        on_checkpoint: Callable[[str, int], None] | None = None,
+    ):
         self.run_id = run_id
         self.every_steps = every_steps
         self.flag = flag

@@ -26,7 +26,9 @@ def train_main(config_path: str | None = None) -> int:
     except TrainerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    logging.getLogger("kubetune_trainer").info("done: %s", result.get("uri") if result else "(not the main process)")
+    logging.getLogger("kubetune_trainer").info(
+        "done: %s", result.get("uri") if result else "(not the main process)"
+    )
     return 0
 
 
@@ -35,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kubetune-trainer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train in this process from the rendered config")
-    train.add_argument("--config", default=None, help="config path (default: $KUBETUNE_CONFIG or /etc/kubetune/config.yaml)")
+    train.add_argument(
+        "--config", default=None, help="config path (default: $KUBETUNE_CONFIG or /etc/kubetune/config.yaml)"
+    )
     sub.add_parser("launch", help="start the training processes for this pod's GPUs", add_help=False)
     if argv and argv[0] == "launch":
         from . import launch

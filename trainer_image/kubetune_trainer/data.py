@@ -89,7 +89,9 @@ def _load_files(files: list[Path], uri: str, split: str = "train"):
         names = ", ".join(str(f) for f in files)
         if "corresponds to no data" in str(cause):
             raise DataError(f"{uri}: split '{split}' is empty ({names} has no rows)") from None
-        raise DataError(f"{uri}: cannot parse {names} as {builder}: {type(cause).__name__}: {cause}") from None
+        raise DataError(
+            f"{uri}: cannot parse {names} as {builder}: {type(cause).__name__}: {cause}"
+        ) from None
 
 
 def _load_local(path: Path, split: str, train_split: str, uri: str):
@@ -108,12 +110,16 @@ def _load_local(path: Path, split: str, train_split: str, uri: str):
                     raise DataError(f"{uri}: split '{split}' is not in {path}; it has {', '.join(loaded)}")
                 return loaded[split]
             if split != train_split:
-                raise DataError(f"{uri}: {path} holds one split only; use dataset.evalFraction instead of evalSplit")
+                raise DataError(
+                    f"{uri}: {path} holds one split only; use dataset.evalFraction instead of evalSplit"
+                )
             return loaded
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_BUILDERS)
         if not files:
             raise DataError(f"{uri}: no .jsonl, .json, .csv, .parquet or .txt files in {path}")
-        mine = [f for f in files if f.stem == split or f.stem.startswith(f"{split}-") or f.parent.name == split]
+        mine = [
+            f for f in files if f.stem == split or f.stem.startswith(f"{split}-") or f.parent.name == split
+        ]
         if not mine:
             if split != train_split:
                 raise DataError(
@@ -216,9 +222,7 @@ def check_columns(ds, fmt: str, spec: DatasetSpec, split: str) -> None:
         if column not in ds.column_names:
             original = spec.columns.get(column)
             hint = (
-                f" (mapped from '{original}')"
-                if original
-                else f"; map yours with dataset.columns.{column}"
+                f" (mapped from '{original}')" if original else f"; map yours with dataset.columns.{column}"
             )
             raise DataError(
                 f"{spec.uri}: format {fmt} needs column '{column}'{hint}, which split '{split}' does not have "
@@ -237,7 +241,9 @@ def _value(example: dict, column: str, index: int, split: str, uri: str, kind: t
 # ---------------------------------------------------------------- labels
 
 
-def _label_ids(values: list, names: list[str] | None, num_labels: int, column: str, uri: str) -> tuple[dict, list[str]]:
+def _label_ids(
+    values: list, names: list[str] | None, num_labels: int, column: str, uri: str
+) -> tuple[dict, list[str]]:
     """A mapping value -> id, and the label names. Raises when a value is out of range or unknown."""
     strings = [v for v in values if isinstance(v, str)]
     if strings:
@@ -252,7 +258,9 @@ def _label_ids(values: list, names: list[str] | None, num_labels: int, column: s
         mapping = {name: i for i, name in enumerate(names)}
         for v in strings:
             if v not in mapping:
-                raise DataError(f"{uri}: column '{column}' has label {v!r}, which is not in model.labels {names}")
+                raise DataError(
+                    f"{uri}: column '{column}' has label {v!r}, which is not in model.labels {names}"
+                )
         return mapping, names
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < num_labels:
@@ -269,7 +277,8 @@ def _class_label_names(ds, column: str) -> list[str] | None:
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
     if isinstance(feature, datasets.Sequence | list) and isinstance(
-        getattr(feature, "feature", None) or (feature[0] if isinstance(feature, list) else None), datasets.ClassLabel
+        getattr(feature, "feature", None) or (feature[0] if isinstance(feature, list) else None),
+        datasets.ClassLabel,
     ):
         inner = feature.feature if hasattr(feature, "feature") else feature[0]
         return list(inner.names)
@@ -297,9 +306,13 @@ def _chat(tokenizer, messages, template: str | None, **kwargs) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template, **kwargs)
 
 
-def messages_segments(tokenizer, messages: list[dict], template: str | None, where: str) -> list[tuple[str, bool]]:
+def messages_segments(
+    tokenizer, messages: list[dict], template: str | None, where: str
+) -> list[tuple[str, bool]]:
     """The rendered conversation as (text, is_assistant) pieces, rendering the template incrementally."""
-    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and "role" in m and "content" in m for m in messages
+    ):
         raise DataError(f"{where}: each message needs 'role' and 'content'")
     full = _chat(tokenizer, messages, template)
     segments: list[tuple[str, bool]] = []
@@ -334,20 +347,27 @@ def _tokenize_causal(ds, fmt: str, spec: DatasetSpec, tokenizer, split: str):
 
     def fn(example: dict, index: int) -> dict:
         if fmt == "text":
-            ids = tokenizer(_value(example, "text", index, split, uri), add_special_tokens=True)["input_ids"] + eos
+            ids = (
+                tokenizer(_value(example, "text", index, split, uri), add_special_tokens=True)["input_ids"]
+                + eos
+            )
             return _truncate(ids, list(ids), max_length)
         if fmt == "prompt-completion":
             return prompt_completion(
                 _value(example, "prompt", index, split, uri), _value(example, "completion", index, split, uri)
             )
         if fmt == "instruction":
-            prompt = instruction_prompt(_value(example, "instruction", index, split, uri), example.get("input"))
+            prompt = instruction_prompt(
+                _value(example, "instruction", index, split, uri), example.get("input")
+            )
             return prompt_completion(prompt, _value(example, "output", index, split, uri))
         # messages
         where = f"{uri}: column 'messages' in row {index} of split '{split}'"
         ids: list[int] = []
         labels: list[int] = []
-        for text, is_assistant in messages_segments(tokenizer, _value(example, "messages", index, split, uri, list), template, where):
+        for text, is_assistant in messages_segments(
+            tokenizer, _value(example, "messages", index, split, uri, list), template, where
+        ):
             piece = tokenizer(text, add_special_tokens=False)["input_ids"]
             ids += piece
             labels += piece if is_assistant else [-100] * len(piece)
@@ -365,14 +385,24 @@ def _tokenize_seq2seq(ds, fmt: str, spec: DatasetSpec, tokenizer, split: str):
 
     def fn(example: dict, index: int) -> dict:
         if fmt == "seq2seq":
-            source, target = _value(example, "source", index, split, uri), _value(example, "target", index, split, uri)
+            source, target = (
+                _value(example, "source", index, split, uri),
+                _value(example, "target", index, split, uri),
+            )
         elif fmt == "prompt-completion":
-            source, target = _value(example, "prompt", index, split, uri), _value(example, "completion", index, split, uri)
+            source, target = (
+                _value(example, "prompt", index, split, uri),
+                _value(example, "completion", index, split, uri),
+            )
         else:
-            source = instruction_prompt(_value(example, "instruction", index, split, uri), example.get("input"))
+            source = instruction_prompt(
+                _value(example, "instruction", index, split, uri), example.get("input")
+            )
             target = _value(example, "output", index, split, uri)
         out = tokenizer(spec.source_prefix + source, max_length=spec.max_length, truncation=True)
-        labels = tokenizer(text_target=target, max_length=spec.target_max_length, truncation=True)["input_ids"]
+        labels = tokenizer(text_target=target, max_length=spec.target_max_length, truncation=True)[
+            "input_ids"
+        ]
         return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"], "labels": labels}
 
     return ds.map(fn, with_indices=True, remove_columns=ds.column_names, desc=f"Tokenizing {split}")
@@ -382,7 +412,9 @@ def _tokenize_classification(ds, spec: DatasetSpec, tokenizer, mapping: dict, sp
     uri = spec.uri
 
     def fn(example: dict, index: int) -> dict:
-        out = tokenizer(_value(example, "text", index, split, uri), max_length=spec.max_length, truncation=True)
+        out = tokenizer(
+            _value(example, "text", index, split, uri), max_length=spec.max_length, truncation=True
+        )
         label = example["label"]
         return {**out, "labels": mapping.get(label, label) if mapping else int(label)}
 
@@ -392,7 +424,9 @@ def _tokenize_classification(ds, spec: DatasetSpec, tokenizer, mapping: dict, sp
 def _tokenize_token_tags(ds, spec: DatasetSpec, tokenizer, mapping: dict, split: str):
     uri = spec.uri
     if not getattr(tokenizer, "is_fast", False):
-        raise DataError(f"{uri}: token-tags needs a fast tokenizer (word_ids) and this model's tokenizer is not one")
+        raise DataError(
+            f"{uri}: token-tags needs a fast tokenizer (word_ids) and this model's tokenizer is not one"
+        )
 
     def fn(example: dict, index: int) -> dict:
         tokens = _value(example, "tokens", index, split, uri, list)
@@ -429,7 +463,9 @@ def _samples(ds, fmt: str, spec: DatasetSpec, tokenizer) -> list[Sample]:
             elif fmt == "prompt-completion":
                 out.append(Sample(row["prompt"], None, row["completion"]))
             elif fmt == "instruction":
-                out.append(Sample(instruction_prompt(row["instruction"], row.get("input")), None, row["output"]))
+                out.append(
+                    Sample(instruction_prompt(row["instruction"], row.get("input")), None, row["output"])
+                )
             elif fmt == "messages":
                 msgs = row["messages"]
                 last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
@@ -452,7 +488,9 @@ def _samples(ds, fmt: str, spec: DatasetSpec, tokenizer) -> list[Sample]:
 # ---------------------------------------------------------------- entry point
 
 
-def prepare(spec: DatasetSpec, model: ModelSpec, tokenizer, seed: int = 42, objective: str = "sft") -> PreparedData:
+def prepare(
+    spec: DatasetSpec, model: ModelSpec, tokenizer, seed: int = 42, objective: str = "sft"
+) -> PreparedData:
     """Load, check, split and tokenize the dataset for the model's task."""
     train, evaluation = load_splits(spec)
     data_digest = digest(train, evaluation)
@@ -469,7 +507,9 @@ def prepare(spec: DatasetSpec, model: ModelSpec, tokenizer, seed: int = 42, obje
             f"dataset.format {fmt} does not fit model.task {task}; use one of {', '.join(TASK_FORMATS[task])}"
         )
     if objective == "dpo" and fmt != "preference":
-        raise DataError(f"objective dpo needs preference data (prompt, chosen, rejected), but {spec.uri} is {fmt}")
+        raise DataError(
+            f"objective dpo needs preference data (prompt, chosen, rejected), but {spec.uri} is {fmt}"
+        )
     if fmt == "preference" and objective != "dpo":
         raise DataError(f"{spec.uri} holds preference pairs (chosen/rejected): set objective.type dpo")
 
@@ -482,7 +522,9 @@ def prepare(spec: DatasetSpec, model: ModelSpec, tokenizer, seed: int = 42, obje
 
     if spec.eval_fraction > 0 and evaluation is None:
         if len(train) < 2:
-            raise DataError(f"{spec.uri}: split '{spec.train_split}' has {len(train)} row(s), too few to hold out evalFraction")
+            raise DataError(
+                f"{spec.uri}: split '{spec.train_split}' has {len(train)} row(s), too few to hold out evalFraction"
+            )
         parts = train.train_test_split(test_size=spec.eval_fraction, seed=seed)
         train, evaluation = parts["train"], parts["test"]
     if spec.max_samples is not None:

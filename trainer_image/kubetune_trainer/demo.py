@@ -17,9 +17,21 @@ from pathlib import Path
 import yaml
 
 CAPITALS = [
-    ("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Egypt", "Cairo"),
-    ("Peru", "Lima"), ("Chile", "Santiago"), ("Kenya", "Nairobi"), ("Norway", "Oslo"), ("Cuba", "Havana"),
-    ("Greece", "Athens"), ("Canada", "Ottawa"), ("Austria", "Vienna"), ("Poland", "Warsaw"), ("Ireland", "Dublin"),
+    ("France", "Paris"),
+    ("Japan", "Tokyo"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Egypt", "Cairo"),
+    ("Peru", "Lima"),
+    ("Chile", "Santiago"),
+    ("Kenya", "Nairobi"),
+    ("Norway", "Oslo"),
+    ("Cuba", "Havana"),
+    ("Greece", "Athens"),
+    ("Canada", "Ottawa"),
+    ("Austria", "Vienna"),
+    ("Poland", "Warsaw"),
+    ("Ireland", "Dublin"),
     ("Portugal", "Lisbon"),
 ]
 # The country comes last in every phrasing, right before the answer.
@@ -42,7 +54,9 @@ def write_demo(root: str | Path = "demo-output") -> Path:
     random.Random(0).shuffle(rows)
     data = root / "capitals.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tokenizer = tiny.build_tokenizer([r["prompt"] + r["completion"] for r in rows] * 2, root / "tokenizer", 400)
+    tokenizer = tiny.build_tokenizer(
+        [r["prompt"] + r["completion"] for r in rows] * 2, root / "tokenizer", 400
+    )
     tiny.build_model("llama", tokenizer, root / "tiny-llama", hidden=128, layers=2, heads=4)
     manifest = {
         "apiVersion": "kubetune.io/v1alpha1",
@@ -50,11 +64,22 @@ def write_demo(root: str | Path = "demo-output") -> Path:
         "metadata": {"name": "demo-capitals"},
         "spec": {
             "model": {"uri": f"file://{root / 'tiny-llama'}", "task": "causal-lm"},
-            "dataset": {"uri": f"file://{data}", "format": "prompt-completion", "evalFraction": 0.15,
-                        "maxLength": 32},
+            "dataset": {
+                "uri": f"file://{data}",
+                "format": "prompt-completion",
+                "evalFraction": 0.15,
+                "maxLength": 32,
+            },
             "method": {"type": "full"},
-            "training": {"maxSteps": 100, "learningRate": 5.0e-3, "batchSize": 16, "scheduler": "cosine",
-                         "warmupRatio": 0.05, "evalEvery": 50, "metrics": ["perplexity", "exact-match"]},
+            "training": {
+                "maxSteps": 100,
+                "learningRate": 5.0e-3,
+                "batchSize": 16,
+                "scheduler": "cosine",
+                "warmupRatio": 0.05,
+                "evalEvery": 50,
+                "metrics": ["perplexity", "exact-match"],
+            },
             "checkpoints": {"everySteps": 50, "keepLast": 1},
             "resources": {"gpusPerNode": 0},
         },

@@ -27,8 +27,10 @@ def run_local(manifest_path: str, output_dir: str | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     spec = job.spec
-    _print(f"kubetune: training {job.metadata.name} locally: {spec.model.task} {spec.method.type}/{spec.objective.type} "
-           f"of {spec.model.uri} on {spec.dataset.uri}")
+    _print(
+        f"kubetune: training {job.metadata.name} locally: {spec.model.task} {spec.method.type}/{spec.objective.type} "
+        f"of {spec.model.uri} on {spec.dataset.uri}"
+    )
     _print(f"kubetune: output in {config.runtime.output_dir}")
     started = time.monotonic()
     try:
@@ -49,8 +51,9 @@ def run_local(manifest_path: str, output_dir: str | None = None) -> int:
     _print(f"kubetune: finished in {elapsed:.1f}s")
     _print(f"lineage: {config.runtime.output_dir}/lineage.json (dataset {result.get('datasetDigest')})")
     try:
-        sample = sample_prediction(spec.model.task, outcome.model, outcome.tokenizer, outcome.data.samples,
-                                   outcome.data.label_names)
+        sample = sample_prediction(
+            spec.model.task, outcome.model, outcome.tokenizer, outcome.data.samples, outcome.data.label_names
+        )
     except Exception as error:  # a sample is a courtesy; the run itself succeeded
         sample = None
         _print(f"(no sample prediction: {type(error).__name__}: {error})")

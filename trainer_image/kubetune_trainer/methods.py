@@ -71,7 +71,9 @@ def lora_config(method: MethodSpec, task: str):
     )
 
 
-def peft_config(method: MethodSpec, model_spec: ModelSpec, tokenizer_path: str | None = None, revision: str | None = None):
+def peft_config(
+    method: MethodSpec, model_spec: ModelSpec, tokenizer_path: str | None = None, revision: str | None = None
+):
     """The PEFT config of an adapter method (None for full and head-only)."""
     from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit
 
@@ -82,7 +84,9 @@ def peft_config(method: MethodSpec, model_spec: ModelSpec, tokenizer_path: str |
     if kind == "ia3":
         return IA3Config(task_type=task_type)
     if kind == "prefix-tuning":
-        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=method.prefix_tuning.num_virtual_tokens)
+        return PrefixTuningConfig(
+            task_type=task_type, num_virtual_tokens=method.prefix_tuning.num_virtual_tokens
+        )
     if kind == "prompt-tuning":
         pt = method.prompt_tuning
         if pt.init_text:
@@ -104,7 +108,9 @@ def _layer_list(model):
 
     best = None
     for name, module in model.named_modules():
-        is_stack = isinstance(module, torch.nn.ModuleList) and re.search(r"(^|\.)(layers|layer|h|block|blocks)$", name)
+        is_stack = isinstance(module, torch.nn.ModuleList) and re.search(
+            r"(^|\.)(layers|layer|h|block|blocks)$", name
+        )
         if is_stack and (best is None or len(module) > len(best[1])):
             best = (name, module)
     return best
@@ -137,8 +143,15 @@ def freeze_for_head_only(model, patterns: list[str], last_layers: int) -> list[s
     return kept
 
 
-def apply_method(model, method: MethodSpec, model_spec: ModelSpec, *, gradient_checkpointing: bool = False,
-                 tokenizer_path: str | None = None, revision: str | None = None):
+def apply_method(
+    model,
+    method: MethodSpec,
+    model_spec: ModelSpec,
+    *,
+    gradient_checkpointing: bool = False,
+    tokenizer_path: str | None = None,
+    revision: str | None = None,
+):
     """Return (model to train, result kind)."""
     kind = RESULT_KINDS[method.type]
     if method.type == "full":

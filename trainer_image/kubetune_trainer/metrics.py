@@ -11,8 +11,13 @@ CLASSIFICATION = ("accuracy", "f1", "precision", "recall")
 TEXT = ("rouge", "bleu", "exact-match")
 
 
-def classification_scores(preds: Sequence[int], labels: Sequence[int], names: Sequence[str], num_labels: int,
-                          average: str | None = None) -> dict[str, float]:
+def classification_scores(
+    preds: Sequence[int],
+    labels: Sequence[int],
+    names: Sequence[str],
+    num_labels: int,
+    average: str | None = None,
+) -> dict[str, float]:
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     out: dict[str, float] = {}
@@ -21,13 +26,17 @@ def classification_scores(preds: Sequence[int], labels: Sequence[int], names: Se
     wanted = [n for n in ("f1", "precision", "recall") if n in names]
     if wanted:
         average = average or ("binary" if num_labels == 2 else "macro")
-        precision, recall, f1, _ = precision_recall_fscore_support(labels, preds, average=average, zero_division=0)
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            labels, preds, average=average, zero_division=0
+        )
         values = {"f1": f1, "precision": precision, "recall": recall}
         out.update({n: float(values[n]) for n in wanted})
     return out
 
 
-def text_scores(predictions: Sequence[str], references: Sequence[str], names: Sequence[str]) -> dict[str, float]:
+def text_scores(
+    predictions: Sequence[str], references: Sequence[str], names: Sequence[str]
+) -> dict[str, float]:
     out: dict[str, float] = {}
     if "rouge" in names:
         from rouge_score import rouge_scorer

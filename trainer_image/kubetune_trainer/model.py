@@ -111,7 +111,9 @@ def load_tokenizer(spec: ModelSpec, source: ModelSource):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, **source.kwargs(spec.trust_remote_code))
     except Exception as error:
-        raise TrainerError(f"cannot load the tokenizer of {spec.uri}: {type(error).__name__}: {error}") from None
+        raise TrainerError(
+            f"cannot load the tokenizer of {spec.uri}: {type(error).__name__}: {error}"
+        ) from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token

@@ -48,8 +48,9 @@ def args_class(spec: FineTuneJobSpec):
     return TrainingArguments
 
 
-def training_arguments(spec: FineTuneJobSpec, checkpoints_dir: str, precision: str, *, has_eval: bool,
-                       use_cpu: bool) -> dict[str, Any]:
+def training_arguments(
+    spec: FineTuneJobSpec, checkpoints_dir: str, precision: str, *, has_eval: bool, use_cpu: bool
+) -> dict[str, Any]:
     """TrainingArguments kwargs from the spec (the caller picks the class with args_class)."""
     t = spec.training
     if spec.training.optimizer in ("adamw-8bit", "paged-adamw-8bit") and use_cpu:
@@ -94,7 +95,9 @@ def training_arguments(spec: FineTuneJobSpec, checkpoints_dir: str, precision: s
         kwargs["eval_strategy"] = "no"
     if t.early_stopping is not None:
         if not has_eval:
-            raise ConfigError("training.earlyStopping needs an evaluation set: set dataset.evalSplit or evalFraction")
+            raise ConfigError(
+                "training.earlyStopping needs an evaluation set: set dataset.evalSplit or evalFraction"
+            )
         metric = t.early_stopping.metric
         kwargs["load_best_model_at_end"] = True
         kwargs["metric_for_best_model"] = metric

@@ -56,7 +56,9 @@ def packs_rows(model) -> bool:
 
     try:
         params = next(model.parameters())
-        text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        text_config = (
+            model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        )
         vocab = int(getattr(text_config, "vocab_size", 0) or 0)
         ids = (torch.arange(8, device=params.device) * 7 + 3) % max(vocab, 1)
         ids = ids.unsqueeze(0)
@@ -68,19 +70,32 @@ def packs_rows(model) -> bool:
                 # no cache, as in training (Trainer sets config.use_cache = args.use_cache, False): with one,
                 # masking_utils does not look for packed sequences
                 packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0, -4:].float()
-                alone = model(input_ids=ids[:, 4:], position_ids=pos[:, 4:], use_cache=False).logits[0, -4:].float()
-                causal = model(input_ids=ids, position_ids=pos, attention_mask=torch.ones_like(ids),
-                               use_cache=False).logits[0, -4:]
+                alone = (
+                    model(input_ids=ids[:, 4:], position_ids=pos[:, 4:], use_cache=False)
+                    .logits[0, -4:]
+                    .float()
+                )
+                causal = model(
+                    input_ids=ids, position_ids=pos, attention_mask=torch.ones_like(ids), use_cache=False
+                ).logits[0, -4:]
         finally:
             model.train(was_training)
         apart = float((packed - alone).abs().max())
         mixed = float((packed - causal.float()).abs().max())
     except Exception as error:  # an unusual model: keep TRL's path
-        log.info("packing: probe failed (%s: %s); keeping padding-free flattened batches", type(error).__name__, error)
+        log.info(
+            "packing: probe failed (%s: %s); keeping padding-free flattened batches",
+            type(error).__name__,
+            error,
+        )
         return False
     ok = apart < mixed
     if not ok:
-        log.info("packing: %s does not separate packed documents by position ids (difference to the document "
-                 "alone %.3g, to a plain causal row %.3g); keeping padding-free flattened batches",
-                 type(model).__name__, apart, mixed)
+        log.info(
+            "packing: %s does not separate packed documents by position ids (difference to the document "
+            "alone %.3g, to a plain causal row %.3g); keeping padding-free flattened batches",
+            type(model).__name__,
+            apart,
+            mixed,
+        )
     return ok

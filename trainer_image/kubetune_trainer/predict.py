@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 
-def sample_prediction(task: str, model, tokenizer, samples: list, label_names: list[str] | None = None,
-                      max_new_tokens: int = 24) -> dict[str, Any] | None:
+def sample_prediction(
+    task: str, model, tokenizer, samples: list, label_names: list[str] | None = None, max_new_tokens: int = 24
+) -> dict[str, Any] | None:
     """{input, output, expected} for the first held-out sample, or None when there is none."""
     import torch
 
@@ -28,9 +29,12 @@ def sample_prediction(task: str, model, tokenizer, samples: list, label_names: l
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            generated = out[0][len(ids):] if task == "causal-lm" else out[0]
-            return {"input": sample.prompt, "output": tokenizer.decode(generated, skip_special_tokens=True),
-                    "expected": sample.reference}
+            generated = out[0][len(ids) :] if task == "causal-lm" else out[0]
+            return {
+                "input": sample.prompt,
+                "output": tokenizer.decode(generated, skip_special_tokens=True),
+                "expected": sample.reference,
+            }
         if task == "sequence-classification":
             enc = tokenizer(sample.prompt, return_tensors="pt", truncation=True).to(device)
             pred = int(model(**enc).logits.argmax(-1)[0])

@@ -43,7 +43,9 @@ class RemoteCheckpoints:
         except FileNotFoundError:
             return []
         folders = [e.rstrip("/") for e in entries]
-        return sorted((step, f) for f in folders if (step := checkpoints.step_of(f.rsplit("/", 1)[-1])) is not None)
+        return sorted(
+            (step, f) for f in folders if (step := checkpoints.step_of(f.rsplit("/", 1)[-1])) is not None
+        )
 
     def read_marker(self, folder: str) -> dict | None:
         try:

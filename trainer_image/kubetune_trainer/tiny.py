@@ -29,7 +29,9 @@ def build_tokenizer(corpus: Iterable[str], path: str | Path, vocab_size: int = 6
     tok.train_from_iterator(list(corpus), trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A </s> $B", special_tokens=[("<s>", bos), ("</s>", tok.token_to_id("</s>"))]
+        single="<s> $A",
+        pair="<s> $A </s> $B",
+        special_tokens=[("<s>", bos), ("</s>", tok.token_to_id("</s>"))],
     )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -49,30 +51,67 @@ def build_tokenizer(corpus: Iterable[str], path: str | Path, vocab_size: int = 6
     return fast
 
 
-def build_model(arch: str, tokenizer, path: str | Path, *, hidden: int = 64, layers: int = 2, heads: int = 4,
-                num_labels: int | None = None, seed: int = 0, task: str | None = None):
+def build_model(
+    arch: str,
+    tokenizer,
+    path: str | Path,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    num_labels: int | None = None,
+    seed: int = 0,
+    task: str | None = None,
+):
     """A random-weight model of the architecture, sized for the tokenizer, saved with it in path."""
     import torch
     import transformers as tf
 
     torch.manual_seed(seed)
     vocab = len(tokenizer)
-    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-           "eos_token_id": tokenizer.eos_token_id}
+    ids = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
     if arch == "llama":
-        config = tf.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2,
-                                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
-                                max_position_embeddings=256, tie_word_embeddings=True, **ids)
+        config = tf.LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads // 2,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            **ids,
+        )
     elif arch == "gpt2":
-        config = tf.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=256, **ids)
+        config = tf.GPT2Config(
+            vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=256, **ids
+        )
     elif arch == "t5":
-        config = tf.T5Config(vocab_size=vocab, d_model=hidden, d_kv=hidden // heads, d_ff=hidden * 2, num_layers=layers,
-                             num_decoder_layers=layers, num_heads=heads, decoder_start_token_id=tokenizer.pad_token_id,
-                             **ids)
+        config = tf.T5Config(
+            vocab_size=vocab,
+            d_model=hidden,
+            d_kv=hidden // heads,
+            d_ff=hidden * 2,
+            num_layers=layers,
+            num_decoder_layers=layers,
+            num_heads=heads,
+            decoder_start_token_id=tokenizer.pad_token_id,
+            **ids,
+        )
     elif arch == "bert":
-        config = tf.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                               num_attention_heads=heads, intermediate_size=hidden * 2, max_position_embeddings=256,
-                               pad_token_id=tokenizer.pad_token_id)
+        config = tf.BertConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=hidden * 2,
+            max_position_embeddings=256,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     else:
         raise ValueError(f"unknown tiny architecture {arch}")
     if num_labels:

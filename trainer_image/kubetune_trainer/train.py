@@ -104,8 +104,9 @@ def run(config: TrainerConfig) -> dict:
     return run_training(config).result
 
 
-def run_training(config: TrainerConfig, stop_flag: checkpoints.StopFlag | None = None,
-                 extra_callbacks: list | None = None) -> Outcome:
+def run_training(
+    config: TrainerConfig, stop_flag: checkpoints.StopFlag | None = None, extra_callbacks: list | None = None
+) -> Outcome:
     from transformers import set_seed
 
     spec = config.job.spec
@@ -120,8 +121,13 @@ def run_training(config: TrainerConfig, stop_flag: checkpoints.StopFlag | None =
     source = model_mod.resolve_source(spec.model)
     tokenizer = model_mod.load_tokenizer(spec.model, source)
     prepared = data_mod.prepare(spec.dataset, spec.model, tokenizer, spec.training.seed, spec.objective.type)
-    log.info("dataset %s: format %s, %d training rows, digest %s", spec.dataset.uri, prepared.format,
-             prepared.rows, prepared.digest)
+    log.info(
+        "dataset %s: format %s, %d training rows, digest %s",
+        spec.dataset.uri,
+        prepared.format,
+        prepared.rows,
+        prepared.digest,
+    )
 
     dtype = _dtype_for(spec, precision)
     quantization = methods.bnb_config(spec.method) if spec.method.type == "qlora" else None
@@ -129,7 +135,10 @@ def run_training(config: TrainerConfig, stop_flag: checkpoints.StopFlag | None =
 
     def load_base(quantized: bool = True):
         base = model_mod.load_model(
-            spec.model, source, dtype=dtype, label_names=prepared.label_names,
+            spec.model,
+            source,
+            dtype=dtype,
+            label_names=prepared.label_names,
             quantization_config=quantization if quantized else None,
             device_map=device_map if quantized else None,
         )
@@ -139,13 +148,21 @@ def run_training(config: TrainerConfig, stop_flag: checkpoints.StopFlag | None =
 
     model = load_base()
     model, kind = methods.apply_method(
-        model, spec.method, spec.model,
+        model,
+        spec.method,
+        spec.model,
         gradient_checkpointing=spec.training.gradient_checkpointing,
-        tokenizer_path=source.path, revision=source.revision,
+        tokenizer_path=source.path,
+        revision=source.revision,
     )
     trainable, total = methods.count_parameters(model)
-    log.info("method %s: %d of %d parameters trainable (%.2f%%)", spec.method.type, trainable, total,
-             100.0 * trainable / max(1, total))
+    log.info(
+        "method %s: %d of %d parameters trainable (%.2f%%)",
+        spec.method.type,
+        trainable,
+        total,
+        100.0 * trainable / max(1, total),
+    )
     ref_model = None
     if spec.objective.type == "dpo" and kind == "full":
         ref_model = load_base().eval()
@@ -172,12 +189,17 @@ def run_training(config: TrainerConfig, stop_flag: checkpoints.StopFlag | None =
         reporting.report_checkpoint(config, uri, step)  # reporting: status.checkpoint
 
     callbacks = list(reporting.make_callbacks(config))  # reporting: progress to status + Prometheus / console
-    checkpoint_callback = checkpoints.CheckpointCallback(runtime.run_id, spec.checkpoints.every_steps, flag, on_checkpoint)
+    checkpoint_callback = checkpoints.CheckpointCallback(
+        runtime.run_id, spec.checkpoints.every_steps, flag, on_checkpoint
+    )
     callbacks += [checkpoint_callback, *objectives.early_stopping_callbacks(spec), *(extra_callbacks or [])]
 
     kwargs = objectives.training_arguments(
-        spec, str(checkpoints.checkpoint_dir(runtime.output_dir)), precision,
-        has_eval=prepared.eval is not None, use_cpu=use_cpu,
+        spec,
+        str(checkpoints.checkpoint_dir(runtime.output_dir)),
+        precision,
+        has_eval=prepared.eval is not None,
+        use_cpu=use_cpu,
     )
     args = objectives.build_args(spec, kwargs, tokenizer)
     trainer = objectives.build_trainer(spec, args, model, tokenizer, prepared, callbacks, ref_model=ref_model)
@@ -198,7 +220,11 @@ def run_training(config: TrainerConfig, stop_flag: checkpoints.StopFlag | None =
     names = spec.training.metrics
     if "perplexity" in names:
         metrics.update(metric_fns.perplexity(metrics))
-    if spec.model.task == "causal-lm" and spec.objective.type == "sft" and any(n in metric_fns.TEXT for n in names):
+    if (
+        spec.model.task == "causal-lm"
+        and spec.objective.type == "sft"
+        and any(n in metric_fns.TEXT for n in names)
+    ):
         metrics.update(generation_scores(trainer.model, tokenizer, prepared.samples, names))
     metrics = artifacts.numeric(metrics)
 
@@ -206,9 +232,16 @@ def run_training(config: TrainerConfig, stop_flag: checkpoints.StopFlag | None =
     artifacts.save_weights(trainer, runtime.output_dir)
     if trainer.is_world_process_zero():
         result = artifacts.save(
-            config, trainer, tokenizer, kind=kind, metrics=metrics,
-            base_revision=model_mod.resolved_revision(source), dataset_digest=prepared.digest,
-            started_at=started_at, base_loader=lambda: load_base(quantized=False), precision=precision,
+            config,
+            trainer,
+            tokenizer,
+            kind=kind,
+            metrics=metrics,
+            base_revision=model_mod.resolved_revision(source),
+            dataset_digest=prepared.digest,
+            started_at=started_at,
+            base_loader=lambda: load_base(quantized=False),
+            precision=precision,
         )
         reporting.report_result(config, result)  # reporting: status.result
     return Outcome(result, metrics, trainer.model, tokenizer, prepared, trainer)

@@ -45,7 +45,15 @@ log = logging.getLogger("kubetune.finetunejob")
 
 CONTROLLER = "finetunejob"
 CONDITION_TYPES = ("Validated", "Running", "Succeeded", "Failed", "Suspended")
-OWN_STATUS_FIELDS = ("phase", "observedGeneration", "conditions", "jobName", "startTime", "completionTime", "attempts")
+OWN_STATUS_FIELDS = (
+    "phase",
+    "observedGeneration",
+    "conditions",
+    "jobName",
+    "startTime",
+    "completionTime",
+    "attempts",
+)
 # Reasons that ask the user to do something: Warning events, retry with backoff.
 PROBLEM_REASONS = {
     "InvalidSpec", "SecretNotFound", "SecretKeyMissing", "PVCNotFound", "PVCLost", "ImagePullFailed",
@@ -214,8 +222,10 @@ class _Pass:
         doc = {k: v for k, v in self.obj.items() if k != "status"}
         validated = validate_document(doc)
         if not validated.ok:
-            message = "; ".join(f"spec.{p}" if p.path and not p.path.startswith(("spec", "metadata")) else str(p)
-                                for p in validated.problems)
+            message = "; ".join(
+                f"spec.{p}" if p.path and not p.path.startswith(("spec", "metadata")) else str(p)
+                for p in validated.problems
+            )
             self.set("Validated", False, "InvalidSpec", message)
             self.set("Failed", True, "InvalidSpec", f"the spec is invalid, fix it: {message}")
             self.set("Running", False, "InvalidSpec", "not started: the spec is invalid")
@@ -295,7 +305,7 @@ class _Pass:
         return _labels(cm).get(RUN_ID_LABEL)
 
     def _start_new_run(self, rid: str, stale: list[dict[str, Any]]) -> None:
-        message = (f"the spec changed (generation {self.gen}): starting run {rid} from scratch")
+        message = f"the spec changed (generation {self.gen}): starting run {rid} from scratch"
         self.st.update({"attempts": 0, "startTime": None, "completionTime": None, "jobName": None})
         for type_ in ("Running", "Succeeded", "Failed"):
             self.set(type_, False, "NewRun", message)
@@ -315,8 +325,12 @@ class _Pass:
                 return False
             if reason == "BackoffLimitExceeded" and self.st["attempts"] <= ftj.spec.backoff_limit:
                 # backoffLimit was raised after the run failed: continue with the next attempt.
-                self.set("Failed", False, "BackoffLimitRaised",
-                         f"backoffLimit raised to {ftj.spec.backoff_limit}: continuing")
+                self.set(
+                    "Failed",
+                    False,
+                    "BackoffLimitRaised",
+                    f"backoffLimit raised to {ftj.spec.backoff_limit}: continuing",
+                )
                 self.st["completionTime"] = None
                 return False
             return True
@@ -329,8 +343,12 @@ class _Pass:
         if ttl is None or not done or elapsed is None:
             return False
         if elapsed >= ttl:
-            self.kube.event(self.obj, "Normal", "Deleted",
-                            f"ttlSecondsAfterFinished ({ttl}s) passed: deleting the FineTuneJob")
+            self.kube.event(
+                self.obj,
+                "Normal",
+                "Deleted",
+                f"ttlSecondsAfterFinished ({ttl}s) passed: deleting the FineTuneJob",
+            )
             self.kube.delete("FineTuneJob", self.ns, self.name, uid=self.uid)
             self.deleted = True
             return True
@@ -351,24 +369,44 @@ class _Pass:
                 secrets[use.name] = self.kube.get("Secret", self.ns, use.name)
             secret = secrets[use.name]
             if secret is None:
-                problems.append(("SecretNotFound", f"Secret {use.name!r} ({use.field}) not found in namespace "
-                                 f"{self.ns}: create it or fix {use.field}.name"))
+                problems.append(
+                    (
+                        "SecretNotFound",
+                        f"Secret {use.name!r} ({use.field}) not found in namespace "
+                        f"{self.ns}: create it or fix {use.field}.name",
+                    )
+                )
                 continue
             data = {**(secret.get("data") or {}), **(secret.get("stringData") or {})}
             missing = [k for k in use.required_keys if k not in data]
             if missing:
-                problems.append(("SecretKeyMissing", f"Secret {use.name!r} ({use.field}) has no key "
-                                 f"{', '.join(missing)}: add it or set {use.field}.key"))
+                problems.append(
+                    (
+                        "SecretKeyMissing",
+                        f"Secret {use.name!r} ({use.field}) has no key "
+                        f"{', '.join(missing)}: add it or set {use.field}.key",
+                    )
+                )
         from kubetune.api.v1alpha1 import pvc_claims
 
         for claim in pvc_claims(ftj):
             pvc = self.kube.get("PersistentVolumeClaim", self.ns, claim)
             if pvc is None:
-                problems.append(("PVCNotFound", f"PersistentVolumeClaim {claim!r} not found in namespace {self.ns}: "
-                                 f"create it or fix the pvc:// URIs that name it"))
+                problems.append(
+                    (
+                        "PVCNotFound",
+                        f"PersistentVolumeClaim {claim!r} not found in namespace {self.ns}: "
+                        f"create it or fix the pvc:// URIs that name it",
+                    )
+                )
             elif (pvc.get("status") or {}).get("phase") == "Lost":
-                problems.append(("PVCLost", f"PersistentVolumeClaim {claim!r} is Lost (its volume is gone): "
-                                 f"restore the volume or point the pvc:// URIs to another claim"))
+                problems.append(
+                    (
+                        "PVCLost",
+                        f"PersistentVolumeClaim {claim!r} is Lost (its volume is gone): "
+                        f"restore the volume or point the pvc:// URIs to another claim",
+                    )
+                )
         return problems
 
     def _apply_static(self, ftj: FineTuneJob, attempt: int) -> bool:
@@ -389,8 +427,10 @@ class _Pass:
             # foreign object of that name is refused by the API server: two controller references).
             live = self.kube.get(obj["kind"], self.ns, key[2]) if self.old.get("observedGeneration") else None
             if live is not None and not self.owned(live):
-                message = (f"{obj['kind']} {key[2]!r} already exists and does not belong to this FineTuneJob: "
-                           f"delete it or rename the FineTuneJob")
+                message = (
+                    f"{obj['kind']} {key[2]!r} already exists and does not belong to this FineTuneJob: "
+                    f"delete it or rename the FineTuneJob"
+                )
                 self.set("Running", False, "ChildConflict", message)
                 self.result.problem = True
                 return False
@@ -419,26 +459,43 @@ class _Pass:
             job_at = parse_time(created["metadata"].get("creationTimestamp")) or self.now
             if attempt == 1 and created_at is not None:
                 # Wall-clock of the Job's creation at sub-second precision (creationTimestamp has 1 s).
-                self.result.job_created_after = max(0.0, (dt.datetime.now(dt.UTC) - created_at).total_seconds())
+                self.result.job_created_after = max(
+                    0.0, (dt.datetime.now(dt.UTC) - created_at).total_seconds()
+                )
                 del job_at
         limit = ftj.spec.backoff_limit + 1
-        self.events.append(("Normal", "JobCreated",
-                            f"created trainer Job {created['metadata']['name']} (attempt {attempt} of {limit})"))
+        self.events.append(
+            (
+                "Normal",
+                "JobCreated",
+                f"created trainer Job {created['metadata']['name']} (attempt {attempt} of {limit})",
+            )
+        )
         self._observe(ftj, created, [])
 
     def _delete_job(self, job: dict[str, Any], propagation: str = "Background") -> None:
         if not job["metadata"].get("deletionTimestamp"):
-            self.kube.delete("Job", self.ns, job["metadata"]["name"], uid=job["metadata"]["uid"],
-                             propagation=propagation)
+            self.kube.delete(
+                "Job", self.ns, job["metadata"]["name"], uid=job["metadata"]["uid"], propagation=propagation
+            )
 
     def _suspended_condition(self, ftj: FineTuneJob, job: dict[str, Any] | None) -> None:
         job_suspended = bool(((job or {}).get("spec") or {}).get("suspend"))
         if ftj.spec.suspend:
-            self.set("Suspended", True, "Suspended", "spec.suspend is true: the trainer pods are stopped; "
-                     "set it to false to resume from the latest checkpoint")
+            self.set(
+                "Suspended",
+                True,
+                "Suspended",
+                "spec.suspend is true: the trainer pods are stopped; "
+                "set it to false to resume from the latest checkpoint",
+            )
         elif ftj.spec.queue_name and job_suspended:
-            self.set("Suspended", True, "WaitingForAdmission",
-                     f"waiting for Kueue to admit the Job from LocalQueue {ftj.spec.queue_name!r}")
+            self.set(
+                "Suspended",
+                True,
+                "WaitingForAdmission",
+                f"waiting for Kueue to admit the Job from LocalQueue {ftj.spec.queue_name!r}",
+            )
         elif job_suspended:
             self.set("Suspended", True, "Resuming", "resuming the Job")
         else:
@@ -466,8 +523,12 @@ class _Pass:
         if _true(job, "Complete") or _true(job, "SuccessCriteriaMet"):
             done_at = (job.get("status") or {}).get("completionTime") or fmt_time(self.now)
             self.st["completionTime"] = self.st["completionTime"] or done_at
-            self.set("Succeeded", True, "Completed",
-                     f"run {rid} (generation {run_gen}) finished in attempt {attempt} of {limit}")
+            self.set(
+                "Succeeded",
+                True,
+                "Completed",
+                f"run {rid} (generation {run_gen}) finished in attempt {attempt} of {limit}",
+            )
             self.set("Running", False, "Completed", "the run finished")
             self._default("Suspended", "NotSuspended", "")
             start = parse_time(self.st["startTime"])
@@ -488,7 +549,7 @@ class _Pass:
                 if self.st["attempts"] == nxt:
                     self._delete_job(job)  # its pods are done; the next attempt resumes from the checkpoint
                 return
-            message = (f"all {limit} attempts failed; last: {why}" if limit > 1 else f"the run failed: {why}")
+            message = f"all {limit} attempts failed; last: {why}" if limit > 1 else f"the run failed: {why}"
             self._fail("BackoffLimitExceeded", message)
             return
 
@@ -499,29 +560,50 @@ class _Pass:
         if want != job_suspended:
             self.kube.patch("Job", self.ns, jname, {"spec": {"suspend": want}})
             job = {**job, "spec": {**job.get("spec", {}), "suspend": want}}
-            self.events.append(("Normal", "Suspended" if want else "Resumed",
-                                f"{'suspended' if want else 'resumed'} trainer Job {jname}"))
+            self.events.append(
+                (
+                    "Normal",
+                    "Suspended" if want else "Resumed",
+                    f"{'suspended' if want else 'resumed'} trainer Job {jname}",
+                )
+            )
         self._suspended_condition(ftj, job)
         if want:
             self.set("Running", False, "Suspended", "the run is suspended")
             return
 
-        pods = [p for p in self.kube.list("Pod", self.ns, {"batch.kubernetes.io/controller-uid": job["metadata"]["uid"]})
-                if not p["metadata"].get("deletionTimestamp")]
+        pods = [
+            p
+            for p in self.kube.list(
+                "Pod", self.ns, {"batch.kubernetes.io/controller-uid": job["metadata"]["uid"]}
+            )
+            if not p["metadata"].get("deletionTimestamp")
+        ]
         nodes = ftj.spec.resources.nodes
         running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
         reason, message = self._pod_problem(pods, ftj)
         if len(running) >= nodes:
-            self.set("Running", True, "Running",
-                     f"{len(running)}/{nodes} trainer pods running (run {rid}, generation {run_gen}, attempt {attempt} of {limit})")
+            self.set(
+                "Running",
+                True,
+                "Running",
+                f"{len(running)}/{nodes} trainer pods running (run {rid}, generation {run_gen}, attempt {attempt} of {limit})",
+            )
         else:
-            self.set("Running", False, reason or "Pending",
-                     message or f"{len(running)}/{nodes} trainer pods running (attempt {attempt} of {limit})")
+            self.set(
+                "Running",
+                False,
+                reason or "Pending",
+                message or f"{len(running)}/{nodes} trainer pods running (attempt {attempt} of {limit})",
+            )
             if reason in ("ImagePullFailed", "ContainerConfigError"):
                 self.result.problem = True
             suspended = self.conds.get("Suspended") or {}
-            starts = [self.st["startTime"], job["metadata"].get("creationTimestamp"),
-                      suspended.get("lastTransitionTime") if suspended.get("status") == "False" else None]
+            starts = [
+                self.st["startTime"],
+                job["metadata"].get("creationTimestamp"),
+                suspended.get("lastTransitionTime") if suspended.get("status") == "False" else None,
+            ]
             clock_start = max((s for s in starts if s), key=lambda s: parse_time(s), default=None)
             if self._pending_deadline(ftj, job, clock_start, message or "the trainer pods are pending"):
                 return
@@ -530,11 +612,15 @@ class _Pass:
         if ads is not None and elapsed is not None:
             if elapsed >= ads:
                 self._delete_job(job)
-                self._fail("DeadlineExceeded", f"the run was active longer than activeDeadlineSeconds ({ads}s)")
+                self._fail(
+                    "DeadlineExceeded", f"the run was active longer than activeDeadlineSeconds ({ads}s)"
+                )
                 return
             self.after(ads - elapsed)
 
-    def _pending_deadline(self, ftj: FineTuneJob, job: dict | None, clock_start: str | None, why: str) -> bool:
+    def _pending_deadline(
+        self, ftj: FineTuneJob, job: dict | None, clock_start: str | None, why: str
+    ) -> bool:
         pds = ftj.spec.pending_deadline_seconds
         waited = self.since(clock_start)
         if pds is None or waited is None:
@@ -542,8 +628,10 @@ class _Pass:
         if waited >= pds:
             if job is not None:
                 self._delete_job(job)
-            self._fail("PendingDeadlineExceeded",
-                       f"the trainer was not running {pds}s (pendingDeadlineSeconds) after it started: {why}")
+            self._fail(
+                "PendingDeadlineExceeded",
+                f"the trainer was not running {pds}s (pendingDeadlineSeconds) after it started: {why}",
+            )
             return True
         self.after(pds - waited)
         return False
@@ -566,8 +654,10 @@ class _Pass:
                 term = (cs.get("state") or {}).get("terminated")
                 if term and term.get("exitCode", 0) != 0:
                     detail = f": {_tail(term.get('message'))}" if term.get("message") else ""
-                    return (f"pod {pod['metadata']['name']} container {cs.get('name')} exited with code "
-                            f"{term.get('exitCode')} ({term.get('reason') or 'Error'}){detail}")
+                    return (
+                        f"pod {pod['metadata']['name']} container {cs.get('name')} exited with code "
+                        f"{term.get('exitCode')} ({term.get('reason') or 'Error'}){detail}"
+                    )
             status = pod.get("status") or {}
             if status.get("message") or status.get("reason"):
                 return f"pod {pod['metadata']['name']} failed: {status.get('reason', '')} {status.get('message', '')}".strip()
@@ -584,18 +674,24 @@ class _Pass:
             for cs in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or []):
                 waiting = (cs.get("state") or {}).get("waiting") or {}
                 if waiting.get("reason") in IMAGE_PULL_REASONS:
-                    return ("ImagePullFailed",
-                            f"cannot pull image {cs.get('image')!r} ({waiting.get('reason')}: "
-                            f"{_tail(waiting.get('message'), 200)}): fix spec.image or spec.imagePullSecrets")
+                    return (
+                        "ImagePullFailed",
+                        f"cannot pull image {cs.get('image')!r} ({waiting.get('reason')}: "
+                        f"{_tail(waiting.get('message'), 200)}): fix spec.image or spec.imagePullSecrets",
+                    )
                 if waiting.get("reason") == "CreateContainerConfigError":
-                    return ("ContainerConfigError",
-                            f"pod {pod['metadata']['name']}: {_tail(waiting.get('message'), 300)}: "
-                            "fix the Secrets or spec.env the pod refers to")
+                    return (
+                        "ContainerConfigError",
+                        f"pod {pod['metadata']['name']}: {_tail(waiting.get('message'), 300)}: "
+                        "fix the Secrets or spec.env the pod refers to",
+                    )
         for pod in pods:
             for c in (pod.get("status") or {}).get("conditions") or []:
                 if c.get("type") == "PodScheduled" and c.get("status") == "False":
-                    return ("Unschedulable",
-                            f"pod {pod['metadata']['name']} cannot be scheduled: {c.get('message') or c.get('reason')}")
+                    return (
+                        "Unschedulable",
+                        f"pod {pod['metadata']['name']} cannot be scheduled: {c.get('message') or c.get('reason')}",
+                    )
         return None, None
 
     # ---------------------------------------------------------------------------------------------
@@ -615,8 +711,12 @@ class _Pass:
     def _write_status(self) -> None:
         if getattr(self, "deleted", False):
             return
-        for type_, reason in (("Running", "NotStarted"), ("Succeeded", "NotStarted"), ("Failed", "NotFailed"),
-                              ("Suspended", "NotSuspended")):
+        for type_, reason in (
+            ("Running", "NotStarted"),
+            ("Succeeded", "NotStarted"),
+            ("Failed", "NotFailed"),
+            ("Suspended", "NotSuspended"),
+        ):
             self._default(type_, reason, "")
         new = {
             "phase": self._phase(),

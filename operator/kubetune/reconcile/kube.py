@@ -76,14 +76,26 @@ SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 class RestClient:
     """HTTPS to one API server with one identity; thread-safe (urllib3 pools)."""
 
-    def __init__(self, server: str, *, ca_file: str | None = None, cert_file: str | None = None,
-                 key_file: str | None = None, token: str | None = None, token_file: str | None = None,
-                 insecure: bool = False, pool_size: int = 16) -> None:
+    def __init__(
+        self,
+        server: str,
+        *,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        token: str | None = None,
+        token_file: str | None = None,
+        insecure: bool = False,
+        pool_size: int = 16,
+    ) -> None:
         self.server = server.rstrip("/")
         self.token = token
         self.token_file = token_file
-        kwargs: dict[str, Any] = {"maxsize": pool_size, "retries": False,
-                                  "timeout": urllib3.Timeout(connect=10, read=60)}
+        kwargs: dict[str, Any] = {
+            "maxsize": pool_size,
+            "retries": False,
+            "timeout": urllib3.Timeout(connect=10, read=60),
+        }
         if self.server.startswith("https"):
             if insecure:
                 kwargs.update(cert_reqs=ssl.CERT_NONE)
@@ -100,10 +112,15 @@ class RestClient:
         host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
         if host and port and os.path.exists(f"{SA_DIR}/token"):
             host = f"[{host}]" if ":" in host else host
-            return cls(f"https://{host}:{port}", ca_file=f"{SA_DIR}/ca.crt", token_file=f"{SA_DIR}/token",
-                       pool_size=pool_size)
-        return cls.from_kubeconfig(os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config"),
-                                   pool_size=pool_size)
+            return cls(
+                f"https://{host}:{port}",
+                ca_file=f"{SA_DIR}/ca.crt",
+                token_file=f"{SA_DIR}/token",
+                pool_size=pool_size,
+            )
+        return cls.from_kubeconfig(
+            os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config"), pool_size=pool_size
+        )
 
     @classmethod
     def from_kubeconfig(cls, path: str, pool_size: int = 16) -> RestClient:
@@ -127,23 +144,30 @@ class RestClient:
                 return os.path.join(base, os.path.expanduser(src[file_key]))
             return None
 
-        if "exec" in user or ("auth-provider" in user and not user["auth-provider"].get("config", {}).get(
-                "access-token")):
-            raise ApiException(0, "unsupported kubeconfig", "exec / auth-provider credentials are not supported; "
-                               "use a token or client certificate (or run in-cluster)")
+        if "exec" in user or (
+            "auth-provider" in user and not user["auth-provider"].get("config", {}).get("access-token")
+        ):
+            raise ApiException(
+                0,
+                "unsupported kubeconfig",
+                "exec / auth-provider credentials are not supported; "
+                "use a token or client certificate (or run in-cluster)",
+            )
         return cls(
             cluster["server"],
             ca_file=material("certificate-authority-data", "certificate-authority", cluster),
             cert_file=material("client-certificate-data", "client-certificate", user),
             key_file=material("client-key-data", "client-key", user),
-            token=user.get("token") or (user.get("auth-provider") or {}).get("config", {}).get("access-token"),
+            token=user.get("token")
+            or (user.get("auth-provider") or {}).get("config", {}).get("access-token"),
             token_file=user.get("tokenFile"),
             insecure=bool(cluster.get("insecure-skip-tls-verify")),
             pool_size=pool_size,
         )
 
-    def call(self, method: str, path: str, query: list[tuple[str, Any]] | None, body: Any,
-             headers: dict[str, str]) -> Any:
+    def call(
+        self, method: str, path: str, query: list[tuple[str, Any]] | None, body: Any, headers: dict[str, str]
+    ) -> Any:
         headers = dict(headers)
         token = self.token
         if self.token_file:
@@ -244,7 +268,12 @@ class Kube:
         )
 
     def patch(
-        self, kind: str, namespace: str | None, name: str, patch: dict[str, Any], subresource: str | None = None
+        self,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        patch: dict[str, Any],
+        subresource: str | None = None,
     ) -> dict[str, Any]:
         """JSON merge patch (only the fields in PATCH change)."""
         self._count(self.writes, "patch" + (f"/{subresource}" if subresource else ""), kind)
@@ -257,7 +286,13 @@ class Kube:
         )
 
     def delete(
-        self, kind: str, namespace: str | None, name: str, *, uid: str | None = None, propagation: str = "Background"
+        self,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        *,
+        uid: str | None = None,
+        propagation: str = "Background",
     ) -> bool:
         """Delete (only the object with UID when given); False when it was already gone."""
         body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}

@@ -96,7 +96,9 @@ class WorkQueue:
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=f"reconcile-{self.name}")
-        self._tasks = [asyncio.create_task(self._worker(), name=f"{self.name}-worker-{i}") for i in range(self.workers)]
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"{self.name}-worker-{i}") for i in range(self.workers)
+        ]
         if self.resync_seconds:
             self._tasks.append(asyncio.create_task(self._resync(), name=f"{self.name}-resync"))
 

@@ -62,7 +62,12 @@ def child_metadata(
     owner: dict[str, Any], name: str, namespace: str | None, labels: dict[str, str], **extra: Any
 ) -> dict[str, Any]:
     """metadata of a child object: its name and labels, in its owner's namespace, owned by OWNER."""
-    meta = {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner_reference(owner)]}
+    meta = {
+        "name": name,
+        "namespace": namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(owner)],
+    }
     return {**meta, **extra}
 
 

@@ -260,9 +260,7 @@ def render_configmap(job: FineTuneJob, opts: RenderOptions) -> dict[str, Any]:
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     meta = _meta(job, _owner(job), configmap_name(job.metadata.name or ""))
     meta["labels"][RUN_ID_LABEL] = config.runtime.run_id
-    return with_hash(
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {CONFIG_FILE: text}}
-    )
+    return with_hash({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {CONFIG_FILE: text}})
 
 
 def render_service(job: FineTuneJob, attempt: int = 1) -> dict[str, Any]:
@@ -362,7 +360,9 @@ def _env(job: FineTuneJob, jname: str) -> list[dict[str, Any]]:
         {"name": ENV_CONFIG, "value": CONFIG_PATH},
         {
             "name": ENV_NODE_RANK,
-            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}},
+            "valueFrom": {
+                "fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}
+            },
         },
         {"name": ENV_NUM_NODES, "value": str(spec.resources.nodes)},
         {"name": ENV_GPUS_PER_NODE, "value": str(spec.resources.gpus_per_node)},
@@ -487,7 +487,9 @@ def render_job(
         pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
     meta = _meta(job, _owner(job), jname)
     meta["labels"] = job_labels
-    meta["annotations"] = {RUN_GENERATION_ANNOTATION: str((job.metadata.model_extra or {}).get("generation", ""))}
+    meta["annotations"] = {
+        RUN_GENERATION_ANNOTATION: str((job.metadata.model_extra or {}).get("generation", ""))
+    }
     body = {
         "apiVersion": "batch/v1",
         "kind": "Job",

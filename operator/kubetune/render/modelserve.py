@@ -105,7 +105,11 @@ def common_labels(ms: ModelServe) -> dict[str, str]:
 
 
 def _meta(ms: ModelServe, uid: str, name: str) -> dict[str, Any]:
-    owner = {"apiVersion": API_VERSION, "kind": "ModelServe", "metadata": {"name": ms.metadata.name, "uid": uid}}
+    owner = {
+        "apiVersion": API_VERSION,
+        "kind": "ModelServe",
+        "metadata": {"name": ms.metadata.name, "uid": uid},
+    }
     return child_metadata(owner, name, ms.metadata.namespace, common_labels(ms))
 
 
