@@ -1,0 +1,847 @@
+"""What a FineTuneJob needs, decided without I/O: ``decide(observed, opts, now) -> Decision``.
+
+Inputs (``Observed``): the FineTuneJob as read, its trainer Jobs (the current attempt's, or all of them),
+the pods of the Job the decision looks at, the run id the live ConfigMap carries, the Secrets and PVCs the
+pods will need (found or None), and the writes the API server refused in this pass. The clock is ``now``.
+
+Outputs (``Decision``): the children to apply (the desired objects; the shell skips those live already
+with the same content) and to delete, Job patches (suspend), the operator's status fields with their
+conditions, the Events, when to look again and whether the queue should back off (something the user
+must change). A decision that needs to look closer (all the Jobs, the pods of a Job, the Secrets and PVCs)
+says so in ``need``; the shell reads that and decides again, so reads are made only when they matter.
+
+The status a decision returns assumes its writes succeed; when one is refused the shell adds the refusal
+to ``Observed.refusals`` and decides again, which then puts the refusal into the conditions instead.
+
+Conditions: Validated, Running, Succeeded, Failed, Suspended (what happened), plus Ready, Reconciling and
+Stalled for kstatus (see ``conditions.py`` and docs/operations.md for the mapping).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetune.api.v1alpha1 import FineTuneJob, pvc_claims, validate_document
+from kubetune.render.common import ATTEMPT_LABEL, RUN_GENERATION_ANNOTATION, RUN_ID_LABEL
+from kubetune.render.finetunejob import (
+    RenderOptions,
+    render_configmap,
+    render_job,
+    render_rbac,
+    render_service,
+    run_id,
+    secret_uses,
+)
+
+from .conditions import (
+    KStatus,
+    is_true,
+    load_conditions,
+    ordered,
+    seconds_in_state,
+    set_condition,
+    set_kstatus,
+)
+from .kube import fmt_time, parse_time
+from .status import Event
+
+CONDITION_TYPES = ("Validated", "Running", "Succeeded", "Failed", "Suspended")
+ALL_CONDITION_TYPES = (*CONDITION_TYPES, "Ready", "Reconciling", "Stalled")
+STATUS_FIELDS = (
+    "phase",
+    "observedGeneration",
+    "conditions",
+    "jobName",
+    "startTime",
+    "completionTime",
+    "attempts",
+)
+# Reasons that ask the user to do something: Warning events, retry with backoff.
+PROBLEM_REASONS = {
+    "InvalidSpec", "SecretNotFound", "SecretKeyMissing", "PVCNotFound", "PVCLost", "ImagePullFailed",
+    "ContainerConfigError", "Unschedulable", "ChildConflict", "ChildRejected", "AttemptFailed",
+    "BackoffLimitExceeded", "DeadlineExceeded", "PendingDeadlineExceeded",
+}  # fmt: skip
+# Problems that may resolve themselves for a while (a Secret created right after the FineTuneJob, a
+# registry that comes back): Reconciling during STALL_GRACE_SECONDS of not running, Stalled after.
+GRACE_REASONS = {
+    "SecretNotFound", "SecretKeyMissing", "PVCNotFound", "PVCLost", "ImagePullFailed", "ContainerConfigError",
+}  # fmt: skip
+STALL_GRACE_SECONDS = 30.0
+IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
+# HTTP status codes of a write the API server refused for a reason the user can act on (invalid, forbidden
+# by RBAC, quota or admission, a conflict). Others (5xx, transport) are errors the queue retries.
+REFUSAL_CODES = (400, 403, 409, 422)
+RECHECK_BEING_DELETED = 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# inputs and outputs
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A child write the API server refused (or a child of that name that belongs to someone else)."""
+
+    kind: str
+    name: str
+    code: int
+    message: str
+    foreign: bool = False
+
+
+@dataclass
+class Observed:
+    """What the shell read for one decision."""
+
+    obj: dict[str, Any]
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    """Trainer Jobs owned by the FineTuneJob: the current attempt's only, or all when ``all_jobs``."""
+    all_jobs: bool = False
+    pods: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Pods by the uid of their Job (only Jobs the decision asked for)."""
+    configmap_run: str | None = None
+    """The run id label of the live trainer ConfigMap (None: none yet)."""
+    secrets: dict[str, dict[str, Any] | None] | None = None
+    """Referenced Secrets by name (None value: not found); None: not read."""
+    pvcs: dict[str, dict[str, Any] | None] | None = None
+    """Referenced PersistentVolumeClaims by name (None value: not found); None: not read."""
+    refusals: list[Refusal] = field(default_factory=list)
+    model_source: dict[str, Any] | None = None
+    """Reserved for chains (spec.model.fineTuneJobRef): the FineTuneJob whose result this one trains on.
+    Not used yet; a decision that waits for it sets Running=False/WaitingForModel and Reconciling."""
+
+
+@dataclass(frozen=True)
+class Deletion:
+    kind: str
+    name: str
+    uid: str | None
+    propagation: str = "Background"
+
+
+@dataclass(frozen=True)
+class Need:
+    """Read more and decide again: ``what`` is all_jobs | pods (of the Job ``job_uid``) | references
+    (the Secrets ``secrets`` and PersistentVolumeClaims ``pvcs``)."""
+
+    what: str
+    job_uid: str | None = None
+    secrets: tuple[str, ...] = ()
+    pvcs: tuple[str, ...] = ()
+
+
+@dataclass
+class Decision:
+    status: dict[str, Any] | None = None
+    """The operator's status fields (STATUS_FIELDS); None when nothing is to be written (deleted)."""
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    """Desired children, in order: RBAC, ConfigMap, Service, then a new trainer Job."""
+    delete: list[Deletion] = field(default_factory=list)
+    patch: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    """(kind, name, merge patch) of children (Job.spec.suspend)."""
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    problem: bool = False
+    """Something the user must change: the queue retries with exponential backoff."""
+    status_first: bool = False
+    """Write the status before the deletions (a new run: the reset is persisted before the old run goes)."""
+    delete_self: bool = False
+    """ttlSecondsAfterFinished passed: delete the FineTuneJob (and write nothing else)."""
+    need: Need | None = None
+    new_job_attempt: int | None = None
+    """The attempt of the trainer Job in ``apply`` (None: no new Job)."""
+    first_job: bool = False
+    """The new Job is the run's first (the shell measures the creation-to-Job latency)."""
+    run_seconds: float | None = None
+    """Duration of a run that finished in this decision."""
+
+    @property
+    def phase(self) -> str | None:
+        return (self.status or {}).get("phase")
+
+
+class _NeedMore(Exception):
+    def __init__(self, need: Need):
+        self.need = need
+
+
+# ------------------------------------------------------------------------------------------------
+# small readers of objects
+
+
+def _labels(obj: dict[str, Any]) -> dict[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def _cond(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return c
+    return None
+
+
+def _true(obj: dict[str, Any] | None, type_: str) -> bool:
+    c = _cond(obj, type_)
+    return bool(c and c.get("status") == "True")
+
+
+def attempt_of(job: dict[str, Any]) -> int:
+    try:
+        return int(_labels(job).get(ATTEMPT_LABEL, "1"))
+    except ValueError:
+        return 1
+
+
+def _tail(text: str | None, limit: int = 300) -> str:
+    text = (text or "").strip()
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def refusal_advice(kind: str, code: int, message: str) -> str:
+    """What to change, in words, for a refused write of a KIND child."""
+    low = message.lower()
+    if "exceeded quota" in low or "quota" in low and code == 403:
+        return "raise the namespace's ResourceQuota or free some of it"
+    if "admission webhook" in low or "validatingadmissionpolicy" in low or "denied" in low:
+        return "change the FineTuneJob (or the policy) so the admission check accepts the " + kind
+    if code == 403:
+        return f"grant the operator's ServiceAccount access to {kind}s in this namespace"
+    if code == 422 or code == 400:
+        return f"change the FineTuneJob so that its {kind} is valid (name, labels, fields)"
+    if code == 409:
+        return f"remove the conflicting {kind} or rename the FineTuneJob"
+    return "fix the cause and the operator retries"
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def decide(observed: Observed, opts: RenderOptions, now: dt.datetime) -> Decision:
+    """The decision for OBSERVED at NOW (pure: no I/O, no clock of its own)."""
+    d = _Decider(observed, opts, now)
+    try:
+        d.run()
+    except _NeedMore as more:
+        return Decision(need=more.need)
+    return d.out
+
+
+class _Decider:
+    """State of one decision (the old reconcile pass, with every read an input and every write an output)."""
+
+    def __init__(self, observed: Observed, opts: RenderOptions, now: dt.datetime):
+        self.o = observed
+        self.opts = opts
+        self.now = now
+        self.obj = observed.obj
+        self.meta = self.obj["metadata"]
+        self.ns = self.meta.get("namespace")
+        self.name = self.meta["name"]
+        self.uid = self.meta.get("uid")
+        self.gen = int(self.meta.get("generation") or 1)
+        self.spec: dict[str, Any] = self.obj.get("spec") or {}
+        old = self.obj.get("status") or {}
+        self.old_observed_generation = old.get("observedGeneration")
+        self.st: dict[str, Any] = {
+            "jobName": old.get("jobName"),
+            "startTime": old.get("startTime"),
+            "completionTime": old.get("completionTime"),
+            "attempts": int(old.get("attempts") or 0),
+        }
+        self.conds = load_conditions(old, ALL_CONDITION_TYPES)
+        self.old_conds = {t: dict(c) for t, c in self.conds.items()}
+        self.out = Decision()
+        self.requeue: list[float] = []
+        self.stall: tuple[str, str] | None = None  # set when the user must change something
+        self.deleted_uids: set[str] = set()
+
+    # ---------------------------------------------------------------------------------------------
+    # helpers
+
+    def set(self, type_: str, status: bool | str, reason: str, message: str) -> None:
+        set_condition(self.conds, type_, status, reason, message, generation=self.gen, now=self.now)
+
+    def is_true(self, type_: str) -> bool:
+        return is_true(self.conds, type_)
+
+    def reason(self, type_: str) -> str | None:
+        c = self.conds.get(type_)
+        return c.get("reason") if c else None
+
+    def after(self, seconds: float) -> None:
+        self.requeue.append(max(0.05, seconds))
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.out.events.append(Event(type_, reason, message))
+
+    def since(self, stamp: str | None) -> float | None:
+        t = parse_time(stamp)
+        return None if t is None else (self.now - t).total_seconds()
+
+    def _default(self, type_: str, reason: str, message: str) -> None:
+        if type_ not in self.conds:
+            self.set(type_, False, reason, message)
+
+    def refusal(self, kind: str, name: str) -> Refusal | None:
+        return next((r for r in self.o.refusals if (r.kind, r.name) == (kind, name)), None)
+
+    # ---------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        if self._ttl_expired():
+            return
+        self._converge()
+        self._finish_status()
+        if self.requeue:
+            self.out.requeue_after = min(self.requeue)
+
+    def _converge(self) -> None:
+        doc = {k: v for k, v in self.obj.items() if k != "status"}
+        validated = validate_document(doc)
+        if not validated.ok:
+            message = "; ".join(
+                f"spec.{p}" if p.path and not p.path.startswith(("spec", "metadata")) else str(p)
+                for p in validated.problems
+            )
+            self.set("Validated", False, "InvalidSpec", message)
+            self.set("Failed", True, "InvalidSpec", f"the spec is invalid, fix it: {message}")
+            self.set("Running", False, "InvalidSpec", "not started: the spec is invalid")
+            self._default("Succeeded", "NotStarted", "the run has not finished")
+            self._default("Suspended", "NotSuspended", "")
+            for job in self._jobs(everything=True):
+                self._delete_job(job)
+            return  # nothing to retry: an edit of the spec triggers the next decision
+        self.set("Validated", True, "Valid", "the spec is valid")
+        ftj: FineTuneJob = validated.obj  # type: ignore[assignment]
+        rid = run_id(ftj)
+
+        jobs = self._jobs()
+        stale = [j for j in jobs if _labels(j).get(RUN_ID_LABEL) != rid]
+        current = [j for j in jobs if _labels(j).get(RUN_ID_LABEL) == rid]
+        cm_run = self.o.configmap_run
+        if stale or (cm_run is not None and cm_run != rid):
+            stale = [j for j in self._jobs(everything=True) if _labels(j).get(RUN_ID_LABEL) != rid]
+            self._start_new_run(rid, stale)
+            if stale:
+                self.after(RECHECK_BEING_DELETED)  # the old Job's name is reused: wait until it is gone
+                return
+
+        if self._terminal(ftj):
+            self._apply_static(ftj, max(self.st["attempts"], 1))
+            self._ttl_timer()
+            return
+
+        cur = max(current, key=attempt_of) if current else None
+        attempt = attempt_of(cur) if cur else max(self.st["attempts"], 1)
+        if not self._apply_static(ftj, attempt):
+            return
+        if cur is None:
+            problems = self._reference_problems(ftj)
+            if problems:
+                reason, message = problems[0][0], "; ".join(m for _, m in problems)
+                self.set("Running", False, reason, message)
+                self._suspended_condition(ftj, None)
+                self._default("Succeeded", "NotStarted", "the run has not finished")
+                self._default("Failed", "NotFailed", "")
+                self.out.problem = True
+                self._grace(reason, message)
+                clock_start = self.st["startTime"] or self.meta.get("creationTimestamp")
+                self._pending_deadline(ftj, None, clock_start, message)
+                return
+            self._create_job(ftj, attempt)
+            return
+        self._observe(ftj, cur, [j for j in current if j is not cur])
+
+    # ---------------------------------------------------------------------------------------------
+    # lifecycle pieces
+
+    def _jobs(self, everything: bool = False) -> list[dict[str, Any]]:
+        if everything and not self.o.all_jobs:
+            raise _NeedMore(Need("all_jobs"))
+        return [j for j in self.o.jobs if (j["metadata"].get("uid") not in self.deleted_uids)]
+
+    def _pods(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        uid = job["metadata"].get("uid")
+        if uid is None:  # a Job this decision creates: no pods yet
+            return []
+        if uid not in self.o.pods:
+            raise _NeedMore(Need("pods", uid))
+        return self.o.pods[uid]
+
+    def _start_new_run(self, rid: str, stale: list[dict[str, Any]]) -> None:
+        message = f"the spec changed (generation {self.gen}): starting run {rid} from scratch"
+        self.st.update({"attempts": 0, "startTime": None, "completionTime": None, "jobName": None})
+        for type_ in ("Running", "Succeeded", "Failed"):
+            self.set(type_, False, "NewRun", message)
+        self.event("Normal", "NewRun", message)
+        # Persist the reset before anything of the old run disappears (a crash in between repeats it).
+        self.out.status_first = True
+        for job in stale:
+            self._delete_job(job, propagation="Foreground")
+
+    def _terminal(self, ftj: FineTuneJob) -> bool:
+        if self.is_true("Succeeded"):
+            return True
+        if self.is_true("Failed"):
+            reason = self.reason("Failed")
+            if reason == "InvalidSpec":
+                self.set("Failed", False, "Valid", "the spec is valid again")
+                return False
+            if reason == "BackoffLimitExceeded" and self.st["attempts"] <= ftj.spec.backoff_limit:
+                # backoffLimit was raised after the run failed: continue with the next attempt.
+                self.set(
+                    "Failed",
+                    False,
+                    "BackoffLimitRaised",
+                    f"backoffLimit raised to {ftj.spec.backoff_limit}: continuing",
+                )
+                self.st["completionTime"] = None
+                return False
+            return True
+        return False
+
+    def _ttl_expired(self) -> bool:
+        ttl = self.spec.get("ttlSecondsAfterFinished")
+        done = _true(self.obj, "Succeeded") or _true(self.obj, "Failed")
+        elapsed = self.since(self.st["completionTime"])
+        if ttl is None or not done or elapsed is None or elapsed < ttl:
+            return False
+        self.event("Normal", "Deleted", f"ttlSecondsAfterFinished ({ttl}s) passed: deleting the FineTuneJob")
+        self.out.delete_self = True
+        return True
+
+    def _ttl_timer(self) -> None:
+        ttl = self.spec.get("ttlSecondsAfterFinished")
+        elapsed = self.since(self.st["completionTime"])
+        if ttl is not None and elapsed is not None:
+            self.after(ttl - elapsed)
+
+    def _reference_problems(self, ftj: FineTuneJob) -> list[tuple[str, str]]:
+        """Secrets and PVCs the pods need, which the CRD cannot check: (reason, message) per problem."""
+        uses, claims = secret_uses(ftj), pvc_claims(ftj)
+        if not uses and not claims:
+            return []
+        if self.o.secrets is None or self.o.pvcs is None:
+            names = tuple(dict.fromkeys(u.name for u in uses))
+            raise _NeedMore(Need("references", secrets=names, pvcs=tuple(claims)))
+        problems: list[tuple[str, str]] = []
+        for use in uses:
+            secret = self.o.secrets.get(use.name)
+            if secret is None:
+                problems.append(
+                    (
+                        "SecretNotFound",
+                        f"Secret {use.name!r} ({use.field}) not found in namespace "
+                        f"{self.ns}: create it or fix {use.field}.name",
+                    )
+                )
+                continue
+            data = {**(secret.get("data") or {}), **(secret.get("stringData") or {})}
+            missing = [k for k in use.required_keys if k not in data]
+            if missing:
+                problems.append(
+                    (
+                        "SecretKeyMissing",
+                        f"Secret {use.name!r} ({use.field}) has no key "
+                        f"{', '.join(missing)}: add it or set {use.field}.key",
+                    )
+                )
+        for claim in claims:
+            pvc = self.o.pvcs.get(claim)
+            if pvc is None:
+                problems.append(
+                    (
+                        "PVCNotFound",
+                        f"PersistentVolumeClaim {claim!r} not found in namespace {self.ns}: "
+                        f"create it or fix the pvc:// URIs that name it",
+                    )
+                )
+            elif (pvc.get("status") or {}).get("phase") == "Lost":
+                problems.append(
+                    (
+                        "PVCLost",
+                        f"PersistentVolumeClaim {claim!r} is Lost (its volume is gone): "
+                        f"restore the volume or point the pvc:// URIs to another claim",
+                    )
+                )
+        return problems
+
+    def _grace(self, reason: str, message: str) -> None:
+        """A problem that may fix itself: Reconciling until the FineTuneJob has not run for the grace
+        period (from the Running condition's lastTransitionTime: it survives restarts), Stalled after."""
+        waited = seconds_in_state(self.conds.get("Running"), self.now)
+        if waited >= STALL_GRACE_SECONDS:
+            self.stall = (reason, message)
+        else:
+            self.after(STALL_GRACE_SECONDS - waited)
+
+    def _rejected(self, refusal: Refusal) -> None:
+        """A child write the API server refused: a condition with its message and what to change."""
+        if refusal.foreign:
+            reason = "ChildConflict"
+            message = refusal.message
+        else:
+            reason = "ChildRejected"
+            message = (
+                f"the API server refused the {refusal.kind} {refusal.name!r} ({refusal.code}): "
+                f"{refusal.message.strip()}; {refusal_advice(refusal.kind, refusal.code, refusal.message)}"
+            )
+        self.set("Running", False, reason, message)
+        self._default("Succeeded", "NotStarted", "the run has not finished")
+        self._default("Failed", "NotFailed", "")
+        self.out.problem = True
+        self.stall = (reason, message)
+
+    def _apply_static(self, ftj: FineTuneJob, attempt: int) -> bool:
+        """RBAC, ConfigMap and Service of ATTEMPT; False (and a condition) when one was refused."""
+        desired = [*render_rbac(ftj), render_configmap(ftj, self.opts), render_service(ftj, attempt)]
+        for obj in desired:
+            refused = self.refusal(obj["kind"], obj["metadata"]["name"])
+            if refused is not None:
+                self._rejected(refused)
+                return False
+        for obj in desired:
+            self._want(obj)
+        return True
+
+    def _want(self, obj: dict[str, Any]) -> None:
+        """Add OBJ to the children to apply; it replaces an earlier version of itself (the next attempt's
+        Service replaces the current one's)."""
+        key = (obj["kind"], obj["metadata"]["name"])
+        self.out.apply = [o for o in self.out.apply if (o["kind"], o["metadata"]["name"]) != key]
+        self.out.apply.append(obj)
+
+    def _create_job(self, ftj: FineTuneJob, attempt: int) -> bool:
+        body = render_job(ftj, self.opts, attempt)
+        jname = body["metadata"]["name"]
+        refused = self.refusal("Job", jname)
+        if refused is not None:
+            being_deleted = any(
+                j["metadata"]["name"] == jname and j["metadata"].get("deletionTimestamp") for j in self.o.jobs
+            )
+            if refused.code == 409 or being_deleted:
+                # A Job of this name is still being deleted (its immutable template differs): wait.
+                self.set("Running", False, "WaitingForDeletion", f"waiting for the old Job {jname} to go")
+                self.after(RECHECK_BEING_DELETED)
+                return False
+            self._rejected(refused)
+            return False
+        self._want(body)
+        self.out.new_job_attempt = attempt
+        if self.st["startTime"] is None:
+            self.st["startTime"] = fmt_time(self.now)
+            self.out.first_job = attempt == 1
+        self.st["attempts"] = attempt
+        self.st["jobName"] = jname
+        limit = ftj.spec.backoff_limit + 1
+        self.event("Normal", "JobCreated", f"created trainer Job {jname} (attempt {attempt} of {limit})")
+        self._observe(ftj, body, [])
+        return True
+
+    def _delete_job(self, job: dict[str, Any], propagation: str = "Background") -> None:
+        meta = job["metadata"]
+        if meta.get("uid") is None or meta.get("deletionTimestamp") or meta["uid"] in self.deleted_uids:
+            return
+        self.deleted_uids.add(meta["uid"])
+        self.out.delete.append(Deletion("Job", meta["name"], meta["uid"], propagation))
+
+    def _suspended_condition(self, ftj: FineTuneJob, job: dict[str, Any] | None) -> None:
+        job_suspended = bool(((job or {}).get("spec") or {}).get("suspend"))
+        if ftj.spec.suspend:
+            self.set(
+                "Suspended",
+                True,
+                "Suspended",
+                "spec.suspend is true: the trainer pods are stopped; "
+                "set it to false to resume from the latest checkpoint",
+            )
+        elif ftj.spec.queue_name and job_suspended:
+            self.set(
+                "Suspended",
+                True,
+                "WaitingForAdmission",
+                f"waiting for Kueue to admit the Job from LocalQueue {ftj.spec.queue_name!r}",
+            )
+        elif job_suspended:
+            self.set("Suspended", True, "Resuming", "resuming the Job")
+        else:
+            was = self.conds.get("Suspended")
+            if was and was["status"] == "True":
+                self.set("Suspended", False, "Resumed", "the run was resumed")
+            else:
+                self._default("Suspended", "NotSuspended", "")
+
+    def _observe(self, ftj: FineTuneJob, job: dict[str, Any], older: list[dict[str, Any]]) -> None:
+        """Status from the current attempt's Job and pods; next attempt, deadlines, suspend."""
+        jname = job["metadata"]["name"]
+        attempt = attempt_of(job)
+        limit = ftj.spec.backoff_limit + 1
+        self.st["attempts"] = attempt
+        self.st["jobName"] = jname
+        rid = _labels(job).get(RUN_ID_LABEL)
+        run_gen = (job["metadata"].get("annotations") or {}).get(RUN_GENERATION_ANNOTATION) or str(self.gen)
+        for old in older:  # earlier failed attempts of this run
+            if (old.get("status") or {}).get("active", 0) == 0 or _true(old, "Failed"):
+                self._delete_job(old)
+        self._default("Failed", "NotFailed", "")
+        self._default("Succeeded", "NotStarted", "the run has not finished")
+
+        if _true(job, "Complete") or _true(job, "SuccessCriteriaMet"):
+            done_at = (job.get("status") or {}).get("completionTime") or fmt_time(self.now)
+            self.st["completionTime"] = self.st["completionTime"] or done_at
+            self.set(
+                "Succeeded",
+                True,
+                "Completed",
+                f"run {rid} (generation {run_gen}) finished in attempt {attempt} of {limit}",
+            )
+            self.set("Running", False, "Completed", "the run finished")
+            self._default("Suspended", "NotSuspended", "")
+            start = parse_time(self.st["startTime"])
+            end = parse_time(self.st["completionTime"])
+            if start and end:
+                self.out.run_seconds = max(0.0, (end - start).total_seconds())
+            self._ttl_timer()
+            return
+        if _true(job, "Failed") or _true(job, "FailureTarget"):
+            why = self._failure_reason(job)
+            if attempt < limit:
+                nxt = attempt + 1
+                message = (
+                    f"attempt {attempt} of {limit} failed: {why}; "
+                    f"starting attempt {nxt} (resumes from the latest checkpoint)"
+                )
+                self.event("Warning", "AttemptFailed", message)
+                self.set("Running", False, "Restarting", message)
+                if self._apply_static(ftj, nxt) and self._create_job(ftj, nxt):
+                    self._delete_job(job)  # its pods are done; the next attempt resumes from the checkpoint
+                return
+            message = f"all {limit} attempts failed; last: {why}" if limit > 1 else f"the run failed: {why}"
+            self._fail("BackoffLimitExceeded", message)
+            return
+
+        # Active (or suspended): keep Job.spec.suspend in line with the FineTuneJob.
+        job_suspended = bool((job.get("spec") or {}).get("suspend"))
+        # Kueue admits (unsuspends) queued Jobs: with a queue the operator only ever suspends.
+        want = (ftj.spec.suspend or job_suspended) if ftj.spec.queue_name else ftj.spec.suspend
+        if want != job_suspended:
+            self.out.patch.append(("Job", jname, {"spec": {"suspend": want}}))
+            job = {**job, "spec": {**job.get("spec", {}), "suspend": want}}
+            verb = "suspended" if want else "resumed"
+            self.event("Normal", "Suspended" if want else "Resumed", f"{verb} trainer Job {jname}")
+        self._suspended_condition(ftj, job)
+        if want:
+            self.set("Running", False, "Suspended", "the run is suspended")
+            return
+
+        pods = [p for p in self._pods(job) if not p["metadata"].get("deletionTimestamp")]
+        nodes = ftj.spec.resources.nodes
+        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+        reason, message = _pod_problem(pods)
+        if len(running) >= nodes:
+            self.set(
+                "Running",
+                True,
+                "Running",
+                f"{len(running)}/{nodes} trainer pods running "
+                f"(run {rid}, generation {run_gen}, attempt {attempt} of {limit})",
+            )
+        else:
+            self.set(
+                "Running",
+                False,
+                reason or "Pending",
+                message or f"{len(running)}/{nodes} trainer pods running (attempt {attempt} of {limit})",
+            )
+            if reason in ("ImagePullFailed", "ContainerConfigError"):
+                self.out.problem = True
+                self._grace(reason, message or "")
+            suspended = self.conds.get("Suspended") or {}
+            starts = [
+                self.st["startTime"],
+                job["metadata"].get("creationTimestamp"),
+                suspended.get("lastTransitionTime") if suspended.get("status") == "False" else None,
+            ]
+            clock_start = max((s for s in starts if s), key=lambda s: parse_time(s), default=None)
+            if self._pending_deadline(ftj, job, clock_start, message or "the trainer pods are pending"):
+                return
+        ads = ftj.spec.active_deadline_seconds
+        elapsed = self.since(self.st["startTime"])
+        if ads is not None and elapsed is not None:
+            if elapsed >= ads:
+                self._delete_job(job)
+                self._fail(
+                    "DeadlineExceeded", f"the run was active longer than activeDeadlineSeconds ({ads}s)"
+                )
+                return
+            self.after(ads - elapsed)
+
+    def _pending_deadline(
+        self, ftj: FineTuneJob, job: dict[str, Any] | None, clock_start: str | None, why: str
+    ) -> bool:
+        pds = ftj.spec.pending_deadline_seconds
+        waited = self.since(clock_start)
+        if pds is None or waited is None:
+            return False
+        if waited >= pds:
+            if job is not None:
+                self._delete_job(job)
+            self._fail(
+                "PendingDeadlineExceeded",
+                f"the trainer was not running {pds}s (pendingDeadlineSeconds) after it started: {why}",
+            )
+            return True
+        self.after(pds - waited)
+        return False
+
+    def _fail(self, reason: str, message: str) -> None:
+        self.set("Failed", True, reason, message)
+        self.set("Running", False, reason, message)
+        self.st["completionTime"] = self.st["completionTime"] or fmt_time(self.now)
+        start = parse_time(self.st["startTime"])
+        if start:
+            self.out.run_seconds = max(0.0, (self.now - start).total_seconds())
+        self._ttl_timer()
+
+    def _failure_reason(self, job: dict[str, Any]) -> str:
+        for pod in self._pods(job):
+            if (pod.get("status") or {}).get("phase") != "Failed":
+                continue
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                term = (cs.get("state") or {}).get("terminated")
+                if term and term.get("exitCode", 0) != 0:
+                    detail = f": {_tail(term.get('message'))}" if term.get("message") else ""
+                    return (
+                        f"pod {pod['metadata']['name']} container {cs.get('name')} exited with code "
+                        f"{term.get('exitCode')} ({term.get('reason') or 'Error'}){detail}"
+                    )
+            status = pod.get("status") or {}
+            if status.get("message") or status.get("reason"):
+                words = f"{status.get('reason', '')} {status.get('message', '')}".strip()
+                return f"pod {pod['metadata']['name']} failed: {words}"
+        for type_ in ("Failed", "FailureTarget"):
+            c = _cond(job, type_)
+            if c and c.get("status") == "True":
+                return f"Job {job['metadata']['name']} failed ({c.get('reason')}): {c.get('message', '')}".strip()
+        return f"Job {job['metadata']['name']} failed"
+
+    # ---------------------------------------------------------------------------------------------
+    # status
+
+    def _phase(self) -> str:
+        if self.is_true("Failed"):
+            return "Failed"
+        if self.is_true("Succeeded"):
+            return "Succeeded"
+        if self.is_true("Suspended") and self.reason("Suspended") == "Suspended":
+            return "Suspended"
+        if self.is_true("Running"):
+            return "Running"
+        return "Pending"
+
+    def _kstatus(self, phase: str) -> KStatus:
+        running = self.conds["Running"]
+        if phase == "Succeeded":
+            c = self.conds["Succeeded"]
+            return KStatus(True, "Succeeded", c.get("message", ""), idle_reason="Succeeded")
+        if phase == "Failed":
+            c = self.conds["Failed"]
+            reason, message = c.get("reason") or "Failed", c.get("message", "")
+            return KStatus(False, reason, message, stalled=(reason, message))
+        if self.stall is not None:
+            reason, message = self.stall
+            return KStatus(False, reason, message, stalled=self.stall)
+        if phase == "Suspended":
+            message = self.conds["Suspended"].get("message", "")
+            return KStatus(False, "Suspended", message, idle_reason="Suspended")
+        reason, message = running.get("reason") or phase, running.get("message", "")
+        if self.reason("Suspended") == "WaitingForAdmission" and self.is_true("Suspended"):
+            reason, message = "WaitingForAdmission", self.conds["Suspended"].get("message", "")
+        if phase == "Running":
+            return KStatus(False, "Running", message, reconciling=("Running", message))
+        return KStatus(False, reason, message, reconciling=(reason, message))
+
+    def _finish_status(self) -> None:
+        for type_, reason in (
+            ("Running", "NotStarted"),
+            ("Succeeded", "NotStarted"),
+            ("Failed", "NotFailed"),
+            ("Suspended", "NotSuspended"),
+        ):
+            self._default(type_, reason, "")
+        for c in self.conds.values():  # every condition was evaluated against this generation
+            c["observedGeneration"] = self.gen
+        phase = self._phase()
+        set_kstatus(self.conds, self._kstatus(phase), generation=self.gen, now=self.now)
+        self.out.status = {
+            "phase": phase,
+            "observedGeneration": self.gen,
+            "conditions": ordered(self.conds, CONDITION_TYPES),
+            **self.st,
+        }
+        self._transition_events()
+
+    def _transition_events(self) -> None:
+        """An Event per condition that changed status or reason in a way the user wants to hear of."""
+        for type_ in CONDITION_TYPES:
+            new, old = self.conds.get(type_), self.old_conds.get(type_)
+            if not new or (old and (old["status"], old.get("reason")) == (new["status"], new.get("reason"))):
+                continue
+            reason = new.get("reason") or type_
+            if new["status"] == "True" or reason in PROBLEM_REASONS or (type_ == "Suspended" and old):
+                if reason == "NewRun" or (type_ == "Validated" and new["status"] == "True" and not old):
+                    continue
+                warn = reason in PROBLEM_REASONS or (type_ == "Failed" and new["status"] == "True")
+                message = new.get("message") or f"{type_} is {new['status']}"
+                self.event("Warning" if warn else "Normal", reason, message)
+        new, old = self.conds.get("Stalled"), self.old_conds.get("Stalled")
+        flipped = new and new["status"] == "True" and not (old and old["status"] == "True")
+        # A problem that outlived its grace: its own Event came when it was first seen; say it stalled.
+        if flipped and new.get("reason") in GRACE_REASONS:
+            self.event("Warning", "Stalled", new.get("message") or "stalled")
+
+
+def _pod_problem(pods: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """Why the pods do not run, in words a user can act on (the scheduler's message, image pulls)."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        for cs in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or []):
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in IMAGE_PULL_REASONS:
+                return (
+                    "ImagePullFailed",
+                    f"cannot pull image {cs.get('image')!r} ({waiting.get('reason')}: "
+                    f"{_tail(waiting.get('message'), 200)}): fix spec.image or spec.imagePullSecrets",
+                )
+            if waiting.get("reason") == "CreateContainerConfigError":
+                return (
+                    "ContainerConfigError",
+                    f"pod {pod['metadata']['name']}: {_tail(waiting.get('message'), 300)}: "
+                    "fix the Secrets or spec.env the pod refers to",
+                )
+    for pod in pods:
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False":
+                return (
+                    "Unschedulable",
+                    f"pod {pod['metadata']['name']} cannot be scheduled: {c.get('message') or c.get('reason')}",
+                )
+    return None, None
+
+
+__all__ = [
+    "ALL_CONDITION_TYPES",
+    "CONDITION_TYPES",
+    "Decision",
+    "Deletion",
+    "Need",
+    "Observed",
+    "Refusal",
+    "STALL_GRACE_SECONDS",
+    "STATUS_FIELDS",
+    "attempt_of",
+    "decide",
+]
