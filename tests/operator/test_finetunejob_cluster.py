@@ -134,8 +134,13 @@ def test_example_yields_children_and_runs(ftj: FTJ, doc, test_pvs):
         "Succeeded",
         "Failed",
         "Suspended",
+        "Ready",
+        "Reconciling",
+        "Stalled",
     }
     assert all(c["observedGeneration"] == 1 for c in st["conditions"])
+    kstatus = {c["type"]: c["status"] for c in st["conditions"]}
+    assert (kstatus["Ready"], kstatus["Reconciling"], kstatus["Stalled"]) == ("True", "False", "False")
 
 
 @pytest.mark.kwok

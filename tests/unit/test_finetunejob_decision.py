@@ -226,7 +226,7 @@ def test_pending_with_the_schedulers_message():
     assert d.status["phase"] == "Pending"
     assert cond(d, "Reconciling")["reason"] == "Unschedulable" and cond(d, "Stalled")["status"] == "False"
     assert ("Warning", "Unschedulable") in events(d)
-    assert not d.apply[-1]["kind"] == "Job"  # no new Job: the static children only
+    assert all(o["kind"] != "Job" for o in d.apply)  # no new Job: the static children only
 
 
 def test_running():

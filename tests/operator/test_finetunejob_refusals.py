@@ -1,0 +1,145 @@
+"""Writes the API server refuses end in a condition on the FineTuneJob and one Event, never in a silent
+retry loop: a ValidatingAdmissionPolicy (built into the API server) that denies the trainer Job, and a
+ResourceQuota that allows no Jobs. Runs `kubetune operator` against the real control plane.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import pytest
+from kubernetes import client
+
+from tests.operator.conftest import FTJ, tiny_job, wait_for
+
+pytestmark = pytest.mark.cluster
+
+POLICY_MESSAGE = "trainer Jobs are not allowed in this namespace (kubetune refusal test)"
+
+
+def _rejected(f: FTJ, name: str) -> dict | bool:
+    c = f.cond(name, "Running")
+    return c.get("reason") == "ChildRejected" and c
+
+
+def _events(f: FTJ, name: str, reason: str) -> list:
+    return [e for e in f.events(name) if e.reason == reason]
+
+
+@pytest.fixture
+def deny_trainer_jobs(kube, ftj: FTJ):
+    """A ValidatingAdmissionPolicy + binding that deny every Job in the test's namespace."""
+    adm = client.AdmissionregistrationV1Api(kube.api)
+    name = f"deny-jobs-{ftj.ns}"
+    adm.create_validating_admission_policy(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": ["batch"],
+                            "apiVersions": ["v1"],
+                            "operations": ["CREATE", "UPDATE"],
+                            "resources": ["jobs"],
+                        }
+                    ]
+                },
+                "validations": [{"expression": "false", "message": POLICY_MESSAGE}],
+            },
+        }
+    )
+    adm.create_validating_admission_policy_binding(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ftj.ns}}
+                },
+            },
+        }
+    )
+
+    def enforced() -> bool:  # the API server loads policies asynchronously
+        probe = client.V1Job(
+            metadata=client.V1ObjectMeta(name="probe"),
+            spec=client.V1JobSpec(
+                template=client.V1PodTemplateSpec(
+                    spec=client.V1PodSpec(
+                        restart_policy="Never", containers=[client.V1Container(name="c", image="busybox")]
+                    )
+                )
+            ),
+        )
+        try:
+            ftj.batch.create_namespaced_job(ftj.ns, probe, dry_run="All")
+        except client.ApiException as exc:
+            return POLICY_MESSAGE in (exc.body or "")
+        return False
+
+    wait_for(enforced, 30, 0.2, "the ValidatingAdmissionPolicy to be enforced")
+    yield name
+    with contextlib.suppress(client.ApiException):
+        adm.delete_validating_admission_policy_binding(name)
+    with contextlib.suppress(client.ApiException):
+        adm.delete_validating_admission_policy(name)
+
+
+def test_admission_policy_denial_is_a_condition_and_one_event(ftj: FTJ, deny_trainer_jobs, kube):
+    ftj.create(tiny_job("denied"))
+    running = wait_for(lambda: _rejected(ftj, "denied"), 30, 0.2, "Running=False ChildRejected")
+    assert POLICY_MESSAGE in running["message"], running["message"]
+    assert "Job 'denied-trainer'" in running["message"] and "admission" in running["message"]
+    stalled = ftj.cond("denied", "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "ChildRejected"
+    assert POLICY_MESSAGE in stalled["message"]
+    assert ftj.cond("denied", "Reconciling")["status"] == "False"
+    st = ftj.status("denied")
+    assert st["phase"] == "Pending" and st["observedGeneration"] == 1 and not ftj.jobs("denied")
+    # The operator keeps retrying with backoff (0.5 s .. 5 s here) but says it once.
+    time.sleep(6)
+    events = _events(ftj, "denied", "ChildRejected")
+    assert len(events) == 1 and (events[0].count or 1) == 1, [(e.message, e.count) for e in events]
+    assert events[0].type == "Warning" and POLICY_MESSAGE in events[0].message
+    assert ftj.cond("denied", "Running")["lastTransitionTime"] == running["lastTransitionTime"]
+    # The policy goes away: the next retry creates the Job and the condition clears.
+    client.AdmissionregistrationV1Api(kube.api).delete_validating_admission_policy_binding(deny_trainer_jobs)
+    wait_for(lambda: ftj.jobs("denied"), 30, 0.2, "the Job once the policy is gone")
+    wait_for(lambda: ftj.cond("denied", "Stalled").get("status") == "False", 20, 0.2, "Stalled=False")
+
+
+def test_resource_quota_is_a_condition_quoting_the_quota(ftj: FTJ):
+    ftj.core.create_namespaced_resource_quota(
+        ftj.ns,
+        client.V1ResourceQuota(
+            metadata=client.V1ObjectMeta(name="no-jobs"),
+            spec=client.V1ResourceQuotaSpec(hard={"count/jobs.batch": "0"}),
+        ),
+    )
+    # The quota is enforced once the controller-manager has computed its usage.
+    wait_for(
+        lambda: (ftj.core.read_namespaced_resource_quota("no-jobs", ftj.ns).status.hard or {}).get(
+            "count/jobs.batch"
+        ),
+        30,
+        0.2,
+        "the quota's status",
+    )
+    ftj.create(tiny_job("overquota"))
+    running = wait_for(lambda: _rejected(ftj, "overquota"), 30, 0.2, "Running=False ChildRejected")
+    assert "exceeded quota: no-jobs" in running["message"], running["message"]
+    assert "count/jobs.batch" in running["message"] and "ResourceQuota" in running["message"]
+    assert ftj.cond("overquota", "Stalled")["status"] == "True"
+    time.sleep(3)
+    assert len(_events(ftj, "overquota", "ChildRejected")) == 1
+    # Room in the quota: the Job is created on the next retry.
+    ftj.core.patch_namespaced_resource_quota("no-jobs", ftj.ns, {"spec": {"hard": {"count/jobs.batch": "5"}}})
+    wait_for(lambda: ftj.jobs("overquota"), 40, 0.2, "the Job once the quota allows it")
