@@ -203,7 +203,7 @@ def _tail(text: str | None, limit: int = 300) -> str:
 def refusal_advice(kind: str, code: int, message: str) -> str:
     """What to change, in words, for a refused write of a KIND child."""
     low = message.lower()
-    if "exceeded quota" in low or "quota" in low and code == 403:
+    if "exceeded quota" in low or ("quota" in low and code == 403):
         return "raise the namespace's ResourceQuota or free some of it"
     if "admission webhook" in low or "validatingadmissionpolicy" in low or "denied" in low:
         return "change the FineTuneJob (or the policy) so the admission check accepts the " + kind
