@@ -483,6 +483,13 @@ def test_job_name_still_being_deleted_waits_without_a_condition_of_failure():
     d = decide_all(obj, T0, refusals=[Refusal("Job", "t-trainer", 409, "object is being deleted")])
     assert cond(d, "Running")["reason"] == "WaitingForDeletion" and d.requeue_after == 1.0
     assert cond(d, "Stalled")["status"] == "False" and not d.problem
+    # a conflict that persists past the grace stalls, with one Event
+    later = decide_all(
+        with_status(obj, d), at(31), refusals=[Refusal("Job", "t-trainer", 409, "being deleted")]
+    )
+    assert cond(later, "Stalled")["reason"] == "WaitingForDeletion" and events(later) == [
+        ("Warning", "Stalled")
+    ]
 
 
 def test_image_pull_failure_stalls_after_the_grace():

@@ -68,6 +68,7 @@ PROBLEM_REASONS = {
 # registry that comes back): Reconciling during STALL_GRACE_SECONDS of not running, Stalled after.
 GRACE_REASONS = {
     "SecretNotFound", "SecretKeyMissing", "PVCNotFound", "PVCLost", "ImagePullFailed", "ContainerConfigError",
+    "WaitingForDeletion",
 }  # fmt: skip
 STALL_GRACE_SECONDS = 30.0
 IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
@@ -524,8 +525,13 @@ class _Decider:
             )
             if refused.code == 409 or being_deleted:
                 # A Job of this name is still being deleted (its immutable template differs): wait.
-                self.set("Running", False, "WaitingForDeletion", f"waiting for the old Job {jname} to go")
+                message = (
+                    f"waiting for the old Job {jname} to be deleted ({refused.message.strip()}); "
+                    "if it stays, remove its finalizers or delete it"
+                )
+                self.set("Running", False, "WaitingForDeletion", message)
                 self.after(RECHECK_BEING_DELETED)
+                self._grace("WaitingForDeletion", message)  # a conflict that persists stalls
                 return False
             self._rejected(refused)
             return False
