@@ -646,7 +646,7 @@ class _Decider:
         pods = [p for p in self._pods(job) if not p["metadata"].get("deletionTimestamp")]
         nodes = ftj.spec.resources.nodes
         running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
-        reason, message = _pod_problem(pods)
+        problem_reason, pod_message = _pod_problem(pods)
         if len(running) >= nodes:
             self.set(
                 "Running",
@@ -659,20 +659,22 @@ class _Decider:
             self.set(
                 "Running",
                 False,
-                reason or "Pending",
-                message or f"{len(running)}/{nodes} trainer pods running (attempt {attempt} of {limit})",
+                problem_reason or "Pending",
+                pod_message or f"{len(running)}/{nodes} trainer pods running (attempt {attempt} of {limit})",
             )
-            if reason in ("ImagePullFailed", "ContainerConfigError"):
+            if problem_reason in ("ImagePullFailed", "ContainerConfigError"):
                 self.out.problem = True
-                self._grace(reason, message or "")
+                self._grace(problem_reason, pod_message or "")
             suspended = self.conds.get("Suspended") or {}
             starts = [
                 self.st["startTime"],
                 job["metadata"].get("creationTimestamp"),
                 suspended.get("lastTransitionTime") if suspended.get("status") == "False" else None,
             ]
-            clock_start = max((s for s in starts if s), key=lambda s: parse_time(s), default=None)
-            if self._pending_deadline(ftj, job, clock_start, message or "the trainer pods are pending"):
+            clock_start = max(
+                (s for s in starts if parse_time(s)), key=lambda s: parse_time(s) or self.now, default=None
+            )
+            if self._pending_deadline(ftj, job, clock_start, pod_message or "the trainer pods are pending"):
                 return
         ads = ftj.spec.active_deadline_seconds
         elapsed = self.since(self.st["startTime"])
@@ -803,11 +805,11 @@ class _Decider:
                 warn = reason in PROBLEM_REASONS or (type_ == "Failed" and new["status"] == "True")
                 message = new.get("message") or f"{type_} is {new['status']}"
                 self.event("Warning" if warn else "Normal", reason, message)
-        new, old = self.conds.get("Stalled"), self.old_conds.get("Stalled")
-        flipped = new and new["status"] == "True" and not (old and old["status"] == "True")
+        stalled, was = self.conds.get("Stalled") or {}, self.old_conds.get("Stalled") or {}
+        flipped = stalled.get("status") == "True" and was.get("status") != "True"
         # A problem that outlived its grace: its own Event came when it was first seen; say it stalled.
-        if flipped and new.get("reason") in GRACE_REASONS:
-            self.event("Warning", "Stalled", new.get("message") or "stalled")
+        if flipped and stalled.get("reason") in GRACE_REASONS:
+            self.event("Warning", "Stalled", stalled.get("message") or "stalled")
 
 
 def _pod_problem(pods: list[dict[str, Any]]) -> tuple[str | None, str | None]:
