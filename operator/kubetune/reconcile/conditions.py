@@ -4,12 +4,13 @@ A decision keeps its conditions as a dict type -> condition (``load_conditions``
 ``set_condition``, which keeps lastTransitionTime when the status did not flip, so rewriting the same
 state makes no difference (and no write).
 
-kstatus (sigs.k8s.io/cli-utils/pkg/kstatus, what Flux and Argo CD's GitOps engines use) reads a custom
-resource like this, in order: a deletionTimestamp -> Terminating; status.observedGeneration different
-from metadata.generation -> InProgress; the first condition in the list that is ``Reconciling=True`` ->
-InProgress, or ``Stalled=True`` -> Failed (with that condition's message); otherwise -> Current. It never
-reads ``Ready``; Ready is for people, ``kubectl wait --for=condition=Ready`` and Argo CD. ``set_kstatus``
-keeps the three consistent: Reconciling and Stalled are never True together.
+kstatus (sigs.k8s.io/cli-utils v0.37 pkg/kstatus/status ``Compute``, what Flux's health checks use)
+reads a custom resource like this, in order: a deletionTimestamp -> Terminating; status.observedGeneration
+different from metadata.generation -> InProgress; the first condition in the list that is
+``Reconciling=True`` -> InProgress, or ``Stalled=True`` -> Failed (with that condition's message); then
+``Ready=True`` -> Current, ``Ready=False``/``Unknown`` -> InProgress; no such condition -> Current.
+``set_kstatus`` keeps the three consistent: Reconciling and Stalled are never True together, and an
+object that is neither done nor stuck has Ready=False, so it reads InProgress.
 
 Interface (both controllers):
 
