@@ -527,3 +527,18 @@ def test_a_stale_observed_generation_reads_in_progress():
     succeeded = with_status(obj, decide_all(obj, at(101), jobs=[done]))
     succeeded["metadata"]["generation"] = 2  # edited, not yet reconciled
     assert kstatus(succeeded) == "InProgress"
+
+
+def test_refused_suspend_patch_and_deletion_are_conditions():
+    obj, job, _ = started(ftj(activeDeadlineSeconds=10))
+    running_pods = {"job-1": [pod("t-trainer-0", "Running")]}
+    obj = with_status(obj, decide_all(obj, at(5), jobs=[job], pods=running_pods))
+    obj["spec"]["suspend"] = True
+    forbidden = Refusal("Job", "t-trainer", 403, 'jobs.batch "t-trainer" is forbidden: User cannot patch')
+    d = decide_all(obj, at(6), jobs=[job], pods=running_pods, refusals=[forbidden])
+    assert not d.patch and cond(d, "Running")["reason"] == "ChildRejected"
+    assert "grant the operator's ServiceAccount access to Jobs" in cond(d, "Running")["message"]
+    obj["spec"]["suspend"] = False
+    late = decide_all(obj, at(20), jobs=[job], pods=running_pods, refusals=[forbidden])
+    assert not late.delete and cond(late, "Stalled")["status"] == "True"
+    assert late.status["phase"] == "Pending" and cond(late, "Failed")["status"] == "False"  # still running

@@ -243,7 +243,12 @@ class _Shell:
         for gone in d.delete:
             if ("delete", gone.kind, gone.name) in self.done:
                 continue
-            self.kube.delete(gone.kind, self.ns, gone.name, uid=gone.uid, propagation=gone.propagation)
+            try:
+                self.kube.delete(gone.kind, self.ns, gone.name, uid=gone.uid, propagation=gone.propagation)
+            except ApiException as exc:
+                if exc.status not in REFUSAL_CODES:
+                    raise
+                return Refusal(gone.kind, gone.name, exc.status, server_message(exc))
             self.done.add(("delete", gone.kind, gone.name))
         return None
 

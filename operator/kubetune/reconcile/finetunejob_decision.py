@@ -547,12 +547,18 @@ class _Decider:
         self._observe(ftj, body, [])
         return True
 
-    def _delete_job(self, job: dict[str, Any], propagation: str = "Background") -> None:
+    def _delete_job(self, job: dict[str, Any], propagation: str = "Background") -> bool:
+        """Delete JOB (unless it is already going); False when the API server refused that."""
         meta = job["metadata"]
         if meta.get("uid") is None or meta.get("deletionTimestamp") or meta["uid"] in self.deleted_uids:
-            return
+            return True
+        refused = self.refusal("Job", meta["name"])
+        if refused is not None:
+            self._rejected(refused)
+            return False
         self.deleted_uids.add(meta["uid"])
         self.out.delete.append(Deletion("Job", meta["name"], meta["uid"], propagation))
+        return True
 
     def _suspended_condition(self, ftj: FineTuneJob, job: dict[str, Any] | None) -> None:
         job_suspended = bool(((job or {}).get("spec") or {}).get("suspend"))
@@ -634,6 +640,10 @@ class _Decider:
         # Kueue admits (unsuspends) queued Jobs: with a queue the operator only ever suspends.
         want = (ftj.spec.suspend or job_suspended) if ftj.spec.queue_name else ftj.spec.suspend
         if want != job_suspended:
+            refused = self.refusal("Job", jname)
+            if refused is not None:
+                self._rejected(refused)
+                return
             self.out.patch.append(("Job", jname, {"spec": {"suspend": want}}))
             job = {**job, "spec": {**job.get("spec", {}), "suspend": want}}
             verb = "suspended" if want else "resumed"
@@ -680,7 +690,8 @@ class _Decider:
         elapsed = self.since(self.st["startTime"])
         if ads is not None and elapsed is not None:
             if elapsed >= ads:
-                self._delete_job(job)
+                if not self._delete_job(job):
+                    return  # the pods keep running: not Failed until the Job is gone
                 self._fail(
                     "DeadlineExceeded", f"the run was active longer than activeDeadlineSeconds ({ads}s)"
                 )
@@ -695,8 +706,8 @@ class _Decider:
         if pds is None or waited is None:
             return False
         if waited >= pds:
-            if job is not None:
-                self._delete_job(job)
+            if job is not None and not self._delete_job(job):
+                return True  # not Failed until the Job is gone
             self._fail(
                 "PendingDeadlineExceeded",
                 f"the trainer was not running {pds}s (pendingDeadlineSeconds) after it started: {why}",
