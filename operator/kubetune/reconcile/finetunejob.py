@@ -171,8 +171,10 @@ class _Shell:
             break
         else:  # pragma: no cover - every round adds a read or a refusal, of which there are few
             raise RuntimeError(f"FineTuneJob {self.ns}/{self.name}: the decision did not settle")
-        self.write(d)
+        # Events before the status: whoever sees the new status finds its Events (a failed status write
+        # retries the pass, and the recorder drops the repeated Events).
         self.r.events.emit(self.obj, d.events)
+        self.write(d)
         self.result.requeue_after = d.requeue_after
         self.result.problem = d.problem
         self.result.phase = d.phase
