@@ -82,15 +82,30 @@ def _labels(obj: dict[str, Any]) -> dict[str, str]:
     return (obj.get("metadata") or {}).get("labels") or {}
 
 
-def server_message(exc: ApiException) -> str:
-    """The API server's own words for a refused request (its Status message), else the HTTP reason."""
+def _status_body(exc: ApiException) -> dict[str, Any]:
     try:
         body = json.loads(exc.body or "")
     except (TypeError, ValueError):
-        body = None
-    if isinstance(body, dict) and body.get("message"):
-        return str(body["message"])
-    return f"{exc.reason or 'refused'} {exc.body or ''}".strip()
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def server_message(exc: ApiException) -> str:
+    """The API server's own words for a refused request (its Status message), else the HTTP reason."""
+    message = _status_body(exc).get("message")
+    return str(message) if message else f"{exc.reason or 'refused'} {exc.body or ''}".strip()
+
+
+def namespace_terminating(exc: ApiException) -> bool:
+    """The write was refused because the namespace is being deleted (and the FineTuneJob with it)."""
+    causes = (_status_body(exc).get("details") or {}).get("causes") or []
+    return any(
+        c.get("reason") == "NamespaceTerminating" or c.get("type") == "NamespaceTerminating" for c in causes
+    )
+
+
+class _NamespaceTerminating(Exception):
+    """Raised by a write in a namespace being deleted: nothing to decide, nothing to retry."""
 
 
 class FineTuneJobReconciler:
@@ -139,6 +154,13 @@ class _Shell:
     # ---------------------------------------------------------------------------------------------
 
     def run(self) -> Result:
+        try:
+            return self.converge()
+        except _NamespaceTerminating:
+            log.debug("%s/%s: the namespace is being deleted", self.ns, self.name)
+            return Result()
+
+    def converge(self) -> Result:
         at = self.r.clock()
         # The decision reads a copy: every round decides from the same starting point (self.obj's status
         # follows the writes, so a second status write compares with the first).
@@ -238,9 +260,7 @@ class _Shell:
             try:
                 self.kube.patch(kind, self.ns, name, patch)
             except ApiException as exc:
-                if exc.status not in REFUSAL_CODES:
-                    raise
-                return Refusal(kind, name, exc.status, server_message(exc))
+                return self.refused(exc, kind, name)
             self.done.add(("patch", kind, name))
         for gone in d.delete:
             if ("delete", gone.kind, gone.name) in self.done:
@@ -248,9 +268,7 @@ class _Shell:
             try:
                 self.kube.delete(gone.kind, self.ns, gone.name, uid=gone.uid, propagation=gone.propagation)
             except ApiException as exc:
-                if exc.status not in REFUSAL_CODES:
-                    raise
-                return Refusal(gone.kind, gone.name, exc.status, server_message(exc))
+                return self.refused(exc, gone.kind, gone.name)
             self.done.add(("delete", gone.kind, gone.name))
         return None
 
@@ -275,9 +293,7 @@ class _Shell:
             try:
                 live = self.kube.apply(obj)
             except ApiException as exc:
-                if exc.status not in REFUSAL_CODES:
-                    raise
-                return Refusal(kind, name, exc.status, server_message(exc))
+                return self.refused(exc, kind, name)
         self.r.cache.put(key, applied_hash(live), _labels(live).get(RUN_ID_LABEL))
         return None
 
@@ -285,14 +301,20 @@ class _Shell:
         try:
             self.kube.apply(body)
         except ApiException as exc:
-            if exc.status not in REFUSAL_CODES:
-                raise
-            return Refusal("Job", body["metadata"]["name"], exc.status, server_message(exc))
+            return self.refused(exc, "Job", body["metadata"]["name"])
         created_at = parse_time(self.obj["metadata"].get("creationTimestamp"))
         if d.first_job and created_at is not None:
             # Wall-clock (not the decision's clock) at sub-second precision (creationTimestamp has 1 s).
             self.result.job_created_after = max(0.0, (dt.datetime.now(dt.UTC) - created_at).total_seconds())
         return None
+
+    def refused(self, exc: ApiException, kind: str, name: str) -> Refusal:
+        """EXC as a refusal the decision turns into a condition; other errors go up (the queue retries)."""
+        if exc.status not in REFUSAL_CODES:
+            raise exc
+        if namespace_terminating(exc):
+            raise _NamespaceTerminating from exc
+        return Refusal(kind, name, exc.status, server_message(exc))
 
     def write(self, d: Decision) -> None:
         if d.status is not None:
