@@ -54,6 +54,7 @@ def decide_all(
     pvcs: dict[str, dict[str, Any]] | None = None,
     configmap_run: str | None = None,
     refusals: list[Refusal] = (),  # type: ignore[assignment]
+    static_signature: str | None = None,
 ) -> Decision:
     """Decide like the shell: answer every read the decision asks for from the given world."""
     observed = Observed(
@@ -61,6 +62,7 @@ def decide_all(
         jobs=list(jobs),
         configmap_run=configmap_run,
         refusals=list(refusals),
+        static_signature=static_signature,
     )
     for _ in range(8):
         d = decide(observed, OPTS, now)
@@ -542,3 +544,15 @@ def test_refused_suspend_patch_and_deletion_are_conditions():
     late = decide_all(obj, at(20), jobs=[job], pods=running_pods, refusals=[forbidden])
     assert not late.delete and cond(late, "Stalled")["status"] == "True"
     assert late.status["phase"] == "Pending" and cond(late, "Failed")["status"] == "False"  # still running
+
+
+def test_static_children_applied_from_the_same_inputs_are_not_rendered_again():
+    obj, job, first = started(ftj())
+    pods = {"job-1": [pod("t-trainer-0", "Running")]}
+    d = decide_all(obj, at(5), jobs=[job], pods=pods, static_signature=first.static_signature)
+    assert d.apply == [] and d.static_signature is None and d.status["phase"] == "Running"
+    # a label change (labels are propagated to the children) renders them again
+    obj["metadata"]["labels"] = {"team": "nlp"}
+    d2 = decide_all(obj, at(6), jobs=[job], pods=pods, static_signature=first.static_signature)
+    assert [o["kind"] for o in d2.apply] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service"]
+    assert d2.apply[-1]["metadata"]["labels"]["team"] == "nlp"

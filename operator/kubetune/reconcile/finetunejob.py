@@ -164,8 +164,12 @@ class _Shell:
         at = self.r.clock()
         # The decision reads a copy: every round decides from the same starting point (self.obj's status
         # follows the writes, so a second status write compares with the first).
+        cached = self.r.cache.get(("static", self.ns, self.name))
         observed = Observed(
-            obj=copy.deepcopy(self.obj), jobs=self.current_job(), configmap_run=self.configmap_run()
+            obj=copy.deepcopy(self.obj),
+            jobs=self.current_job(),
+            configmap_run=self.configmap_run(),
+            static_signature=cached[0] if cached else None,
         )
         for _ in range(MAX_ROUNDS):
             d = decide(observed, self.r.opts, at)
@@ -193,6 +197,8 @@ class _Shell:
             break
         else:  # pragma: no cover - every round adds a read or a refusal, of which there are few
             raise RuntimeError(f"FineTuneJob {self.ns}/{self.name}: the decision did not settle")
+        if d.static_signature is not None:
+            self.r.cache.put(("static", self.ns, self.name), d.static_signature, None)
         # Events before the status: whoever sees the new status finds its Events (a failed status write
         # retries the pass, and the recorder drops the repeated Events).
         self.r.events.emit(self.obj, d.events)

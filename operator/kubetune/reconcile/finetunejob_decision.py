@@ -110,6 +110,9 @@ class Observed:
     pvcs: dict[str, dict[str, Any] | None] | None = None
     """Referenced PersistentVolumeClaims by name (None value: not found); None: not read."""
     refusals: list[Refusal] = field(default_factory=list)
+    static_signature: str | None = None
+    """``static_signature`` of the static children this process last applied successfully (None: unknown);
+    when it matches, the decision does not render them again."""
     model_source: dict[str, Any] | None = None
     """Reserved for chains (spec.model.fineTuneJobRef): the FineTuneJob whose result this one trains on.
     Not used yet; a decision that waits for it sets Running=False/WaitingForModel and Reconciling."""
@@ -158,6 +161,8 @@ class Decision:
     """The new Job is the run's first (the shell measures the creation-to-Job latency)."""
     run_seconds: float | None = None
     """Duration of a run that finished in this decision."""
+    static_signature: str | None = None
+    """What the static children in ``apply`` were rendered from (the shell remembers it once applied)."""
 
     @property
     def phase(self) -> str | None:
@@ -215,6 +220,13 @@ def refusal_advice(kind: str, code: int, message: str) -> str:
     if code == 409:
         return f"remove the conflicting {kind} or rename the FineTuneJob"
     return "fix the cause and the operator retries"
+
+
+def static_signature(obj: dict[str, Any], attempt: int) -> str:
+    """Everything the RBAC, ConfigMap and Service are rendered from (besides the operator's settings)."""
+    meta = obj["metadata"]
+    labels = sorted((meta.get("labels") or {}).items())
+    return repr((meta.get("uid"), meta.get("generation"), labels, attempt))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -498,6 +510,9 @@ class _Decider:
 
     def _apply_static(self, ftj: FineTuneJob, attempt: int) -> bool:
         """RBAC, ConfigMap and Service of ATTEMPT; False (and a condition) when one was refused."""
+        signature = static_signature(self.obj, attempt)
+        if signature == self.o.static_signature:
+            return True  # applied from exactly this before: not even rendered (rendering YAML costs ms)
         desired = [*render_rbac(ftj), render_configmap(ftj, self.opts), render_service(ftj, attempt)]
         for obj in desired:
             refused = self.refusal(obj["kind"], obj["metadata"]["name"])
@@ -506,6 +521,7 @@ class _Decider:
                 return False
         for obj in desired:
             self._want(obj)
+        self.out.static_signature = signature
         return True
 
     def _want(self, obj: dict[str, Any]) -> None:
