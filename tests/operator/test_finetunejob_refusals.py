@@ -27,11 +27,12 @@ def _events(f: FTJ, name: str, reason: str) -> list:
     return [e for e in f.events(name) if e.reason == reason]
 
 
-@pytest.fixture
-def deny_trainer_jobs(kube, ftj: FTJ):
-    """A ValidatingAdmissionPolicy + binding that deny every Job in the test's namespace."""
+@contextlib.contextmanager
+def _denying_policy(kube, ns: str, group: str, resource: str, expression: str, message: str, probe):
+    """A ValidatingAdmissionPolicy + binding that deny RESOURCE objects matching EXPRESSION in NS;
+    enforced (PROBE, a dry-run create, is denied) when the block starts, gone when it ends."""
     adm = client.AdmissionregistrationV1Api(kube.api)
-    name = f"deny-jobs-{ftj.ns}"
+    name = f"deny-{resource}-{ns}"
     adm.create_validating_admission_policy(
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
@@ -42,14 +43,14 @@ def deny_trainer_jobs(kube, ftj: FTJ):
                 "matchConstraints": {
                     "resourceRules": [
                         {
-                            "apiGroups": ["batch"],
+                            "apiGroups": [group],
                             "apiVersions": ["v1"],
                             "operations": ["CREATE", "UPDATE"],
-                            "resources": ["jobs"],
+                            "resources": [resource],
                         }
                     ]
                 },
-                "validations": [{"expression": "false", "message": POLICY_MESSAGE}],
+                "validations": [{"expression": expression, "message": message}],
             },
         }
     )
@@ -61,36 +62,44 @@ def deny_trainer_jobs(kube, ftj: FTJ):
             "spec": {
                 "policyName": name,
                 "validationActions": ["Deny"],
-                "matchResources": {
-                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ftj.ns}}
-                },
+                "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}},
             },
         }
     )
 
     def enforced() -> bool:  # the API server loads policies asynchronously
-        probe = client.V1Job(
-            metadata=client.V1ObjectMeta(name="probe"),
-            spec=client.V1JobSpec(
-                template=client.V1PodTemplateSpec(
-                    spec=client.V1PodSpec(
-                        restart_policy="Never", containers=[client.V1Container(name="c", image="busybox")]
-                    )
-                )
-            ),
-        )
         try:
-            ftj.batch.create_namespaced_job(ftj.ns, probe, dry_run="All")
+            probe()
         except client.ApiException as exc:
-            return POLICY_MESSAGE in (exc.body or "")
+            return message in (exc.body or "")
         return False
 
-    wait_for(enforced, 30, 0.2, "the ValidatingAdmissionPolicy to be enforced")
-    yield name
-    with contextlib.suppress(client.ApiException):
-        adm.delete_validating_admission_policy_binding(name)
-    with contextlib.suppress(client.ApiException):
-        adm.delete_validating_admission_policy(name)
+    try:
+        wait_for(enforced, 30, 0.2, "the ValidatingAdmissionPolicy to be enforced")
+        yield name
+    finally:
+        with contextlib.suppress(client.ApiException):
+            adm.delete_validating_admission_policy_binding(name)
+        with contextlib.suppress(client.ApiException):
+            adm.delete_validating_admission_policy(name)
+
+
+@pytest.fixture
+def deny_trainer_jobs(kube, ftj: FTJ):
+    """Every Job in the test's namespace is denied."""
+
+    def probe():
+        pod = client.V1PodSpec(
+            restart_policy="Never", containers=[client.V1Container(name="c", image="busybox")]
+        )
+        job = client.V1Job(
+            metadata=client.V1ObjectMeta(name="probe"),
+            spec=client.V1JobSpec(template=client.V1PodTemplateSpec(spec=pod)),
+        )
+        ftj.batch.create_namespaced_job(ftj.ns, job, dry_run="All")
+
+    with _denying_policy(kube, ftj.ns, "batch", "jobs", "false", POLICY_MESSAGE, probe) as name:
+        yield name
 
 
 def test_admission_policy_denial_is_a_condition_and_one_event(ftj: FTJ, deny_trainer_jobs, kube):
@@ -143,3 +152,24 @@ def test_resource_quota_is_a_condition_quoting_the_quota(ftj: FTJ):
     # Room in the quota: the Job is created on the next retry.
     ftj.core.patch_namespaced_resource_quota("no-jobs", ftj.ns, {"spec": {"hard": {"count/jobs.batch": "5"}}})
     wait_for(lambda: ftj.jobs("overquota"), 40, 0.2, "the Job once the quota allows it")
+
+
+CONFIG_MESSAGE = "trainer ConfigMaps are refused here (kubetune refusal test)"
+
+
+def test_denied_configmap_is_a_condition_and_no_job(ftj: FTJ, kube):
+    def probe():
+        cm = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="probe-trainer-config"))
+        ftj.core.create_namespaced_config_map(ftj.ns, cm, dry_run="All")
+
+    expression = "!object.metadata.name.endsWith('-trainer-config')"
+    with _denying_policy(kube, ftj.ns, "", "configmaps", expression, CONFIG_MESSAGE, probe):
+        ftj.create(tiny_job("nocm"))
+        running = wait_for(lambda: _rejected(ftj, "nocm"), 30, 0.2, "Running=False ChildRejected")
+        assert (
+            CONFIG_MESSAGE in running["message"] and "ConfigMap 'nocm-trainer-config'" in running["message"]
+        )
+        assert ftj.cond("nocm", "Stalled")["status"] == "True"
+        assert not ftj.jobs("nocm")  # no Job without its config
+        assert len(_events(ftj, "nocm", "ChildRejected")) == 1
+    wait_for(lambda: ftj.jobs("nocm"), 30, 0.2, "the Job once the policy is gone")
