@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api.v1alpha1 import FineTuneJob, pvc_claims, validate_document
-from kubetune.render.common import ATTEMPT_LABEL, RUN_GENERATION_ANNOTATION, RUN_ID_LABEL
+from kubetune.render.common import RUN_GENERATION_ANNOTATION, RUN_ID_LABEL
 from kubetune.render.finetunejob import (
     RenderOptions,
     render_configmap,
@@ -43,6 +43,15 @@ from .conditions import (
     seconds_in_state,
     set_condition,
     set_kstatus,
+)
+from .finetunejob_readings import (
+    attempt_of,
+    condition_true,
+    failure_reason,
+    labels_of,
+    pod_problem,
+    reference_problems,
+    refusal_advice,
 )
 from .kube import fmt_time, parse_time
 from .status import Event
@@ -71,7 +80,6 @@ GRACE_REASONS = {
     "WaitingForDeletion",
 }  # fmt: skip
 STALL_GRACE_SECONDS = 30.0
-IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
 # HTTP status codes of a write the API server refused for a reason the user can act on (invalid, forbidden
 # by RBAC, quota or admission, a conflict). Others (5xx, transport) are errors the queue retries.
 REFUSAL_CODES = (400, 403, 409, 422)
@@ -176,50 +184,6 @@ class _NeedMore(Exception):
 
 # ------------------------------------------------------------------------------------------------
 # small readers of objects
-
-
-def _labels(obj: dict[str, Any]) -> dict[str, str]:
-    return (obj.get("metadata") or {}).get("labels") or {}
-
-
-def _cond(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
-    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if c.get("type") == type_:
-            return c
-    return None
-
-
-def _true(obj: dict[str, Any] | None, type_: str) -> bool:
-    c = _cond(obj, type_)
-    return bool(c and c.get("status") == "True")
-
-
-def attempt_of(job: dict[str, Any]) -> int:
-    try:
-        return int(_labels(job).get(ATTEMPT_LABEL, "1"))
-    except ValueError:
-        return 1
-
-
-def _tail(text: str | None, limit: int = 300) -> str:
-    text = (text or "").strip()
-    return text if len(text) <= limit else "..." + text[-limit:]
-
-
-def refusal_advice(kind: str, code: int, message: str) -> str:
-    """What to change, in words, for a refused write of a KIND child."""
-    low = message.lower()
-    if "exceeded quota" in low or ("quota" in low and code == 403):
-        return "raise the namespace's ResourceQuota or free some of it"
-    if "admission webhook" in low or "validatingadmissionpolicy" in low or "denied" in low:
-        return "change the FineTuneJob (or the policy) so the admission check accepts the " + kind
-    if code == 403:
-        return f"grant the operator's ServiceAccount access to {kind}s in this namespace"
-    if code == 422 or code == 400:
-        return f"change the FineTuneJob so that its {kind} is valid (name, labels, fields)"
-    if code == 409:
-        return f"remove the conflicting {kind} or rename the FineTuneJob"
-    return "fix the cause and the operator retries"
 
 
 def static_signature(obj: dict[str, Any], attempt: int) -> str:
@@ -332,11 +296,11 @@ class _Decider:
         rid = run_id(ftj)
 
         jobs = self._jobs()
-        stale = [j for j in jobs if _labels(j).get(RUN_ID_LABEL) != rid]
-        current = [j for j in jobs if _labels(j).get(RUN_ID_LABEL) == rid]
+        stale = [j for j in jobs if labels_of(j).get(RUN_ID_LABEL) != rid]
+        current = [j for j in jobs if labels_of(j).get(RUN_ID_LABEL) == rid]
         cm_run = self.o.configmap_run
         if stale or (cm_run is not None and cm_run != rid):
-            stale = [j for j in self._jobs(everything=True) if _labels(j).get(RUN_ID_LABEL) != rid]
+            stale = [j for j in self._jobs(everything=True) if labels_of(j).get(RUN_ID_LABEL) != rid]
             self._start_new_run(rid, stale)
             if stale:
                 self.after(RECHECK_BEING_DELETED)  # the old Job's name is reused: wait until it is gone
@@ -418,7 +382,7 @@ class _Decider:
 
     def _ttl_expired(self) -> bool:
         ttl = self.spec.get("ttlSecondsAfterFinished")
-        done = _true(self.obj, "Succeeded") or _true(self.obj, "Failed")
+        done = condition_true(self.obj, "Succeeded") or condition_true(self.obj, "Failed")
         elapsed = self.since(self.st["completionTime"])
         if ttl is None or not done or elapsed is None or elapsed < ttl:
             return False
@@ -440,47 +404,7 @@ class _Decider:
         if self.o.secrets is None or self.o.pvcs is None:
             names = tuple(dict.fromkeys(u.name for u in uses))
             raise _NeedMore(Need("references", secrets=names, pvcs=tuple(claims)))
-        problems: list[tuple[str, str]] = []
-        for use in uses:
-            secret = self.o.secrets.get(use.name)
-            if secret is None:
-                problems.append(
-                    (
-                        "SecretNotFound",
-                        f"Secret {use.name!r} ({use.field}) not found in namespace "
-                        f"{self.ns}: create it or fix {use.field}.name",
-                    )
-                )
-                continue
-            data = {**(secret.get("data") or {}), **(secret.get("stringData") or {})}
-            missing = [k for k in use.required_keys if k not in data]
-            if missing:
-                problems.append(
-                    (
-                        "SecretKeyMissing",
-                        f"Secret {use.name!r} ({use.field}) has no key "
-                        f"{', '.join(missing)}: add it or set {use.field}.key",
-                    )
-                )
-        for claim in claims:
-            pvc = self.o.pvcs.get(claim)
-            if pvc is None:
-                problems.append(
-                    (
-                        "PVCNotFound",
-                        f"PersistentVolumeClaim {claim!r} not found in namespace {self.ns}: "
-                        f"create it or fix the pvc:// URIs that name it",
-                    )
-                )
-            elif (pvc.get("status") or {}).get("phase") == "Lost":
-                problems.append(
-                    (
-                        "PVCLost",
-                        f"PersistentVolumeClaim {claim!r} is Lost (its volume is gone): "
-                        f"restore the volume or point the pvc:// URIs to another claim",
-                    )
-                )
-        return problems
+        return reference_problems(uses, claims, self.o.secrets, self.o.pvcs, self.ns)
 
     def _grace(self, reason: str, message: str) -> None:
         """A problem that may fix itself: Reconciling until the FineTuneJob has not run for the grace
@@ -609,15 +533,15 @@ class _Decider:
         limit = ftj.spec.backoff_limit + 1
         self.st["attempts"] = attempt
         self.st["jobName"] = jname
-        rid = _labels(job).get(RUN_ID_LABEL)
+        rid = labels_of(job).get(RUN_ID_LABEL)
         run_gen = (job["metadata"].get("annotations") or {}).get(RUN_GENERATION_ANNOTATION) or str(self.gen)
         for old in older:  # earlier failed attempts of this run
-            if (old.get("status") or {}).get("active", 0) == 0 or _true(old, "Failed"):
+            if (old.get("status") or {}).get("active", 0) == 0 or condition_true(old, "Failed"):
                 self._delete_job(old)
         self._default("Failed", "NotFailed", "")
         self._default("Succeeded", "NotStarted", "the run has not finished")
 
-        if _true(job, "Complete") or _true(job, "SuccessCriteriaMet"):
+        if condition_true(job, "Complete") or condition_true(job, "SuccessCriteriaMet"):
             done_at = (job.get("status") or {}).get("completionTime") or fmt_time(self.now)
             self.st["completionTime"] = self.st["completionTime"] or done_at
             self.set(
@@ -634,7 +558,7 @@ class _Decider:
                 self.out.run_seconds = max(0.0, (end - start).total_seconds())
             self._ttl_timer()
             return
-        if _true(job, "Failed") or _true(job, "FailureTarget"):
+        if condition_true(job, "Failed") or condition_true(job, "FailureTarget"):
             why = self._failure_reason(job)
             if attempt < limit:
                 nxt = attempt + 1
@@ -672,7 +596,7 @@ class _Decider:
         pods = [p for p in self._pods(job) if not p["metadata"].get("deletionTimestamp")]
         nodes = ftj.spec.resources.nodes
         running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
-        problem_reason, pod_message = _pod_problem(pods)
+        problem_reason, pod_message = pod_problem(pods)
         if len(running) >= nodes:
             self.set(
                 "Running",
@@ -742,26 +666,7 @@ class _Decider:
         self._ttl_timer()
 
     def _failure_reason(self, job: dict[str, Any]) -> str:
-        for pod in self._pods(job):
-            if (pod.get("status") or {}).get("phase") != "Failed":
-                continue
-            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-                term = (cs.get("state") or {}).get("terminated")
-                if term and term.get("exitCode", 0) != 0:
-                    detail = f": {_tail(term.get('message'))}" if term.get("message") else ""
-                    return (
-                        f"pod {pod['metadata']['name']} container {cs.get('name')} exited with code "
-                        f"{term.get('exitCode')} ({term.get('reason') or 'Error'}){detail}"
-                    )
-            status = pod.get("status") or {}
-            if status.get("message") or status.get("reason"):
-                words = f"{status.get('reason', '')} {status.get('message', '')}".strip()
-                return f"pod {pod['metadata']['name']} failed: {words}"
-        for type_ in ("Failed", "FailureTarget"):
-            c = _cond(job, type_)
-            if c and c.get("status") == "True":
-                return f"Job {job['metadata']['name']} failed ({c.get('reason')}): {c.get('message', '')}".strip()
-        return f"Job {job['metadata']['name']} failed"
+        return failure_reason(job, self._pods(job))
 
     # ---------------------------------------------------------------------------------------------
     # status
@@ -837,34 +742,6 @@ class _Decider:
         # A problem that outlived its grace: its own Event came when it was first seen; say it stalled.
         if flipped and stalled.get("reason") in GRACE_REASONS:
             self.event("Warning", "Stalled", stalled.get("message") or "stalled")
-
-
-def _pod_problem(pods: list[dict[str, Any]]) -> tuple[str | None, str | None]:
-    """Why the pods do not run, in words a user can act on (the scheduler's message, image pulls)."""
-    for pod in pods:
-        status = pod.get("status") or {}
-        for cs in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or []):
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in IMAGE_PULL_REASONS:
-                return (
-                    "ImagePullFailed",
-                    f"cannot pull image {cs.get('image')!r} ({waiting.get('reason')}: "
-                    f"{_tail(waiting.get('message'), 200)}): fix spec.image or spec.imagePullSecrets",
-                )
-            if waiting.get("reason") == "CreateContainerConfigError":
-                return (
-                    "ContainerConfigError",
-                    f"pod {pod['metadata']['name']}: {_tail(waiting.get('message'), 300)}: "
-                    "fix the Secrets or spec.env the pod refers to",
-                )
-    for pod in pods:
-        for c in (pod.get("status") or {}).get("conditions") or []:
-            if c.get("type") == "PodScheduled" and c.get("status") == "False":
-                return (
-                    "Unschedulable",
-                    f"pod {pod['metadata']['name']} cannot be scheduled: {c.get('message') or c.get('reason')}",
-                )
-    return None, None
 
 
 __all__ = [
