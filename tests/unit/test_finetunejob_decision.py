@@ -298,6 +298,10 @@ def test_failed_attempt_starts_the_next():
     message = next(e.message for e in d.events if e.reason == "AttemptFailed")
     assert "attempt 1 of 3 failed" in message and "exited with code 1" in message and "boom" in message
     assert d.status["phase"] == "Pending" and cond(d, "Reconciling")["status"] == "True"
+    assert (
+        cond(d, "Reconciling")["reason"] == "Retrying"
+        and "attempt 2 of 3" in cond(d, "Reconciling")["message"]
+    )
 
 
 def test_backoff_exhausted_fails_and_stalls():

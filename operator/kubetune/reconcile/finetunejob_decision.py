@@ -700,6 +700,8 @@ class _Decider:
         reason, message = running.get("reason") or phase, running.get("message", "")
         if self.reason("Suspended") == "WaitingForAdmission" and self.is_true("Suspended"):
             reason, message = "WaitingForAdmission", self.conds["Suspended"].get("message", "")
+        elif reason == "Pending" and self.st["attempts"] > 1:
+            reason = "Retrying"  # a later attempt of the run, not running yet
         if phase == "Running":
             return KStatus(False, "Running", message, reconciling=("Running", message))
         return KStatus(False, reason, message, reconciling=(reason, message))
