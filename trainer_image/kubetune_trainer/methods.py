@@ -17,6 +17,8 @@ PEFT_TASK_TYPES = {
     "seq2seq": "SEQ_2_SEQ_LM",
     "sequence-classification": "SEQ_CLS",
     "token-classification": "TOKEN_CLS",
+    "masked-lm": None,  # PEFT has no masked-LM task type: a plain PeftModel passes labels through
+    "question-answering": "QUESTION_ANS",
 }
 RESULT_KINDS = {
     "full": "full",
@@ -27,7 +29,21 @@ RESULT_KINDS = {
     "prefix-tuning": "prefix",
     "prompt-tuning": "prompt",
 }
-CLASSIFIER_HEADS = r"(.*\.)?(classifier|score)(\..*)?"
+CLASSIFIER_HEADS = r"(.*\.)?(classifier|score|qa_outputs)(\..*)?"
+HEAD_TASKS = (
+    "sequence-classification",
+    "token-classification",
+    "question-answering",
+)  # new heads, trained in full
+# head-only's default trainable [classifier] stands for the task's head where the head has another name
+DEFAULT_HEAD_ONLY = ["classifier"]
+TASK_HEADS = {
+    # the prediction head over the (tied, frozen) word embeddings: BERT/ALBERT/DeBERTa, RoBERTa, DistilBERT, ELECTRA
+    "masked-lm": ["predictions.", "lm_head.", "vocab_transform.", "vocab_layer_norm.", "vocab_projector.",
+                  "generator_lm_head."],
+    "question-answering": ["qa_outputs"],
+}  # fmt: skip
+ENCODER_RESULT_KINDS = ("masked-lm", "question-answering")  # a whole model of these tasks is its own kind
 DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 
 
@@ -57,7 +73,7 @@ def lora_config(method: MethodSpec, task: str):
 
     lora = method.lora
     extra = {}
-    if task in ("sequence-classification", "token-classification") and lora.target_modules == "all-linear":
+    if task in HEAD_TASKS and lora.target_modules == "all-linear":
         # the classification head is trained in full (PEFT's modules_to_save), not given an adapter
         extra["exclude_modules"] = CLASSIFIER_HEADS
     return LoraConfig(
@@ -154,10 +170,15 @@ def apply_method(
 ):
     """Return (model to train, result kind)."""
     kind = RESULT_KINDS[method.type]
+    if kind == "full" and model_spec.task in ENCODER_RESULT_KINDS:
+        kind = model_spec.task  # a whole masked-lm or question-answering model
     if method.type == "full":
         return model, kind
     if method.type == "head-only":
-        freeze_for_head_only(model, method.head_only.trainable, method.head_only.unfreeze_last_layers)
+        patterns = method.head_only.trainable
+        if patterns == DEFAULT_HEAD_ONLY and model_spec.task in TASK_HEADS:
+            patterns = TASK_HEADS[model_spec.task]
+        freeze_for_head_only(model, patterns, method.head_only.unfreeze_last_layers)
         return model, kind
     from peft import get_peft_model, prepare_model_for_kbit_training
 
