@@ -43,6 +43,10 @@ TASK_HEADS = {
                   "generator_lm_head."],
     "question-answering": ["qa_outputs"],
 }  # fmt: skip
+# the masked-LM heads' dense + layer norm before the (tied) decoder: BERT/DeBERTa, RoBERTa, DistilBERT
+MLM_HEAD_TRANSFORMS = ["predictions.transform", "lm_head.dense", "lm_head.layer_norm", "vocab_transform",
+                       "vocab_layer_norm"]  # fmt: skip
+MLM_HEAD_PATTERN = r"(.*\.)?(" + "|".join(re.escape(m) for m in MLM_HEAD_TRANSFORMS) + r")(\..*)?"
 ENCODER_RESULT_KINDS = ("masked-lm", "question-answering")  # a whole model of these tasks is its own kind
 DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 
@@ -76,6 +80,11 @@ def lora_config(method: MethodSpec, task: str):
     if task in HEAD_TASKS and lora.target_modules == "all-linear":
         # the classification head is trained in full (PEFT's modules_to_save), not given an adapter
         extra["exclude_modules"] = CLASSIFIER_HEADS
+    if task == "masked-lm":
+        # the prediction head's transform is trained in full and saved with the adapter: a base without a
+        # masked-LM head (e.g. a sentence encoder) gets a new random one, which the adapter alone would not hold
+        extra["modules_to_save"] = MLM_HEAD_TRANSFORMS
+        extra["exclude_modules"] = MLM_HEAD_PATTERN
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
