@@ -674,7 +674,7 @@ class FineTuneJobSpec(KubeModel):
             problems.append(
                 Problem(
                     "training.metrics",
-                    f"{', '.join(held_out)} need held-out data: set dataset.evalSplit or dataset.evalFraction, "
+                    f"{', '.join(held_out)} {'needs' if len(held_out) == 1 else 'need'} held-out data: set dataset.evalSplit or dataset.evalFraction, "
                     "or remove them (perplexity works without: it is then the training perplexity)",
                 )
             )
