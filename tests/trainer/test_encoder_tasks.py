@@ -116,7 +116,13 @@ def test_classifier_starts_from_the_masked_lm_result(mlm_run, enc, tmp_path):
     assert any(not torch.equal(adapted[k], original[k]) for k in adapted), "masked-lm training changed it"
 
 
-def test_masked_lm_lora_without_evaluation_set_reports_training_perplexity(enc, tmp_path, caplog):
+ADAPTERS = {"lora": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}}, "ia3": {"type": "ia3"}}
+
+
+@pytest.mark.parametrize("method", sorted(ADAPTERS))
+def test_masked_lm_adapter_without_evaluation_set_reports_training_perplexity(enc, tmp_path, caplog, method):
+    """The tiny base has no masked-LM head: the new head's transform is saved with the adapter, so the merged
+    model equals base + adapter."""
     from transformers import AutoModelForMaskedLM
 
     config = job_config(
@@ -125,7 +131,7 @@ def test_masked_lm_lora_without_evaluation_set_reports_training_perplexity(enc, 
         enc["domain"],
         model=MLM,
         dataset=SMALL,
-        method={"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
+        method=ADAPTERS[method],
         training={"maxSteps": 12, "learningRate": 1e-2, "batchSize": 16, "metrics": ["perplexity"]},
         output={"mergeAdapter": True},
     )
@@ -237,6 +243,22 @@ def test_question_answering_lora_with_kubetune_train_local(enc, tmp_path):
     assert adapter["task_type"] == "QUESTION_ANS" and "qa_outputs" in adapter["modules_to_save"]
     states = json.loads(next((out / "checkpoints").rglob("trainer_state.json")).read_text())
     assert_learned([e["loss"] for e in states["log_history"] if "loss" in e], factor=0.7)
+
+
+def test_question_answering_ia3_keeps_the_span_head_with_the_adapter(enc, tmp_path):
+    config = job_config(
+        tmp_path,
+        enc["bert"],
+        enc["qa"],
+        model=QA,
+        dataset={"maxLength": 32, "docStride": 8},
+        method={"type": "ia3"},
+        training={"maxSteps": 4, "learningRate": 1e-2, "batchSize": 16},
+    )
+    outcome = run_training(config)
+    assert outcome.result["kind"] == "adapter"
+    adapter = json.loads((output_of(outcome) / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "IA3" and "qa_outputs" in adapter["modules_to_save"]
 
 
 def test_question_answering_head_only_trains_the_span_head_only(enc, tmp_path):

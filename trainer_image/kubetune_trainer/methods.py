@@ -44,8 +44,8 @@ TASK_HEADS = {
     "question-answering": ["qa_outputs"],
 }  # fmt: skip
 # the masked-LM heads' dense + layer norm before the (tied) decoder: BERT/DeBERTa, RoBERTa, DistilBERT
-MLM_HEAD_TRANSFORMS = ["predictions.transform", "lm_head.dense", "lm_head.layer_norm", "vocab_transform",
-                       "vocab_layer_norm"]  # fmt: skip
+MLM_HEAD_TRANSFORMS = ["predictions.transform.dense", "predictions.transform.LayerNorm", "lm_head.dense",
+                       "lm_head.layer_norm", "vocab_transform", "vocab_layer_norm"]  # fmt: skip
 MLM_HEAD_PATTERN = r"(.*\.)?(" + "|".join(re.escape(m) for m in MLM_HEAD_TRANSFORMS) + r")(\..*)?"
 ENCODER_RESULT_KINDS = ("masked-lm", "question-answering")  # a whole model of these tasks is its own kind
 DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
@@ -107,7 +107,10 @@ def peft_config(
     if kind in ("lora", "qlora"):
         return lora_config(method, model_spec.task)
     if kind == "ia3":
-        return IA3Config(task_type=task_type)
+        head = (
+            {"modules_to_save": MLM_HEAD_TRANSFORMS} if model_spec.task == "masked-lm" else {}
+        )  # see lora_config
+        return IA3Config(task_type=task_type, **head)
     if kind == "prefix-tuning":
         return PrefixTuningConfig(
             task_type=task_type, num_virtual_tokens=method.prefix_tuning.num_virtual_tokens
