@@ -30,11 +30,8 @@ RESULT_KINDS = {
     "prompt-tuning": "prompt",
 }
 CLASSIFIER_HEADS = r"(.*\.)?(classifier|score|qa_outputs)(\..*)?"
-HEAD_TASKS = (
-    "sequence-classification",
-    "token-classification",
-    "question-answering",
-)  # new heads, trained in full
+# tasks whose new head is trained in full (PEFT's modules_to_save), never given an adapter
+HEAD_TASKS = ("sequence-classification", "token-classification", "question-answering")
 # head-only's default trainable [classifier] stands for the task's head where the head has another name
 DEFAULT_HEAD_ONLY = ["classifier"]
 TASK_HEADS = {
@@ -107,9 +104,8 @@ def peft_config(
     if kind in ("lora", "qlora"):
         return lora_config(method, model_spec.task)
     if kind == "ia3":
-        head = (
-            {"modules_to_save": MLM_HEAD_TRANSFORMS} if model_spec.task == "masked-lm" else {}
-        )  # see lora_config
+        # masked-lm: the head's transform is saved with the adapter, as in lora_config
+        head = {"modules_to_save": MLM_HEAD_TRANSFORMS} if model_spec.task == "masked-lm" else {}
         return IA3Config(task_type=task_type, **head)
     if kind == "prefix-tuning":
         return PrefixTuningConfig(
