@@ -33,7 +33,7 @@ def test_encoder_task_reaches_the_trainer_and_its_result_kind_the_status(ftj: FT
         assert spec.dataset.mlm_probability == 0.3
     else:
         assert (spec.dataset.max_length, spec.dataset.doc_stride) == (256, 64)
-    ftj.wait_phase(name, "Succeeded", 60)
+    ftj.wait_phase(name, "Succeeded", 120)
     # what the trainer writes at the end (status subresource): the API server takes the task's result kind
     ftj.co.patch_namespaced_custom_object_status(
         "kubetune.io", "v1alpha1", ftj.ns, "finetunejobs", name,
