@@ -24,7 +24,7 @@ def test_encoder_task_reaches_the_trainer_and_its_result_kind_the_status(ftj: FT
     ftj.create(tiny_job(name, model=model, dataset=dataset, method={"type": "full"}))
     cm = wait_for(
         lambda: ftj.core.read_namespaced_config_map(f"{name}-trainer-config", ftj.ns),
-        45,
+        120,
         what="the ConfigMap",
     )
     spec = TrainerConfig.model_validate(yaml.safe_load(cm.data["config.yaml"])).job.spec
