@@ -197,3 +197,15 @@ def test_mlm_probability_is_a_fraction(value):
 def test_encoder_task_defaults():
     job = validate_document(finetunejob(model=QA, dataset=SQUAD)).obj
     assert (job.spec.dataset.mlm_probability, job.spec.dataset.doc_stride) == (0.15, 128)
+
+
+def test_task_specific_dataset_fields_on_another_task_are_warned_about():
+    result = validate_document(
+        finetunejob(dataset={"uri": "hf://x/y", "mlmProbability": 0.2, "docStride": 64})
+    )
+    assert result.ok
+    assert {(w.path, w.message) for w in result.warnings} == {
+        ("spec.dataset.mlmProbability", "applies only to model.task masked-lm; causal-lm ignores it"),
+        ("spec.dataset.docStride", "applies only to model.task question-answering; causal-lm ignores it"),
+    }
+    assert not validate_document(finetunejob(model=QA, dataset={**SQUAD, "docStride": 64})).warnings

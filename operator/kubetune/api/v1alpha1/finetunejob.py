@@ -601,6 +601,15 @@ class FineTuneJobSpec(KubeModel):
                     "not a held-out score; set dataset.evalSplit or dataset.evalFraction for eval_perplexity",
                 )
             )
+        # fields_set: what the manifest says (the API server fills in defaults, so this is for `validate`)
+        for field, alias, task in (("mlm_probability", "mlmProbability", "masked-lm"),
+                                   ("doc_stride", "docStride", "question-answering")):  # fmt: skip
+            if field in data.model_fields_set and self.model.task != task:
+                out.append(
+                    Problem(
+                        f"dataset.{alias}", f"applies only to model.task {task}; {self.model.task} ignores it"
+                    )
+                )
         return out
 
     def problems(self, target: str = TARGET_CLUSTER) -> list[Problem]:
