@@ -79,6 +79,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             result = validate_document(doc, target)
             for problem in result.problems:
                 print(f"{name}: {result.kind}/{result.name}: {problem}")
+            for warning in result.warnings:  # valid: a note on stderr, the exit code stays 0
+                print(f"{name}: {result.kind}/{result.name}: warning: {warning}", file=sys.stderr)
             failed += bool(result.problems)
             checked += 1
         if ours == 0:

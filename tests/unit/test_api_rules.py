@@ -12,6 +12,9 @@ BERT = {"uri": "hf://google-bert/bert-base-uncased", "task": "sequence-classific
 T5 = {"uri": "hf://google-t5/t5-base", "task": "seq2seq"}
 PREF = {"uri": "hf://trl-lib/ultrafeedback_binarized", "format": "preference"}
 WIKI_EVAL = {"uri": "hf://Salesforce/wikitext", "evalSplit": "validation"}
+MLM = {"uri": "hf://google-bert/bert-base-uncased", "task": "masked-lm"}
+QA = {"uri": "hf://FacebookAI/roberta-base", "task": "question-answering"}
+SQUAD = {"uri": "hf://rajpurkar/squad", "format": "question-answering"}
 
 # (id, broken manifest, the path that must be named, the same manifest with the rule kept)
 RULES = [
@@ -58,9 +61,37 @@ RULES = [
     ("token-tags need token-classification",
      finetunejob(model=BERT, dataset={"uri": "hf://eriktks/conll2003", "format": "token-tags"}), "spec.dataset.format",
      finetunejob(model={**BERT, "task": "token-classification"}, dataset={"uri": "hf://eriktks/conll2003", "format": "token-tags"})),
-    ("metrics need an evaluation set",
-     finetunejob(training={"metrics": ["perplexity"]}), "spec.dataset.evalSplit",
-     finetunejob(dataset={"uri": "hf://Salesforce/wikitext", "evalFraction": 0.05}, training={"metrics": ["perplexity"]})),
+    ("held-out metrics need an evaluation set",
+     finetunejob(training={"metrics": ["perplexity", "rouge"]}), "spec.training.metrics",
+     finetunejob(dataset={"uri": "hf://Salesforce/wikitext", "evalFraction": 0.05}, training={"metrics": ["perplexity", "rouge"]})),
+    ("question-answering metrics need an evaluation set",
+     finetunejob(model=QA, dataset=SQUAD, training={"metrics": ["exact-match", "f1"]}), "spec.training.metrics",
+     finetunejob(model=QA, dataset={**SQUAD, "evalSplit": "validation"}, training={"metrics": ["exact-match", "f1"]})),
+    ("masked-lm: perplexity only",
+     finetunejob(model=MLM, dataset=WIKI_EVAL, training={"metrics": ["accuracy"]}), "spec.training.metrics",
+     finetunejob(model=MLM, dataset=WIKI_EVAL, training={"metrics": ["perplexity"]})),
+    ("question-answering: exact-match and f1 only",
+     finetunejob(model=QA, dataset={**SQUAD, "evalSplit": "validation"}, training={"metrics": ["rouge"]}), "spec.training.metrics",
+     finetunejob(model=QA, dataset={**SQUAD, "evalSplit": "validation"}, training={"metrics": ["f1"]})),
+    ("masked-lm needs text",
+     finetunejob(model=MLM, dataset={"uri": "hf://stanfordnlp/imdb", "format": "classification"}), "spec.dataset.format",
+     finetunejob(model=MLM, dataset={"uri": "hf://stanfordnlp/imdb", "format": "text"})),
+    ("question-answering needs question-answering data",
+     finetunejob(model=QA, dataset={**SQUAD, "format": "text"}), "spec.dataset.format", finetunejob(model=QA, dataset={**SQUAD, "format": "auto"})),
+    ("question-answering data needs question-answering",
+     finetunejob(model=BERT, dataset=SQUAD), "spec.dataset.format", finetunejob(model=QA, dataset=SQUAD)),
+    ("docStride below maxLength",
+     finetunejob(model=QA, dataset={**SQUAD, "maxLength": 128}), "spec.dataset.docStride",
+     finetunejob(model=QA, dataset={**SQUAD, "maxLength": 128, "docStride": 32})),
+    ("no prefix tuning for masked-lm",
+     finetunejob(model=MLM, method={"type": "prefix-tuning"}), "spec.method.type", finetunejob(model=MLM, method={"type": "lora"})),
+    ("no prompt tuning for question-answering",
+     finetunejob(model=QA, dataset=SQUAD, method={"type": "prompt-tuning"}), "spec.method.type",
+     finetunejob(model=QA, dataset=SQUAD, method={"type": "head-only"})),
+    ("packing not with masked-lm",
+     finetunejob(model=MLM, dataset={"uri": "hf://Salesforce/wikitext", "packing": True}), "spec.dataset.packing", finetunejob(model=MLM)),
+    ("packing not with question-answering",
+     finetunejob(model=QA, dataset={**SQUAD, "packing": True}), "spec.dataset.packing", finetunejob(model=QA, dataset=SQUAD)),
     ("early stopping needs an evaluation set",
      finetunejob(training={"earlyStopping": {"patience": 2}}), "spec.dataset.evalSplit",
      finetunejob(dataset=WIKI_EVAL, training={"earlyStopping": {"patience": 2}})),
@@ -144,3 +175,37 @@ def test_python_rules_and_crd_rules_name_the_same_fields():
     python_paths = {path.removeprefix("spec") for _, _, path, _ in RULES}
     for rule in FINETUNEJOB_SPEC_CEL:
         assert rule["fieldPath"] in python_paths, rule
+
+
+def test_perplexity_without_evaluation_set_is_a_warning_not_a_problem():
+    result = validate_document(finetunejob(model=MLM, training={"metrics": ["perplexity"]}))
+    assert result.ok, result.problems
+    [warning] = result.warnings
+    assert warning.path == "spec.training.metrics" and "training perplexity" in warning.message
+    with_eval = validate_document(
+        finetunejob(model=MLM, dataset=WIKI_EVAL, training={"metrics": ["perplexity"]})
+    )
+    assert with_eval.ok and not with_eval.warnings
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.1, 1.5])
+def test_mlm_probability_is_a_fraction(value):
+    result = validate_document(finetunejob(model=MLM, dataset={"uri": "hf://x/y", "mlmProbability": value}))
+    assert [p.path for p in result.problems] == ["spec.dataset.mlmProbability"], result.problems
+
+
+def test_encoder_task_defaults():
+    job = validate_document(finetunejob(model=QA, dataset=SQUAD)).obj
+    assert (job.spec.dataset.mlm_probability, job.spec.dataset.doc_stride) == (0.15, 128)
+
+
+def test_task_specific_dataset_fields_on_another_task_are_warned_about():
+    result = validate_document(
+        finetunejob(dataset={"uri": "hf://x/y", "mlmProbability": 0.2, "docStride": 64})
+    )
+    assert result.ok
+    assert {(w.path, w.message) for w in result.warnings} == {
+        ("spec.dataset.mlmProbability", "applies only to model.task masked-lm; causal-lm ignores it"),
+        ("spec.dataset.docStride", "applies only to model.task question-answering; causal-lm ignores it"),
+    }
+    assert not validate_document(finetunejob(model=QA, dataset={**SQUAD, "docStride": 64})).warnings

@@ -192,3 +192,21 @@ def test_missing_implementation_is_a_clear_error(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "kubetune.handlers", None)  # makes the import fail
     code, _, err = run(capsys, "operator")
     assert code == 1 and "kubetune operator is not available" in err and "kubetune.handlers" in err
+
+
+def test_perplexity_without_an_evaluation_set_is_a_warning_and_exit_0(capsys, tmp_path):
+    mlm = {"uri": "hf://google-bert/bert-base-uncased", "task": "masked-lm"}
+    path = write(
+        tmp_path, "mlm.yaml", finetunejob(name="mlm", model=mlm, training={"metrics": ["perplexity"]})
+    )
+    code, out, err = run(capsys, "validate", "-f", path)
+    assert code == 0 and out == ""
+    assert (
+        f"{path}: FineTuneJob/mlm: warning: spec.training.metrics: perplexity without an evaluation set"
+        in err
+    )
+    held_out = finetunejob(
+        name="qa", model={**mlm, "task": "question-answering"}, training={"metrics": ["f1"]}
+    )
+    code, out, _ = run(capsys, "validate", "-f", write(tmp_path, "qa.yaml", held_out))
+    assert code == 1 and "spec.training.metrics: f1 needs held-out data: set dataset.evalSplit" in out

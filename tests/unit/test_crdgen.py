@@ -124,7 +124,7 @@ def test_special_fields():
     )
     columns = spec["dataset"]["properties"]["columns"]
     assert (
-        columns["maxProperties"] == 14
+        columns["maxProperties"] == 17
         and "self.all(k, k in" in columns["x-kubernetes-validations"][0]["rule"]
     )
     assert spec["model"]["properties"]["uri"]["pattern"].startswith("^(hf://")
@@ -133,6 +133,8 @@ def test_special_fields():
         "seq2seq",
         "sequence-classification",
         "token-classification",
+        "masked-lm",
+        "question-answering",
     ]
     assert spec["method"]["properties"]["quantization"]["properties"]["bits"]["enum"] == [4, 8]
 

@@ -69,7 +69,7 @@ def model_card(config: TrainerConfig, kind: str, metrics: dict[str, float], line
     spec = config.job.spec
     base = spec.model.uri
     data = ModelCardData(
-        library_name="peft" if kind != "full" else "transformers",
+        library_name="peft" if kind in ("adapter", "prefix", "prompt") else "transformers",
         base_model=base[len("hf://") :] if base.startswith("hf://") else None,
         tags=["kubetune", spec.method.type, spec.objective.type, spec.model.task],
     )

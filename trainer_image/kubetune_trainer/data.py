@@ -3,7 +3,9 @@
 Every format ends as tokenized columns the trainer of the task consumes as is:
 causal-lm -> input_ids + labels (-100 on prompt / non-assistant tokens); seq2seq -> input_ids + labels;
 sequence-classification -> input_ids + labels (ids); token-classification -> input_ids + labels (aligned to
-the first sub-word of each word); preference -> prompt/chosen/rejected text for TRL's DPOTrainer.
+the first sub-word of each word); preference -> prompt/chosen/rejected text for TRL's DPOTrainer;
+masked-lm -> input_ids windows (the collator masks them: mlm.py); question-answering -> context windows with
+start/end positions, plus the offsets that map evaluation logits back to answers (qa.py).
 Bad data fails with a DataError naming the file, split and column.
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 
 from kubetune.api.v1alpha1 import DatasetSpec, ModelSpec, parse_uri
 
-from . import sources
+from . import mlm, qa, sources
 from .errors import DataError
 
 # Required and optional columns of each format (kubetune's names; dataset.columns maps them).
@@ -30,12 +32,15 @@ FORMAT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "seq2seq": (("source", "target"), ()),
     "preference": (("chosen", "rejected"), ("prompt",)),
     "token-tags": (("tokens", "tags"), ()),
+    "question-answering": (("question", "context", "answers"), ()),
 }
 TASK_FORMATS = {
     "causal-lm": ("messages", "preference", "instruction", "prompt-completion", "text"),
     "seq2seq": ("seq2seq", "instruction", "prompt-completion"),
     "sequence-classification": ("classification",),
     "token-classification": ("token-tags",),
+    "masked-lm": ("text",),
+    "question-answering": ("question-answering",),
 }
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 INSTRUCTION_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
@@ -50,6 +55,7 @@ class Sample:
     prompt: str
     prompt_ids: list[int] | None = None
     reference: Any = None
+    context: str | None = None  # question-answering: the passage the answer is cut from
 
 
 @dataclass
@@ -61,6 +67,7 @@ class PreparedData:
     label_names: list[str] | None = None
     samples: list[Sample] = field(default_factory=list)
     rows: int = 0
+    eval_index: Any = None  # question-answering: contexts and window offsets to turn logits into answers
 
 
 # ---------------------------------------------------------------- loading
@@ -480,6 +487,9 @@ def _samples(ds, fmt: str, spec: DatasetSpec, tokenizer) -> list[Sample]:
                 out.append(Sample(row["text"], None, row["label"]))
             elif fmt == "token-tags":
                 out.append(Sample(" ".join(row["tokens"]), None, row["tags"]))
+            elif fmt == "question-answering":
+                answers = row["answers"]["text"]
+                out.append(Sample(row["question"], None, answers[0] if answers else "", row["context"]))
         except (KeyError, TypeError, ValueError):
             continue
     return out
@@ -541,6 +551,12 @@ def prepare(
         tokenize = lambda ds, split: ds.select_columns(keep)  # noqa: E731
     elif task == "seq2seq":
         tokenize = lambda ds, split: _tokenize_seq2seq(ds, fmt, spec, tokenizer, split)  # noqa: E731
+    elif task == "masked-lm":
+        mlm.require_mask_token(tokenizer, model.uri)
+        tokenize = lambda ds, split: mlm.tokenize(ds, spec, tokenizer, split)  # noqa: E731
+    elif task == "question-answering":
+        qa.require_fast_tokenizer(tokenizer, model.uri)
+        tokenize = lambda ds, split: qa.train_features(ds, spec, tokenizer, split)  # noqa: E731
     else:
         column = "label" if fmt == "classification" else "tags"
         names = model.labels or _class_label_names(train, column)
@@ -564,6 +580,9 @@ def prepare(
 
     rows = len(train)
     train = tokenize(train, spec.train_split)
-    if evaluation is not None:
+    eval_index = None
+    if evaluation is not None and task == "question-answering":  # windows plus what maps them back to answers
+        evaluation, eval_index = qa.eval_features(evaluation, spec, tokenizer, spec.eval_split or "eval")
+    elif evaluation is not None:
         evaluation = tokenize(evaluation, spec.eval_split or "eval")
-    return PreparedData(train, evaluation, fmt, data_digest, label_names, samples, rows)
+    return PreparedData(train, evaluation, fmt, data_digest, label_names, samples, rows, eval_index)

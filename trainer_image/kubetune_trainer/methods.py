@@ -17,6 +17,8 @@ PEFT_TASK_TYPES = {
     "seq2seq": "SEQ_2_SEQ_LM",
     "sequence-classification": "SEQ_CLS",
     "token-classification": "TOKEN_CLS",
+    "masked-lm": None,  # PEFT has no masked-LM task type: a plain PeftModel passes labels through
+    "question-answering": "QUESTION_ANS",
 }
 RESULT_KINDS = {
     "full": "full",
@@ -27,7 +29,22 @@ RESULT_KINDS = {
     "prefix-tuning": "prefix",
     "prompt-tuning": "prompt",
 }
-CLASSIFIER_HEADS = r"(.*\.)?(classifier|score)(\..*)?"
+CLASSIFIER_HEADS = r"(.*\.)?(classifier|score|qa_outputs)(\..*)?"
+# tasks whose new head is trained in full (PEFT's modules_to_save), never given an adapter
+HEAD_TASKS = ("sequence-classification", "token-classification", "question-answering")
+# head-only's default trainable [classifier] stands for the task's head where the head has another name
+DEFAULT_HEAD_ONLY = ["classifier"]
+TASK_HEADS = {
+    # the prediction head over the (tied, frozen) word embeddings: BERT/ALBERT/DeBERTa, RoBERTa, DistilBERT, ELECTRA
+    "masked-lm": ["predictions.", "lm_head.", "vocab_transform.", "vocab_layer_norm.", "vocab_projector.",
+                  "generator_lm_head."],
+    "question-answering": ["qa_outputs"],
+}  # fmt: skip
+# the masked-LM heads' dense + layer norm before the (tied) decoder: BERT/DeBERTa, RoBERTa, DistilBERT
+MLM_HEAD_TRANSFORMS = ["predictions.transform.dense", "predictions.transform.LayerNorm", "lm_head.dense",
+                       "lm_head.layer_norm", "vocab_transform", "vocab_layer_norm"]  # fmt: skip
+MLM_HEAD_PATTERN = r"(.*\.)?(" + "|".join(re.escape(m) for m in MLM_HEAD_TRANSFORMS) + r")(\..*)?"
+ENCODER_RESULT_KINDS = ("masked-lm", "question-answering")  # a whole model of these tasks is its own kind
 DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 
 
@@ -57,9 +74,14 @@ def lora_config(method: MethodSpec, task: str):
 
     lora = method.lora
     extra = {}
-    if task in ("sequence-classification", "token-classification") and lora.target_modules == "all-linear":
+    if task in HEAD_TASKS and lora.target_modules == "all-linear":
         # the classification head is trained in full (PEFT's modules_to_save), not given an adapter
         extra["exclude_modules"] = CLASSIFIER_HEADS
+    if task == "masked-lm":
+        # the prediction head's transform is trained in full and saved with the adapter: a base without a
+        # masked-LM head (e.g. a sentence encoder) gets a new random one, which the adapter alone would not hold
+        extra["modules_to_save"] = MLM_HEAD_TRANSFORMS
+        extra["exclude_modules"] = MLM_HEAD_PATTERN
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -82,7 +104,9 @@ def peft_config(
     if kind in ("lora", "qlora"):
         return lora_config(method, model_spec.task)
     if kind == "ia3":
-        return IA3Config(task_type=task_type)
+        # masked-lm: the head's transform is saved with the adapter, as in lora_config
+        head = {"modules_to_save": MLM_HEAD_TRANSFORMS} if model_spec.task == "masked-lm" else {}
+        return IA3Config(task_type=task_type, **head)
     if kind == "prefix-tuning":
         return PrefixTuningConfig(
             task_type=task_type, num_virtual_tokens=method.prefix_tuning.num_virtual_tokens
@@ -154,10 +178,15 @@ def apply_method(
 ):
     """Return (model to train, result kind)."""
     kind = RESULT_KINDS[method.type]
+    if kind == "full" and model_spec.task in ENCODER_RESULT_KINDS:
+        kind = model_spec.task  # a whole masked-lm or question-answering model
     if method.type == "full":
         return model, kind
     if method.type == "head-only":
-        freeze_for_head_only(model, method.head_only.trainable, method.head_only.unfreeze_last_layers)
+        patterns = method.head_only.trainable
+        if patterns == DEFAULT_HEAD_ONLY and model_spec.task in TASK_HEADS:
+            patterns = TASK_HEADS[model_spec.task]
+        freeze_for_head_only(model, patterns, method.head_only.unfreeze_last_layers)
         return model, kind
     from peft import get_peft_model, prepare_model_for_kbit_training
 

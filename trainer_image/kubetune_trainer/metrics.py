@@ -66,6 +66,16 @@ def perplexity(metrics: dict[str, float], prefix: str = "eval") -> dict[str, flo
     return {f"{prefix}_perplexity": float(math.exp(min(loss, 50.0)))}
 
 
+def training_perplexity(log_history: list[dict], metrics: dict[str, float]) -> dict[str, float]:
+    """exp of the training loss when there is no held-out data: the last logged loss (the mean over the final
+    logging window, which reflects the trained model better than train_loss, the mean over the whole run)."""
+    losses = [entry["loss"] for entry in log_history if "loss" in entry]
+    loss = losses[-1] if losses else metrics.get("train_loss")
+    if loss is None:
+        return {}
+    return {"train_perplexity": float(math.exp(min(loss, 50.0)))}
+
+
 def _argmax_and_labels(eval_pred) -> tuple[np.ndarray, np.ndarray]:
     """Predicted class ids and the labels of a transformers EvalPrediction (logits may come in a tuple)."""
     logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions

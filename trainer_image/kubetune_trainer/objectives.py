@@ -1,4 +1,5 @@
-"""Build the trainer for the objective and task: SFTTrainer / DPOTrainer (TRL), Trainer, Seq2SeqTrainer.
+"""Build the trainer for the objective and task: SFTTrainer / DPOTrainer (TRL), Trainer, Seq2SeqTrainer
+(masked-lm and question-answering: Trainer with their collator and metrics from mlm.py and qa.py).
 
 ``training_arguments`` maps spec.training / spec.checkpoints to TrainingArguments keyword arguments;
 extraArgs are merged last, as is.
@@ -13,6 +14,7 @@ from typing import Any
 from kubetune.api.v1alpha1 import FineTuneJobSpec
 
 from . import metrics as metric_fns
+from . import mlm, qa
 from .errors import ConfigError
 
 SCHEDULERS = {
@@ -178,6 +180,10 @@ def build_trainer(spec: FineTuneJobSpec, args, model, tokenizer, data, callbacks
         if args.packing:
             use_packed_rows(trainer, model)
         return trainer
+    if task == "masked-lm":
+        return mlm.build_trainer(spec, common, tokenizer)
+    if task == "question-answering":
+        return qa.build_trainer(spec, common, tokenizer, data)
     if task == "seq2seq":
         collator = transformers.DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
         return transformers.Seq2SeqTrainer(data_collator=collator, compute_metrics=compute_metrics, **common)

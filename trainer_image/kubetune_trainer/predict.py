@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import mlm, qa
+
 
 def sample_prediction(
     task: str, model, tokenizer, samples: list, label_names: list[str] | None = None, max_new_tokens: int = 24
@@ -14,6 +16,10 @@ def sample_prediction(
     if not samples:
         return None
     sample = samples[0]
+    if task == "masked-lm":
+        return mlm.sample_prediction(model, tokenizer, sample)
+    if task == "question-answering":
+        return qa.sample_prediction(model, tokenizer, sample)
     device = next(model.parameters()).device
     model.eval()
     with torch.no_grad():

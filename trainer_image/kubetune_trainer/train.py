@@ -218,8 +218,15 @@ def run_training(
     if prepared.eval is not None:
         metrics.update(trainer.evaluate())
     names = spec.training.metrics
-    if "perplexity" in names:
+    if "perplexity" in names and prepared.eval is not None:
         metrics.update(metric_fns.perplexity(metrics))
+    elif "perplexity" in names:
+        metrics.update(metric_fns.training_perplexity(trainer.state.log_history, metrics))
+        log.warning(
+            "no evaluation set: train_perplexity %.4g is the training perplexity (exp of the last logged training "
+            "loss), not a held-out score; set dataset.evalSplit or dataset.evalFraction for eval_perplexity",
+            metrics.get("train_perplexity", float("nan")),
+        )
     if (
         spec.model.task == "causal-lm"
         and spec.objective.type == "sft"

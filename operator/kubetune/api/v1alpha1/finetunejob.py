@@ -23,8 +23,12 @@ from .common import (
 )
 from .uris import URIError, parse_uri
 
-Task = Literal["causal-lm", "seq2seq", "sequence-classification", "token-classification"]
+Task = Literal[
+    "causal-lm", "seq2seq", "sequence-classification", "token-classification", "masked-lm", "question-answering"
+]  # fmt: skip
 CLASSIFICATION_TASKS = ("sequence-classification", "token-classification")
+# Encoder tasks without generation: prefix/prompt tuning and text-generation servers do not apply.
+ENCODER_TASKS = ("masked-lm", "question-answering")
 DatasetFormat = Literal[
     "auto",
     "text",
@@ -35,10 +39,11 @@ DatasetFormat = Literal[
     "seq2seq",
     "preference",
     "token-tags",
+    "question-answering",
 ]
 ColumnKey = Literal[
     "text", "label", "prompt", "completion", "instruction", "input", "output", "messages",
-    "source", "target", "chosen", "rejected", "tokens", "tags",
+    "source", "target", "chosen", "rejected", "tokens", "tags", "question", "context", "answers",
 ]  # fmt: skip
 MethodType = Literal["full", "head-only", "lora", "qlora", "prefix-tuning", "prompt-tuning", "ia3"]
 ADAPTER_METHODS = ("lora", "qlora", "ia3")  # methods whose adapter can be merged into the base
@@ -48,8 +53,17 @@ Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Metric = Literal["accuracy", "f1", "precision", "recall", "rouge", "bleu", "perplexity", "exact-match"]
 CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall")
 GENERATION_METRICS = ("rouge", "bleu", "perplexity", "exact-match")
+TASK_METRICS = {
+    "sequence-classification": CLASSIFICATION_METRICS,
+    "token-classification": CLASSIFICATION_METRICS,
+    "causal-lm": GENERATION_METRICS,
+    "seq2seq": GENERATION_METRICS,
+    "masked-lm": ("perplexity",),
+    "question-answering": ("exact-match", "f1"),  # SQuAD's, over the predicted answer spans
+}
+TRAINING_SET_METRICS = ("perplexity",)  # computable from the training loss when there is no evaluation set
 Strategy = Literal["auto", "ddp", "fsdp", "deepspeed"]
-ResultKind = Literal["adapter", "full", "prefix", "prompt"]
+ResultKind = Literal["adapter", "full", "prefix", "prompt", "masked-lm", "question-answering"]
 
 MODEL_SCHEMES = ("hf", "pvc", "s3", "file")
 DATASET_SCHEMES = ("hf", "pvc", "s3", "https", "file")
@@ -109,7 +123,7 @@ class ModelSpec(KubeModel):
     revision: Annotated[str | None, Field(min_length=1)] = "main"
     """Hub branch, tag or commit (hf:// only); the resolved commit is recorded in status.result."""
     task: Task = "causal-lm"
-    """What the model learns: causal-lm, seq2seq, sequence-classification or token-classification."""
+    """What the model learns: causal-lm, seq2seq, sequence-classification, token-classification, masked-lm or question-answering."""
     num_labels: Annotated[int | None, Field(ge=1)] = None
     """Number of classes; required for sequence-classification and token-classification."""
     labels: list[str] | None = None
@@ -151,6 +165,10 @@ class DatasetSpec(KubeModel):
     """Jinja chat template that overrides the tokenizer's for the messages format."""
     secret_ref: SecretKeyRef | None = None
     """Secret with a Hub token or S3 credentials for a private dataset."""
+    mlm_probability: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
+    """masked-lm only: fraction of tokens masked for the model to predict (0 < x < 1)."""
+    doc_stride: PositiveInt = 128
+    """question-answering only: tokens shared by consecutive windows of a context longer than maxLength."""
 
 
 class LoraSpec(KubeModel):
@@ -206,7 +224,8 @@ class HeadOnlySpec(KubeModel):
     trainable: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = Field(
         default_factory=lambda: ["classifier"]
     )
-    """Module-name patterns that stay trainable (e.g. classifier, score, lm_head)."""
+    """Module-name patterns that stay trainable (e.g. classifier, score, lm_head); with masked-lm and
+    question-answering the default [classifier] stands for the task's head (cls or lm_head; qa_outputs)."""
     unfreeze_last_layers: NonNegativeInt = 0
     """Also train this many of the last transformer layers."""
 
@@ -435,9 +454,14 @@ FINETUNEJOB_SPEC_CEL = [
         "fieldPath": ".dataset.format",
     },
     {
-        "rule": "(!has(self.training.earlyStopping) && size(self.training.metrics) == 0) || has(self.dataset.evalSplit) || self.dataset.evalFraction > 0.0",
-        "message": "training.metrics and training.earlyStopping need an evaluation set: set dataset.evalSplit or dataset.evalFraction",
+        "rule": "!has(self.training.earlyStopping) || has(self.dataset.evalSplit) || self.dataset.evalFraction > 0.0",
+        "message": "training.earlyStopping needs an evaluation set: set dataset.evalSplit or dataset.evalFraction",
         "fieldPath": ".dataset.evalSplit",
+    },
+    {
+        "rule": "has(self.dataset.evalSplit) || self.dataset.evalFraction > 0.0 || self.training.metrics.all(m, m == 'perplexity')",
+        "message": "training.metrics other than perplexity need held-out data: set dataset.evalSplit or dataset.evalFraction, or remove them (perplexity alone is then the training perplexity)",
+        "fieldPath": ".training.metrics",
     },
     {
         "rule": "!(self.model.task in ['sequence-classification', 'token-classification']) || self.training.metrics.all(m, m in ['accuracy', 'f1', 'precision', 'recall'])",
@@ -445,9 +469,44 @@ FINETUNEJOB_SPEC_CEL = [
         "fieldPath": ".training.metrics",
     },
     {
-        "rule": "self.model.task in ['sequence-classification', 'token-classification'] || self.training.metrics.all(m, m in ['rouge', 'bleu', 'perplexity', 'exact-match'])",
+        "rule": "!(self.model.task in ['causal-lm', 'seq2seq']) || self.training.metrics.all(m, m in ['rouge', 'bleu', 'perplexity', 'exact-match'])",
         "message": "causal-lm and seq2seq support the metrics rouge, bleu, perplexity and exact-match",
         "fieldPath": ".training.metrics",
+    },
+    {
+        "rule": "self.model.task != 'masked-lm' || self.training.metrics.all(m, m == 'perplexity')",
+        "message": "masked-lm supports the metric perplexity",
+        "fieldPath": ".training.metrics",
+    },
+    {
+        "rule": "self.model.task != 'question-answering' || self.training.metrics.all(m, m in ['exact-match', 'f1'])",
+        "message": "question-answering supports the metrics exact-match and f1",
+        "fieldPath": ".training.metrics",
+    },
+    {
+        "rule": "self.model.task != 'masked-lm' || self.dataset.format in ['auto', 'text']",
+        "message": "model.task masked-lm needs dataset.format text (or auto)",
+        "fieldPath": ".dataset.format",
+    },
+    {
+        "rule": "self.model.task != 'question-answering' || self.dataset.format in ['auto', 'question-answering']",
+        "message": "model.task question-answering needs dataset.format question-answering (or auto)",
+        "fieldPath": ".dataset.format",
+    },
+    {
+        "rule": "self.dataset.format != 'question-answering' || self.model.task == 'question-answering'",
+        "message": "dataset.format question-answering needs model.task question-answering",
+        "fieldPath": ".dataset.format",
+    },
+    {
+        "rule": "self.model.task != 'question-answering' || self.dataset.docStride < self.dataset.maxLength",
+        "message": "dataset.docStride must be smaller than dataset.maxLength (windows overlap by docStride tokens)",
+        "fieldPath": ".dataset.docStride",
+    },
+    {
+        "rule": "!(self.model.task in ['masked-lm', 'question-answering']) || !(self.method.type in ['prefix-tuning', 'prompt-tuning'])",
+        "message": "prefix-tuning and prompt-tuning do not apply to masked-lm or question-answering; use lora, full or head-only",
+        "fieldPath": ".method.type",
     },
     {
         "rule": "!has(self.training.warmupSteps) || self.training.warmupRatio == 0.0",
@@ -529,6 +588,30 @@ class FineTuneJobSpec(KubeModel):
         raise_problems(self.problems(target))
         return self
 
+    def warnings(self) -> list[Problem]:
+        """What is valid but may not be what the user expects (``kubetune validate`` prints them, exit 0)."""
+        data = self.dataset
+        has_eval = data.eval_split is not None or data.eval_fraction > 0
+        out = []
+        if "perplexity" in self.training.metrics and not has_eval:
+            out.append(
+                Problem(
+                    "training.metrics",
+                    "perplexity without an evaluation set is the training perplexity (exp of the training loss), "
+                    "not a held-out score; set dataset.evalSplit or dataset.evalFraction for eval_perplexity",
+                )
+            )
+        # fields_set: what the manifest says (the API server fills in defaults, so this is for `validate`)
+        for field, alias, task in (("mlm_probability", "mlmProbability", "masked-lm"),
+                                   ("doc_stride", "docStride", "question-answering")):  # fmt: skip
+            if field in data.model_fields_set and self.model.task != task:
+                out.append(
+                    Problem(
+                        f"dataset.{alias}", f"applies only to model.task {task}; {self.model.task} ignores it"
+                    )
+                )
+        return out
+
     def problems(self, target: str = TARGET_CLUSTER) -> list[Problem]:
         """The cross-field rules of API.md, each broken one as a Problem with its field path."""
         model, data, method, training, resources = (
@@ -569,19 +652,39 @@ class FineTuneJobSpec(KubeModel):
              "classification data needs model.task sequence-classification"),
             (data.format == "token-tags" and model.task != "token-classification", "dataset.format",
              "token-tags data needs model.task token-classification"),
-            ((bool(training.metrics) or training.early_stopping is not None) and not has_eval, "dataset.evalSplit",
-             "training.metrics and training.earlyStopping need an evaluation set: set dataset.evalSplit or dataset.evalFraction"),
+            (training.early_stopping is not None and not has_eval, "dataset.evalSplit",
+             "training.earlyStopping needs an evaluation set: set dataset.evalSplit or dataset.evalFraction"),
+            (model.task == "masked-lm" and data.format not in ("auto", "text"), "dataset.format",
+             f"model.task masked-lm learns from plain text: use format text (or auto), not {data.format}"),
+            (model.task == "question-answering" and data.format not in ("auto", "question-answering"), "dataset.format",
+             f"model.task question-answering needs format question-answering (question, context, answers), not {data.format}"),
+            (data.format == "question-answering" and model.task != "question-answering", "dataset.format",
+             f"question-answering data needs model.task question-answering, not {model.task}"),
+            (model.task == "question-answering" and data.doc_stride >= data.max_length, "dataset.docStride",
+             f"must be smaller than dataset.maxLength ({data.max_length}): consecutive windows of a long context "
+             "share docStride tokens"),
+            (model.task in ENCODER_TASKS and method.type in ("prefix-tuning", "prompt-tuning"), "method.type",
+             f"{method.type} does not apply to {model.task}; use lora, full or head-only"),
             (training.warmup_steps is not None and training.warmup_ratio > 0, "training.warmupSteps",
              "warmupRatio and warmupSteps are exclusive: set one of them"),
         ]  # fmt: skip
         problems = [Problem(path, message) for broken, path, message in checks if broken]
-        allowed = CLASSIFICATION_METRICS if classification else GENERATION_METRICS
+        allowed = TASK_METRICS[model.task]
         wrong = [m for m in training.metrics if m not in allowed]
         if wrong:
             problems.append(
                 Problem(
                     "training.metrics",
                     f"{', '.join(wrong)} do not apply to {model.task}; use {', '.join(allowed)}",
+                )
+            )
+        held_out = [m for m in training.metrics if m in allowed and m not in TRAINING_SET_METRICS]
+        if held_out and not has_eval and not wrong:
+            problems.append(
+                Problem(
+                    "training.metrics",
+                    f"{', '.join(held_out)} {'needs' if len(held_out) == 1 else 'need'} held-out data: set dataset.evalSplit or dataset.evalFraction, "
+                    "or remove them (perplexity works without: it is then the training perplexity)",
                 )
             )
         if target == TARGET_CLUSTER:
@@ -642,7 +745,7 @@ class ResultStatus(KubeModel):
     uri: str | None = None
     """Where the adapter or model is."""
     kind: ResultKind | None = None
-    """adapter, full, prefix or prompt."""
+    """adapter, full, prefix or prompt; masked-lm or question-answering for a whole model of those tasks."""
     merged_uri: str | None = None
     """Where the merged model is (mergeAdapter)."""
     metrics: dict[str, float] = Field(default_factory=dict)

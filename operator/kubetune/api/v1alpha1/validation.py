@@ -26,6 +26,8 @@ class Validated:
     name: str
     obj: FineTuneJob | ModelServe | None = None
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    """Valid, but worth saying (e.g. perplexity without an evaluation set is the training perplexity)."""
 
     @property
     def ok(self) -> bool:
@@ -57,7 +59,12 @@ def validate_document(doc: Any, target: str = TARGET_CLUSTER) -> Validated:
         obj = model.model_validate(doc, context={"target": target})
     except ValidationError as error:
         return Validated(kind, name, problems=problems_from(error))
-    return Validated(kind, name, obj=obj)
+    warnings = (
+        [Problem(f"spec.{w.path}", w.message) for w in obj.spec.warnings()]
+        if isinstance(obj, FineTuneJob)
+        else []
+    )
+    return Validated(kind, name, obj=obj, warnings=warnings)
 
 
 def problems_from(error: ValidationError) -> list[Problem]:
