@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubetune_trainer import checkpoints, stall
+from kubetune_trainer import checkpoints, stall, termination
 from kubetune_trainer.config import load_manifest, local_config
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
@@ -291,7 +291,7 @@ def test_a_hung_rank_ends_the_attempt_as_stalled(assets, datasets_dir, tmp_path)
         **{
             stall.ENV_TEST_HANG_RANK: "1",
             stall.ENV_TEST_HANG_AT_STEP: "13",
-            stall.ENV_TERMINATION_LOG: str(termination_log),
+            termination.ENV_TERMINATION_LOG: str(termination_log),
         }
     )
     proc = kubetune_train(path, out, env)
@@ -302,13 +302,13 @@ def test_a_hung_rank_ends_the_attempt_as_stalled(assets, datasets_dir, tmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert code != 0, output[-3000:]
+    assert code == termination.STALLED_EXIT_CODE, output[-3000:]  # the launch's code says Stalled, not just 1
     assert time.monotonic() - hung_since < 150  # 10 s without a step, then the launch ends
     message = termination_log.read_text()
     assert message.startswith("Stalled: no training step finished for 10s (training.stallTimeoutSeconds)")
     assert "after step 12 of 50" in message
     assert output.count("stalled: Stalled: no training step finished") == 1  # rank 0's final report
-    assert f"exitcode  : {stall.STALLED_EXIT_CODE}" in output  # torchrun's summary of the failed ranks
+    assert f"exitcode  : {termination.STALLED_EXIT_CODE}" in output  # torchrun's summary of the failed ranks
     assert saved_step(path, out) == 10  # the next attempt resumes from here
 
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kubetune_trainer import stall, world
+from kubetune_trainer import stall, termination, world
 from kubetune_trainer.errors import TrainerError
 
 from .toy import job_config
@@ -103,7 +103,7 @@ def test_a_stall_writes_the_termination_message_reports_and_exits(tmp_path, monk
         tmp_path, tmp_path / "model", tmp_path / "data.jsonl", training={"stallTimeoutSeconds": 10}
     )
     termination_log = tmp_path / "termination-log"
-    monkeypatch.setenv(stall.ENV_TERMINATION_LOG, str(termination_log))
+    monkeypatch.setenv(termination.ENV_TERMINATION_LOG, str(termination_log))
     monkeypatch.delenv("RANK", raising=False)
     exits: list[int] = []
     callback = stall.StallCallback(config, exit=exits.append)
@@ -116,14 +116,29 @@ def test_a_stall_writes_the_termination_message_reports_and_exits(tmp_path, monk
         "Stalled: no training step finished for 10s (training.stallTimeoutSeconds) after step 7 of 40; "
         "ending this attempt so that the next one resumes from the latest checkpoint"
     )
-    assert exits == [stall.STALLED_EXIT_CODE]
+    assert exits == [termination.STALLED_EXIT_CODE]
     assert f"stalled: {message}" in capsys.readouterr().out  # rank 0's report (local runs: the console)
 
 
 def test_termination_message_is_skipped_where_there_is_none(tmp_path):
-    assert stall.write_termination_message("x", str(tmp_path / "no" / "such" / "dir" / "log")) is False
-    assert stall.write_termination_message("y" * 5000, str(tmp_path / "log")) is True
+    assert termination.write("x", tmp_path / "no" / "such" / "dir" / "log") is False
+    assert termination.write("y" * 5000, tmp_path / "log") is True
     assert len((tmp_path / "log").read_text()) == 4096  # what the kubelet keeps
+
+
+def test_the_launch_exits_with_the_stall_code_only_for_a_fresh_stalled_message(tmp_path):
+    from kubetune_trainer.launch import stalled_exit_code
+
+    log = tmp_path / "termination-log"
+    env = {termination.ENV_TERMINATION_LOG: str(log)}
+    started = time.time()
+    assert stalled_exit_code(1, started, env) == 1  # no message
+    log.write_text("Stalled: no training step finished for 10s")
+    assert stalled_exit_code(1, started, env) == termination.STALLED_EXIT_CODE
+    assert stalled_exit_code(0, started, env) == 0
+    assert stalled_exit_code(1, started + 3600, env) == 1  # written before this launch: not its reason
+    log.write_text("something else")
+    assert stalled_exit_code(1, started, env) == 1
 
 
 def test_stall_timeout_is_validated():

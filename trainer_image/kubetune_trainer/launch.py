@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ from kubetune.api.v1alpha1.trainerconfig import (
     WORK_DIR,
 )
 
+from . import termination
 from .world import ENV_WORLD_SIZE
 
 log = logging.getLogger("kubetune_trainer.launch")
@@ -571,7 +573,18 @@ def start(plan: LaunchPlan, env: Mapping[str, str]) -> int:
     if plan.in_process:
         # Become the trainer: same PID, so the kubelet's SIGTERM reaches it without a middleman.
         os.execve(plan.command[0], plan.command, env)
-    return run_forwarding_signals(plan.command, env)
+    started = time.time()
+    code = run_forwarding_signals(plan.command, env)
+    return stalled_exit_code(code, started, env)
+
+
+def stalled_exit_code(code: int, started: float, env: Mapping[str, str]) -> int:
+    """torchrun's agent exits 1 whatever its workers' codes were: when a worker ended the attempt as
+    Stalled (its termination message, written during this launch, says so), exit with the stall's code,
+    as a single-process trainer does, so that the pod's exit code says it too."""
+    if code != 0 and termination.stalled_since(started, env):
+        return termination.STALLED_EXIT_CODE
+    return code
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ thread, since the main thread is the one that is stuck:
 1. writes the reason to the container's termination message (``/dev/termination-log``, which the
    operator quotes in its failed-attempt condition),
 2. rank 0 reports it in ``status.progress`` (reason ``Stalled``),
-3. ends the process with ``STALLED_EXIT_CODE``: torchrun's agent then stops the other ranks, the pod
+3. ends the process with ``termination.STALLED_EXIT_CODE`` (75): torchrun's agent then stops the other ranks, the pod
    fails, and the operator's next attempt resumes from the latest complete checkpoint.
 
 Test-only hooks (never set by the operator; documented in docs/testing.md): ``KUBETUNE_TEST_HANG_RANK``
@@ -29,35 +29,19 @@ from transformers import TrainerCallback
 
 from kubetune.api.v1alpha1 import TrainerConfig
 
+from . import termination
+
 log = logging.getLogger("kubetune_trainer.stall")
 
-REASON = "Stalled"
-# EX_TEMPFAIL: a temporary failure, worth another attempt (that resumes from the checkpoint).
-STALLED_EXIT_CODE = 75
-TERMINATION_LOG = "/dev/termination-log"  # the pod's default terminationMessagePath
-ENV_TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"  # another path (local runs, tests)
 ENV_TEST_HANG_RANK = "KUBETUNE_TEST_HANG_RANK"  # test-only: this rank hangs...
 ENV_TEST_HANG_AT_STEP = "KUBETUNE_TEST_HANG_AT_STEP"  # ...at the start of this (1-based) step
 
 
 def stall_message(timeout: float, step: int, total: int) -> str:
     return (
-        f"{REASON}: no training step finished for {timeout:.0f}s (training.stallTimeoutSeconds) after step "
+        f"{termination.STALLED}: no training step finished for {timeout:.0f}s (training.stallTimeoutSeconds) after step "
         f"{step} of {total}; ending this attempt so that the next one resumes from the latest checkpoint"
     )
-
-
-def write_termination_message(message: str, path: str | None = None) -> bool:
-    """Write MESSAGE where the kubelet reads the container's termination message; False when not possible
-    (no such file outside a pod). The kubelet keeps at most 4096 bytes."""
-    path = path or os.environ.get(ENV_TERMINATION_LOG) or TERMINATION_LOG
-    try:
-        with open(path, "w") as f:
-            f.write(message[:4096])
-        return True
-    except OSError as error:
-        log.debug("cannot write the termination message to %s: %s", path, error)
-        return False
 
 
 class Watchdog:
@@ -121,14 +105,14 @@ class StallCallback(TrainerCallback):
 
         message = stall_message(self.timeout, self.step, self.total)
         log.error("%s (rank %d, idle %.0fs)", message, _rank(), idle)
-        write_termination_message(message)
+        termination.write(message)
         try:
-            reporting.report_stalled(self.config, REASON, message)  # rank 0 only
+            reporting.report_stalled(self.config, termination.STALLED, message)  # rank 0 only
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
             # The main thread is stuck (often inside a collective): only ending the process frees it.
-            self.exit(STALLED_EXIT_CODE)
+            self.exit(termination.STALLED_EXIT_CODE)
 
     def _beat(self, state) -> None:
         self.step = int(state.global_step or 0)
