@@ -37,14 +37,16 @@ REPO = Path(__file__).resolve().parents[2]
 LAUNCH_TIMEOUT = 300  # one launch, from start to exit, on a busy 2-core machine
 
 
-def manifest(tmp_path: Path, assets, datasets_dir, name: str, **training) -> Path:
+def manifest(
+    tmp_path: Path, assets, datasets_dir, name: str, namespace: str | None = None, **training
+) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(
         yaml.safe_dump(
             {
                 "apiVersion": "kubetune.io/v1alpha1",
                 "kind": "FineTuneJob",
-                "metadata": {"name": name},
+                "metadata": {"name": name, **({"namespace": namespace} if namespace else {})},
                 "spec": {
                     "model": {"uri": f"file://{assets['llama']}"},
                     "dataset": {"uri": f"file://{datasets_dir / 'capitals.jsonl'}", "maxLength": 32},
@@ -283,8 +285,27 @@ def test_two_nodes_sigterm_stops_every_rank_and_the_relaunch_resumes(assets, dat
 # ---------------------------------------------------------------------------------------------- stalls
 
 
-def test_a_hung_rank_ends_the_attempt_as_stalled(assets, datasets_dir, tmp_path):
-    path = manifest(tmp_path, assets, datasets_dir, "stall", stallTimeoutSeconds=10)
+@pytest.mark.cluster
+def test_a_hung_rank_ends_the_attempt_as_stalled(assets, datasets_dir, tmp_path, kube, namespace):
+    """Rank 1 hangs in step 13: within stallTimeoutSeconds every rank ends, the termination message and
+    the FineTuneJob's status (real API server, the trainer's own ServiceAccount identity) say Stalled."""
+    from kubernetes import client
+
+    from tests.trainer.test_reporting_cluster import (
+        GROUP,
+        PLURAL,
+        VERSION,
+        finetunejob,
+        install_crds,
+        trainer_identity,
+    )
+
+    install_crds(kube.api)
+    custom = client.CustomObjectsApi(kube.api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, finetunejob("stall"))
+    _token, identity = trainer_identity(kube.api, namespace, "stall", tmp_path, kube.kubeconfig)
+
+    path = manifest(tmp_path, assets, datasets_dir, "stall", namespace, stallTimeoutSeconds=10)
     out = tmp_path / "out"
     termination_log = tmp_path / "termination-log"
     env = base_env(
@@ -292,6 +313,8 @@ def test_a_hung_rank_ends_the_attempt_as_stalled(assets, datasets_dir, tmp_path)
             stall.ENV_TEST_HANG_RANK: "1",
             stall.ENV_TEST_HANG_AT_STEP: "13",
             termination.ENV_TERMINATION_LOG: str(termination_log),
+            "KUBECONFIG": str(identity),
+            "KUBETUNE_REPORT_STATUS": "true",  # report as a pod does
         }
     )
     proc = kubetune_train(path, out, env)
@@ -307,9 +330,13 @@ def test_a_hung_rank_ends_the_attempt_as_stalled(assets, datasets_dir, tmp_path)
     message = termination_log.read_text()
     assert message.startswith("Stalled: no training step finished for 10s (training.stallTimeoutSeconds)")
     assert "after step 12 of 50" in message
-    assert output.count("stalled: Stalled: no training step finished") == 1  # rank 0's final report
     assert f"exitcode  : {termination.STALLED_EXIT_CODE}" in output  # torchrun's summary of the failed ranks
     assert saved_step(path, out) == 10  # the next attempt resumes from here
+
+    status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "stall")["status"]
+    assert status["progress"]["reason"] == "Stalled"  # rank 0's final report
+    assert status["progress"]["message"] == message
+    assert status["checkpoint"]["step"] == 10  # rank 0 reported the complete checkpoint
 
 
 # ---------------------------------------------------------------------------------------------- FSDP
