@@ -7,8 +7,8 @@
   JOB_COMPLETION_INDEX, rendezvous at 127.0.0.1): SIGTERM to one launcher stops every rank at the same step
   with a complete checkpoint; the relaunch resumes at the saved step + 1; the result is written and
   reported once, by rank 0;
-- a rank that hangs (test-only hook) ends the attempt as Stalled within training.stallTimeoutSeconds,
-  with the termination message written and a non-zero exit;
+- a rank that hangs (test-only hook) ends the attempt as Stalled within training.stallTimeoutSeconds:
+  exit code 75, the termination message written, status.progress.reason Stalled in the real API server;
 - FSDP needs GPUs (accelerate has no FSDP for CPU processes): with two GPUs it runs, else a skip says why.
 
 Each launch starts 2-3 Python processes that import torch and transformers: ~30-40 s on 2 cores.
