@@ -123,10 +123,11 @@ def build_model_dir(path: Path, size: str, texts: list[str]) -> None:
         num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=4096,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
-    with torch.device("cpu"):
-        model = tf.LlamaForCausalLM(config)
-    if size != "tiny":  # stored in bf16 like real checkpoints (an 8B model is 16 GB then)
-        model = model.to(torch.bfloat16)
+    # Stored in bf16 like real checkpoints (an 8B model is 16 GB then); built on the GPU when there is one
+    # (random init of 8B parameters on the CPU takes minutes).
+    dtype = torch.float32 if size == "tiny" else torch.bfloat16
+    with torch.device("cuda" if torch.cuda.is_available() and size != "tiny" else "cpu"):
+        model = tf.LlamaForCausalLM._from_config(config, dtype=dtype)
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     del model

@@ -129,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"kubetune train --local needs the trainer package and its dependencies "
               f"(`pip install 'kubetune[trainer]'`): {error}", file=sys.stderr)  # fmt: skip
         return 1
-    return run_local(args.file, args.output)
+    return run_local(args.file, args.output, processes=args.processes)
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -187,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--local", action="store_true", help="train here, not in a cluster (required)")
     train.add_argument(
         "--output", metavar="DIR", default=None, help="where artifacts go (default: spec.output.uri)"
+    )
+    train.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="training processes through the pods' launch code: DDP over N GPUs, or on the CPU with gloo "
+        "(default: %(default)s, in this process)",
     )
     train.set_defaults(func=cmd_train)
 

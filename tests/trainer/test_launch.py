@@ -75,8 +75,17 @@ def test_env_node_rank_from_completion_index_when_kubetune_rank_missing():
     facts = env_facts(env, spec())
     assert (facts.node_rank, facts.num_nodes, facts.gpus_per_node) == (2, 3, 8)
     assert facts.master_addr == "ftj-trainer-0.ftj-trainer"
-    # KUBETUNE_NODE_RANK wins over the raw index
-    assert env_facts({**env, "KUBETUNE_NODE_RANK": "1"}, spec()).node_rank == 1
+    assert facts.world_size == 24
+    # the operator sets both from the completion index: they agree
+    assert env_facts({**env, "KUBETUNE_NODE_RANK": "2"}, spec()).node_rank == 2
+    # an empty KUBETUNE_NODE_RANK (annotation not there) falls back to the index
+    assert env_facts({**env, "KUBETUNE_NODE_RANK": ""}, spec()).node_rank == 2
+
+
+def test_env_cpu_nodes_run_one_process_each():
+    env = pod_env(nodes=2, gpus=0, addr="127.0.0.1", JOB_COMPLETION_INDEX="1")
+    facts = env_facts(env, spec(resources={"gpusPerNode": 0}))
+    assert facts.use_cpu and (facts.node_rank, facts.processes_per_node, facts.world_size) == (1, 1, 2)
 
 
 @pytest.mark.parametrize(
@@ -84,8 +93,10 @@ def test_env_node_rank_from_completion_index_when_kubetune_rank_missing():
     [
         (pod_env(rank=2, nodes=2, gpus=1, addr="h"), "outside 0..1"),
         (pod_env(rank=0, nodes=2, gpus=1), "KUBETUNE_MASTER_ADDR"),
-        (pod_env(rank=0, nodes=2, gpus=0, addr="h"), "gpusPerNode"),
         ({"KUBETUNE_NUM_NODES": "two"}, "not an integer"),
+        (pod_env(nodes=2, gpus=1, addr="h"), "neither KUBETUNE_NODE_RANK nor JOB_COMPLETION_INDEX"),
+        (pod_env(rank=1, nodes=2, gpus=1, addr="h", JOB_COMPLETION_INDEX="0"), "must be the Indexed Job"),
+        (pod_env(nodes=2, gpus=1, addr="h", JOB_COMPLETION_INDEX="one"), "JOB_COMPLETION_INDEX='one'"),
         (pod_env(gpus=2, KUBETUNE_MASTER_PORT="70000"), "not a TCP port"),
         (pod_env(gpus=2, KUBETUNE_RDZV_BACKEND="etcd"), "static or c10d"),
     ],
@@ -93,6 +104,21 @@ def test_env_node_rank_from_completion_index_when_kubetune_rank_missing():
 def test_env_errors_say_what_to_fix(env, message):
     with pytest.raises(LaunchError, match=message):
         env_facts(env, spec())
+
+
+def test_a_multi_node_env_read_wrongly_never_becomes_a_world_of_one(tmp_path):
+    """No rank in a 2-node pod: an error, not a plan for a single process."""
+    with pytest.raises(LaunchError, match="node rank"):
+        plan_launch(spec(resources={"nodes": 2}), {"KUBETUNE_MASTER_ADDR": "h"}, str(tmp_path), TRAIN)
+
+
+def test_local_facts():
+    assert launch.local_facts(2, 0) == EnvFacts(gpus_per_node=0, cpu_processes=2, master_port=0)
+    assert launch.local_facts(2, 4).gpus_per_node == 2
+    with pytest.raises(LaunchError, match="only 1 GPU"):
+        launch.local_facts(2, 1)
+    with pytest.raises(LaunchError, match="at least one process"):
+        launch.local_facts(0, 0)
 
 
 # ---------------------------------------------------------------------------------------------- plans
@@ -135,6 +161,24 @@ def test_ddp_multi_node_rank_and_rendezvous(tmp_path):
         "llama-trainer-0.llama-trainer.ns.svc",
     )
     assert args.rdzv_backend == "static"
+
+
+def test_cpu_processes_are_ddp_with_use_cpu(tmp_path):
+    plan = launch.plan_for(spec(method={"type": "full"}), launch.local_facts(2, 0), str(tmp_path), TRAIN)
+    assert plan.strategy == "ddp"  # auto on CPU: DDP (accelerate has no FSDP for CPU processes)
+    assert plan.env == {"KUBETUNE_WORLD_SIZE": "2"}
+    assert "world size 2: ddp on CPU (gloo)" in plan.describe()
+    config = json.loads(plan.files[str(tmp_path / "accelerate.json")])
+    assert (config["num_processes"], config["use_cpu"], config["mixed_precision"]) == (2, True, "no")
+    args, env, _ = validated_by_accelerate(plan, tmp_path)
+    assert args.num_processes == 2 and args.use_cpu
+    assert env["OMP_NUM_THREADS"]  # accelerate sets the CPU threads per process
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
+def test_sharded_strategies_on_cpu_are_refused(tmp_path, strategy):
+    with pytest.raises(LaunchError, match=f"{strategy} needs GPUs"):
+        launch.plan_for(spec(distributed={"strategy": strategy}), launch.local_facts(2, 0), str(tmp_path))
 
 
 def test_c10d_rendezvous_override(tmp_path):

@@ -52,6 +52,7 @@ def test_minimal_finetunejob_gets_api_md_defaults():
         "epochs": 3, "learningRate": 2.0e-5, "batchSize": 8, "gradientAccumulationSteps": 1, "scheduler": "linear",
         "warmupRatio": 0.0, "weightDecay": 0.0, "optimizer": "adamw", "maxGradNorm": 1.0, "precision": "auto",
         "gradientCheckpointing": False, "seed": 42, "evalEvery": "epoch", "metrics": [], "extraArgs": {},
+        "stallTimeoutSeconds": 1800,
     }  # fmt: skip
     assert training == expected
     resources = spec["resources"]

@@ -173,13 +173,18 @@ def test_train_and_operator_call_their_implementations(capsys, monkeypatch, tmp_
 
     calls = {}
     trainer = types.ModuleType("kubetune_trainer.local")
-    trainer.run_local = lambda manifest, output: calls.setdefault("train", (manifest, output)) and 7
+    trainer.run_local = lambda manifest, output, processes: (
+        calls.setdefault("train", (manifest, output, processes)) and 7
+    )
     handlers = types.ModuleType("kubetune.handlers")
     handlers.run_operator = lambda **kwargs: calls.setdefault("operator", kwargs) and None
     monkeypatch.setitem(sys.modules, "kubetune_trainer.local", trainer)
     monkeypatch.setitem(sys.modules, "kubetune.handlers", handlers)
-    assert run(capsys, "train", "-f", "job.yaml", "--local", "--output", str(tmp_path))[0] == 7
-    assert calls["train"] == ("job.yaml", str(tmp_path))
+    assert (
+        run(capsys, "train", "-f", "job.yaml", "--local", "--output", str(tmp_path), "--processes", "2")[0]
+        == 7
+    )
+    assert calls["train"] == ("job.yaml", str(tmp_path), 2)
     assert run(capsys, "operator", "-n", "a", "--namespace", "b", "--standalone")[0] == 0
     assert calls["operator"] == {"namespaces": ["a", "b"], "standalone": True}
     calls.clear()

@@ -118,6 +118,8 @@ def upload(local_dir: Path, uri: str) -> None:
         fs.put_file(str(local_dir / SUCCESS), f"{remote}/{SUCCESS}")
 
 
+# Under FSDP, checkpoints of full fine-tunes are saved sharded (fast, any size); the final model must be
+# gathered: save_weights switches the plugin to this before the last save_model.
 FINAL_FSDP_STATE_DICT_TYPE = "FULL_STATE_DICT"
 
 
@@ -141,6 +143,7 @@ def save(
     started_at: datetime,
     base_loader=None,
     precision: str | None = None,
+    distributed: dict | None = None,
 ) -> dict:
     """Write the rest of the result beside the saved weights (main process) and return it as ResultStatus JSON."""
     spec = config.job.spec
@@ -190,6 +193,7 @@ def save(
         "objective": spec.objective.type,
         "task": spec.model.task,
         "precision": precision,
+        "distributed": distributed,  # world size, strategy, backend, the replicas' weight digests
         "resultKind": kind,
         "configHash": config.runtime.run_id,
         "image": config.runtime.image,

@@ -21,6 +21,8 @@ from typing import TypeVar
 
 from transformers import TrainerCallback
 
+from . import world
+
 log = logging.getLogger("kubetune_trainer.checkpoints")
 
 MARKER = "kubetune-checkpoint.json"
@@ -146,7 +148,13 @@ class CheckpointCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.every_steps and state.global_step % self.every_steps == 0:
             control.should_save = True
-        if self.flag.is_set():
+        # Every rank stops at the same step, also when the signal reached only some of them yet.
+        if world.agree(self.flag.is_set(), args.device):
+            if not self.flag.is_set():
+                log.warning(
+                    "another rank got SIGTERM: saving a checkpoint at the end of this step, then stopping"
+                )
+                self.flag.set()
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step
@@ -154,6 +162,7 @@ class CheckpointCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        world.barrier()  # every rank has written its part (RNG state, FSDP shards) before the marker says so
         if state.is_world_process_zero and path.is_dir():
             marker = {
                 "runId": self.run_id,

@@ -1,6 +1,8 @@
 """`kubetune-trainer`: the trainer image's entrypoint.
 
 - ``kubetune-trainer train``: run the training in this process from $KUBETUNE_CONFIG.
+- ``kubetune-trainer train --local``: the same for a config written by ``kubetune train --local
+  --processes N`` (file:// URIs allowed).
 - ``kubetune-trainer launch``: start one process per GPU (accelerate/torchrun) that each run ``train``.
 """
 
@@ -11,14 +13,16 @@ import logging
 import sys
 
 
-def train_main(config_path: str | None = None) -> int:
+def train_main(config_path: str | None = None, local: bool = False) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from kubetune.api.v1alpha1 import TARGET_CLUSTER, TARGET_LOCAL
+
     from .config import load_config
     from .errors import Preempted, TrainerError
     from .train import run
 
     try:
-        config = load_config(config_path)
+        config = load_config(config_path, TARGET_LOCAL if local else TARGET_CLUSTER)
         result = run(config)
     except Preempted as stop:
         logging.getLogger("kubetune_trainer").warning("%s", stop)
@@ -40,13 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument(
         "--config", default=None, help="config path (default: $KUBETUNE_CONFIG or /etc/kubetune/config.yaml)"
     )
+    train.add_argument(
+        "--local",
+        action="store_true",
+        help="the config is a local run's (kubetune train --local --processes N)",
+    )
     sub.add_parser("launch", help="start the training processes for this pod's GPUs", add_help=False)
     if argv and argv[0] == "launch":
         from . import launch
 
         return launch.main(argv[1:])
     args = parser.parse_args(argv)
-    return train_main(args.config)
+    return train_main(args.config, local=args.local)
 
 
 if __name__ == "__main__":

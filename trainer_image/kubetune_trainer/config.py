@@ -25,8 +25,9 @@ def config_path() -> str:
     return os.environ.get(ENV_CONFIG) or CONFIG_PATH
 
 
-def load_config(path: str | None = None) -> TrainerConfig:
-    """Read the rendered config (YAML or JSON) from ``path``, $KUBETUNE_CONFIG or CONFIG_PATH."""
+def load_config(path: str | None = None, target: str = TARGET_CLUSTER) -> TrainerConfig:
+    """Read the rendered config (YAML or JSON) from ``path``, $KUBETUNE_CONFIG or CONFIG_PATH; TARGET_LOCAL
+    for the config of a ``kubetune train --local`` run (file:// URIs allowed)."""
     path = path or config_path()
     try:
         text = Path(path).read_text()
@@ -37,7 +38,7 @@ def load_config(path: str | None = None) -> TrainerConfig:
     except yaml.YAMLError as error:
         raise ConfigError(f"the trainer config {path} is not valid YAML/JSON: {error}") from None
     try:
-        return TrainerConfig.model_validate(doc, context={"target": TARGET_CLUSTER})
+        return TrainerConfig.model_validate(doc, context={"target": target})
     except ValidationError as error:
         raise ConfigError(f"the trainer config {path} is invalid:\n{error}") from None
 

@@ -1,14 +1,21 @@
-"""`kubetune-trainer launch`: start the training with one process per GPU on every node.
+"""`kubetune-trainer launch`: start the training with one process per GPU (or per CPU node) on every node.
 
 The pod's environment says where it is in the run (``KUBETUNE_NODE_RANK`` from the Indexed Job's
 completion index, ``KUBETUNE_NUM_NODES``, ``KUBETUNE_GPUS_PER_NODE``, the rendezvous host and port at
 pod 0) and the rendered spec says how (``distributed.strategy``, ``resources``, ``training.precision``).
 
-- At most one GPU in the whole run: the trainer runs as this process (``kubetune-trainer train`` is
-  exec'ed, so SIGTERM from the kubelet reaches it directly).
-- Otherwise: ``accelerate launch`` with a generated accelerate config (DDP, FSDP or DeepSpeed) starts
-  one process per GPU; this process forwards SIGTERM/SIGINT to the workers and exits with the child's
-  exit code.
+- A world of one process (one node, at most one GPU): the trainer runs as this process
+  (``kubetune-trainer train`` is exec'ed, so SIGTERM from the kubelet reaches it directly).
+- Otherwise: ``accelerate launch`` (torchrun underneath) with a generated accelerate config (DDP, FSDP or
+  DeepSpeed) starts one process per GPU, or one per node on CPU nodes (DDP with gloo); this process
+  forwards SIGTERM/SIGINT to the workers and exits with the child's exit code. torchrun's agent watches
+  the workers: one that dies ends the others and the launch (non-zero), it never hangs.
+- ``kubetune train --local --processes N`` plans the same way for N processes on this machine
+  (``local_facts``).
+
+The environment is read strictly: a multi-node run without a node rank, or a rank that disagrees with the
+completion index, is an error, never a silent world of one. The workers get ``KUBETUNE_WORLD_SIZE``, and
+the training checks the world it really joined against it (``world.check_world_size``).
 
 Everything that decides something is a pure function of (spec, env facts) -> plan/dict, so it is tested
 without GPUs; ``main`` only reads the environment, writes the files and starts the process.
@@ -27,6 +34,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +53,9 @@ from kubetune.api.v1alpha1.trainerconfig import (
     WORK_DIR,
 )
 
+from . import termination
+from .world import ENV_WORLD_SIZE
+
 log = logging.getLogger("kubetune_trainer.launch")
 
 # Set by the Job controller in every pod of an Indexed Job; the fallback for KUBETUNE_NODE_RANK.
@@ -54,9 +65,6 @@ ENV_RDZV_BACKEND = "KUBETUNE_RDZV_BACKEND"  # static (default) | c10d
 ENV_LAUNCH_DIR = "KUBETUNE_LAUNCH_DIR"  # where the generated accelerate/DeepSpeed configs go
 
 ADAPTER_METHODS = ("lora", "qlora", "ia3", "prefix-tuning", "prompt-tuning")
-# Under FSDP, checkpoints of full fine-tunes are saved sharded (fast, any size); the final model must be
-# gathered: train.py switches the plugin to this before its last save_model.
-FINAL_FSDP_STATE_DICT_TYPE = "FULL_STATE_DICT"
 
 
 class LaunchError(Exception):
@@ -65,7 +73,10 @@ class LaunchError(Exception):
 
 @dataclass(frozen=True)
 class EnvFacts:
-    """This pod's place in the run, from its environment (or the spec where the env is silent)."""
+    """This pod's place in the run, from its environment (or the spec where the env is silent).
+
+    ``gpus_per_node`` 0 means CPU nodes: ``cpu_processes`` processes per node (1 in pods; N for
+    ``kubetune train --local --processes N``), DDP with gloo."""
 
     node_rank: int = 0
     num_nodes: int = 1
@@ -73,17 +84,22 @@ class EnvFacts:
     master_addr: str | None = None
     master_port: int = RENDEZVOUS_PORT
     rdzv_backend: str = "static"
+    cpu_processes: int = 1
+
+    @property
+    def use_cpu(self) -> bool:
+        return self.gpus_per_node == 0
+
+    @property
+    def processes_per_node(self) -> int:
+        return self.cpu_processes if self.use_cpu else self.gpus_per_node
 
     @property
     def world_size(self) -> int:
-        return self.num_nodes * max(self.gpus_per_node, 1)
-
-    @property
-    def total_gpus(self) -> int:
-        return self.num_nodes * self.gpus_per_node
+        return self.num_nodes * self.processes_per_node
 
 
-def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
+def _int_env(env: Mapping[str, str], name: str, default: int | None) -> int | None:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -93,11 +109,33 @@ def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
         raise LaunchError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
+def node_rank(env: Mapping[str, str], num_nodes: int) -> int:
+    """KUBETUNE_NODE_RANK, else JOB_COMPLETION_INDEX (the operator sets both from the completion index).
+
+    With more than one node a missing rank is an error: every pod would think it is node 0 and wait for a
+    world that never forms (or, worse, train alone). Two values that disagree are an error too."""
+    ours = _int_env(env, ENV_NODE_RANK, None)
+    index = _int_env(env, ENV_COMPLETION_INDEX, None)
+    if ours is not None and index is not None and ours != index:
+        raise LaunchError(
+            f"{ENV_NODE_RANK}={ours} but {ENV_COMPLETION_INDEX}={index}: the node rank must be the Indexed "
+            f"Job's completion index; remove {ENV_NODE_RANK} from the pod's env or make them agree"
+        )
+    rank = ours if ours is not None else index
+    if rank is None:
+        if num_nodes > 1:
+            raise LaunchError(
+                f"{ENV_NUM_NODES}={num_nodes} but neither {ENV_NODE_RANK} nor {ENV_COMPLETION_INDEX} is set: "
+                "a multi-node run needs each pod's node rank (run it as an Indexed Job)"
+            )
+        rank = 0
+    return rank
+
+
 def env_facts(env: Mapping[str, str], spec: FineTuneJobSpec) -> EnvFacts:
     """Read the pod's place in the run; the spec's resources fill in what the env does not say."""
     num_nodes = _int_env(env, ENV_NUM_NODES, spec.resources.nodes)
     gpus = _int_env(env, ENV_GPUS_PER_NODE, spec.resources.gpus_per_node)
-    rank = _int_env(env, ENV_NODE_RANK, _int_env(env, ENV_COMPLETION_INDEX, 0))
     port = _int_env(env, ENV_MASTER_PORT, RENDEZVOUS_PORT)
     addr = env.get(ENV_MASTER_ADDR, "").strip() or None
     backend = env.get(ENV_RDZV_BACKEND, "").strip() or "static"
@@ -105,12 +143,11 @@ def env_facts(env: Mapping[str, str], spec: FineTuneJobSpec) -> EnvFacts:
         raise LaunchError(f"{ENV_NUM_NODES}={num_nodes}: a run has at least one node")
     if gpus < 0:
         raise LaunchError(f"{ENV_GPUS_PER_NODE}={gpus}: cannot be negative")
+    rank = node_rank(env, num_nodes)
     if not 0 <= rank < num_nodes:
         raise LaunchError(
-            f"node rank {rank} is outside 0..{num_nodes - 1} ({ENV_NODE_RANK}, {ENV_NUM_NODES})"
+            f"node rank {rank} is outside 0..{num_nodes - 1} ({ENV_NODE_RANK}/{ENV_COMPLETION_INDEX}, {ENV_NUM_NODES})"
         )
-    if num_nodes > 1 and gpus < 1:
-        raise LaunchError("more than one node needs GPUs: set resources.gpusPerNode >= 1")
     if num_nodes > 1 and not addr:
         raise LaunchError(f"{ENV_MASTER_ADDR} must name pod 0 (the rendezvous host) when nodes > 1")
     if not 0 < port < 65536:
@@ -120,16 +157,36 @@ def env_facts(env: Mapping[str, str], spec: FineTuneJobSpec) -> EnvFacts:
     return EnvFacts(rank, num_nodes, gpus, addr, port, backend)
 
 
+def local_facts(processes: int, visible_gpus: int) -> EnvFacts:
+    """``kubetune train --local --processes N``: one node, N processes over N of the visible GPUs, or N CPU
+    processes (gloo) when there is no GPU. Port 0: accelerate picks a free one."""
+    if processes < 1:
+        raise LaunchError(f"--processes {processes}: run at least one process")
+    if visible_gpus and processes > visible_gpus:
+        raise LaunchError(
+            f"--processes {processes} but only {visible_gpus} GPU(s) are visible: use at most {visible_gpus} "
+            "(one process per GPU), or hide the GPUs (CUDA_VISIBLE_DEVICES=) to run CPU processes"
+        )
+    if visible_gpus:
+        return EnvFacts(gpus_per_node=processes, master_port=0)
+    return EnvFacts(gpus_per_node=0, cpu_processes=processes, master_port=0)
+
+
 def resolve_strategy(spec: FineTuneJobSpec, facts: EnvFacts) -> str:
-    """single | ddp | fsdp | deepspeed. ``auto``: one process when at most one GPU; FSDP for full
-    fine-tunes of causal LMs (the weights and optimizer state are what does not fit); DDP otherwise
-    (adapters, classifiers and seq2seq models fit on each GPU)."""
-    if facts.total_gpus <= 1:
+    """single | ddp | fsdp | deepspeed. ``auto``: one process when the world is one process; FSDP for full
+    fine-tunes of causal LMs on GPUs (the weights and optimizer state are what does not fit); DDP otherwise
+    (adapters, classifiers and seq2seq models fit on each GPU; CPU processes use DDP with gloo)."""
+    if facts.world_size <= 1:
         return "single"
     strategy = spec.distributed.strategy
+    if facts.use_cpu and strategy in ("fsdp", "deepspeed"):
+        raise LaunchError(
+            f"distributed.strategy {strategy} needs GPUs (accelerate enables {strategy} only on GPUs, "
+            "not for CPU processes): use strategy ddp or auto on CPU, or set resources.gpusPerNode"
+        )
     if strategy != "auto":
         return strategy
-    if spec.method.type == "full" and spec.model.task == "causal-lm":
+    if spec.method.type == "full" and spec.model.task == "causal-lm" and not facts.use_cpu:
         return "fsdp"
     return "ddp"
 
@@ -222,13 +279,13 @@ def accelerate_config(
         "compute_environment": "LOCAL_MACHINE",
         "debug": False,
         "num_machines": facts.num_nodes,
-        "num_processes": facts.num_nodes * facts.gpus_per_node,
+        "num_processes": facts.world_size,
         "machine_rank": facts.node_rank,
         "main_process_port": facts.master_port,
         "rdzv_backend": facts.rdzv_backend,
         "same_network": True,
         "gpu_ids": "all",
-        "use_cpu": False,
+        "use_cpu": facts.use_cpu,
         "downcast_bf16": "no",
         "main_training_function": "main",
         "tpu_env": [],
@@ -239,7 +296,7 @@ def accelerate_config(
         config["main_process_ip"] = facts.master_addr
     if strategy == "ddp":
         config["distributed_type"] = "MULTI_GPU"
-        config["mixed_precision"] = mixed_precision(spec.training.precision)
+        config["mixed_precision"] = "no" if facts.use_cpu else mixed_precision(spec.training.precision)
     elif strategy == "fsdp":
         config["distributed_type"] = "FSDP"
         config["mixed_precision"] = mixed_precision(spec.training.precision)
@@ -286,7 +343,7 @@ def accelerate_command(config_file: str, train_cmd: Sequence[str]) -> list[str]:
 
 @dataclass
 class LaunchPlan:
-    """What ``main`` will do: the command, its files (name -> content) and why."""
+    """What ``main`` will do: the command, its files (name -> content), the env it adds, and why."""
 
     strategy: str
     facts: EnvFacts
@@ -294,12 +351,33 @@ class LaunchPlan:
     files: dict[str, str] = field(default_factory=dict)
     in_process: bool = False
 
+    @property
+    def env(self) -> dict[str, str]:
+        """What the workers get on top of this process's environment."""
+        return {ENV_WORLD_SIZE: str(self.facts.world_size)}
+
+    def describe(self) -> str:
+        """One line for people: world size, strategy and where the processes are."""
+        device = "CPU (gloo)" if self.facts.use_cpu else "GPU"
+        where = (
+            f"{self.facts.num_nodes} node(s) x {self.facts.processes_per_node} process(es)"
+            if not self.in_process
+            else "this process"
+        )
+        return f"world size {self.facts.world_size}: {self.strategy} on {device}, {where}"
+
 
 def plan_launch(
     spec: FineTuneJobSpec, env: Mapping[str, str], launch_dir: str, train_cmd: Sequence[str] | None = None
 ) -> LaunchPlan:
     """Pure: spec + environment -> the command to run and the config files to write under LAUNCH_DIR."""
-    facts = env_facts(env, spec)
+    return plan_for(spec, env_facts(env, spec), launch_dir, train_cmd)
+
+
+def plan_for(
+    spec: FineTuneJobSpec, facts: EnvFacts, launch_dir: str, train_cmd: Sequence[str] | None = None
+) -> LaunchPlan:
+    """Pure: spec + this node's facts -> the plan (used by pods and by ``kubetune train --local``)."""
     strategy = resolve_strategy(spec, facts)
     train_cmd = list(train_cmd or trainer_command())
     if strategy == "single":
@@ -318,9 +396,9 @@ def plan_launch(
 # the thin process part
 
 
-def _process_group_members(pgid: int) -> list[int]:
-    """PIDs in process group PGID (Linux /proc); empty when it cannot be read."""
-    members = []
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is PID (Linux /proc); empty when it cannot be read."""
+    found = []
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -332,40 +410,41 @@ def _process_group_members(pgid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        # pid (comm) state ppid pgrp ... ; comm may contain spaces and parentheses
+        # pid (comm) state ppid ... ; comm may contain spaces and parentheses
         fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and int(fields[2]) == pgid:
-            members.append(int(entry))
-    return members
+        if len(fields) > 1 and int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
 
 
 def run_forwarding_signals(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     """Run CMD in its own process group, forward SIGTERM/SIGINT/SIGHUP and return its exit code
     (128+N when it died of signal N).
 
-    The first signal goes to the workers (every process of the group but the launcher child, e.g.
-    accelerate's torchrun agent, which would otherwise kill them 30 s later while they checkpoint);
-    when the group has no other member it goes to the child. A second signal goes to the whole group.
+    The first signal goes to the workers, the child's children (torchrun's agent starts each worker in a
+    session of its own, so they are found by parent, not by process group), and not to the agent, which
+    would otherwise kill them 30 s later while they checkpoint; when the child has no children it goes to
+    the child. A second signal goes to the child's process group and the workers.
     """
     child = subprocess.Popen(list(cmd), env=dict(env) if env is not None else None, start_new_session=True)
     received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
         received.append(signum)
-        try:
-            if len(received) == 1:
-                targets = [p for p in _process_group_members(child.pid) if p != child.pid] or [child.pid]
-                log.info("got %s: forwarding it to %s", signal.Signals(signum).name, targets)
-                for pid in targets:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signum)
-            else:
-                log.info(
-                    "got %s again: forwarding it to process group %d", signal.Signals(signum).name, child.pid
-                )
+        workers = _children(child.pid)
+        targets = workers or [child.pid]
+        log.info(
+            "got %s%s: forwarding it to %s",
+            signal.Signals(signum).name,
+            " again" if len(received) > 1 else "",
+            targets,
+        )
+        if len(received) > 1:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signum)
-        except ProcessLookupError:
-            pass
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     previous = {s: signal.signal(s, forward) for s in handled}
@@ -417,6 +496,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the plan (command and generated files) and exit"
     )
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="the config is a local run's (file:// URIs, as `kubetune train --local` writes it): "
+        "the pod's launch on this machine, e.g. several launchers as the nodes of one run",
+    )
     return parser.parse_args(list(argv))
 
 
@@ -432,25 +517,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         launch_dir = env.get(ENV_LAUNCH_DIR) or (
             WORK_DIR if os.access(WORK_DIR, os.W_OK) else tempfile.mkdtemp(prefix="kubetune-launch-")
         )
-        plan = plan_launch(config.job.spec, env, launch_dir)
+        train_cmd = [*trainer_command(), "--local"] if args.local else None
+        plan = plan_launch(config.job.spec, env, launch_dir, train_cmd)
     except LaunchError as exc:
         log.error("cannot launch: %s", exc)
         return 2
 
     facts = plan.facts
     log.info(
-        "node %d of %d, %d GPU(s) per node, strategy %s%s",
+        "node %d of %d, %s%s",
         facts.node_rank,
         facts.num_nodes,
-        facts.gpus_per_node,
-        plan.strategy,
+        plan.describe(),
         f", rendezvous {facts.master_addr or 'localhost'}:{facts.master_port} ({facts.rdzv_backend})"
         if not plan.in_process
         else "",
     )
-    visible = _visible_gpus()
-    if not plan.in_process and visible is not None and visible != facts.gpus_per_node:
-        log.warning("%d GPU(s) per node requested but %d visible", facts.gpus_per_node, visible)
     if plan.strategy == "deepspeed":
         import importlib.util
 
@@ -466,15 +548,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(json.dumps({"strategy": plan.strategy, "command": plan.command, "files": plan.files}, indent=2))
         return 0
+    visible = _visible_gpus()
+    if not facts.use_cpu and visible is not None and visible < facts.gpus_per_node:
+        if not plan.in_process:
+            log.error(
+                "%d GPU(s) per node requested but %d visible: the run cannot have the world size it asks for "
+                "(check the GPU device plugin and the pod's resources)",
+                facts.gpus_per_node,
+                visible,
+            )
+            return 2
+        log.warning("%d GPU requested but %d visible: training on the CPU", facts.gpus_per_node, visible)
+    return start(plan, env)
+
+
+def start(plan: LaunchPlan, env: Mapping[str, str]) -> int:
+    """Write the plan's files and run it: exec the trainer (one process) or run accelerate (several)."""
     for path, content in plan.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content)
+    env = {**env, **plan.env}
     sys.stdout.flush()
     sys.stderr.flush()
     if plan.in_process:
         # Become the trainer: same PID, so the kubelet's SIGTERM reaches it without a middleman.
         os.execve(plan.command[0], plan.command, env)
-    return run_forwarding_signals(plan.command, env)
+    started = time.time()
+    code = run_forwarding_signals(plan.command, env)
+    return stalled_exit_code(code, started, env)
+
+
+def stalled_exit_code(code: int, started: float, env: Mapping[str, str]) -> int:
+    """torchrun's agent exits 1 whatever its workers' codes were: when a worker ended the attempt as
+    Stalled (its termination message, written during this launch, says so), exit with the stall's code,
+    as a single-process trainer does, so that the pod's exit code says it too."""
+    if code != 0 and termination.stalled_since(started, env):
+        return termination.STALLED_EXIT_CODE
+    return code
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ _total_steps, _epoch, _loss, _eval_loss, _learning_rate, _tokens_per_second (non
 processes, from the Trainer's ``num_input_tokens_seen``), _tokens_seen.
 
 Entry points used by the training code: ``make_callbacks(config)``, ``report_checkpoint(config, uri,
-step)`` and ``report_result(config, result)``.
+step)``, ``report_result(config, result)`` and ``report_stalled(config, reason, message)``.
 """
 
 from __future__ import annotations
@@ -336,8 +336,10 @@ class ReportingCallback(TrainerCallback):
             "updatedAt": _now(),
         }
 
-    def _publish(self, state, force: bool = False, console: bool = False) -> None:
+    def _publish(self, state, force: bool = False, console: bool = False, clear_reason: bool = False) -> None:
         progress = self._progress(state)
+        if clear_reason:  # a new attempt trains again: a previous attempt's Stalled no longer holds
+            progress.update(reason=None, message=None)
         self.last_progress = progress
         if self.metrics is not None:
             self.metrics.set(
@@ -376,7 +378,7 @@ class ReportingCallback(TrainerCallback):
             now = self.clock()
             self._start = (now, int(state.global_step or 0))
             self._tokens_mark = (now, int(getattr(state, "num_input_tokens_seen", 0) or 0))
-            self._publish(state, force=True)
+            self._publish(state, force=True, clear_reason=True)
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -468,3 +470,13 @@ def report_result(config: TrainerConfig, result: dict[str, Any]) -> None:
             _console(f"merged model: {body['mergedUri']}")
         for key, value in sorted(body["metrics"].items()):
             _console(f"  {key}: {value:.6g}")
+
+
+def report_stalled(config: TrainerConfig, reason: str, message: str) -> None:
+    """The attempt ends early (stall.py): status.progress.reason/message, or the console."""
+    if not is_main_process():
+        return
+    if reports_status(config):
+        StatusWriter(config).patch({"progress": {"reason": reason, "message": message, "updatedAt": _now()}})
+    else:
+        _console(f"{reason.lower()}: {message}")

@@ -11,41 +11,13 @@ from typing import Any
 
 from kubetune.api.v1alpha1 import TrainerConfig
 
-from . import artifacts, checkpoints, methods, objectives, remote
+from . import artifacts, checkpoints, methods, objectives, remote, reporting, stall, world
 from . import data as data_mod
 from . import metrics as metric_fns
 from . import model as model_mod
 from .errors import Preempted
 
 log = logging.getLogger("kubetune_trainer.train")
-
-
-class _LocalReporting:
-    """Used until/unless kubetune_trainer.reporting is importable: the Trainer's own progress bar and logs."""
-
-    @staticmethod
-    def make_callbacks(config):  # noqa: ARG004
-        return []
-
-    @staticmethod
-    def report_result(config, result):  # noqa: ARG004
-        log.info("result: %s", result)
-
-    @staticmethod
-    def report_checkpoint(config, uri, step):  # noqa: ARG004
-        log.info("checkpoint at step %s: %s", step, uri)
-
-
-def reporting_module():
-    try:
-        from . import (
-            reporting,  # written by the reporting owner: make_callbacks, report_result, report_checkpoint
-        )
-
-        return reporting
-    except ImportError as error:
-        log.debug("kubetune_trainer.reporting unavailable (%s); reporting to the console only", error)
-        return _LocalReporting
 
 
 @dataclass
@@ -177,7 +149,6 @@ def run_training(
 
     flag = stop_flag or checkpoints.StopFlag()
     restore_signal = checkpoints.install_sigterm(flag)
-    reporting = reporting_module()
 
     def on_checkpoint(path: str, step: int) -> None:
         rel = Path(path).relative_to(runtime.output_dir).as_posix()
@@ -193,6 +164,7 @@ def run_training(
         runtime.run_id, spec.checkpoints.every_steps, flag, on_checkpoint
     )
     callbacks += [checkpoint_callback, *objectives.early_stopping_callbacks(spec), *(extra_callbacks or [])]
+    callbacks += stall.callbacks(config)  # no step for training.stallTimeoutSeconds: end the attempt
 
     kwargs = objectives.training_arguments(
         spec,
@@ -205,6 +177,9 @@ def run_training(
     trainer = objectives.build_trainer(spec, args, model, tokenizer, prepared, callbacks, ref_model=ref_model)
     if not config.runtime.report_status:  # local: reporting prints one line per logging step
         objectives.without_raw_log_printing(trainer)
+    world.check_world_size(trainer.args.world_size)  # never train alone in a world launched for several
+    if trainer.args.world_size > 1:
+        log.info("world size %d (rank %d)", trainer.args.world_size, trainer.args.process_index)
     try:
         train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
@@ -236,6 +211,7 @@ def run_training(
     metrics = artifacts.numeric(metrics)
 
     result: dict = {}
+    world_facts = world.world_facts(trainer)  # collective: every rank
     artifacts.save_weights(trainer, runtime.output_dir)
     if trainer.is_world_process_zero():
         result = artifacts.save(
@@ -249,6 +225,7 @@ def run_training(
             started_at=started_at,
             base_loader=lambda: load_base(quantized=False),
             precision=precision,
+            distributed=world_facts.to_dict(),
         )
         reporting.report_result(config, result)  # reporting: status.result
     return Outcome(result, metrics, trainer.model, tokenizer, prepared, trainer)

@@ -321,6 +321,9 @@ class TrainingSpec(KubeModel):
         dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
     ] = Field(default_factory=dict)
     """Passed to transformers TrainingArguments as is (escape hatch)."""
+    stall_timeout_seconds: Annotated[int, Field(ge=10)] = 1800
+    """When no training step finishes for this long (a hung rank or collective), the trainer ends the attempt
+    with reason Stalled; the next attempt resumes from the latest checkpoint."""
 
 
 class ResourcesSpec(KubeModel):
@@ -726,6 +729,10 @@ class Progress(KubeModel):
     """Estimated seconds until the run finishes."""
     updated_at: datetime | None = None
     """When this progress was reported."""
+    reason: str | None = None
+    """Why the trainer ended the attempt early (Stalled); cleared when training starts again."""
+    message: str | None = None
+    """What happened, in words (with reason)."""
 
 
 class CheckpointStatus(KubeModel):

@@ -1,0 +1,268 @@
+#!/usr/bin/env python
+"""The GPU check (run by hack/gpu_check.sh): what the CPU tests cannot show, measured on one GPU, as JSON.
+
+1. qlora: QLoRA (4-bit NF4, double quantization, r=64, alpha=16, q/k/v/o) on a Llama-shaped random model of
+   about 1B parameters, a few dozen steps through the trainer the pods run (kubetune_trainer.train): the loss
+   falls, peak memory, tokens/s; then the merged-adapter save (base reloaded unquantized, adapter merged),
+   reloaded and run once.
+2. bench-1b, bench-8b: bf16 LoRA with packing against the padded HF Trainer + PEFT baseline
+   (hack/bench_trainer.py): tokens/s, MFU, peak memory of each side.
+
+--dry-run runs the same steps with the tiny shape on whatever is there (CPU: LoRA instead of QLoRA, since
+bitsandbytes 4-bit needs a GPU), to check the kit end to end before a GPU is spent on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+for sub in ("operator", "trainer_image", "hack"):
+    if str(ROOT / sub) not in sys.path:
+        sys.path.insert(0, str(ROOT / sub))
+
+import bench_trainer  # noqa: E402  (hack/, beside this file)
+
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "trl", "bitsandbytes", "datasets", "pydantic")
+
+
+def versions() -> dict[str, str | None]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def device_facts() -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"device": f"cpu ({platform.machine()})", "cuda": False}
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "device": torch.cuda.get_device_name(),
+        "cuda": True,
+        "cuda_version": torch.version.cuda,
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "bf16": torch.cuda.is_bf16_supported(),
+    }
+
+
+def qlora(work: Path, size: str, steps: int, quantized: bool) -> dict:
+    """QLoRA through kubetune_trainer.train on a random Llama of SIZE, then the merged-adapter save."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kubetune.api.v1alpha1 import TARGET_LOCAL, FineTuneJob
+    from kubetune_trainer import config as config_mod
+    from kubetune_trainer import train
+
+    texts = bench_trainer.make_texts(4000 if quantized else 200, 0, 16, 400)
+    data_file = work / "train.jsonl"
+    data_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    model_dir = work / "model"
+    started = time.perf_counter()
+    bench_trainer.build_model_dir(model_dir, size, texts)
+    build_s = time.perf_counter() - started
+    method = (
+        {
+            "type": "qlora",
+            "lora": {"r": 64, "alpha": 16, "dropout": 0.05, "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+            "quantization": {"bits": 4, "type": "nf4", "doubleQuant": True, "computeDtype": "bfloat16"},
+        }
+        if quantized
+        else {"type": "lora", "lora": {"r": 64, "alpha": 16, "dropout": 0.05,
+                                        "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj"]}}
+    )  # fmt: skip
+    out = work / "qlora-out"
+    job = FineTuneJob.model_validate(
+        {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": "gpu-check-qlora"},
+            "spec": {
+                "model": {"uri": f"file://{model_dir}"},
+                "dataset": {"uri": f"file://{data_file}", "format": "text", "maxLength": 1024 if quantized else 256,
+                            "packing": True},
+                "method": method,
+                "training": {"maxSteps": steps, "batchSize": 8 if quantized else 4, "learningRate": 1e-3,
+                             "precision": "bf16" if quantized else "auto", "seed": 0},
+                "resources": {"gpusPerNode": 1 if quantized else 0},
+                "checkpoints": {"everySteps": 10**9},
+                "output": {"uri": f"file://{out}", "mergeAdapter": True},
+            },
+        },
+        context={"target": TARGET_LOCAL},
+    )  # fmt: skip
+    config = config_mod.local_config(job, str(out))
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    outcome = train.run_training(config)
+    total_s = time.perf_counter() - started
+    trainer = outcome.trainer
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    runtime = outcome.metrics.get("train_runtime") or total_s
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    first, last = losses[0], sum(losses[-3:]) / len(losses[-3:])
+    result = {
+        "method": method["type"],
+        "quantization": method.get("quantization"),
+        "size": size,
+        "parameters": sum(p.numel() for p in outcome.model.parameters()),
+        "model_build_s": round(build_s, 1),
+        "steps": trainer.state.global_step,
+        "losses": [round(x, 4) for x in losses],
+        "loss_first": round(first, 4),
+        "loss_last3_mean": round(last, 4),
+        "loss_falls": bool(last < first * 0.9),
+        "train_runtime_s": round(runtime, 2),
+        "tokens": tokens,
+        "tokens_per_second": round(tokens / runtime, 1) if runtime else None,
+        "run_with_save_and_merge_s": round(total_s, 1),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if torch.cuda.is_available()
+        else None,
+        "uri": outcome.result.get("uri"),
+        "merged_uri": outcome.result.get("mergedUri"),
+    }
+    # The merged-adapter save: a plain model that loads and runs without PEFT or bitsandbytes.
+    merged = out / "merged"
+    result["merged_files_gib"] = round(
+        sum(p.stat().st_size for p in merged.rglob("*") if p.is_file()) / 2**30, 3
+    )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    reloaded = AutoModelForCausalLM.from_pretrained(
+        str(merged), dtype=torch.bfloat16 if device == "cuda" else torch.float32
+    ).to(device)
+    ids = outcome.tokenizer("the model learns from data", return_tensors="pt")["input_ids"].to(device)
+    with torch.no_grad():
+        logits = reloaded(input_ids=ids).logits
+    result["merged_reloads_and_runs"] = bool(torch.isfinite(logits).all())
+    del reloaded, outcome, trainer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
+
+
+def bench(size: str, dry_run: bool, json_path: Path) -> dict:
+    """bf16 LoRA with packing vs the padded baseline (hack/bench_trainer.py), one run per side."""
+    if dry_run:
+        argv = [
+            "--size",
+            "tiny",
+            "--texts",
+            "48",
+            "--max-length",
+            "128",
+            "--batch-size",
+            "4",
+            "--repeats",
+            "1",
+        ]
+    elif size == "1b":
+        argv = [
+            "--size",
+            "1b",
+            "--texts",
+            "1200",
+            "--max-length",
+            "2048",
+            "--batch-size",
+            "8",
+            "--repeats",
+            "1",
+        ]
+    else:  # 8b: ~16 GB of bf16 weights; batch 2 x 2048 keeps the padded baseline's activations in memory
+        argv = [
+            "--size",
+            "8b",
+            "--texts",
+            "600",
+            "--max-length",
+            "2048",
+            "--batch-size",
+            "2",
+            "--repeats",
+            "1",
+        ]
+    bench_trainer.main([*argv, "--json", str(json_path)])
+    return json.loads(json_path.read_text())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=os.environ.get("OUT") or "gpu-check-results", help="results folder")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="tiny shapes, any device (the kit's own check)"
+    )
+    parser.add_argument("--only", action="append", choices=["qlora", "bench-1b", "bench-8b"], default=None)
+    parser.add_argument("--qlora-steps", type=int, default=40)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.dry_run:
+        print("no GPU visible: use --dry-run for the kit's CPU check", file=sys.stderr)
+        return 2
+    steps = ["qlora", "bench-1b", "bench-8b"] if not args.dry_run else ["qlora", "bench-1b"]
+    steps = [s for s in steps if not args.only or s in args.only]
+    report = {"dry_run": args.dry_run, "versions": versions(), **device_facts(), "results": {}, "errors": {}}
+    work = Path(tempfile.mkdtemp(prefix="kubetune-gpu-check-"))
+    started = time.perf_counter()
+    try:
+        for step in steps:
+            t0 = time.perf_counter()
+            print(f"== {step}", flush=True)
+            try:
+                if step == "qlora":
+                    quantized = cuda and not args.dry_run
+                    size = "tiny" if args.dry_run else "1b"
+                    steps_n = 6 if args.dry_run else args.qlora_steps
+                    (work / step).mkdir()
+                    result = qlora(work / step, size, steps_n, quantized)
+                    if not quantized:
+                        result["note"] = "LoRA instead of QLoRA: bitsandbytes 4-bit needs a GPU"
+                else:
+                    result = bench(step.split("-")[1], args.dry_run, out / f"{step}.json")
+                result["wall_s"] = round(time.perf_counter() - t0, 1)
+                report["results"][step] = result
+            except Exception as error:  # noqa: BLE001 - one failed step must not lose the others' figures
+                traceback.print_exc()
+                report["errors"][step] = f"{type(error).__name__}: {error}"
+            finally:
+                if cuda:
+                    torch.cuda.empty_cache()
+            report["wall_s"] = round(time.perf_counter() - started, 1)
+            (out / "gpu-check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({k: v for k, v in report.items() if k != "results"}, indent=2, default=str))
+    for step, result in report["results"].items():
+        keys = ("loss_first", "loss_last3_mean", "loss_falls", "tokens_per_second", "peak_memory_gib",
+                "merged_reloads_and_runs", "speedup_tokens_per_second")  # fmt: skip
+        print(step, {k: result[k] for k in keys if k in result})
+    print(f"results: {out / 'gpu-check.json'}")
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
