@@ -20,10 +20,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 test: setup testbin
 	$(PY) -m pytest
 
-## testbin: build the pinned etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, kwok and helm
-## into ~/.cache/kubetune/testbin (a no-op once built; see docs/testing.md)
+## testbin: build the pinned etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, kwok and helm,
+## plus kstatus and promtool (hack/gotools.sh), into ~/.cache/kubetune/testbin (a no-op once built; see docs/testing.md)
 testbin:
 	bash hack/testbin.sh
+	bash hack/gotools.sh
 
 ## cluster-up: start the local control plane (or reuse a running one); kubeconfig in .cluster/kubeconfig
 cluster-up: setup testbin

@@ -144,6 +144,20 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return int(result or 0)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show (or with -w follow) a FineTuneJob's or ModelServe's status (kubetune.cli_status)."""
+    from kubetune import cli_status
+
+    return cli_status.run("status", args)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print (or follow) the logs of a FineTuneJob's trainer pods (kubetune.cli_status)."""
+    from kubetune import cli_status
+
+    return cli_status.run("logs", args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubetune", description="Fine-tune and serve language models on Kubernetes, declaratively."
@@ -213,6 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--standalone", action="store_true", help="no peering with other operator instances"
     )
     operator.set_defaults(func=cmd_operator)
+
+    from kubetune.cli_status import add_arguments
+
+    status = sub.add_parser(
+        "status", help="a FineTuneJob's (or ModelServe's) progress and conditions; -w follows"
+    )
+    logs = sub.add_parser(
+        "logs", help="the logs of a FineTuneJob's trainer pods (current attempt); -f follows"
+    )
+    add_arguments(status, logs)
+    status.set_defaults(func=cmd_status)
+    logs.set_defaults(func=cmd_logs)
     return parser  # fmt: skip
 
 

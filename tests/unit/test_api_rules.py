@@ -128,6 +128,9 @@ RULES = [
     ("serve: expect is a regex",
      modelserve(rollout={"smokeTest": {"expect": "(unclosed"}}), "spec.rollout.smokeTest.expect",
      modelserve(rollout={"smokeTest": {"expect": "^(Hello|Hi)\\b"}})),
+    ("wandb online needs the API key",
+     finetunejob(tracking={"wandb": {"project": "p"}}), "spec.tracking.wandb.secretRef",
+     finetunejob(tracking={"wandb": {"project": "p", "secretRef": {"name": "wandb"}}})),
 ]  # fmt: skip
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from kubetune.api.v1alpha1 import TrainerConfig
 
-from . import artifacts, checkpoints, methods, objectives, remote, reporting, stall, world
+from . import artifacts, checkpoints, methods, objectives, remote, reporting, stall, tracking, world
 from . import data as data_mod
 from . import metrics as metric_fns
 from . import model as model_mod
@@ -173,6 +173,7 @@ def run_training(
         has_eval=prepared.eval is not None,
         use_cpu=use_cpu,
     )
+    kwargs.update(tracking.prepare(config))  # spec.tracking: TensorBoard, MLflow, W&B through report_to
     args = objectives.build_args(spec, kwargs, tokenizer)
     trainer = objectives.build_trainer(spec, args, model, tokenizer, prepared, callbacks, ref_model=ref_model)
     if not config.runtime.report_status:  # local: reporting prints one line per logging step

@@ -55,6 +55,7 @@ from .common import (
     short_hash,
     with_hash,
 )
+from .tracking import tracking_env
 
 # Spec fields that change in place; any other change after the run started starts a new run.
 LIFECYCLE_FIELDS = (
@@ -374,6 +375,7 @@ def _env(job: FineTuneJob, jname: str) -> list[dict[str, Any]]:
         {"name": "HF_HOME", "value": CACHE_DIR},
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
         *secret_env(job),
+        *tracking_env(job),
     ]
     user = [e.to_dict() for e in spec.env]
     user_names = {e["name"] for e in user}

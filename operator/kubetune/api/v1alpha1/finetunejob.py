@@ -21,6 +21,7 @@ from .common import (
     Toleration,
     raise_problems,
 )
+from .tracking import TRACKING_CEL, TrackingSpec, tracking_problems
 from .uris import URIError, parse_uri
 
 Task = Literal[
@@ -529,6 +530,9 @@ FINETUNEJOB_SPEC_CEL = [
 ]
 
 
+FINETUNEJOB_SPEC_CEL += TRACKING_CEL
+
+
 class FineTuneJobSpec(KubeModel):
     """What to fine-tune, on what data, how, and where the result goes."""
 
@@ -554,6 +558,8 @@ class FineTuneJobSpec(KubeModel):
     """Checkpointing."""
     output: OutputSpec = Field(default_factory=OutputSpec)
     """Where the result is stored."""
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    """Experiment trackers (TensorBoard, MLflow, Weights & Biases) the trainer reports to."""
     image: Annotated[str | None, Field(min_length=1)] = None
     """Trainer image; defaults to the operator's setting."""
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
@@ -671,6 +677,7 @@ class FineTuneJobSpec(KubeModel):
             (training.warmup_steps is not None and training.warmup_ratio > 0, "training.warmupSteps",
              "warmupRatio and warmupSteps are exclusive: set one of them"),
         ]  # fmt: skip
+        checks += tracking_problems(self.tracking)
         problems = [Problem(path, message) for broken, path, message in checks if broken]
         allowed = TASK_METRICS[model.task]
         wrong = [m for m in training.metrics if m not in allowed]

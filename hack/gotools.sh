@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Build the pinned Go test tools of the GitOps checks from the Go module proxy.
+#
+#   hack/gotools.sh            build whatever is missing, print KEY=path lines
+#   hack/gotools.sh --check    exit 0 when everything is built, 1 otherwise (builds nothing)
+#   hack/gotools.sh --print    print KEY=path lines (builds nothing)
+#   hack/gotools.sh kstatus    build (or find) only the named tool: kstatus | promtool
+#
+# - kstatus: hack/kstatus (a tiny program around sigs.k8s.io/cli-utils' kstatus, the health
+#   assessment Flux uses). Cached under a name made of the cli-utils version and a hash of the
+#   program's sources, so an edit to hack/kstatus rebuilds it.
+# - promtool: github.com/prometheus/prometheus/cmd/promtool, `go install`ed at a pinned version.
+#
+# Like hack/testbin.sh: results land in $KUBETUNE_TESTBIN_DIR (default ~/.cache/kubetune/testbin),
+# a folder exists only once its build succeeded, and no toolchain is ever downloaded.
+set -euo pipefail
+
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}   # Prometheus 3.16's Go module version
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+TESTBIN_DIR=${KUBETUNE_TESTBIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubetune/testbin}
+GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
+
+export GOTOOLCHAIN=local
+export GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod -buildvcs=false"
+export CGO_ENABLED=0
+
+CLI_UTILS_VERSION=$(sed -nE 's/^\s*(require )?sigs\.k8s\.io\/cli-utils (v[^ ]+).*/\2/p' "$HERE/kstatus/go.mod")
+KSTATUS_HASH=$(cat "$HERE/kstatus/go.mod" "$HERE/kstatus/go.sum" "$HERE/kstatus/main.go" | sha256sum | cut -c1-12)
+KSTATUS_DIR=$TESTBIN_DIR/kstatus-cli-utils-$CLI_UTILS_VERSION-$KSTATUS_HASH
+PROMTOOL_DIR=$TESTBIN_DIR/promtool-$PROMETHEUS_VERSION
+
+log() { printf '[gotools] %s\n' "$*" >&2; }
+
+print_paths() {
+  echo "KSTATUS=$KSTATUS_DIR/kstatus"
+  echo "PROMTOOL=$PROMTOOL_DIR/promtool"
+}
+
+built() { # built TOOL
+  case $1 in
+    kstatus) [[ -x $KSTATUS_DIR/kstatus ]] ;;
+    promtool) [[ -x $PROMTOOL_DIR/promtool ]] ;;
+    *) log "unknown tool $1"; exit 2 ;;
+  esac
+}
+
+TOOLS=(kstatus promtool)
+case "${1:-}" in
+  --print) print_paths; exit 0 ;;
+  --check) for t in "${TOOLS[@]}"; do built "$t" || exit 1; done; exit 0 ;;
+  kstatus|promtool) TOOLS=("$1") ;;
+  "") ;;
+  *) echo "usage: $0 [--check|--print|kstatus|promtool]" >&2; exit 2 ;;
+esac
+
+timed() { # timed NAME CMD...: run CMD, append its wall time to $TESTBIN_DIR/build-times.txt
+  local name=$1 start end
+  shift
+  start=$(date +%s)
+  "$@"
+  end=$(date +%s)
+  log "$name built in $((end - start)) s"
+  echo "$(date -u +%FT%TZ) $name $((end - start))s" >>"$TESTBIN_DIR/build-times.txt"
+}
+
+build_into() { # build_into OUT CMD...: run CMD with $tmpout as output folder, then publish OUT
+  local out=$1 tmpout=$1.tmp.$$
+  shift
+  rm -rf "$tmpout"
+  mkdir -p "$tmpout"
+  TMPOUT=$tmpout "$@"
+  rm -rf "$out"
+  mv "$tmpout" "$out"
+}
+
+build_kstatus() {
+  (cd "$HERE/kstatus" && "$GO" build -trimpath -ldflags "-s -w" -o "$TMPOUT/kstatus" .)
+}
+
+build_promtool() {
+  # Built outside any module (go install pkg@version), so its own go.mod decides every dependency.
+  (cd "$TESTBIN_DIR" && GOBIN=$TMPOUT "$GO" install -trimpath -ldflags "-s -w" \
+    "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION")
+}
+
+missing=()
+for t in "${TOOLS[@]}"; do built "$t" || missing+=("$t"); done
+if [[ ${#missing[@]} -gt 0 ]]; then
+  [[ -x $GO ]] || { log "no Go toolchain found (set GO=/path/to/go)"; exit 1; }
+  mkdir -p "$TESTBIN_DIR"
+  for t in "${missing[@]}"; do
+    # One build of each tool at a time (pytest workers may race); another process may have built
+    # it while this one waited for the lock.
+    exec 9>"$TESTBIN_DIR/.$t.lock"
+    flock 9
+    built "$t" && { exec 9>&-; continue; }
+    log "building $t"
+    case $t in
+      kstatus) timed "kstatus-cli-utils-$CLI_UTILS_VERSION" build_into "$KSTATUS_DIR" build_kstatus ;;
+      promtool) timed "promtool-$PROMETHEUS_VERSION" build_into "$PROMTOOL_DIR" build_promtool ;;
+    esac
+    exec 9>&-
+  done
+fi
+print_paths
