@@ -25,11 +25,20 @@ from .finetunejob import (
     FineTuneJobStatus,
     MethodSpec,
     ModelSpec,
+    ParentResult,
     Progress,
     ResultStatus,
     TrainingSpec,
 )
 from .modelserve import AdapterSource, ModelServe, ModelServeSpec, ModelServeStatus, ModelSource, Revision
+from .objective import (
+    REWARD_FUNCTIONS,
+    RL_OBJECTIVES,
+    ObjectiveSpec,
+    RLReward,
+    RLSpec,
+    reward_function_args,
+)
 from .trainerconfig import TrainerConfig, TrainerRuntime, config_hash, pvc_claims, pvc_local_path
 from .uris import (
     ParsedURI,
@@ -47,5 +56,6 @@ __all__ = [
     "LocalObjectReference", "MethodSpec", "ModelServe", "ModelServeSpec", "ModelServeStatus", "ModelSource",
     "ModelSpec", "ObjectMeta", "ParsedURI", "Problem", "Progress", "ResultStatus", "Revision", "SecretKeyRef",
     "TARGET_CLUSTER", "TARGET_LOCAL", "Toleration", "TrainerConfig", "TrainerRuntime", "TrainingSpec", "URIError", "VERSION", "Validated",
+    "ObjectiveSpec", "ParentResult", "REWARD_FUNCTIONS", "RL_OBJECTIVES", "RLReward", "RLSpec", "reward_function_args",
     "check_public_https_url", "config_hash", "pvc_claims", "pvc_local_path", "forbidden_address_reason", "forbidden_host_reason", "parse_uri", "validate_document",
 ]  # fmt: skip
