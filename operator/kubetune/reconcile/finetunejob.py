@@ -38,13 +38,14 @@ from kubetune.render.finetunejob import (
     _label_value as label_value,
 )
 
+from . import chains
 from .conditions import load_conditions, set_condition
 from .kube import ApiException, Kube, fmt_time, now, parse_time
 
 log = logging.getLogger("kubetune.finetunejob")
 
 CONTROLLER = "finetunejob"
-CONDITION_TYPES = ("Validated", "Running", "Succeeded", "Failed", "Suspended")
+CONDITION_TYPES = ("Validated", "Running", "Succeeded", "Failed", "Suspended", chains.WAITING_CONDITION)
 OWN_STATUS_FIELDS = (
     "phase",
     "observedGeneration",
@@ -58,7 +59,7 @@ OWN_STATUS_FIELDS = (
 PROBLEM_REASONS = {
     "InvalidSpec", "SecretNotFound", "SecretKeyMissing", "PVCNotFound", "PVCLost", "ImagePullFailed",
     "ContainerConfigError", "Unschedulable", "ChildConflict", "AttemptFailed", "BackoffLimitExceeded",
-    "DeadlineExceeded", "PendingDeadlineExceeded",
+    "DeadlineExceeded", "PendingDeadlineExceeded", *chains.REFERENCE_REASONS,
 }  # fmt: skip
 IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
 STATIC_KINDS_RECHECK_SECONDS = 600.0
@@ -236,6 +237,7 @@ class _Pass:
             return  # nothing to retry: an edit of the spec triggers the next reconcile
         self.set("Validated", True, "Valid", "the spec is valid")
         ftj: FineTuneJob = validated.obj  # type: ignore[assignment]
+        self._resolve_chain(ftj)  # chains hook (rlhf, issue 11)
         rid = run_id(ftj)
 
         jobs = self._trainer_jobs()
@@ -259,6 +261,8 @@ class _Pass:
         problems = self._reference_problems(ftj)
         if not self._apply_static(ftj, attempt):
             return
+        if cur is None and self._held_by_chain():  # chains hook (rlhf, issue 11)
+            return
         if problems and cur is None:
             reason, message = problems[0][0], "; ".join(m for _, m in problems)
             self.set("Running", False, reason, message)
@@ -274,6 +278,39 @@ class _Pass:
             return
         self._observe(ftj, cur, [j for j in current if j is not cur])
 
+    # ---------------------------------------------------------------------------------------------
+    # >>> chains hook (rlhf, issue 11): model.fineTuneJobRef and reward-model references (reconcile/chains.py)
+
+    chain = None  # what the references resolved to: rendered into the TrainerConfig, mounted in the Job
+    chain_verdict: chains.Verdict | None = None
+
+    def _resolve_chain(self, ftj: FineTuneJob) -> None:
+        """Read the referenced FineTuneJobs and resolve them; a broken chain that is whole again clears Failed."""
+        if not chains.references(ftj):
+            return
+        started = self.st["jobName"] is not None  # a started run keeps the results it began with
+        jobs = chains.read_chain(lambda n: self.kube.get("FineTuneJob", self.ns, n), ftj)
+        self.chain_verdict = chains.resolve(ftj, jobs, started=started)
+        if self.chain_verdict.ready:
+            self.chain = self.chain_verdict.chain
+            if self.reason("Failed") in chains.REFERENCE_REASONS and self.is_true("Failed"):
+                self.set("Failed", False, "ModelReady", self.chain_verdict.message)
+            if chains.WAITING_CONDITION in self.conds:
+                self.set(chains.WAITING_CONDITION, False, "ModelReady", self.chain_verdict.message)
+
+    def _held_by_chain(self) -> bool:
+        """No trainer Job while a referenced job has not Succeeded (WaitingForModel) or the chain is broken."""
+        verdict = self.chain_verdict
+        if verdict is None or verdict.ready:
+            return False
+        for type_, status, reason, message in chains.conditions(verdict):
+            self.set(type_, status, reason, message)
+        self._default("Succeeded", "NotStarted", "the run has not finished")
+        self._default("Failed", "NotFailed", "")
+        self.result.problem = verdict.state == "failed"  # retried with backoff; a fixed chain also wakes it
+        return True
+
+    # <<< chains hook
     # ---------------------------------------------------------------------------------------------
     # lifecycle pieces
 
@@ -413,10 +450,15 @@ class _Pass:
         """RBAC, ConfigMap and Service: applied only when what they should be differs from what was applied."""
         # Everything they are rendered from: when it is what this process applied last, skip even rendering.
         signature = (self.uid, self.gen, tuple(sorted((self.meta.get("labels") or {}).items())), attempt)
+        signature += (self.chain.model_dump_json() if self.chain else None,)  # chains hook (rlhf)
         sig_key = ("static", self.ns, self.name)
         if self.r.cache.get(sig_key) == (str(signature), None):
             return True
-        desired = [*render_rbac(ftj), render_configmap(ftj, self.r.opts), render_service(ftj, attempt)]
+        desired = [
+            *render_rbac(ftj),
+            render_configmap(ftj, self.r.opts, self.chain),
+            render_service(ftj, attempt),
+        ]
         for obj in desired:
             key = (obj["kind"], self.ns, obj["metadata"]["name"])
             digest = applied_hash(obj)
@@ -441,7 +483,7 @@ class _Pass:
         return True
 
     def _create_job(self, ftj: FineTuneJob, attempt: int) -> None:
-        body = render_job(ftj, self.r.opts, attempt)
+        body = render_job(ftj, self.r.opts, attempt, chain=self.chain)
         try:
             created = self.kube.apply(body)
         except ApiException as exc:

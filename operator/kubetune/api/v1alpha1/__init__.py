@@ -39,7 +39,15 @@ from .objective import (
     RLSpec,
     reward_function_args,
 )
-from .trainerconfig import TrainerConfig, TrainerRuntime, config_hash, pvc_claims, pvc_local_path
+from .trainerconfig import (
+    ChainResolution,
+    ResolvedModel,
+    TrainerConfig,
+    TrainerRuntime,
+    config_hash,
+    pvc_claims,
+    pvc_local_path,
+)
 from .uris import (
     ParsedURI,
     URIError,
@@ -56,6 +64,6 @@ __all__ = [
     "LocalObjectReference", "MethodSpec", "ModelServe", "ModelServeSpec", "ModelServeStatus", "ModelSource",
     "ModelSpec", "ObjectMeta", "ParsedURI", "Problem", "Progress", "ResultStatus", "Revision", "SecretKeyRef",
     "TARGET_CLUSTER", "TARGET_LOCAL", "Toleration", "TrainerConfig", "TrainerRuntime", "TrainingSpec", "URIError", "VERSION", "Validated",
-    "ObjectiveSpec", "ParentResult", "REWARD_FUNCTIONS", "RL_OBJECTIVES", "RLReward", "RLSpec", "reward_function_args",
+    "ChainResolution", "ObjectiveSpec", "ParentResult", "ResolvedModel", "REWARD_FUNCTIONS", "RL_OBJECTIVES", "RLReward", "RLSpec", "reward_function_args",
     "check_public_https_url", "config_hash", "pvc_claims", "pvc_local_path", "forbidden_address_reason", "forbidden_host_reason", "parse_uri", "validate_document",
 ]  # fmt: skip
