@@ -48,11 +48,17 @@ def _label(value, index: int, split: str, uri: str) -> bool:
     )
 
 
-def _text(example: dict, column: str, index: int, split: str, uri: str) -> str:
+def _text(example: dict, column: str, index: int, split: str, uri: str) -> str | list:
+    """Text, or a conversation (a list of {role, content} messages): TRL's trainers take both."""
     value = example.get(column)
-    if not isinstance(value, str) or not value:
-        raise DataError(f"{uri}: column '{column}' is empty or not text in row {index} of split '{split}'")
-    return value
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
+        return value
+    raise DataError(
+        f"{uri}: column '{column}' in row {index} of split '{split}' is empty or neither text nor a list of "
+        "messages with 'role' and 'content'"
+    )
 
 
 def rows_for(ds, fmt: str, objective: str, uri: str, split: str):
