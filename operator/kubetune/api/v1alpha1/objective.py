@@ -250,7 +250,8 @@ class ObjectiveSpec(KubeModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 {
-                    "rule": "!(self.type in ['grpo', 'rloo']) || size(self.rl.rewards) > 0",
+                    # has(): the CRD's default ({}) of objective is checked against this rule too
+                    "rule": "!has(self.type) || !(self.type in ['grpo', 'rloo']) || (has(self.rl) && has(self.rl.rewards) && size(self.rl.rewards) > 0)",
                     "message": "objective.type grpo and rloo need at least one reward in objective.rl.rewards",
                     "fieldPath": ".rl.rewards",
                 }
