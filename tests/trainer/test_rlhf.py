@@ -295,3 +295,40 @@ def test_kubetune_train_local_runs_each_new_objective(assets, rl_data, tmp_path,
     assert "step 2/2" in stdout
     if kind in ("grpo", "rloo"):
         assert " reward " in stdout  # the console line carries the mean reward
+
+
+# ---------------------------------------------------------------- checkpoints and resume
+
+
+@pytest.mark.parametrize("kind", ["grpo", "kto"])
+def test_preempted_rl_run_resumes_from_its_checkpoint(assets, rl_data, tmp_path, kind):
+    from transformers import TrainerCallback
+
+    from kubetune_trainer import checkpoints
+    from kubetune_trainer.errors import Preempted
+
+    from .test_checkpoints import FirstStep
+
+    data, dataset, objective = {
+        "grpo": ("prompts.jsonl", {"format": "prompt"}, rl_objective("grpo", [{"function": {"name": "length-target", "args": {"target": 3}}}])),
+        "kto": ("unpaired.jsonl", {"format": "unpaired-preference"}, {"type": "kto"}),
+    }[kind]  # fmt: skip
+    config = job_config(
+        tmp_path, assets["llama"], rl_data / data, dataset=dataset, objective=objective,
+        training={"maxSteps": 4}, checkpoints={"everySteps": 2, "keepLast": 2},
+    )  # fmt: skip
+    flag = checkpoints.StopFlag()
+
+    class StopAtTwo(TrainerCallback):  # what SIGTERM does, at a known step
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                flag.set()
+
+    with pytest.raises(Preempted):
+        run_training(config, stop_flag=flag, extra_callbacks=[StopAtTwo()])
+    saved = checkpoints.latest_complete(config.runtime.output_dir, config.runtime.run_id)
+    assert saved is not None and saved.name == "checkpoint-3"
+    probe = FirstStep()
+    outcome = run_training(config, extra_callbacks=[probe])
+    assert probe.first_step == 4 and outcome.trainer.state.global_step == 4  # resumed, not restarted
+    assert Path(outcome.result["uri"].removeprefix("file://"), "_SUCCESS").exists()
