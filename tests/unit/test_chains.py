@@ -240,3 +240,16 @@ def test_dependents_index_wakes_the_jobs_that_refer_to_a_job():
     assert index.of("ns", "sft") == ["dpo", "grpo"] and index.of("ns", "rm") == ["grpo"]
     index.note("ns", "dpo", None)  # deleted
     assert index.of("ns", "sft") == ["grpo"] and index.of("other", "sft") == ["dpo"]
+
+
+def test_a_reward_model_result_is_not_served():
+    """ModelServe (owned by the serve controller) refuses a reward model: it is a classifier, not a generator."""
+    from kubetune.api.v1alpha1 import ModelServe
+    from kubetune.render.modelserve import resolve_sources
+
+    from .helpers import modelserve
+
+    serve = ModelServe.model_validate(modelserve(model={"fineTuneJobRef": {"name": "rm"}}))
+    rm = succeeded(RM, "pvc://models/rm", "reward-model", "pvc://models/rm/merged")
+    resolution = resolve_sources(serve, {"rm": rm})
+    assert resolution.model is None and any("'rm'" in u for u in resolution.unsupported), resolution

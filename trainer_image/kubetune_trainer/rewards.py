@@ -33,8 +33,8 @@ def _as_messages(completions: list) -> list[list[dict[str, str]]]:
 
 
 class LengthTarget:
-    """1.0 when the completion has `target` tokens (within `tolerance`), falling linearly to 0.0 at twice the
-    distance of the target from zero (0 tokens or 2 x target)."""
+    """1.0 when the completion has `target` tokens (within `tolerance`), falling linearly beyond the tolerance
+    to 0.0 at `target + tolerance` tokens away from the target."""
 
     __name__ = "length_target"
 

@@ -84,7 +84,7 @@ class LengthTargetArgs(_Args):
     """Wanted completion length in tokens (reward 1.0 there)."""
     tolerance: Annotated[int, Field(ge=0)] = 0
     """Lengths within this many tokens of the target also get 1.0; beyond, the reward falls linearly to 0 at
-    twice the target's distance."""
+    target + tolerance tokens away from the target."""
 
 
 class RegexMatchArgs(_Args):
