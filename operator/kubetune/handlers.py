@@ -32,6 +32,7 @@ if "kubernetes" not in sys.modules and os.environ.get("KUBETUNE_KOPF_CLIENT_LIBR
 import kopf  # noqa: E402
 
 from kubetune import metrics  # noqa: E402
+from kubetune.reconcile.chains import Dependents  # noqa: E402
 from kubetune.reconcile.finetunejob import CONTROLLER as FTJ  # noqa: E402
 from kubetune.reconcile.runtime import Runtime, build_runtime  # noqa: E402
 from kubetune.render.common import FINETUNEJOB_LABEL  # noqa: E402
@@ -41,6 +42,7 @@ log = logging.getLogger("kubetune.handlers")
 
 _settings: Settings | None = None
 _runtime: Runtime | None = None
+_dependents = Dependents()  # which FineTuneJobs refer to which (chains)
 
 
 def runtime() -> Runtime:
@@ -87,8 +89,16 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.on.event("kubetune.io", "v1alpha1", "finetunejobs", id="finetunejob-event")
-async def finetunejob_event(namespace: str | None, name: str | None, **_: Any) -> None:
+async def finetunejob_event(
+    namespace: str | None, name: str | None, body: kopf.Body, type: str | None = None, **_: Any
+) -> None:
     _enqueue(FTJ, namespace, name)
+    # chains (rlhf, issue 11): a change of this job (its result, its phase) may let the jobs that start
+    # from it, or use it as a reward model, go on.
+    if namespace and name:
+        _dependents.note(namespace, name, None if type == "DELETED" else dict(body))
+        for dependent in _dependents.of(namespace, name):
+            _enqueue(FTJ, namespace, dependent)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="trainer-job-event")

@@ -46,7 +46,19 @@ def test_minimal_finetunejob_gets_api_md_defaults():
     assert method["prefixTuning"] == {"numVirtualTokens": 20}
     assert method["promptTuning"] == {"numVirtualTokens": 20}
     assert method["headOnly"] == {"trainable": ["classifier"], "unfreezeLastLayers": 0}
-    assert spec["objective"] == {"type": "sft", "dpo": {"beta": 0.1}}
+    assert spec["objective"] == {
+        "type": "sft",
+        "dpo": {"beta": 0.1},
+        "kto": {"beta": 0.1, "desirableWeight": 1.0, "undesirableWeight": 1.0},
+        "reward": {},
+        "rl": {
+            "rewards": [],
+            "numGenerations": 8,
+            "maxCompletionLength": 256,
+            "temperature": 1.0,
+            "beta": 0.0,
+        },
+    }
     training = spec["training"]
     expected = {
         "epochs": 3, "learningRate": 2.0e-5, "batchSize": 8, "gradientAccumulationSteps": 1, "scheduler": "linear",

@@ -38,7 +38,7 @@ RULES = [
      finetunejob(model=T5, dataset=PREF, objective={"type": "dpo"}), "spec.objective.type", finetunejob(dataset=PREF, objective={"type": "dpo"})),
     ("prefix tuning only sft",
      finetunejob(dataset=PREF, method={"type": "prefix-tuning"}, objective={"type": "dpo"}), "spec.objective.type",
-     finetunejob(dataset=PREF, method={"type": "prefix-tuning"})),
+     finetunejob(method={"type": "prefix-tuning"})),
     ("packing only causal-lm",
      finetunejob(model=T5, dataset={"uri": "hf://abisee/cnn_dailymail", "packing": True}), "spec.dataset.packing",
      finetunejob(dataset={"uri": "hf://Salesforce/wikitext", "packing": True})),

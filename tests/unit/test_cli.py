@@ -12,7 +12,7 @@ import yaml
 
 from kubetune import cli
 
-from .helpers import EXAMPLES, INVALID, REPO, finetunejob, header, modelserve
+from .helpers import EXAMPLES, INVALID, REPO, finetunejob, header, load_all, modelserve
 
 LINE = re.compile(
     r"^(?P<file>[^:]+): (?P<kind>FineTuneJob|ModelServe)/(?P<name>[^:]+): (?P<path>[^:]+): (?P<message>.+)$"
@@ -36,13 +36,13 @@ def test_all_examples_are_valid(capsys):
     code, out, err = run(capsys, "validate", "-f", *map(str, EXAMPLES))
     assert code == 0, out
     assert out == ""
-    assert f"{len(EXAMPLES)} object(s) checked, 0 with problems" in err
+    assert f"{sum(len(load_all(p)) for p in EXAMPLES)} object(s) checked, 0 with problems" in err
 
 
 def test_folders_are_read_like_kubectl_apply_f(capsys, tmp_path):
     code, _, err = run(capsys, "validate", "-f", str(REPO / "examples"))
     assert code == 0
-    assert f"{len(EXAMPLES)} object(s) checked, 0 with problems" in err
+    assert f"{sum(len(load_all(p)) for p in EXAMPLES)} object(s) checked, 0 with problems" in err
     (tmp_path / "notes.txt").write_text("not a manifest")
     write(tmp_path, "bad.yaml", modelserve("bad", model={}))
     code, out, err = run(capsys, "validate", "-f", str(tmp_path))

@@ -67,7 +67,7 @@ def model_card(config: TrainerConfig, kind: str, metrics: dict[str, float], line
     from huggingface_hub import ModelCardData
 
     spec = config.job.spec
-    base = spec.model.uri
+    base = lineage.get("baseModel", {}).get("uri") or ""
     data = ModelCardData(
         library_name="peft" if kind in ("adapter", "prefix", "prompt") else "transformers",
         base_model=base[len("hf://") :] if base.startswith("hf://") else None,
@@ -161,9 +161,11 @@ def save(
         merge_adapter(out, base_loader, out / MERGED, tokenizer)
         merged_uri = result_uri(config, MERGED)
 
+    chain = config.runtime.chain
     result = ResultStatus(
         uri=result_uri(config),
-        kind=kind,
+        kind="reward-model" if spec.objective.type == "reward" else kind,
+        parents=chain.parents if chain else [],
         merged_uri=merged_uri,
         metrics=metrics,
         base_model_revision=base_revision,
@@ -179,10 +181,13 @@ def save(
             "uid": config.runtime.uid,
         },
         "baseModel": {
-            "uri": spec.model.uri,
+            "uri": spec.model.uri or (chain.model.uri if chain and chain.model else None),
             "revision": spec.model.revision,
             "resolvedRevision": base_revision,
+            "fineTuneJobRef": spec.model.fine_tune_job_ref.name if spec.model.fine_tune_job_ref else None,
+            "mergedAdapters": list(chain.model.adapters) if chain and chain.model else [],
         },
+        "parents": [p.to_dict() for p in chain.parents] if chain else [],
         "dataset": {
             "uri": spec.dataset.uri,
             "config": spec.dataset.config,
@@ -194,7 +199,8 @@ def save(
         "task": spec.model.task,
         "precision": precision,
         "distributed": distributed,  # world size, strategy, backend, the replicas' weight digests
-        "resultKind": kind,
+        "resultKind": result["kind"],
+        "savedAs": kind,  # adapter or full weights (a reward model may be either)
         "configHash": config.runtime.run_id,
         "image": config.runtime.image,
         "metrics": metrics,

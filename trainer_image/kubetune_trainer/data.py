@@ -19,7 +19,7 @@ from typing import Any
 
 from kubetune.api.v1alpha1 import DatasetSpec, ModelSpec, parse_uri
 
-from . import mlm, qa, sources
+from . import mlm, objective_data, qa, sources
 from .errors import DataError
 
 # Required and optional columns of each format (kubetune's names; dataset.columns maps them).
@@ -33,6 +33,7 @@ FORMAT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "preference": (("chosen", "rejected"), ("prompt",)),
     "token-tags": (("tokens", "tags"), ()),
     "question-answering": (("question", "context", "answers"), ()),
+    **objective_data.FORMAT_COLUMNS,  # prompt, unpaired-preference (kto, grpo, rloo)
 }
 TASK_FORMATS = {
     "causal-lm": ("messages", "preference", "instruction", "prompt-completion", "text"),
@@ -213,11 +214,14 @@ def rename_columns(ds, spec: DatasetSpec, split: str):
     return ds
 
 
-def detect_format(columns: list[str], task: str, uri: str = "the dataset") -> str:
-    for fmt in TASK_FORMATS[task]:
+def detect_format(
+    columns: list[str], task: str, uri: str = "the dataset", formats: tuple[str, ...] | None = None
+) -> str:
+    formats = formats or TASK_FORMATS[task]
+    for fmt in formats:
         if all(c in columns for c in FORMAT_COLUMNS[fmt][0]):
             return fmt
-    wanted = "; ".join(f"{fmt}: {', '.join(FORMAT_COLUMNS[fmt][0])}" for fmt in TASK_FORMATS[task])
+    wanted = "; ".join(f"{fmt}: {', '.join(FORMAT_COLUMNS[fmt][0])}" for fmt in formats)
     raise DataError(
         f"{uri}: cannot tell the dataset format from its columns ({', '.join(columns)}) for task {task}; "
         f"expected columns for {wanted}. Set dataset.format, or map your columns with dataset.columns"
@@ -510,9 +514,14 @@ def prepare(
 
     task = model.task
     fmt = spec.format
+    allowed = objective_data.formats_for(objective)  # kto, reward, grpo, rloo read their own formats
     if fmt == "auto":
-        fmt = detect_format(train.column_names, task, spec.uri)
-    elif fmt not in TASK_FORMATS[task]:
+        fmt = detect_format(train.column_names, task, spec.uri, allowed)
+    elif allowed is not None and fmt not in allowed:
+        raise DataError(
+            f"dataset.format {fmt} does not fit objective {objective}; use {' or '.join(allowed)}"
+        )
+    elif allowed is None and fmt not in TASK_FORMATS[task]:
         raise DataError(
             f"dataset.format {fmt} does not fit model.task {task}; use one of {', '.join(TASK_FORMATS[task])}"
         )
@@ -520,7 +529,7 @@ def prepare(
         raise DataError(
             f"objective dpo needs preference data (prompt, chosen, rejected), but {spec.uri} is {fmt}"
         )
-    if fmt == "preference" and objective != "dpo":
+    if fmt == "preference" and objective not in ("dpo", "reward"):
         raise DataError(f"{spec.uri} holds preference pairs (chosen/rejected): set objective.type dpo")
 
     for name, ds in ((spec.train_split, train), (spec.eval_split, evaluation)):
@@ -544,7 +553,9 @@ def prepare(
 
     samples = _samples(evaluation if evaluation is not None else train, fmt, spec, tokenizer)
     label_names = None
-    if task == "causal-lm" and fmt != "preference":
+    if objective in objective_data.PREFERENCE_OBJECTIVES:
+        tokenize = lambda ds, split: objective_data.rows_for(ds, fmt, objective, spec.uri, split)  # noqa: E731
+    elif task == "causal-lm" and fmt != "preference":
         tokenize = lambda ds, split: _tokenize_causal(ds, fmt, spec, tokenizer, split)  # noqa: E731
     elif fmt == "preference":
         keep = [c for c in ("prompt", "chosen", "rejected") if c in train.column_names]

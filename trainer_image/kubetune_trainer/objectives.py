@@ -14,7 +14,7 @@ from typing import Any
 from kubetune.api.v1alpha1 import FineTuneJobSpec
 
 from . import metrics as metric_fns
-from . import mlm, qa
+from . import mlm, qa, rl
 from .errors import ConfigError
 
 SCHEDULERS = {
@@ -33,6 +33,8 @@ OPTIMIZERS = {
 
 
 def args_class(spec: FineTuneJobSpec):
+    if rl.handles(spec):  # kto, reward, grpo, rloo
+        return rl.args_class(spec)
     if spec.objective.type == "dpo":
         from trl import DPOConfig
 
@@ -116,7 +118,9 @@ def build_args(spec: FineTuneJobSpec, kwargs: dict[str, Any], tokenizer=None):
     cls = args_class(spec)
     kwargs = dict(kwargs)
     names = {f.name for f in dataclasses.fields(cls)}
-    if spec.objective.type == "dpo":
+    if rl.handles(spec):
+        kwargs.update(rl.objective_kwargs(spec))
+    elif spec.objective.type == "dpo":
         kwargs.update(beta=spec.objective.dpo.beta, max_length=spec.dataset.max_length)
     elif spec.model.task == "causal-lm":
         kwargs.update(
@@ -155,9 +159,14 @@ def compute_metrics_for(spec: FineTuneJobSpec, tokenizer):
     return None  # causal-lm: perplexity from eval_loss; text metrics by generation after training
 
 
-def build_trainer(spec: FineTuneJobSpec, args, model, tokenizer, data, callbacks, ref_model=None):
-    """The trainer object for the objective and task."""
+def build_trainer(
+    spec: FineTuneJobSpec, args, model, tokenizer, data, callbacks, ref_model=None, config=None
+):
+    """The trainer object for the objective and task (CONFIG: the TrainerConfig, for kto/reward/grpo/rloo)."""
     import transformers
+
+    if rl.handles(spec):
+        return rl.build_trainer(config, args, model, tokenizer, data, callbacks, ref_model=ref_model)
 
     compute_metrics = compute_metrics_for(spec, tokenizer)
     common = dict(

@@ -209,6 +209,9 @@ class Metrics:
         "learning_rate": "Current learning rate",
         "tokens_per_second": "Training throughput in non-padding tokens per second over all processes",
         "tokens_seen": "Non-padding input tokens trained on so far",
+        "reward": "grpo/rloo: mean reward of the latest generations",
+        "reward_std": "grpo/rloo: standard deviation of the latest rewards",
+        "kl": "grpo/rloo: KL divergence to the reference model",
     }
 
     def __init__(self, config: TrainerConfig) -> None:
@@ -270,6 +273,9 @@ def progress_line(progress: dict[str, Any]) -> str:
         parts.append(f"eval_loss {progress['evalLoss']:.4f}")
     if progress.get("learningRate") is not None:
         parts.append(f"lr {progress['learningRate']:.2e}")
+    for key, label in (("reward", "reward"), ("rewardStd", "reward_std"), ("kl", "kl")):  # grpo/rloo
+        if progress.get(key) is not None:
+            parts.append(f"{label} {progress[key]:.4f}")
     if progress.get("tokensPerSecond") is not None:
         parts.append(f"{progress['tokensPerSecond']:,.0f} tok/s")
     if progress.get("etaSeconds") is not None:
@@ -308,6 +314,7 @@ class ReportingCallback(TrainerCallback):
         self.eval_loss: float | None = None
         self.learning_rate: float | None = None
         self.tokens_per_second: float | None = None
+        self.rl: dict[str, float | None] = {}  # grpo/rloo: reward, rewardStd, kl (from the trainer's logs)
         self._start: tuple[float, int] | None = None  # (time, step) when this session's training began
         self._tokens_mark: tuple[float, int] | None = None  # (time, tokens seen) at the previous log
         self.last_progress: dict[str, Any] | None = None
@@ -333,6 +340,7 @@ class ReportingCallback(TrainerCallback):
             "learningRate": self.learning_rate,
             "tokensPerSecond": self.tokens_per_second,
             "etaSeconds": eta,
+            **self.rl,
             "updatedAt": _now(),
         }
 
@@ -351,6 +359,9 @@ class ReportingCallback(TrainerCallback):
                 learning_rate=self.learning_rate,
                 tokens_per_second=self.tokens_per_second,
                 tokens_seen=getattr(state, "num_input_tokens_seen", None) or None,
+                reward=self.rl.get("reward"),
+                reward_std=self.rl.get("rewardStd"),
+                kl=self.rl.get("kl"),
             )
         if not self.cluster:
             if console:
@@ -391,6 +402,9 @@ class ReportingCallback(TrainerCallback):
             self.learning_rate = _finite(logs["learning_rate"])
         if "eval_loss" in logs:
             self.eval_loss = _finite(logs["eval_loss"])
+        for key, field in (("reward", "reward"), ("reward_std", "rewardStd"), ("kl", "kl")):
+            if key in logs:
+                self.rl[field] = _finite(logs[key])
         tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
         now = self.clock()
         if self._tokens_mark is not None and tokens:
@@ -398,7 +412,7 @@ class ReportingCallback(TrainerCallback):
             if now > t_prev and tokens > tok_prev:
                 self.tokens_per_second = round((tokens - tok_prev) / (now - t_prev), 1)
                 self._tokens_mark = (now, tokens)
-        training_log = "loss" in logs or "eval_loss" in logs
+        training_log = "loss" in logs or "eval_loss" in logs or "reward" in logs
         self._publish(state, console=training_log)
         return control
 

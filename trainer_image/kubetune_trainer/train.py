@@ -11,7 +11,7 @@ from typing import Any
 
 from kubetune.api.v1alpha1 import TrainerConfig
 
-from . import artifacts, checkpoints, methods, objectives, remote, reporting, stall, tracking, world
+from . import artifacts, chain, checkpoints, methods, objectives, remote, reporting, stall, tracking, world
 from . import data as data_mod
 from . import metrics as metric_fns
 from . import model as model_mod
@@ -90,9 +90,13 @@ def run_training(
 
     precision = model_mod.resolve_precision(spec.training.precision)
     use_cpu = not model_mod.cuda_available()
-    source = model_mod.resolve_source(spec.model)
-    tokenizer = model_mod.load_tokenizer(spec.model, source)
-    prepared = data_mod.prepare(spec.dataset, spec.model, tokenizer, spec.training.seed, spec.objective.type)
+    # model.fineTuneJobRef: the base the operator resolved (chain.py); a reward model has one output
+    model_spec = chain.base_model_spec(config)
+    if spec.objective.type == "reward":
+        model_spec = model_spec.model_copy(update={"num_labels": 1, "labels": None})
+    source = model_mod.resolve_source(model_spec)
+    tokenizer = model_mod.load_tokenizer(model_spec, source)
+    prepared = data_mod.prepare(spec.dataset, model_spec, tokenizer, spec.training.seed, spec.objective.type)
     log.info(
         "dataset %s: format %s, %d training rows, digest %s",
         spec.dataset.uri,
@@ -107,7 +111,7 @@ def run_training(
 
     def load_base(quantized: bool = True):
         base = model_mod.load_model(
-            spec.model,
+            model_spec,
             source,
             dtype=dtype,
             label_names=prepared.label_names,
@@ -116,13 +120,13 @@ def run_training(
         )
         if base.config.pad_token_id is None and tokenizer.pad_token_id is not None:
             base.config.pad_token_id = tokenizer.pad_token_id
-        return base
+        return chain.merge_adapters(base, chain.parent_adapters(config))  # an adapter chain: merged first
 
     model = load_base()
     model, kind = methods.apply_method(
         model,
         spec.method,
-        spec.model,
+        model_spec,
         gradient_checkpointing=spec.training.gradient_checkpointing,
         tokenizer_path=source.path,
         revision=source.revision,
@@ -136,7 +140,7 @@ def run_training(
         100.0 * trainable / max(1, total),
     )
     ref_model = None
-    if spec.objective.type == "dpo" and kind == "full":
+    if spec.objective.type in ("dpo", "kto") and kind == "full":
         ref_model = load_base().eval()
 
     checkpoints.clean_foreign(runtime.output_dir, runtime.run_id)
@@ -175,7 +179,9 @@ def run_training(
     )
     kwargs.update(tracking.prepare(config))  # spec.tracking: TensorBoard, MLflow, W&B through report_to
     args = objectives.build_args(spec, kwargs, tokenizer)
-    trainer = objectives.build_trainer(spec, args, model, tokenizer, prepared, callbacks, ref_model=ref_model)
+    trainer = objectives.build_trainer(
+        spec, args, model, tokenizer, prepared, callbacks, ref_model=ref_model, config=config
+    )
     if not config.runtime.report_status:  # local: reporting prints one line per logging step
         objectives.without_raw_log_printing(trainer)
     world.check_world_size(trainer.args.world_size)  # never train alone in a world launched for several

@@ -22,6 +22,7 @@ from kubetune.render.common import FINETUNEJOB_LABEL, RUN_ID_LABEL, applied_hash
 from kubetune.render.finetunejob import RenderOptions, configmap_name, job_name
 from kubetune.render.finetunejob import _label_value as label_value
 
+from . import chains
 from .finetunejob_decision import (
     REFUSAL_CODES,
     STATUS_FIELDS,
@@ -240,6 +241,10 @@ class _Shell:
         elif need.what == "pods":
             selector = {"batch.kubernetes.io/controller-uid": need.job_uid or ""}
             observed.pods[need.job_uid or ""] = self.kube.list("Pod", self.ns, selector)
+        elif need.what == "chain":
+            observed.chain_jobs = chains.read_chain(
+                lambda n: self.kube.get("FineTuneJob", self.ns, n), self.obj
+            )
         elif need.what == "references":
             observed.secrets = {n: self.kube.get("Secret", self.ns, n) for n in need.secrets}
             observed.pvcs = {n: self.kube.get("PersistentVolumeClaim", self.ns, n) for n in need.pvcs}

@@ -23,10 +23,11 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune.api.v1alpha1 import FineTuneJob, pvc_claims, validate_document
+from kubetune.api.v1alpha1 import ChainResolution, FineTuneJob, pvc_claims, validate_document
 from kubetune.render.common import RUN_GENERATION_ANNOTATION, RUN_ID_LABEL
 from kubetune.render.finetunejob import (
     RenderOptions,
+    SecretUse,
     render_configmap,
     render_job,
     render_rbac,
@@ -34,7 +35,9 @@ from kubetune.render.finetunejob import (
     run_id,
     secret_uses,
 )
+from kubetune.render.tracking import tracking_secrets
 
+from . import chains
 from .conditions import (
     KStatus,
     is_true,
@@ -56,7 +59,7 @@ from .finetunejob_readings import (
 from .kube import fmt_time, parse_time
 from .status import Event
 
-CONDITION_TYPES = ("Validated", "Running", "Succeeded", "Failed", "Suspended")
+CONDITION_TYPES = ("Validated", "Running", "Succeeded", "Failed", "Suspended", chains.WAITING_CONDITION)
 ALL_CONDITION_TYPES = (*CONDITION_TYPES, "Ready", "Reconciling", "Stalled")
 STATUS_FIELDS = (
     "phase",
@@ -71,7 +74,7 @@ STATUS_FIELDS = (
 PROBLEM_REASONS = {
     "InvalidSpec", "SecretNotFound", "SecretKeyMissing", "PVCNotFound", "PVCLost", "ImagePullFailed",
     "ContainerConfigError", "Unschedulable", "ChildConflict", "ChildRejected", "AttemptFailed",
-    "BackoffLimitExceeded", "DeadlineExceeded", "PendingDeadlineExceeded",
+    "BackoffLimitExceeded", "DeadlineExceeded", "PendingDeadlineExceeded", *chains.REFERENCE_REASONS,
 }  # fmt: skip
 # Problems that may resolve themselves for a while (a Secret created right after the FineTuneJob, a
 # registry that comes back): Reconciling during STALL_GRACE_SECONDS of not running, Stalled after.
@@ -121,9 +124,9 @@ class Observed:
     static_signature: str | None = None
     """``static_signature`` of the static children this process last applied successfully (None: unknown);
     when it matches, the decision does not render them again."""
-    model_source: dict[str, Any] | None = None
-    """Reserved for chains (spec.model.fineTuneJobRef): the FineTuneJob whose result this one trains on.
-    Not used yet; a decision that waits for it sets Running=False/WaitingForModel and Reconciling."""
+    chain_jobs: dict[str, dict[str, Any] | None] | None = None
+    """Chains (model.fineTuneJobRef, reward models by fineTuneJobRef): the FineTuneJobs reachable through
+    the references, by name (None value: missing); None: not read (the decision asks for them)."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ class Deletion:
 @dataclass(frozen=True)
 class Need:
     """Read more and decide again: ``what`` is all_jobs | pods (of the Job ``job_uid``) | references
-    (the Secrets ``secrets`` and PersistentVolumeClaims ``pvcs``)."""
+    (the Secrets ``secrets`` and PersistentVolumeClaims ``pvcs``) | chain (the referenced FineTuneJobs)."""
 
     what: str
     job_uid: str | None = None
@@ -186,11 +189,12 @@ class _NeedMore(Exception):
 # small readers of objects
 
 
-def static_signature(obj: dict[str, Any], attempt: int) -> str:
+def static_signature(obj: dict[str, Any], attempt: int, chain: ChainResolution | None = None) -> str:
     """Everything the RBAC, ConfigMap and Service are rendered from (besides the operator's settings)."""
     meta = obj["metadata"]
     labels = sorted((meta.get("labels") or {}).items())
-    return repr((meta.get("uid"), meta.get("generation"), labels, attempt))
+    resolved = chain.model_dump_json() if chain is not None else None
+    return repr((meta.get("uid"), meta.get("generation"), labels, attempt, resolved))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,6 +238,8 @@ class _Decider:
         self.requeue: list[float] = []
         self.stall: tuple[str, str] | None = None  # set when the user must change something
         self.deleted_uids: set[str] = set()
+        self.chain: ChainResolution | None = None  # what the references resolved to (TrainerConfig, volumes)
+        self.chain_verdict: chains.Verdict | None = None
 
     # ---------------------------------------------------------------------------------------------
     # helpers
@@ -293,6 +299,7 @@ class _Decider:
             return  # nothing to retry: an edit of the spec triggers the next decision
         self.set("Validated", True, "Valid", "the spec is valid")
         ftj: FineTuneJob = validated.obj  # type: ignore[assignment]
+        self._resolve_chain(ftj)
         rid = run_id(ftj)
 
         jobs = self._jobs()
@@ -316,6 +323,8 @@ class _Decider:
         if not self._apply_static(ftj, attempt):
             return
         if cur is None:
+            if self._held_by_chain(ftj):
+                return
             problems = self._reference_problems(ftj)
             if problems:
                 reason, message = problems[0][0], "; ".join(m for _, m in problems)
@@ -331,6 +340,37 @@ class _Decider:
             self._create_job(ftj, attempt)
             return
         self._observe(ftj, cur, [j for j in current if j is not cur])
+
+    # ---------------------------------------------------------------------------------------------
+    # chains: model.fineTuneJobRef and reward models by fineTuneJobRef (reconcile/chains.py)
+
+    def _resolve_chain(self, ftj: FineTuneJob) -> None:
+        """Resolve the referenced FineTuneJobs; a broken chain that is whole again clears its Failed."""
+        if not chains.references(ftj):
+            return
+        if self.o.chain_jobs is None:
+            raise _NeedMore(Need("chain"))
+        started = self.st["jobName"] is not None  # a started run keeps the results it began with
+        self.chain_verdict = chains.resolve(ftj, self.o.chain_jobs, started=started)
+        if self.chain_verdict.ready:
+            self.chain = self.chain_verdict.chain
+            if self.reason("Failed") in chains.REFERENCE_REASONS and self.is_true("Failed"):
+                self.set("Failed", False, "ModelReady", self.chain_verdict.message)
+            if chains.WAITING_CONDITION in self.conds:
+                self.set(chains.WAITING_CONDITION, False, "ModelReady", self.chain_verdict.message)
+
+    def _held_by_chain(self, ftj: FineTuneJob) -> bool:
+        """No trainer Job while a referenced job has not Succeeded (WaitingForModel) or the chain is broken."""
+        verdict = self.chain_verdict
+        if verdict is None or verdict.ready:
+            return False
+        for type_, status, reason, message in chains.conditions(verdict):
+            self.set(type_, status, reason, message)
+        self._suspended_condition(ftj, None)
+        self._default("Succeeded", "NotStarted", "the run has not finished")
+        self._default("Failed", "NotFailed", "")
+        self.out.problem = verdict.state == "failed"  # retried with backoff; a fixed chain also wakes it
+        return True
 
     # ---------------------------------------------------------------------------------------------
     # lifecycle pieces
@@ -398,7 +438,11 @@ class _Decider:
 
     def _reference_problems(self, ftj: FineTuneJob) -> list[tuple[str, str]]:
         """Secrets and PVCs the pods need, which the CRD cannot check: (reason, message) per problem."""
-        uses, claims = secret_uses(ftj), pvc_claims(ftj)
+        # The trackers' Secrets too: a missing one would otherwise only show as a pod stuck in
+        # CreateContainerConfigError.
+        tracked = [SecretUse(path, name, keys) for path, name, keys in tracking_secrets(ftj)]
+        uses = [*secret_uses(ftj), *tracked]
+        claims = pvc_claims(ftj, self.chain.uris() if self.chain else ())
         if not uses and not claims:
             return []
         if self.o.secrets is None or self.o.pvcs is None:
@@ -434,10 +478,14 @@ class _Decider:
 
     def _apply_static(self, ftj: FineTuneJob, attempt: int) -> bool:
         """RBAC, ConfigMap and Service of ATTEMPT; False (and a condition) when one was refused."""
-        signature = static_signature(self.obj, attempt)
+        signature = static_signature(self.obj, attempt, self.chain)
         if signature == self.o.static_signature:
             return True  # applied from exactly this before: not even rendered (rendering YAML costs ms)
-        desired = [*render_rbac(ftj), render_configmap(ftj, self.opts), render_service(ftj, attempt)]
+        desired = [
+            *render_rbac(ftj),
+            render_configmap(ftj, self.opts, self.chain),
+            render_service(ftj, attempt),
+        ]
         for obj in desired:
             refused = self.refusal(obj["kind"], obj["metadata"]["name"])
             if refused is not None:
@@ -456,7 +504,7 @@ class _Decider:
         self.out.apply.append(obj)
 
     def _create_job(self, ftj: FineTuneJob, attempt: int) -> bool:
-        body = render_job(ftj, self.opts, attempt)
+        body = render_job(ftj, self.opts, attempt, chain=self.chain)
         jname = body["metadata"]["name"]
         refused = self.refusal("Job", jname)
         if refused is not None:

@@ -18,7 +18,14 @@ from typing import Any
 
 import yaml
 
-from kubetune.api.v1alpha1 import FineTuneJob, TrainerConfig, TrainerRuntime, config_hash, pvc_claims
+from kubetune.api.v1alpha1 import (
+    ChainResolution,
+    FineTuneJob,
+    TrainerConfig,
+    TrainerRuntime,
+    config_hash,
+    pvc_claims,
+)
 from kubetune.api.v1alpha1.trainerconfig import (
     CACHE_DIR,
     CONFIG_DIR,
@@ -187,7 +194,7 @@ def secret_uses(job: FineTuneJob) -> list[SecretUse]:
     for role, path, uri, ref in (
         ("OUTPUT", "spec.output.secretRef", spec.output.uri or "", spec.output.secret_ref),
         ("DATASET", "spec.dataset.secretRef", spec.dataset.uri, spec.dataset.secret_ref),
-        ("MODEL", "spec.model.secretRef", spec.model.uri, spec.model.secret_ref),
+        ("MODEL", "spec.model.secretRef", spec.model.uri or "", spec.model.secret_ref),
     ):
         if ref is None:
             continue
@@ -240,7 +247,10 @@ def secret_env(job: FineTuneJob) -> list[dict[str, Any]]:
 # children
 
 
-def trainer_config(job: FineTuneJob, opts: RenderOptions) -> TrainerConfig:
+def trainer_config(
+    job: FineTuneJob, opts: RenderOptions, chain: ChainResolution | None = None
+) -> TrainerConfig:
+    """CHAIN: what the job's FineTuneJob references resolved to (reconcile/chains.py), for the trainer."""
     return TrainerConfig(
         job=run_spec(job),
         runtime=TrainerRuntime(
@@ -251,13 +261,16 @@ def trainer_config(job: FineTuneJob, opts: RenderOptions) -> TrainerConfig:
             report_status=True,
             metrics_port=METRICS_PORT,
             uid=uid_of(job) or None,
+            chain=chain,
         ),
     )
 
 
-def render_configmap(job: FineTuneJob, opts: RenderOptions) -> dict[str, Any]:
+def render_configmap(
+    job: FineTuneJob, opts: RenderOptions, chain: ChainResolution | None = None
+) -> dict[str, Any]:
     """The trainer config (spec + runtime facts, no secrets) at CONFIG_DIR/CONFIG_FILE."""
-    config = trainer_config(job, opts)
+    config = trainer_config(job, opts, chain)
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     meta = _meta(job, _owner(job), configmap_name(job.metadata.name or ""))
     meta["labels"][RUN_ID_LABEL] = config.runtime.run_id
@@ -329,7 +342,9 @@ def _volume_name(claim: str) -> str:
     return child_name("pvc", claim) if len(claim) <= 59 else f"pvc-{short_hash(claim, 12)}"
 
 
-def _volumes(job: FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(
+    job: FineTuneJob, chain: ChainResolution | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     spec = job.spec
     name = job.metadata.name or ""
     volumes: list[dict[str, Any]] = [
@@ -346,7 +361,7 @@ def _volumes(job: FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, Any
     ]
     out = spec.output.uri or ""
     written = {parse_uri(out, ("pvc",)).claim} if out.startswith("pvc://") else set()
-    for claim in pvc_claims(job):
+    for claim in pvc_claims(job, chain.uris() if chain else ()):
         vol = _volume_name(claim)
         read_only = claim not in written
         volumes.append({"name": vol, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
@@ -419,7 +434,12 @@ def pod_failure_policy() -> dict[str, Any]:
 
 
 def render_job(
-    job: FineTuneJob, opts: RenderOptions, attempt: int = 1, *, suspend: bool | None = None
+    job: FineTuneJob,
+    opts: RenderOptions,
+    attempt: int = 1,
+    *,
+    suspend: bool | None = None,
+    chain: ChainResolution | None = None,
 ) -> dict[str, Any]:
     """The Indexed batch/v1 Job of one attempt: one pod per node, rank = completion index."""
     spec = job.spec
@@ -427,7 +447,7 @@ def render_job(
     name = job.metadata.name or ""
     jname = job_name(name, attempt)
     rid = run_id(job)
-    volumes, mounts = _volumes(job)
+    volumes, mounts = _volumes(job, chain)
     labels = base_labels(job)
     labels.update({RUN_ID_LABEL: rid, ATTEMPT_LABEL: str(attempt)})
     job_labels = dict(labels)
@@ -518,11 +538,13 @@ def render_job(
     return with_hash(body)
 
 
-def render_children(job: FineTuneJob, opts: RenderOptions, attempt: int = 1) -> list[dict[str, Any]]:
+def render_children(
+    job: FineTuneJob, opts: RenderOptions, attempt: int = 1, chain: ChainResolution | None = None
+) -> list[dict[str, Any]]:
     """Everything a FineTuneJob's attempt needs, in the order it is applied (the Job last)."""
     return [
         *render_rbac(job),
-        render_configmap(job, opts),
+        render_configmap(job, opts, chain),
         render_service(job, attempt),
-        render_job(job, opts, attempt),
+        render_job(job, opts, attempt, chain=chain),
     ]

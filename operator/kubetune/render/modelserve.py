@@ -324,7 +324,7 @@ def resolve_sources(ms: ModelServe, jobs: Mapping[str, FineTuneJob | Mapping[str
         served = spec.model.uri or ""
         if (
             served.startswith("hf://")
-            and job.spec.model.uri.startswith("hf://")
+            and (job.spec.model.uri or "").startswith("hf://")  # a chained job has no model.uri
             and served.rstrip("/") != job.spec.model.uri.rstrip("/")
         ):
             res.unsupported.append(

@@ -25,12 +25,29 @@ from .finetunejob import (
     FineTuneJobStatus,
     MethodSpec,
     ModelSpec,
+    ParentResult,
     Progress,
     ResultStatus,
     TrainingSpec,
 )
 from .modelserve import AdapterSource, ModelServe, ModelServeSpec, ModelServeStatus, ModelSource, Revision
-from .trainerconfig import TrainerConfig, TrainerRuntime, config_hash, pvc_claims, pvc_local_path
+from .objective import (
+    REWARD_FUNCTIONS,
+    RL_OBJECTIVES,
+    ObjectiveSpec,
+    RLReward,
+    RLSpec,
+    reward_function_args,
+)
+from .trainerconfig import (
+    ChainResolution,
+    ResolvedModel,
+    TrainerConfig,
+    TrainerRuntime,
+    config_hash,
+    pvc_claims,
+    pvc_local_path,
+)
 from .uris import (
     ParsedURI,
     URIError,
@@ -47,5 +64,6 @@ __all__ = [
     "LocalObjectReference", "MethodSpec", "ModelServe", "ModelServeSpec", "ModelServeStatus", "ModelSource",
     "ModelSpec", "ObjectMeta", "ParsedURI", "Problem", "Progress", "ResultStatus", "Revision", "SecretKeyRef",
     "TARGET_CLUSTER", "TARGET_LOCAL", "Toleration", "TrainerConfig", "TrainerRuntime", "TrainingSpec", "URIError", "VERSION", "Validated",
+    "ChainResolution", "ObjectiveSpec", "ParentResult", "ResolvedModel", "REWARD_FUNCTIONS", "RL_OBJECTIVES", "RLReward", "RLSpec", "reward_function_args",
     "check_public_https_url", "config_hash", "pvc_claims", "pvc_local_path", "forbidden_address_reason", "forbidden_host_reason", "parse_uri", "validate_document",
 ]  # fmt: skip

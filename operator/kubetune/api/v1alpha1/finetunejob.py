@@ -21,6 +21,7 @@ from .common import (
     Toleration,
     raise_problems,
 )
+from .objective import OBJECTIVE_SPEC_CEL, ObjectiveSpec, objective_problems
 from .tracking import TRACKING_CEL, TrackingSpec, tracking_problems
 from .uris import URIError, parse_uri
 
@@ -41,6 +42,8 @@ DatasetFormat = Literal[
     "preference",
     "token-tags",
     "question-answering",
+    "prompt",
+    "unpaired-preference",
 ]
 ColumnKey = Literal[
     "text", "label", "prompt", "completion", "instruction", "input", "output", "messages",
@@ -64,7 +67,7 @@ TASK_METRICS = {
 }
 TRAINING_SET_METRICS = ("perplexity",)  # computable from the training loss when there is no evaluation set
 Strategy = Literal["auto", "ddp", "fsdp", "deepspeed"]
-ResultKind = Literal["adapter", "full", "prefix", "prompt", "masked-lm", "question-answering"]
+ResultKind = Literal["adapter", "full", "prefix", "prompt", "masked-lm", "question-answering", "reward-model"]
 
 MODEL_SCHEMES = ("hf", "pvc", "s3", "file")
 DATASET_SCHEMES = ("hf", "pvc", "s3", "https", "file")
@@ -119,8 +122,24 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 class ModelSpec(KubeModel):
     """The base model to fine-tune."""
 
-    uri: ModelURI
-    """Where the base model comes from: hf://ORG/NAME, pvc://CLAIM/PATH or s3://BUCKET/PREFIX."""
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.uri) != has(self.fineTuneJobRef)",
+                    "message": "set exactly one of model.uri and model.fineTuneJobRef",
+                    "fieldPath": ".uri",
+                }
+            ]
+        }
+    }
+
+    uri: ModelURI | None = None
+    """Where the base model comes from: hf://ORG/NAME, pvc://CLAIM/PATH or s3://BUCKET/PREFIX; exclusive with
+    fineTuneJobRef."""
+    fine_tune_job_ref: LocalObjectReference | None = None
+    """Start from another FineTuneJob's result (same namespace) instead of uri: its merged or full model, or its
+    adapter merged into that job's base. The job waits (condition WaitingForModel) until that one Succeeded."""
     revision: Annotated[str | None, Field(min_length=1)] = "main"
     """Hub branch, tag or commit (hf:// only); the resolved commit is recorded in status.result."""
     task: Task = "causal-lm"
@@ -133,6 +152,22 @@ class ModelSpec(KubeModel):
     """Run model code from the model repository (only for models you trust)."""
     secret_ref: SecretKeyRef | None = None
     """Secret with a Hub token (key defaults to HF_TOKEN) or S3 credentials for a private model."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.uri is None) == (self.fine_tune_job_ref is None):
+            both = self.uri is not None
+            raise_problems(
+                [
+                    Problem(
+                        "uri",
+                        "uri and fineTuneJobRef are exclusive: set one of them"
+                        if both
+                        else "required: set uri (hf://, pvc://, s3://) or fineTuneJobRef (another FineTuneJob)",
+                    )
+                ]
+            )
+        return self
 
 
 class DatasetSpec(KubeModel):
@@ -246,22 +281,6 @@ class MethodSpec(KubeModel):
     """Prompt tuning settings."""
     head_only: HeadOnlySpec = Field(default_factory=HeadOnlySpec)
     """Head-only settings."""
-
-
-class DPOSpec(KubeModel):
-    """Direct Preference Optimization settings."""
-
-    beta: Annotated[float, Field(gt=0)] = 0.1
-    """Strength of the KL penalty towards the reference model."""
-
-
-class ObjectiveSpec(KubeModel):
-    """What the training optimizes."""
-
-    type: Literal["sft", "dpo"] = "sft"
-    """sft (supervised fine-tuning) or dpo (needs format preference and task causal-lm)."""
-    dpo: DPOSpec = Field(default_factory=DPOSpec)
-    """DPO settings."""
 
 
 class EarlyStoppingSpec(KubeModel):
@@ -388,7 +407,7 @@ class OutputSpec(KubeModel):
 # CEL rules the API server checks; the same rules run in Python in FineTuneJobSpec.check_rules.
 FINETUNEJOB_SPEC_CEL = [
     {
-        "rule": "!(self.model.task in ['sequence-classification', 'token-classification']) || has(self.model.numLabels)",
+        "rule": "!(self.model.task in ['sequence-classification', 'token-classification']) || has(self.model.numLabels) || self.objective.type == 'reward'",
         "message": "model.numLabels is required for sequence-classification and token-classification",
         "fieldPath": ".model.numLabels",
     },
@@ -398,7 +417,7 @@ FINETUNEJOB_SPEC_CEL = [
         "fieldPath": ".model.labels",
     },
     {
-        "rule": "self.method.type != 'qlora' || self.model.task in ['causal-lm', 'seq2seq']",
+        "rule": "self.method.type != 'qlora' || self.model.task in ['causal-lm', 'seq2seq'] || self.objective.type == 'reward'",
         "message": "method.type qlora works only with model.task causal-lm or seq2seq",
         "fieldPath": ".method.type",
     },
@@ -443,7 +462,7 @@ FINETUNEJOB_SPEC_CEL = [
         "fieldPath": ".output.uri",
     },
     {
-        "rule": "!self.model.uri.startsWith('file://') && !self.dataset.uri.startsWith('file://')",
+        "rule": "(!has(self.model.uri) || !self.model.uri.startsWith('file://')) && !self.dataset.uri.startsWith('file://')",
         "message": "file:// URIs work only with `kubetune train --local`; in a cluster use hf://, pvc:// or s3://",
         "fieldPath": ".model.uri",
     },
@@ -518,7 +537,7 @@ FINETUNEJOB_SPEC_CEL = [
         "fieldPath": ".training.warmupSteps",
     },
     {
-        "rule": "!has(self.model.revision) || self.model.revision == 'main' || self.model.uri.startsWith('hf://')",
+        "rule": "!has(self.model.revision) || self.model.revision == 'main' || (has(self.model.uri) && self.model.uri.startsWith('hf://'))",
         "message": "model.revision applies only to hf:// models; remove it",
         "fieldPath": ".model.revision",
     },
@@ -527,6 +546,7 @@ FINETUNEJOB_SPEC_CEL = [
         "message": "prefix-tuning and prompt-tuning support only objective.type sft",
         "fieldPath": ".objective.type",
     },
+    *OBJECTIVE_SPEC_CEL,
 ]
 
 
@@ -547,7 +567,7 @@ class FineTuneJobSpec(KubeModel):
     method: MethodSpec = Field(default_factory=MethodSpec)
     """How the model is adapted (full, head-only, lora, qlora, prefix-tuning, prompt-tuning, ia3)."""
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
-    """What is optimized (sft or dpo)."""
+    """What is optimized: sft, dpo, kto, reward, grpo or rloo."""
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     """Hyperparameters."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -633,13 +653,13 @@ class FineTuneJobSpec(KubeModel):
         classification = model.task in CLASSIFICATION_TASKS
         has_eval = data.eval_split is not None or data.eval_fraction > 0
         checks: list[tuple[bool, str, str]] = [
-            (classification and model.num_labels is None, "model.numLabels",
+            (classification and model.num_labels is None and self.objective.type != "reward", "model.numLabels",
              f"required for model.task {model.task}: set the number of classes"),
             (model.labels is not None and len(model.labels) != (model.num_labels or 0), "model.labels",
              f"has {len(model.labels or [])} names but model.numLabels is {model.num_labels}; give one name per label"),
-            (model.revision not in (None, "main") and not model.uri.startswith("hf://"), "model.revision",
+            (model.revision not in (None, "main") and not (model.uri or "").startswith("hf://"), "model.revision",
              "applies only to hf:// models; remove it"),
-            (method.type == "qlora" and model.task not in ("causal-lm", "seq2seq"), "method.type",
+            (method.type == "qlora" and model.task not in ("causal-lm", "seq2seq") and self.objective.type != "reward", "method.type",
              f"qlora works only with model.task causal-lm or seq2seq, not {model.task}; use lora"),
             (method.type == "qlora" and resources.gpus_per_node < 1, "resources.gpusPerNode",
              "qlora needs a GPU (bitsandbytes 4/8-bit): set gpusPerNode >= 1 or use method lora"),
@@ -679,6 +699,9 @@ class FineTuneJobSpec(KubeModel):
         ]  # fmt: skip
         checks += tracking_problems(self.tracking)
         problems = [Problem(path, message) for broken, path, message in checks if broken]
+        problems += objective_problems(
+            self.objective, model.task, data.format, model.num_labels, target == TARGET_CLUSTER
+        )
         allowed = TASK_METRICS[model.task]
         wrong = [m for m in training.metrics if m not in allowed]
         if wrong:
@@ -702,7 +725,7 @@ class FineTuneJobSpec(KubeModel):
                 problems.append(
                     Problem("output.uri", "required in a cluster: use pvc://CLAIM/PATH or s3://BUCKET/PREFIX")
                 )
-            for path, uri in (("model.uri", model.uri), ("dataset.uri", data.uri)):
+            for path, uri in (("model.uri", model.uri or ""), ("dataset.uri", data.uri)):
                 if uri.startswith("file://"):
                     problems.append(
                         Problem(
@@ -734,6 +757,12 @@ class Progress(KubeModel):
     """Training throughput over all GPUs."""
     eta_seconds: float | None = None
     """Estimated seconds until the run finishes."""
+    reward: float | None = None
+    """grpo/rloo: mean reward of the latest generations (weighted sum of the rewards)."""
+    reward_std: float | None = None
+    """grpo/rloo: standard deviation of that reward."""
+    kl: float | None = None
+    """grpo/rloo: KL divergence to the reference model (reported when objective.rl.beta > 0)."""
     updated_at: datetime | None = None
     """When this progress was reported."""
     reason: str | None = None
@@ -753,13 +782,26 @@ class CheckpointStatus(KubeModel):
     """When it was saved."""
 
 
+class ParentResult(KubeModel):
+    """A FineTuneJob whose result this one started from (model.fineTuneJobRef) or used (a reward model)."""
+
+    name: str
+    """The FineTuneJob's name (same namespace)."""
+    uri: str | None = None
+    """The result it provided (the model, merged model or reward model)."""
+    digest: str | None = None
+    """Its configHash when it produced that result."""
+    role: str | None = None
+    """model (the base of this job) or reward-model."""
+
+
 class ResultStatus(KubeModel):
     """The result of the latest successful run."""
 
     uri: str | None = None
     """Where the adapter or model is."""
     kind: ResultKind | None = None
-    """adapter, full, prefix or prompt; masked-lm or question-answering for a whole model of those tasks."""
+    """adapter, full, prefix or prompt; masked-lm, question-answering or reward-model for a whole model of those."""
     merged_uri: str | None = None
     """Where the merged model is (mergeAdapter)."""
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -772,6 +814,8 @@ class ResultStatus(KubeModel):
     """Hash of the spec that produced it."""
     image: str | None = None
     """Trainer image that produced it."""
+    parents: list[ParentResult] = Field(default_factory=list)
+    """The chain this result comes from: the FineTuneJobs whose results it started from or used."""
 
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]

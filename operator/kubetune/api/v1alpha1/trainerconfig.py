@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import Field
 
 from .common import KubeModel
-from .finetunejob import FineTuneJob
+from .finetunejob import FineTuneJob, ParentResult
 from .uris import parse_uri
 
 CONFIG_DIR = "/etc/kubetune"
@@ -43,9 +43,10 @@ def pvc_local_path(uri: str) -> str:
     return "/".join(p for p in (PVC_MOUNT_ROOT, parsed.claim, parsed.path) if p)
 
 
-def pvc_claims(job: FineTuneJob) -> list[str]:
-    """The distinct PersistentVolumeClaims a FineTuneJob reads or writes, in a stable order."""
-    uris = [job.spec.model.uri, job.spec.dataset.uri, job.spec.output.uri or ""]
+def pvc_claims(job: FineTuneJob, extra_uris: tuple[str, ...] = ()) -> list[str]:
+    """The distinct PersistentVolumeClaims a FineTuneJob reads or writes, in a stable order (EXTRA_URIS: what
+    its FineTuneJob references resolved to, see ChainResolution.uris)."""
+    uris = [job.spec.model.uri or "", job.spec.dataset.uri, job.spec.output.uri or "", *extra_uris]
     claims = [parse_uri(u, ("pvc",)).claim for u in uris if u.startswith("pvc://")]
     return sorted(set(claims))
 
@@ -54,6 +55,38 @@ def config_hash(job: FineTuneJob) -> str:
     """A short, stable hash of the spec: it names a run and goes into the result's lineage."""
     canonical = json.dumps(job.spec.to_dict(), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class ResolvedModel(KubeModel):
+    """A model another FineTuneJob produced, as the trainer loads it: a full model, plus the adapters (results
+    of LoRA/QLoRA/IA3 jobs without a merged model) that are merged into it in order."""
+
+    uri: Annotated[str, Field(min_length=1)]
+    """The full model (hf://, pvc://, s3:// or file://)."""
+    revision: str | None = None
+    """Hub revision of an hf:// uri."""
+    adapters: list[str] = Field(default_factory=list)
+    """Adapter results merged into the model, first to last, before this job trains."""
+
+    def uris(self) -> list[str]:
+        return [self.uri, *self.adapters]
+
+
+class ChainResolution(KubeModel):
+    """What the operator resolved the job's FineTuneJob references to (model.fineTuneJobRef, reward models)."""
+
+    model: ResolvedModel | None = None
+    """The base model when spec.model.fineTuneJobRef is set."""
+    reward_models: dict[str, ResolvedModel] = Field(default_factory=dict)
+    """Reward models by FineTuneJob name (objective.rl.rewards[].model.fineTuneJobRef)."""
+    parents: list[ParentResult] = Field(default_factory=list)
+    """The chain, recorded in status.result.parents and lineage.json."""
+
+    def uris(self) -> tuple[str, ...]:
+        found = self.model.uris() if self.model else []
+        for resolved in self.reward_models.values():
+            found += resolved.uris()
+        return tuple(found)
 
 
 class TrainerRuntime(KubeModel):
@@ -73,6 +106,8 @@ class TrainerRuntime(KubeModel):
     """Port of the Prometheus endpoint; None turns it off."""
     uid: str | None = None
     """The FineTuneJob's uid (status patches are made only to this object)."""
+    chain: ChainResolution | None = None
+    """The resolved FineTuneJob references (model.fineTuneJobRef, reward models); None when there are none."""
 
 
 class TrainerConfig(KubeModel):
