@@ -61,10 +61,11 @@ class PodRecorder:
     def _run(self) -> None:
         rv = self.core.list_namespaced_pod(self.ns).metadata.resource_version
         self._ready.set()
-        for event in self._watch.stream(
-            self.core.list_namespaced_pod, self.ns, resource_version=rv, timeout_seconds=300
-        ):
-            self.seen.append((event["type"], event["object"]))
+        with contextlib.suppress(Exception):  # stop() closes the stream under the reader's feet
+            for event in self._watch.stream(
+                self.core.list_namespaced_pod, self.ns, resource_version=rv, timeout_seconds=300
+            ):
+                self.seen.append((event["type"], event["object"]))
 
     def __enter__(self) -> PodRecorder:
         self._thread.start()

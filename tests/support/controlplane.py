@@ -25,7 +25,9 @@ Pending -> Running at once; pods owned by a Job then complete (exit 0). Labels o
     kwok.kubetune.io/exit-code: "137"    exit code of a failing pod (default 1)
     kwok.kubetune.io/run-duration: 5s    how long the pod runs before completing or failing (a Go duration)
 
-The last two may also be annotations. PersistentVolumeClaims of the default StorageClass
+The last two may also be annotations. A pod being deleted is stopped like a kubelet does it: its
+containers exit 143 after the grace period or TERMINATE_AFTER_SECONDS (whichever is shorter), it goes
+Failed keeping its conditions (an eviction's DisruptionTarget), and is deleted once terminal. PersistentVolumeClaims of the default StorageClass
 (kwok-volume) are provisioned and Bound at once by kwok's volume stages.
 """
 
