@@ -89,8 +89,12 @@ def get_in(doc: Any, path: tuple) -> Any:
 
 
 def set_in(doc: Any, path: tuple, value: Any) -> None:
-    for part in path[:-1]:
-        doc = doc.setdefault(part, {}) if isinstance(doc, dict) else doc[part]
+    """Set PATH to VALUE, making (or replacing a non-container with) the objects on the way."""
+    for part, below in zip(path[:-1], path[1:], strict=True):
+        container = list if isinstance(below, int) else dict
+        if isinstance(doc, dict) and not isinstance(doc.get(part), container):
+            doc[part] = container()
+        doc = doc[part]
     doc[path[-1]] = value
 
 
