@@ -106,6 +106,21 @@ def delete_in(doc: Any, path: tuple) -> None:
 UNICODE = st.text(
     st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40
 )  # surrogates cannot travel as JSON text
+# Object names: DNS subdomains (253 characters, lowercase, dots allowed) on the API server.
+ODD_NAMES = [
+    "a.b",
+    "job.v2",
+    "UPPER",
+    "a_b",
+    "-a",
+    "a-",
+    "a" * 63,
+    "a" * 64,
+    "a" * 253,
+    "a" * 254,
+    "a..b",
+    "é",
+]
 WRONG_TYPE_VALUES = [-1, 0, 7, 1.5, -0.5, "text", "", True, False, [], ["x"], {}, {"x": 1}, None]
 
 
@@ -133,9 +148,12 @@ def mutation(draw, kind: str, doc: dict[str, Any], schema: dict[str, Any]) -> st
     spec = doc["spec"]
     choice = draw(
         st.sampled_from(
-            ["wrong-type", "bounds", "string", "delete", "add", "unknown-field", "exclusive-pair"]
+            ["wrong-type", "bounds", "string", "delete", "add", "unknown-field", "exclusive-pair", "name"]
         )
     )
+    if choice == "name":
+        doc["metadata"]["name"] = name = draw(st.one_of(st.sampled_from(ODD_NAMES), UNICODE))
+        return f"metadata.name={_short(name)}"
     if choice == "exclusive-pair":
         a, va, b, vb = draw(st.sampled_from(EXCLUSIVE_PAIRS[kind]))
         set_in(spec, a, va)

@@ -29,6 +29,8 @@ def restricted_ns(kube, rel_ns) -> str:
 
 def admit(kube, ns: str, pod_spec: dict, name: str) -> str | None:
     """None when PodSecurity admits a pod with POD_SPEC in NS (server-side dry run), else its refusal."""
+    # The operator makes the trainer's ServiceAccount with the Job; this pod is only a dry run.
+    pod_spec = {**pod_spec, "serviceAccountName": "default"}
     try:
         client.CoreV1Api(kube.api).create_namespaced_pod(
             ns,

@@ -97,6 +97,7 @@ IntOrPercent = Annotated[
 ]
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 class LocalObjectReference(KubeModel):
@@ -168,8 +169,8 @@ class ObjectMeta(KubeModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: Annotated[str | None, Field(max_length=253)] = None
-    """Name of the object."""
+    name: Annotated[str | None, Field(max_length=253, pattern=DNS_SUBDOMAIN)] = None
+    """Name of the object: a lowercase RFC 1123 subdomain, as the API server requires."""
     namespace: str | None = None
     """Namespace of the object."""
     labels: dict[str, str] | None = None
