@@ -93,9 +93,10 @@ def _token_kubeconfig(kube, tmp_path: Path) -> tuple[str, str, str]:
 def rbac_operator(kube, tmp_path):
     apply_crds(kube.api)
     kubeconfig, name, sa_ns = _token_kubeconfig(kube, tmp_path)
-    op = Operator(kubeconfig, tmp_path / "log", namespaces=f"{NS_PREFIX}-*")
-    op.start()
+    # DEBUG: the most the operator ever logs (request bodies and objects included, if it logged them).
     ns = kube.new_namespace(NS_PREFIX)
+    op = Operator(kubeconfig, tmp_path / "log", namespaces=f"{NS_PREFIX}-*", KUBETUNE_LOG_LEVEL="DEBUG")
+    op.start()
     yield op, ns
     op.stop()
     core = client.CoreV1Api(kube.api)
