@@ -10,6 +10,8 @@ id, config and output, and the trainer resumes from the run's latest checkpoint 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from kubernetes import client
 
@@ -68,9 +70,11 @@ def test_an_evicted_trainer_pod_is_replaced_without_using_an_attempt(ftj: FTJ):
     (pod,) = wait_for(lambda: running_pods(ftj, "evicted", 1), 30, what="the trainer pod Running")
     job = ftj.job("evicted-trainer")
     with PodRecorder(ftj.api, ftj.ns) as recorder:
+        t0 = time.monotonic()
         evict(ftj, pod.metadata.name)
         assert_stopped_like_a_kubelet(recorder, pod.metadata.name)
         (new,) = wait_for(lambda: running_pods(ftj, "evicted", 1), 30, 0.2, "a replacement pod Running")
+    print(f"eviction -> replacement Running: {time.monotonic() - t0:.1f} s")  # docs/reliability.md
     assert new.metadata.uid != pod.metadata.uid
     # The same Job (same run, same attempt): no attempt used, even with backoffLimit 0.
     assert [j.metadata.uid for j in ftj.jobs("evicted")] == [job.metadata.uid]
