@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import sys
 import time
@@ -132,7 +131,6 @@ def main() -> int:
             wait_for(lambda: not leftovers(api, ns), args.timeout, 0.5, f"wave {wave}: everything deleted")
             t_delete = time.perf_counter() - t1
             settle(op, 3.0, args.timeout)
-            gc.collect()
             row = {
                 "wave": wave,
                 "jobs": args.jobs,
