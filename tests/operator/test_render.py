@@ -125,17 +125,17 @@ def test_example_children(doc):
         assert len(pod["tolerations"]) == len(spec.resources.tolerations)
     if spec.image_pull_secrets:
         assert pod["imagePullSecrets"] == [{"name": s.name} for s in spec.image_pull_secrets]
-    # volumes: config, shm (memory-backed, sized), scratch, cache, one per claim
+    # volumes: config, shm (memory-backed, sized), scratch, cache, /tmp, one per claim
     vols = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert vols["config"]["configMap"]["name"] == cm["metadata"]["name"]
     assert vols["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": str(spec.resources.shared_memory)}
-    assert {CONFIG_DIR, "/dev/shm", WORK_DIR, CACHE_DIR} <= set(mounts)
+    assert {CONFIG_DIR, "/dev/shm", WORK_DIR, CACHE_DIR, "/tmp"} <= set(mounts)
     claims = pvc_claims(ftj)
     for claim in claims:
         m = mounts[f"/mnt/pvc/{claim}"]
         assert vols[m["name"]]["persistentVolumeClaim"]["claimName"] == claim
-    assert len(vols) == 4 + len(claims)
+    assert len(vols) == 5 + len(claims)
     # env: rank from the completion index, world, rendezvous; secrets only as secretKeyRef
     env = env_of(job)
     assert env[ENV_NODE_RANK]["valueFrom"]["fieldRef"]["fieldPath"] == (

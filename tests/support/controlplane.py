@@ -25,7 +25,9 @@ Pending -> Running at once; pods owned by a Job then complete (exit 0). Labels o
     kwok.kubetune.io/exit-code: "137"    exit code of a failing pod (default 1)
     kwok.kubetune.io/run-duration: 5s    how long the pod runs before completing or failing (a Go duration)
 
-The last two may also be annotations. PersistentVolumeClaims of the default StorageClass
+The last two may also be annotations. A pod being deleted is stopped like a kubelet does it: its
+containers exit 143 after the grace period or TERMINATE_AFTER_SECONDS (whichever is shorter), it goes
+Failed keeping its conditions (an eviction's DisruptionTarget), and is deleted once terminal. PersistentVolumeClaims of the default StorageClass
 (kwok-volume) are provisioned and Bound at once by kwok's volume stages.
 """
 
@@ -1022,13 +1024,46 @@ def kwok_stages(stages_dir: Path) -> list[dict]:
             "next": {"statusTemplate": FAIL_TEMPLATE.replace("EXIT_CODE_EXPR", _exit_code_template())},
         },
     }
+    # What a kubelet does with a pod being deleted (an eviction, a drain, a Job suspended or deleted):
+    # it stops the containers (SIGTERM: exit 143) once they exit or the grace period ends, reports the
+    # pod Failed with the conditions it has (an eviction's DisruptionTarget stays), and only then deletes
+    # it. kwok's own pod-delete deletes at once, whatever the phase: a pod that carries the Job's
+    # batch.kubernetes.io/job-tracking finalizer then stays Terminating forever, since the Job controller
+    # releases it only for a pod in a terminal phase, and no replacement is made.
+    terminate = {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Stage",
+        "metadata": {"name": "kubetune-pod-terminate"},
+        "spec": {
+            "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+            "selector": {
+                "matchExpressions": [
+                    {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
+                    {"key": ".status.phase", "operator": "NotIn", "values": ["Succeeded", "Failed"]},
+                ]
+            },
+            "delay": {
+                "durationMilliseconds": TERMINATE_AFTER_SECONDS * 1000,
+                "durationFrom": {"expressionFrom": _STOP_DELAY_EXPR},
+            },
+            "next": {
+                "event": {"type": "Normal", "reason": "Killing", "message": "Stopping the containers (kwok)"},
+                "statusTemplate": TERMINATED_TEMPLATE,
+            },
+        },
+    }
+    delete = load("pod/fast/pod-delete.yaml")
+    delete["spec"]["selector"]["matchExpressions"].append(
+        {"key": ".status.phase", "operator": "In", "values": ["Succeeded", "Failed"]}
+    )
     return [
         load("node/fast/node-initialize.yaml"),
         load("node/heartbeat-with-lease/node-heartbeat-with-lease.yaml"),
         load("pod/fast/pod-ready.yaml"),
         complete,
         fail,
-        load("pod/fast/pod-delete.yaml"),
+        terminate,
+        delete,
         # A fake dynamic provisioner for the default StorageClass "kwok-volume" (see STORAGE_CLASS):
         # claims get a PersistentVolume and are Bound at once; deleting them releases and deletes it.
         load("volume/fast/pvc-provision.yaml"),
@@ -1047,6 +1082,46 @@ def _exit_code_template() -> str:
         f'{{{{ $code := or ( index $labels "{EXIT_CODE_KEY}" ) ( index $annotations "{EXIT_CODE_KEY}" ) "1" }}}}'
     )
 
+
+# The containers of a deleted pod stop after its grace period or TERMINATE_AFTER_SECONDS, whichever
+# is shorter (the time left until its deletionTimestamp, as a Go duration; negative means at once).
+TERMINATE_AFTER_SECONDS = 2
+_STOP_DELAY_EXPR = (
+    "[((.metadata.deletionTimestamp | fromdateiso8601) - now | floor), "
+    + str(TERMINATE_AFTER_SECONDS)
+    + '] | min | "\\(.)s"'
+)
+
+# A strategic merge patch of the status: conditions merge by type, so the eviction's DisruptionTarget
+# (and any other condition) is kept; Ready and ContainersReady turn False.
+TERMINATED_TEMPLATE = """\
+{{ $now := Now }}
+conditions:
+- lastTransitionTime: {{ $now | Quote }}
+  status: "False"
+  reason: PodFailed
+  type: Ready
+- lastTransitionTime: {{ $now | Quote }}
+  status: "False"
+  reason: PodFailed
+  type: ContainersReady
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: false
+  restartCount: 0
+  started: false
+  state:
+    terminated:
+      exitCode: 143
+      finishedAt: {{ $now | Quote }}
+      reason: Error
+      message: "terminated by kwok: the pod was deleted (SIGTERM)"
+      startedAt: {{ $now | Quote }}
+{{ end }}
+phase: Failed
+"""
 
 FAIL_TEMPLATE = """\
 {{ $now := Now }}

@@ -352,12 +352,15 @@ def _volumes(
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": str(spec.resources.shared_memory)}},
         {"name": "work", "emptyDir": {}},
         {"name": "cache", "emptyDir": {}},
+        # Non-root, possibly read-only image filesystem (PodSecurity "restricted"): scratch goes here.
+        {"name": "tmp", "emptyDir": {}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "work", "mountPath": WORK_DIR},
         {"name": "cache", "mountPath": CACHE_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
     ]
     out = spec.output.uri or ""
     written = {parse_uri(out, ("pvc",)).claim} if out.startswith("pvc://") else set()

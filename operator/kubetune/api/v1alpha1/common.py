@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -32,6 +32,19 @@ class KubeModel(BaseModel):
         validate_assignment=False,
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        """An explicit null counts as unset where the field is not nullable, as on the API server (which
+        prunes such nulls before defaulting): `learningRate: null` gets the default, a required field
+        set to null is missing."""
+        if not isinstance(data, dict) or None not in data.values():
+            return data
+        nullable = {
+            key for name, f in cls.model_fields.items() if f.default is None for key in (name, f.alias) if key
+        }
+        return {k: v for k, v in data.items() if v is not None or k in nullable}
+
     def to_dict(self) -> dict[str, Any]:
         """The object as a manifest would have it: camelCase keys, JSON types, unset optionals left out."""
         return self.model_dump(by_alias=True, mode="json", exclude_none=True)
@@ -42,10 +55,12 @@ _QUANTITY = re.compile(
 )
 
 
-def _check_quantity(value: str | int | float | None) -> str | None:
+def _check_quantity(value: str | int | None) -> str | None:
     if value is None:
         return None
     text = str(value)
+    if isinstance(value, int) and value >= 2**63:
+        raise PydanticCustomError("quantity", "{value} does not fit in a 64-bit integer", {"value": text})
     if not _QUANTITY.match(text) or text.startswith("-"):
         raise PydanticCustomError(
             "quantity",
@@ -59,13 +74,18 @@ def _check_quantity(value: str | int | float | None) -> str | None:
 _QUANTITY_CRD_PATTERN = _QUANTITY.pattern.replace(r"^(\+|-)?", r"^\+?", 1)
 
 Quantity = Annotated[
-    str | int | float,
+    # No float: the API server takes an integer or a string here (1.5 must be written "1.5" or 1500m).
+    str | int,
     AfterValidator(_check_quantity),
     WithJsonSchema(
         {
             "x-kubernetes-int-or-string": True,
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "pattern": _QUANTITY_CRD_PATTERN,
+            # The pattern applies to strings only: a negative integer needs its own rule.
+            "x-kubernetes-validations": [
+                {"rule": "type(self) == string || self >= 0", "message": "must not be negative"}
+            ],
         }
     ),
 ]
@@ -77,6 +97,7 @@ IntOrPercent = Annotated[
 ]
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 class LocalObjectReference(KubeModel):
@@ -148,8 +169,8 @@ class ObjectMeta(KubeModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: Annotated[str | None, Field(max_length=253)] = None
-    """Name of the object."""
+    name: Annotated[str | None, Field(max_length=253, pattern=DNS_SUBDOMAIN)] = None
+    """Name of the object: a lowercase RFC 1123 subdomain, as the API server requires."""
     namespace: str | None = None
     """Namespace of the object."""
     labels: dict[str, str] | None = None

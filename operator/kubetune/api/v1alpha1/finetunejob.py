@@ -655,8 +655,8 @@ class FineTuneJobSpec(KubeModel):
         checks: list[tuple[bool, str, str]] = [
             (classification and model.num_labels is None and self.objective.type != "reward", "model.numLabels",
              f"required for model.task {model.task}: set the number of classes"),
-            (model.labels is not None and len(model.labels) != (model.num_labels or 0), "model.labels",
-             f"has {len(model.labels or [])} names but model.numLabels is {model.num_labels}; give one name per label"),
+            (model.labels is not None and len(model.labels) != (model.num_labels or -1), "model.labels",
+             f"has {len(model.labels or [])} names but model.numLabels is {model.num_labels or 'not set'}; give one name per label"),
             (model.revision not in (None, "main") and not (model.uri or "").startswith("hf://"), "model.revision",
              "applies only to hf:// models; remove it"),
             (method.type == "qlora" and model.task not in ("causal-lm", "seq2seq") and self.objective.type != "reward", "method.type",

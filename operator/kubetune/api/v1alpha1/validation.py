@@ -6,7 +6,10 @@ both use ``validate_document``.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -56,15 +59,45 @@ def validate_document(doc: Any, target: str = TARGET_CLUSTER) -> Validated:
     if name == "?":
         return Validated(kind, name, problems=[Problem("metadata.name", "required: give the object a name")])
     try:
-        obj = model.model_validate(doc, context={"target": target})
+        # Strict, from JSON: the types the API server enforces (no "1" for 1, no 0 for false, no true
+        # for 1), with timestamps read from their strings as in any object from the API.
+        text = json.dumps(doc, default=_json_default)
+        obj = model.model_validate_json(text, strict=True, context={"target": target})
     except ValidationError as error:
         return Validated(kind, name, problems=problems_from(error))
+    # Integer fields (not number ones) must fit the API server's int64; a number field takes a float.
+    too_big = list(_huge_integers(obj.model_dump(by_alias=True, exclude_none=True)))
+    if too_big:
+        return Validated(kind, name, problems=too_big)
     warnings = (
         [Problem(f"spec.{w.path}", w.message) for w in obj.spec.warnings()]
         if isinstance(obj, FineTuneJob)
         else []
     )
     return Validated(kind, name, obj=obj, warnings=warnings)
+
+
+INT64 = 2**63
+
+
+def _huge_integers(value: Any, path: str = "") -> Iterator[Problem]:
+    """Integers the API server cannot hold (it stores int64: larger ones arrive as a float and fail the
+    type check), wherever they are."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _huge_integers(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _huge_integers(item, f"{path}[{index}]")
+    elif isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
+        yield Problem(path, f"{value} does not fit in a 64-bit integer")
+
+
+def _json_default(value: Any) -> str:
+    """YAML reads unquoted timestamps as datetimes: write them back as the strings the API would send."""
+    if isinstance(value, date | datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    raise TypeError(f"not a JSON value: {value!r}")
 
 
 def problems_from(error: ValidationError) -> list[Problem]:
