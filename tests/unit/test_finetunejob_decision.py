@@ -304,6 +304,22 @@ def test_failed_attempt_starts_the_next():
     )
 
 
+def test_a_stalled_attempt_is_named_and_the_next_attempt_resumes():
+    obj, _, first = started(ftj(backoffLimit=2))
+    job = created_job(first, conditions=[job_cond("Failed", "PodFailurePolicy")])
+    stalled = "Stalled: no training step finished for 1800s after step 40 of 100; ending this attempt"
+    terminated = {"exitCode": 75, "reason": "Error", "message": stalled}
+    stalled_pod = pod(
+        "t-trainer-0", "Failed", containerStatuses=[{"name": "trainer", "state": {"terminated": terminated}}]
+    )
+    d = decide_all(obj, at(50), jobs=[job], pods={"job-1": [stalled_pod]})
+    assert d.new_job_attempt == 2
+    assert events(d) == [("Warning", "AttemptStalled"), ("Normal", "JobCreated")]
+    message = next(e.message for e in d.events if e.reason == "AttemptStalled")
+    assert "exited with code 75" in message and stalled in message
+    assert "starting attempt 2" in message and "resumes from the latest checkpoint" in message
+
+
 def test_backoff_exhausted_fails_and_stalls():
     obj, _, first = started(ftj(backoffLimit=0))
     job, pods = _failed_job(first)

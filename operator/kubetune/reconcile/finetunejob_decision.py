@@ -614,7 +614,8 @@ class _Decider:
                     f"attempt {attempt} of {limit} failed: {why}; "
                     f"starting attempt {nxt} (resumes from the latest checkpoint)"
                 )
-                self.event("Warning", "AttemptFailed", message)
+                # The trainer's stall watchdog ends an attempt with "Stalled: ..." (exit 75): say so.
+                self.event("Warning", "AttemptStalled" if "Stalled:" in why else "AttemptFailed", message)
                 self.set("Running", False, "Restarting", message)
                 if self._apply_static(ftj, nxt) and self._create_job(ftj, nxt):
                     self._delete_job(job)  # its pods are done; the next attempt resumes from the checkpoint
