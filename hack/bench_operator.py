@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -189,7 +190,7 @@ def main() -> int:
             body = tiny_job(f"lat-{i}", suspend=True)
             t0 = time.perf_counter()
             co.create_namespaced_custom_object("kubetune.io", "v1alpha1", ns, "finetunejobs", body)
-            seen = wait_for(lambda n=f"lat-{i}-trainer": jw.first_seen(ns, n), 30, 0.002)
+            seen = wait_for(functools.partial(jw.first_seen, ns, f"lat-{i}-trainer"), 30, 0.002)
             lat.append(seen - t0)
         results["latency_ms"] = {
             "n": len(lat),
@@ -220,7 +221,7 @@ def main() -> int:
         t_created = time.perf_counter() - t0
         names = [f"burst-{i}-trainer" for i in range(args.burst_jobs)]
         wait_for(lambda: all(jw.first_seen(ns, n) for n in names), 600, 0.1, "all burst Jobs")
-        t_all = max(jw.first_seen(ns, n) for n in names) - t0
+        t_all = max(jw.first_seen(ns, n) or 0.0 for n in names) - t0
         settle(op, 3.0)
         batch = client.BatchV1Api(api)
         jobs = batch.list_namespaced_job(ns, label_selector="kubetune.io/finetunejob").items
@@ -246,6 +247,7 @@ def main() -> int:
         print("burst:", results["burst"], flush=True)
 
         # 4. RSS with everything loaded (before the restart)
+        assert op.proc is not None
         proc = psutil.Process(op.proc.pid)
         rss = sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
         results["rss_mib"] = round(rss / 2**20, 1)
@@ -269,6 +271,7 @@ def main() -> int:
             "examples": changed[:5],
         }
         print("resync:", results["resync"], flush=True)
+        assert op.proc is not None
         proc = psutil.Process(op.proc.pid)
         results["rss_after_resync_mib"] = round(proc.memory_info().rss / 2**20, 1)
         hist = op.metrics()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -168,18 +167,22 @@ def test_train_needs_local(capsys):
 
 
 def test_train_and_operator_call_their_implementations(capsys, monkeypatch, tmp_path):
-    """The subcommands hand their arguments to the modules other parts of the repo provide."""
-    import types
+    """The subcommands hand their arguments to the trainer's run_local and the operator's run_operator."""
+    from kubetune import manager
+    from kubetune_trainer import local
 
     calls = {}
-    trainer = types.ModuleType("kubetune_trainer.local")
-    trainer.run_local = lambda manifest, output: calls.setdefault("train", (manifest, output)) and 7
-    handlers = types.ModuleType("kubetune.handlers")
-    handlers.run_operator = lambda **kwargs: calls.setdefault("operator", kwargs) and None
-    monkeypatch.setitem(sys.modules, "kubetune_trainer.local", trainer)
-    monkeypatch.setitem(sys.modules, "kubetune.handlers", handlers)
-    assert run(capsys, "train", "-f", "job.yaml", "--local", "--output", str(tmp_path))[0] == 7
-    assert calls["train"] == ("job.yaml", str(tmp_path))
+    monkeypatch.setattr(
+        local, "run_local", lambda manifest, output: calls.setdefault("train", (manifest, output)) and 7
+    )
+    monkeypatch.setattr(
+        manager, "run_operator", lambda **kwargs: calls.setdefault("operator", kwargs) and None
+    )
+    job = write(
+        tmp_path, "job.yaml", finetunejob("j", dataset={"uri": "file:///data/train.jsonl"}, output={})
+    )
+    assert run(capsys, "train", "-f", job, "--local", "--output", str(tmp_path))[0] == 7
+    assert calls["train"] == (job, str(tmp_path))
     assert run(capsys, "operator", "-n", "a", "--namespace", "b", "--standalone")[0] == 0
     assert calls["operator"] == {"namespaces": ["a", "b"], "standalone": True}
     calls.clear()
@@ -188,7 +191,22 @@ def test_train_and_operator_call_their_implementations(capsys, monkeypatch, tmp_
     assert run(capsys, "operator", "-A", "-n", "x")[0] == 2
 
 
-def test_missing_implementation_is_a_clear_error(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "kubetune.handlers", None)  # makes the import fail
-    code, _, err = run(capsys, "operator")
-    assert code == 1 and "kubetune operator is not available" in err and "kubetune.handlers" in err
+def test_train_reports_an_invalid_manifest_like_validate(capsys, monkeypatch, tmp_path):
+    """One line per problem with its field path, as `kubetune validate` prints them; no training starts."""
+    from kubetune_trainer import local
+
+    monkeypatch.setattr(local, "run_local", lambda *_: pytest.fail("an invalid manifest must not train"))
+    bad = finetunejob("bad", training={"batchSize": 0, "learningRate": -1}, output={})
+    file = write(tmp_path, "bad.yaml", bad)
+    code, out, err = run(capsys, "train", "-f", file, "--local")
+    assert code == 1 and out == ""
+    lines = err.splitlines()
+    problems = [line for line in lines if LINE.match(line)]
+    assert {LINE.match(line)["path"] for line in problems} == {
+        "spec.training.batchSize",
+        "spec.training.learningRate",
+    }, err
+    assert "errors.pydantic.dev" not in err and "validation error" not in err
+    assert lines[-1].startswith(f"{file}: fix the problems above")
+    code, _, err = run(capsys, "train", "-f", str(tmp_path / "missing.yaml"), "--local")
+    assert code == 1 and f"{tmp_path / 'missing.yaml'}: cannot read" in err
