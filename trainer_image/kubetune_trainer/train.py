@@ -11,41 +11,13 @@ from typing import Any
 
 from kubetune.api.v1alpha1 import TrainerConfig
 
-from . import artifacts, checkpoints, methods, objectives, remote
+from . import artifacts, checkpoints, methods, objectives, remote, reporting
 from . import data as data_mod
 from . import metrics as metric_fns
 from . import model as model_mod
 from .errors import Preempted
 
 log = logging.getLogger("kubetune_trainer.train")
-
-
-class _LocalReporting:
-    """Used until/unless kubetune_trainer.reporting is importable: the Trainer's own progress bar and logs."""
-
-    @staticmethod
-    def make_callbacks(config):  # noqa: ARG004
-        return []
-
-    @staticmethod
-    def report_result(config, result):  # noqa: ARG004
-        log.info("result: %s", result)
-
-    @staticmethod
-    def report_checkpoint(config, uri, step):  # noqa: ARG004
-        log.info("checkpoint at step %s: %s", step, uri)
-
-
-def reporting_module():
-    try:
-        from . import (
-            reporting,  # written by the reporting owner: make_callbacks, report_result, report_checkpoint
-        )
-
-        return reporting
-    except ImportError as error:
-        log.debug("kubetune_trainer.reporting unavailable (%s); reporting to the console only", error)
-        return _LocalReporting
 
 
 @dataclass
@@ -177,7 +149,6 @@ def run_training(
 
     flag = stop_flag or checkpoints.StopFlag()
     restore_signal = checkpoints.install_sigterm(flag)
-    reporting = reporting_module()
 
     def on_checkpoint(path: str, step: int) -> None:
         rel = Path(path).relative_to(runtime.output_dir).as_posix()
