@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark of the FineTuneJob controller on the local control plane (targets in DESIGN.md).
+"""Benchmark of the FineTuneJob controller on the local control plane (targets in docs/architecture.md).
 
     .venv/bin/python hack/bench_operator.py [--latency-jobs 100] [--burst-jobs 1000] [--write-docs]
 
@@ -311,7 +311,7 @@ kwok) and the operator as a subprocess with {r["workers"]} reconcile workers, al
 {r["cpus"]}-core machine, shared with the benchmark client. FineTuneJobs are created with `suspend: true`
 (children, status and events are all made; the Jobs start no pods).
 
-| What | Measured | Target (DESIGN.md) | |
+| What | Measured | Target (docs/architecture.md) | |
 |---|---|---|---|
 | apply -> trainer Job created, {lat["n"]} jobs one at a time | p50 {lat["p50"]} ms, p99 {lat["p99"]} ms (max {lat["max"]} ms) | p50 <= 150 ms, p99 <= 500 ms | {ok(lat["p50"] <= 150 and lat["p99"] <= 500)} |
 | {burst["n"]} FineTuneJobs created at once (16 client threads; creates took {burst["create_calls_s"]} s) | all {burst["jobs"]} Jobs after {burst["all_jobs_s"]} s; {burst["duplicates"]} duplicates; {burst["create_errors"]} create errors, {burst["reconcile_errors"]:.0f} reconcile errors, {burst["not_suspended_phase"]} in a wrong phase | <= 30 s, 0 duplicates, 0 errors | {ok(burst["all_jobs_s"] <= 30 and burst["duplicates"] == 0 and burst["create_errors"] == 0 and burst["reconcile_errors"] == 0)} |

@@ -17,26 +17,31 @@ import yaml
 
 DEFAULT_CRDS_DIR = "crds"  # relative to the working directory: run it in the repository root
 DEFAULT_CHART_CRDS_DIR = "charts/kubetune/templates/crds"
+DEFAULT_DOCS_DIR = "docs"
 
 
 def cmd_crds(args: argparse.Namespace) -> int:
-    """Write the CRDs from the models, or (--check) report where the committed ones differ."""
+    """Write the CRDs and the API reference from the models, or (--check) report where the committed ones
+    differ."""
     from kubetune import crdgen
 
     targets = [(args.output_dir, crdgen.rendered_files())]
     if args.chart_dir:
         targets.append((args.chart_dir, crdgen.chart_files()))
+    if args.docs_dir:
+        targets.append((args.docs_dir, crdgen.reference_files()))
     if args.check:
         problems = [line for folder, files in targets for line in crdgen.check_crds(folder, files)]
         for line in problems:
             print(line, file=sys.stderr)
         if problems:
             print(
-                "CRDs are out of date: run `kubetune crds` (or `make crds`) and commit the result",
+                "CRDs or the API reference are out of date: run `kubetune crds` (or `make crds`) and commit "
+                "the result",
                 file=sys.stderr,
             )
             return 1
-        print(f"CRDs in {' and '.join(folder for folder, _ in targets)} match the models")
+        print(f"CRDs and API reference in {', '.join(folder for folder, _ in targets)} match the models")
         return 0
     for folder, files in targets:
         for path in crdgen.write_crds(folder, files):
@@ -159,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    crds = sub.add_parser("crds", help="write the CRDs from the models (or --check them)")
+    crds = sub.add_parser(
+        "crds", help="write the CRDs and the API reference from the models (or --check them)"
+    )
     crds.add_argument("--check", action="store_true", help="exit 1 when the files differ from the models")
     crds.add_argument(
         "--output-dir", default=DEFAULT_CRDS_DIR, help="folder of the CRD files (default: %(default)s)"
@@ -168,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--chart-dir",
         default=DEFAULT_CHART_CRDS_DIR,
         help="folder of the Helm chart's CRD templates; empty to skip (default: %(default)s)",
+    )
+    crds.add_argument(
+        "--docs-dir",
+        default=DEFAULT_DOCS_DIR,
+        help="folder of the generated API reference (api-reference.md); empty to skip (default: %(default)s)",
     )
     crds.set_defaults(func=cmd_crds)
 

@@ -149,16 +149,25 @@ def test_validate_requires_files(capsys):
 def test_crds_check_and_write(capsys, tmp_path):
     out_dir = tmp_path / "crds"
     shutil.copytree(REPO / "crds", out_dir)
-    code, out, _ = run(capsys, "crds", "--check", "--output-dir", str(out_dir))
+    docs = ["--docs-dir", str(tmp_path / "docs"), "--chart-dir", ""]
+    code, out, err = run(capsys, "crds", "--check", "--output-dir", str(out_dir), *docs)
+    assert code == 1 and "api-reference.md: missing" in err
+    run(capsys, "crds", "--output-dir", str(out_dir), *docs)
+    code, out, _ = run(capsys, "crds", "--check", "--output-dir", str(out_dir), *docs)
     assert code == 0 and "match the models" in out
+    reference = tmp_path / "docs" / "api-reference.md"
+    reference.write_text(reference.read_text().replace("| `spec.model.uri` |", "| `spec.model.url` |"))
+    code, _, err = run(capsys, "crds", "--check", "--output-dir", str(out_dir), *docs)
+    assert code == 1 and "api-reference.md: differs from the models" in err
+    run(capsys, "crds", "--output-dir", str(out_dir), *docs)
     target = out_dir / "kubetune.io_modelserves.yaml"
     target.write_text(target.read_text().replace("shortNames:\n    - mserve", "shortNames:\n    - ms"))
-    code, _, err = run(capsys, "crds", "--check", "--output-dir", str(out_dir))
+    code, _, err = run(capsys, "crds", "--check", "--output-dir", str(out_dir), *docs)
     assert code == 1
     assert "kubetune.io_modelserves.yaml: differs from the models" in err and "run `kubetune crds`" in err
-    code, out, _ = run(capsys, "crds", "--output-dir", str(out_dir))
+    code, out, _ = run(capsys, "crds", "--output-dir", str(out_dir), *docs)
     assert code == 0 and "kubetune.io_modelserves.yaml" in out
-    assert run(capsys, "crds", "--check", "--output-dir", str(out_dir))[0] == 0
+    assert run(capsys, "crds", "--check", "--output-dir", str(out_dir), *docs)[0] == 0
 
 
 def test_train_needs_local(capsys):

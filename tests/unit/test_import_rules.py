@@ -1,4 +1,4 @@
-"""DESIGN.md's import direction, enforced by import-linter (the contracts live in pyproject.toml)."""
+"""The import direction (docs/architecture.md), enforced by import-linter (the contracts live in pyproject.toml)."""
 
 from __future__ import annotations
 

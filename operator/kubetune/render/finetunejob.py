@@ -6,7 +6,7 @@ Names (deterministic; ``N`` is the FineTuneJob's name):
     Service (headless)     N-trainer           pods are N-trainer[-K]-<index>.N-trainer
     ServiceAccount, Role,
     RoleBinding            N-trainer
-    Job, attempt 1         N-trainer           (as API.md shows in status.jobName)
+    Job, attempt 1         N-trainer           (status.jobName names the current one)
     Job, attempt K > 1     N-trainer-K
 Any legal N works (dots, up to 253 characters): when ``N-suffix`` is not a DNS-1035 label of at most 63
 characters (52 for Jobs, whose pods' hostnames append an index), ``render.common.child_name`` makes it one

@@ -1,4 +1,4 @@
-"""FineTuneJob: fine-tune a base model on a dataset with one method and objective (API.md)."""
+"""FineTuneJob: fine-tune a base model on a dataset with one method and objective."""
 
 from __future__ import annotations
 
@@ -530,7 +530,7 @@ class FineTuneJobSpec(KubeModel):
         return self
 
     def problems(self, target: str = TARGET_CLUSTER) -> list[Problem]:
-        """The cross-field rules of API.md, each broken one as a Problem with its field path."""
+        """The cross-field rules of the FineTuneJob spec, each broken one as a Problem with its field path."""
         model, data, method, training, resources = (
             self.model,
             self.dataset,
