@@ -163,6 +163,8 @@ def test_operator_logs_in_through_an_exec_plugin(kube, crds, exec_login, tmp_pat
         f.patch("after-refresh", {"spec": {"suspend": True}})
         f.wait_phase("after-refresh", "Suspended", 45)
         assert "unsupported kubeconfig" not in op.log_tail(400)
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}\n---- operator log (tail) ----\n{op.log_tail(150)}") from None
     finally:
         op.stop()
     # kubetune wrote nothing next to the kubeconfig (the only files are the test's own).
