@@ -64,6 +64,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.reconnect_backoff = 1.0
+    # kopf's initial LISTs come in pages it processes one at a time (it keeps one page in memory), so a
+    # restart among thousands of objects does not hold every object's JSON at once.
+    settings.watching.chunk_size = 100
     settings.networking.request_timeout = 60
     await runtime.start(cfg)
     if cfg.metrics_port:
