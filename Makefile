@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup test lint crds crds-check demo bench bench-trainer bench-operator clean testbin cluster-up cluster-down
+.PHONY: setup test test-unit lint crds crds-check demo bench bench-trainer bench-operator clean testbin cluster-up cluster-down
 
 ## setup: create .venv and install kubetune with the trainer and dev extras (pinned by constraints.txt)
 setup: $(VENV)/.installed
@@ -16,9 +16,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP_INSTALL) -e '.[trainer,dev]'
 	touch $@
 
-## test: the whole suite (sets itself up first)
-test: setup testbin
+## test: lint, then the whole suite (sets itself up first)
+test: setup testbin lint
 	$(PY) -m pytest
+
+## test-unit: the fast tests alone (no cluster, no training): seconds
+test-unit: setup
+	$(PY) -m pytest tests/unit tests/operator/test_render.py -m "not cluster and not trainer"
 
 ## testbin: build the pinned etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, kwok and helm,
 ## plus kstatus and promtool (hack/gotools.sh), into ~/.cache/kubetune/testbin (a no-op once built; see docs/testing.md)
@@ -34,11 +38,12 @@ cluster-up: setup testbin
 cluster-down: setup
 	$(PY) -m tests.support.controlplane down
 
-## lint: ruff and the import-direction rules from DESIGN.md
+## lint: ruff (rules and formatting), the import-direction rules (docs/architecture.md) and mypy
 lint: setup
 	$(VENV)/bin/ruff check operator trainer_image hack tests
 	$(VENV)/bin/ruff format --check operator trainer_image hack tests
-	$(VENV)/bin/lint-imports
+	PYTHONPATH=operator:trainer_image $(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 ## crds: regenerate crds/ and the chart's CRD templates from the pydantic models
 crds: setup

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark of the FineTuneJob controller on the local control plane (targets in DESIGN.md).
+"""Benchmark of the FineTuneJob controller on the local control plane (targets in docs/architecture.md).
 
     .venv/bin/python hack/bench_operator.py [--latency-jobs 100] [--burst-jobs 1000] [--write-docs]
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -31,6 +32,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "operator")]
@@ -149,12 +151,30 @@ def versions(api: client.ApiClient, namespaces: list[str]) -> dict[str, str]:
     return out
 
 
+def plain_job(name: str) -> dict[str, Any]:
+    """A suspended batch/v1 Job of the trainer's size class (one container, no pods ever start)."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "suspend": True,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "c", "image": "example.org/none:0", "command": ["true"]}],
+                }
+            },
+        },
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--latency-jobs", type=int, default=100)
     ap.add_argument("--burst-jobs", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=8, help="operator reconcile workers (KUBETUNE_WORKERS)")
-    ap.add_argument("--write-docs", action="store_true", help="append the figures to docs/benchmarks.md")
+    ap.add_argument("--write-docs", action="store_true", help="write the figures into docs/benchmarks.md")
     ap.add_argument("--keep", action="store_true", help="keep the bench namespaces")
     args = ap.parse_args()
 
@@ -178,7 +198,7 @@ def main() -> int:
     )
     op.start()
     jw = JobWatch(api)
-    results: dict[str, object] = {"workers": args.workers, "cpus": os.cpu_count()}
+    results: dict[str, Any] = {"workers": args.workers, "cpus": os.cpu_count()}
     namespaces: list[str] = []
     try:
         # 1. latency, one at a time
@@ -189,7 +209,7 @@ def main() -> int:
             body = tiny_job(f"lat-{i}", suspend=True)
             t0 = time.perf_counter()
             co.create_namespaced_custom_object("kubetune.io", "v1alpha1", ns, "finetunejobs", body)
-            seen = wait_for(lambda n=f"lat-{i}-trainer": jw.first_seen(ns, n), 30, 0.002)
+            seen = wait_for(functools.partial(jw.first_seen, ns, f"lat-{i}-trainer"), 30, 0.002)
             lat.append(seen - t0)
         results["latency_ms"] = {
             "n": len(lat),
@@ -198,6 +218,20 @@ def main() -> int:
             "max": round(max(lat) * 1000, 1),
         }
         print("apply -> Job:", results["latency_ms"], flush=True)
+
+        # 2a. baseline: the same number of plain creates (suspended batch/v1 Jobs, no operator involved)
+        ns = new_ns(core, f"plain-{tag}")  # not watched by the operator (bench-* only)
+        namespaces.append(ns)
+        batch_api = client.BatchV1Api(api)
+
+        def create_plain(i: int) -> None:
+            batch_api.create_namespaced_job(ns, plain_job(f"plain-{i}"))
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(create_plain, range(args.burst_jobs)))
+        results["plain_creates_s"] = round(time.perf_counter() - t0, 2)
+        print("plain creates:", results["plain_creates_s"], "s", flush=True)
 
         # 2. burst
         ns = new_ns(core, f"bench-burst-{tag}")
@@ -220,7 +254,7 @@ def main() -> int:
         t_created = time.perf_counter() - t0
         names = [f"burst-{i}-trainer" for i in range(args.burst_jobs)]
         wait_for(lambda: all(jw.first_seen(ns, n) for n in names), 600, 0.1, "all burst Jobs")
-        t_all = max(jw.first_seen(ns, n) for n in names) - t0
+        t_all = max(jw.first_seen(ns, n) or 0.0 for n in names) - t0
         settle(op, 3.0)
         batch = client.BatchV1Api(api)
         jobs = batch.list_namespaced_job(ns, label_selector="kubetune.io/finetunejob").items
@@ -246,6 +280,7 @@ def main() -> int:
         print("burst:", results["burst"], flush=True)
 
         # 4. RSS with everything loaded (before the restart)
+        assert op.proc is not None
         proc = psutil.Process(op.proc.pid)
         rss = sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
         results["rss_mib"] = round(rss / 2**20, 1)
@@ -269,6 +304,7 @@ def main() -> int:
             "examples": changed[:5],
         }
         print("resync:", results["resync"], flush=True)
+        assert op.proc is not None
         proc = psutil.Process(op.proc.pid)
         results["rss_after_resync_mib"] = round(proc.memory_info().rss / 2**20, 1)
         hist = op.metrics()
@@ -292,35 +328,43 @@ def main() -> int:
     return 0
 
 
-def write_docs(r: dict, args: argparse.Namespace) -> None:
+def write_docs(r: dict[str, Any], args: argparse.Namespace) -> None:
+    """Replace the operator section of docs/benchmarks.md with these figures."""
     path = REPO / "docs" / "benchmarks.md"
     lat, burst, resync = r["latency_ms"], r["burst"], r["resync"]
 
     def ok(cond: bool) -> str:
         return "met" if cond else "**not met**"
 
-    text = f"""
-## Operator: FineTuneJob controller ({time.strftime("%Y-%m-%d")})
+    within = burst["all_jobs_s"] <= 2 * r["plain_creates_s"]
+    clean = burst["duplicates"] == 0 and burst["create_errors"] == 0 and burst["reconcile_errors"] == 0
+    rss_ok = r["rss_mib"] <= 200 and r["rss_after_resync_mib"] <= 200
+    text = f"""## Operator: FineTuneJob controller ({time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
 
 Command: `.venv/bin/python hack/bench_operator.py --latency-jobs {args.latency_jobs} --burst-jobs {args.burst_jobs} --write-docs`
-Local control plane (etcd, kube-apiserver 1.36.3, controller-manager, scheduler,
-kwok) and the operator as a subprocess with {r["workers"]} reconcile workers, all on the same
-{r["cpus"]}-core machine, shared with the benchmark client. FineTuneJobs are created with `suspend: true`
-(children, status and events are all made; the Jobs start no pods).
+(`make bench-operator` runs it with 100 and 1000). Local control plane (etcd, kube-apiserver 1.36.3,
+controller-manager, scheduler, kwok) and the operator (`kubetune operator`, on the official `kubernetes`
+client) as a subprocess with {r["workers"]} reconcile workers, all on the same {r["cpus"]}-core machine,
+shared with the benchmark client **and with other sessions' test runs (noisy: latencies are upper bounds)**.
+FineTuneJobs are created with `suspend: true` (children, status and events are all made; the Jobs start
+no pods).
 
-| What | Measured | Target (DESIGN.md) | |
+| What | Measured | Target (docs/architecture.md) | |
 |---|---|---|---|
-| apply -> trainer Job created, {lat["n"]} jobs one at a time | p50 {lat["p50"]} ms, p99 {lat["p99"]} ms (max {lat["max"]} ms) | p50 <= 150 ms, p99 <= 500 ms | {ok(lat["p50"] <= 150 and lat["p99"] <= 500)} |
-| {burst["n"]} FineTuneJobs created at once (16 client threads; creates took {burst["create_calls_s"]} s) | all {burst["jobs"]} Jobs after {burst["all_jobs_s"]} s; {burst["duplicates"]} duplicates; {burst["create_errors"]} create errors, {burst["reconcile_errors"]:.0f} reconcile errors, {burst["not_suspended_phase"]} in a wrong phase | <= 30 s, 0 duplicates, 0 errors | {ok(burst["all_jobs_s"] <= 30 and burst["duplicates"] == 0 and burst["create_errors"] == 0 and burst["reconcile_errors"] == 0)} |
+| apply -> trainer Job created, {lat["n"]} jobs one at a time | p50 {lat["p50"]} ms, p99 {lat["p99"]} ms (max {lat["max"]} ms) | p50 <= 50 ms, p99 <= 100 ms | {ok(lat["p50"] <= 50 and lat["p99"] <= 100)} |
+| {burst["n"]} FineTuneJobs created at once (16 client threads; creates took {burst["create_calls_s"]} s) | all {burst["jobs"]} Jobs after {burst["all_jobs_s"]} s; {burst["n"]} plain Job creates took {r["plain_creates_s"]} s; {burst["duplicates"]} duplicates; {burst["create_errors"]} create errors, {burst["reconcile_errors"]:.0f} reconcile errors, {burst["not_suspended_phase"]} in a wrong phase | <= 2x the plain creates, 0 duplicates, 0 errors | {ok(within and clean)} |
 | Resync of {resync["objects"]} unchanged FineTuneJobs (operator restarted: full relist + {resync["reconciles"]:.0f} reconciles in ~{resync["seconds"]} s) | {resync["writes_counted_by_operator"]:.0f} writes (operator's counter); {resync["objects_with_new_resourceVersion"]} of all FineTuneJobs and children got a new resourceVersion | 0 writes | {ok(resync["writes_counted_by_operator"] == 0 and resync["objects_with_new_resourceVersion"] == 0)} |
-| Operator RSS with {r["objects"]} FineTuneJobs (+ their Jobs) watched | {r["rss_mib"]} MiB ({r["rss_after_resync_mib"]} MiB after the restart and resync) | <= 120 MiB | {ok(r["rss_mib"] <= 120)} |
+| Operator RSS with {r["objects"]} FineTuneJobs (+ their Jobs) watched | {r["rss_mib"]} MiB steady; {r["rss_after_resync_mib"]} MiB after a restart and full resync | <= 200 MiB, both | {ok(rss_ok)} |
 """
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("# Benchmarks\n\nFigures with the command that made them.\n")
-    with path.open("a") as fh:
-        fh.write(text)
-    print(f"appended to {path}")
+    old = path.read_text() if path.exists() else "# Benchmarks\n\nFigures with the command that made them.\n"
+    start = old.find("## Operator: FineTuneJob controller")
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + 1)
+        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
+    path.write_text(new)
+    print(f"wrote the operator section of {path}")
 
 
 if __name__ == "__main__":

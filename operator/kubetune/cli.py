@@ -1,40 +1,47 @@
 """The `kubetune` command: crds, validate, train --local, operator.
 
-One function per subcommand. ``train`` and ``operator`` import their implementations lazily, so
-``kubetune validate`` and ``kubetune crds`` need neither the trainer's dependencies nor a cluster.
+One function per subcommand. ``train`` and ``operator`` import their implementations when they run, so
+``kubetune validate`` and ``kubetune crds`` start fast and need neither torch nor kopf loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TextIO
 
 import yaml
 
 DEFAULT_CRDS_DIR = "crds"  # relative to the working directory: run it in the repository root
 DEFAULT_CHART_CRDS_DIR = "charts/kubetune/templates/crds"
+DEFAULT_DOCS_DIR = "docs"
 
 
 def cmd_crds(args: argparse.Namespace) -> int:
-    """Write the CRDs from the models, or (--check) report where the committed ones differ."""
+    """Write the CRDs and the API reference from the models, or (--check) report where the committed ones
+    differ."""
     from kubetune import crdgen
 
     targets = [(args.output_dir, crdgen.rendered_files())]
     if args.chart_dir:
         targets.append((args.chart_dir, crdgen.chart_files()))
+    if args.docs_dir:
+        targets.append((args.docs_dir, crdgen.reference_files()))
     if args.check:
         problems = [line for folder, files in targets for line in crdgen.check_crds(folder, files)]
         for line in problems:
             print(line, file=sys.stderr)
         if problems:
             print(
-                "CRDs are out of date: run `kubetune crds` (or `make crds`) and commit the result",
+                "CRDs or the API reference are out of date: run `kubetune crds` (or `make crds`) and commit "
+                "the result",
                 file=sys.stderr,
             )
             return 1
-        print(f"CRDs in {' and '.join(folder for folder, _ in targets)} match the models")
+        print(f"CRDs and API reference in {', '.join(folder for folder, _ in targets)} match the models")
         return 0
     for folder, files in targets:
         for path in crdgen.write_crds(folder, files):
@@ -48,20 +55,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
     Documents of other kinds (a Namespace, a Secret, ...) are skipped with a note on stderr, so a
     whole GitOps folder can be checked; a file without any kubetune object is an error.
     """
+    checked, failed = validate_files(_expand(args.files), local=args.local, out=sys.stdout)
+    print(f"{checked} object(s) checked, {failed} with problems", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def validate_files(names: list[str], *, local: bool, out: TextIO) -> tuple[int, int]:
+    """Check the kubetune objects in NAMES, writing ``FILE: KIND/NAME: PATH: MESSAGE`` lines to OUT.
+    Returns (objects checked, files or objects with problems)."""
     from kubetune.api.v1alpha1 import GROUP, KINDS, TARGET_CLUSTER, TARGET_LOCAL, validate_document
 
-    target = TARGET_LOCAL if args.local else TARGET_CLUSTER
+    target = TARGET_LOCAL if local else TARGET_CLUSTER
     failed = checked = 0
-    for name in _expand(args.files):
+    for name in names:
         try:
             text = sys.stdin.read() if name == "-" else Path(name).read_text()
             docs = list(yaml.safe_load_all(text))
         except OSError as error:
-            print(f"{name}: cannot read: {error.strerror or error}")
+            print(f"{name}: cannot read: {error.strerror or error}", file=out)
             failed += 1
             continue
         except yaml.YAMLError as error:
-            print(f"{name}: not valid YAML: {' '.join(str(error).split())}")
+            print(f"{name}: not valid YAML: {' '.join(str(error).split())}", file=out)
             failed += 1
             continue
         ours = 0
@@ -78,17 +93,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
             ours += 1
             result = validate_document(doc, target)
             for problem in result.problems:
-                print(f"{name}: {result.kind}/{result.name}: {problem}")
+                print(f"{name}: {result.kind}/{result.name}: {problem}", file=out)
             for warning in result.warnings:  # valid: a note on stderr, the exit code stays 0
                 print(f"{name}: {result.kind}/{result.name}: warning: {warning}", file=sys.stderr)
             failed += bool(result.problems)
             checked += 1
         if ours == 0:
-            print(f"{name}: no FineTuneJob or ModelServe in this file")
+            print(f"{name}: no FineTuneJob or ModelServe in this file", file=out)
             failed += 1
-    summary = f"{checked} object(s) checked, {failed} with problems"
-    print(summary, file=sys.stderr)
-    return 1 if failed else 0
+    return checked, failed
 
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -107,12 +120,12 @@ def _expand(names: list[str]) -> list[str]:
     return files
 
 
-def _is_kubetune(doc: dict, group: str, kinds: dict) -> bool:
+def _is_kubetune(doc: dict[str, Any], group: str, kinds: dict[str, Any]) -> bool:
     api_version = str(doc.get("apiVersion") or "")
     return api_version.startswith(f"{group}/") or doc.get("kind") in kinds
 
 
-def _name(doc: dict) -> str:
+def _name(doc: dict[str, Any]) -> str:
     metadata = doc.get("metadata")
     return str(metadata.get("name") or "?") if isinstance(metadata, dict) else "?"
 
@@ -123,25 +136,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("kubetune train runs training on this machine only: add --local "
               "(in a cluster, `kubectl apply -f` the manifest instead)", file=sys.stderr)  # fmt: skip
         return 2
-    try:
-        from kubetune_trainer.local import run_local
-    except ImportError as error:
-        print(f"kubetune train --local needs the trainer package and its dependencies "
-              f"(`pip install 'kubetune[trainer]'`): {error}", file=sys.stderr)  # fmt: skip
+    # The manifest is checked first, with the same messages as `kubetune validate --local`.
+    _, failed = validate_files([args.file], local=True, out=sys.stderr)
+    if failed:
+        print(f"{args.file}: fix the problems above (`kubetune validate --local -f {args.file}` checks "
+              "again without training)", file=sys.stderr)  # fmt: skip
         return 1
+    if importlib.util.find_spec("torch") is None:
+        print("kubetune train --local needs the trainer's dependencies: pip install 'kubetune[trainer]'",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    from kubetune_trainer.local import run_local
+
     return run_local(args.file, args.output, processes=args.processes)
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
     """Run the operator (kopf) against the current kubeconfig or in-cluster."""
-    try:
-        from kubetune.handlers import run_operator
-    except ImportError as error:
-        print(f"kubetune operator is not available: {error}", file=sys.stderr)
-        return 1
+    from kubetune.manager import run_operator
+
     namespaces = None if args.all_namespaces or not args.namespace else list(args.namespace)
-    result = run_operator(namespaces=namespaces, standalone=args.standalone)
-    return int(result or 0)
+    run_operator(namespaces=namespaces, standalone=args.standalone)
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -164,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    crds = sub.add_parser("crds", help="write the CRDs from the models (or --check them)")
+    crds = sub.add_parser(
+        "crds", help="write the CRDs and the API reference from the models (or --check them)"
+    )
     crds.add_argument("--check", action="store_true", help="exit 1 when the files differ from the models")
     crds.add_argument(
         "--output-dir", default=DEFAULT_CRDS_DIR, help="folder of the CRD files (default: %(default)s)"
@@ -173,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--chart-dir",
         default=DEFAULT_CHART_CRDS_DIR,
         help="folder of the Helm chart's CRD templates; empty to skip (default: %(default)s)",
+    )
+    crds.add_argument(
+        "--docs-dir",
+        default=DEFAULT_DOCS_DIR,
+        help="folder of the generated API reference (api-reference.md); empty to skip (default: %(default)s)",
     )
     crds.set_defaults(func=cmd_crds)
 

@@ -1,6 +1,7 @@
-"""kopf glue: watch FineTuneJobs and their trainer Jobs and Pods, and put the owning FineTuneJob's key into
-the work queue. The reconcile (kubetune.reconcile) does all the work; no handler here branches on what
-happened, writes anything, or registers a deletion handler (so kopf adds no finalizer).
+"""kopf glue of the operator and of FineTuneJobs: log in, start and stop the runtime (both controllers),
+and turn watch events on FineTuneJobs and their trainer Jobs and Pods into the owning FineTuneJob's key
+in its work queue. The reconcile (kubetune.reconcile) does all the work; no handler here branches on
+what happened, writes anything, or registers a deletion handler (so kopf adds no finalizer).
 
 Why ``@kopf.on.event`` for the FineTuneJob rather than create/update/resume handlers: kopf's
 change-detecting handlers store a diff base and progress on the object (a write per change, plus
@@ -9,60 +10,53 @@ initial listing after a (re)start, an edit, a status patch by the trainer, a del
 the key; the reconcile reads the world and converges. Timers (deadlines, TTL) and retries with backoff
 come from the work queue; a periodic resync re-enqueues every known object.
 
-ModelServe: its controller registers its own handlers in ``kubetune.handlers_modelserve`` (imported at
-the bottom when present) and its queue in ``Runtime.queues`` (see ``reconcile/runtime.py``).
+The ModelServe watches are in kubetune.handlers_modelserve; both modules import kubetune.runtime and
+neither imports the other. kubetune.manager loads both and runs kopf.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
-import sys
 from typing import Any
 
-if "kubernetes" not in sys.modules and os.environ.get("KUBETUNE_KOPF_CLIENT_LIBRARY") != "1":
-    # kopf imports the official client library when it is installed (about 55 MiB of RSS) only to log in
-    # through it and to accept its model classes; the operator uses neither (kubetune.reconcile.kube talks
-    # to the API itself), so keep it out of the operator process. kopf then logs in with its own
-    # kubeconfig / ServiceAccount handlers.
-    sys.modules["kubernetes"] = None  # type: ignore[assignment]
+import kopf
 
-import kopf  # noqa: E402
-
-from kubetune import metrics  # noqa: E402
-from kubetune.reconcile.chains import Dependents  # noqa: E402
-from kubetune.reconcile.finetunejob import CONTROLLER as FTJ  # noqa: E402
-from kubetune.reconcile.runtime import Runtime, build_runtime  # noqa: E402
-from kubetune.render.common import FINETUNEJOB_LABEL  # noqa: E402
-from kubetune.settings import Settings, load_settings  # noqa: E402
+from kubetune import metrics, runtime
+from kubetune.reconcile.chains import Dependents
+from kubetune.reconcile.client import bearer_token, load_configuration
+from kubetune.render.common import FINETUNEJOB_LABEL
+from kubetune.settings import load_settings
 
 log = logging.getLogger("kubetune.handlers")
 
-_settings: Settings | None = None
-_runtime: Runtime | None = None
-_dependents = Dependents()  # which FineTuneJobs refer to which (chains)
+# Chains: which FineTuneJobs refer to which, from the watch events (used on the event loop only).
+_dependents = Dependents()
 
 
-def runtime() -> Runtime:
-    if _runtime is None:
-        raise RuntimeError("the operator is not started")
-    return _runtime
-
-
-def _enqueue(kind: str, namespace: str | None, name: str | None) -> None:
-    if _runtime is None or not namespace or not name:
-        return
-    queue = _runtime.queues[kind]
-    queue.known.add((namespace, name))
-    queue.add((namespace, name))
+@kopf.on.login(id="kubetune-login")
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf watches with the credentials the runtime's client uses (kubernetes.config: in-cluster, or the
+    kubeconfig with exec plugins, auth-providers, tokens, certificates). kopf calls this again when the
+    API server answers 401, which runs an exec plugin again for a fresh credential."""
+    cfg = load_configuration()
+    token = bearer_token(cfg)
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        scheme="Bearer" if token else None,
+        token=token,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        proxy_url=cfg.proxy,
+        trust_env=True,  # $HTTPS_PROXY / $NO_PROXY, as the client honours them
+    )
 
 
 @kopf.on.startup(id="kubetune-startup")
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _runtime
-    cfg = _settings or load_settings()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # The settings `kubetune operator` was started with (kubetune.manager passes them as kopf's memo).
+    cfg = memo.get("settings") or load_settings()
     # kopf's own bookkeeping goes to annotations (never into the user's status), and it only logs.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -74,9 +68,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.reconnect_backoff = 1.0
+    # kopf's initial LISTs come in pages it processes one at a time (it keeps one page in memory), so a
+    # restart among thousands of objects does not hold every object's JSON at once.
+    settings.watching.chunk_size = 100
     settings.networking.request_timeout = 60
-    _runtime = await asyncio.to_thread(build_runtime, cfg)
-    await _runtime.start()
+    await runtime.start(cfg)
     if cfg.metrics_port:
         metrics.serve(cfg.metrics_port)
     log.info("kubetune operator started (namespaces: %s)", ", ".join(cfg.namespaces) or "all")
@@ -84,70 +80,39 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup(id="kubetune-cleanup")
 async def cleanup(**_: Any) -> None:
-    if _runtime is not None:
-        await _runtime.stop()
+    await runtime.stop()
+
+
+@kopf.on.probe(id="queue")
+def queue_probe(**_: Any) -> dict[str, Any]:
+    rt = runtime.current()
+    return {name: q.stats() for name, q in (rt.queues.items() if rt else [])}
 
 
 @kopf.on.event("kubetune.io", "v1alpha1", "finetunejobs", id="finetunejob-event")
 async def finetunejob_event(
     namespace: str | None, name: str | None, body: kopf.Body, type: str | None = None, **_: Any
 ) -> None:
-    _enqueue(FTJ, namespace, name)
-    # chains (rlhf, issue 11): a change of this job (its result, its phase) may let the jobs that start
-    # from it, or use it as a reward model, go on.
+    runtime.enqueue(runtime.FINETUNEJOB, namespace, name)
+    # Chains: a change of this job (its result, its phase) may let the jobs that start from it, or use it as
+    # a reward model, go on.
     if namespace and name:
         _dependents.note(namespace, name, None if type == "DELETED" else dict(body))
         for dependent in _dependents.of(namespace, name):
-            _enqueue(FTJ, namespace, dependent)
+            runtime.enqueue(runtime.FINETUNEJOB, namespace, dependent)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="trainer-job-event")
 async def trainer_job_event(namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
     for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == "FineTuneJob" and ref.get("controller"):
-            _enqueue(FTJ, namespace, ref.get("name"))
+            runtime.enqueue(runtime.FINETUNEJOB, namespace, ref.get("name"))
 
 
 @kopf.on.event("", "v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="trainer-pod-event")
 async def trainer_pod_event(namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
+    # The label value is cut for long names; the annotation keeps the whole name.
     owner = (meta.get("annotations") or {}).get(FINETUNEJOB_LABEL) or (meta.get("labels") or {}).get(
         FINETUNEJOB_LABEL
     )
-    _enqueue(FTJ, namespace, owner)
-
-
-@kopf.on.probe(id="queue")
-def queue_probe(**_: Any) -> dict[str, Any]:
-    return {name: q.stats() for name, q in (_runtime.queues.items() if _runtime else [])}
-
-
-def run_operator(
-    namespaces: list[str] | None = None,
-    standalone: bool = True,
-    *,
-    liveness_endpoint: str | None = None,
-    settings: Settings | None = None,
-    **overrides: Any,
-) -> None:
-    """Run the operator until interrupted (the `kubetune operator` command)."""
-    global _settings
-    cfg = settings or load_settings(**{k: v for k, v in overrides.items() if k in Settings.model_fields})
-    if namespaces:
-        cfg = cfg.model_copy(update={"namespaces": list(namespaces)})
-    _settings = cfg
-    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("kopf.objects", "kopf.activities.probe", "kopf._core.engines.peering"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if liveness_endpoint is None and cfg.health_port:
-        liveness_endpoint = f"http://0.0.0.0:{cfg.health_port}/healthz"
-    with contextlib.suppress(KeyboardInterrupt):
-        kopf.run(
-            standalone=standalone,
-            namespaces=cfg.namespaces,
-            clusterwide=not cfg.namespaces,
-            liveness_endpoint=liveness_endpoint,
-        )
-
-
-# Registers the ModelServe controller (it imports this module, so it comes last).
-from kubetune import handlers_modelserve  # noqa: E402, F401
+    runtime.enqueue(runtime.FINETUNEJOB, namespace, owner)

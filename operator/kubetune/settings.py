@@ -8,7 +8,7 @@ KUBETUNE_HEALTH_PORT=8081              liveness endpoint /healthz (0 turns it of
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -62,6 +62,6 @@ class Settings(BaseSettings):
         return value
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with explicit overrides (e.g. from command-line flags)."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -17,10 +18,11 @@ from kubetune.api.v1alpha1.trainerconfig import (
     ENV_NUM_NODES,
     WORK_DIR,
 )
-from kubetune.render.common import child_name, owner_reference
+from kubetune.render.common import child_name, label_value, owner_reference, short_hash
 from kubetune.render.finetunejob import (
     KUEUE_QUEUE_LABEL,
     RenderOptions,
+    _volume_name,
     job_name,
     render_children,
     render_configmap,
@@ -290,3 +292,68 @@ def test_owner_reference_shape():
 def test_rbac_names_match():
     sa, role, rb = render_rbac(load(tiny_job("r")))
     assert sa["metadata"]["name"] == role["metadata"]["name"] == rb["metadata"]["name"] == "r-trainer"
+
+
+DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+LEGAL_NAMES = {
+    "dotted": "llama.v2.sft",
+    "digit-first": "7b.chat",
+    "63": "m" * 30 + "." + "n" * 32,
+    "253": ".".join(["abcdefgh" * 7 + "abcdefg"] * 3) + "." + "z" * 61,
+}
+
+
+@pytest.mark.parametrize("name", LEGAL_NAMES.values(), ids=LEGAL_NAMES.keys())
+@pytest.mark.parametrize("attempt", [1, 12])
+def test_any_legal_name_gives_valid_child_names(name, attempt):
+    assert len(name) <= 253 and DNS1123_SUBDOMAIN.fullmatch(name)
+    ftj = load(tiny_job(name, resources={"nodes": 2, "gpusPerNode": 1}))
+    children = render_children(ftj, OPTS, attempt)
+    assert {c["kind"] for c in children} == {
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Service",
+        "Job",
+    }
+    for child in children:
+        meta = child["metadata"]
+        assert DNS1035.fullmatch(meta["name"]) and len(meta["name"]) <= 63, (child["kind"], meta["name"])
+        for key, value in meta["labels"].items():
+            assert LABEL_VALUE.fullmatch(value) and len(value) <= 63, (key, value)
+        assert meta["ownerReferences"][0]["name"] == name
+    job = next(c for c in children if c["kind"] == "Job")
+    service = next(c for c in children if c["kind"] == "Service")
+    jname = job["metadata"]["name"]
+    assert len(jname) <= 52  # pod hostnames JOB-INDEX stay DNS labels
+    pod = job["spec"]["template"]
+    assert pod["spec"]["subdomain"] == service["metadata"]["name"]
+    assert env_of(job)[ENV_MASTER_ADDR]["value"] == f"{jname}-0.{service['metadata']['name']}"
+    for value in pod["metadata"]["labels"].values():
+        assert LABEL_VALUE.fullmatch(value) and len(value) <= 63
+    for volume in pod["spec"]["volumes"]:
+        assert DNS1035.fullmatch(volume["name"]) and len(volume["name"]) <= 63
+    # Deterministic: a second render (another process would do the same) gives the same names.
+    again = render_children(load(tiny_job(name, resources={"nodes": 2, "gpusPerNode": 1})), OPTS, attempt)
+    assert [c["metadata"]["name"] for c in again] == [c["metadata"]["name"] for c in children]
+
+
+def test_child_names_are_readable_hashed_and_stable():
+    # Valid names are kept as they are; others keep what fits, plus a hash of the owner's name. The
+    # literal values pin the hash (sha256), so names cannot change between releases unnoticed.
+    assert child_name("llama-sft", "trainer") == "llama-sft-trainer"
+    assert child_name("llama.v2.sft", "trainer") == "llama-v2-sft-f7bfc552-trainer"
+    assert child_name("7b.chat", "trainer").startswith("k7b-chat-")
+    # Owners that differ only where the name had to change stay apart.
+    assert child_name("a.b", "trainer") != child_name("a-b", "trainer")
+    long = "y" * 253
+    names = {child_name(long, f"trainer-{k}", 52) for k in range(1, 30)}
+    assert len(names) == 29 and all(len(n) <= 52 for n in names)
+    assert label_value("a" * 63) == "a" * 63
+    assert len(label_value("a" * 64)) <= 63 and label_value("a" * 64) != label_value("a" * 65)
+    assert (
+        _volume_name("data.v1") == f"pvc-{short_hash('data.v1', 12)}" and _volume_name("data") == "pvc-data"
+    )

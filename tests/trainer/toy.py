@@ -81,7 +81,7 @@ def job_config(
     out_name: str = "out",
     **spec,
 ) -> object:
-    """A local TrainerConfig for a tiny run; spec keys are API.md's (camelCase) sections merged over defaults."""
+    """A local TrainerConfig for a tiny run; spec keys are the API's (camelCase) sections merged over defaults."""
     from kubetune.api.v1alpha1 import FineTuneJob
     from kubetune_trainer.config import local_config
 

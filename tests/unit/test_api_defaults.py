@@ -1,4 +1,4 @@
-"""A minimal manifest gets API.md's defaults."""
+"""A minimal manifest gets the API's defaults (docs/api-reference.md)."""
 
 from __future__ import annotations
 

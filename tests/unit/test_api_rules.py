@@ -1,4 +1,4 @@
-"""Every cross-field rule of API.md, broken (one problem at the right path) and kept (no problem)."""
+"""Every cross-field rule of the API, broken (one problem at the right path) and kept (no problem)."""
 
 from __future__ import annotations
 

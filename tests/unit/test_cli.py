@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -150,16 +149,25 @@ def test_validate_requires_files(capsys):
 def test_crds_check_and_write(capsys, tmp_path):
     out_dir = tmp_path / "crds"
     shutil.copytree(REPO / "crds", out_dir)
-    code, out, _ = run(capsys, "crds", "--check", "--output-dir", str(out_dir))
+    docs = ["--docs-dir", str(tmp_path / "docs"), "--chart-dir", ""]
+    code, out, err = run(capsys, "crds", "--check", "--output-dir", str(out_dir), *docs)
+    assert code == 1 and "api-reference.md: missing" in err
+    run(capsys, "crds", "--output-dir", str(out_dir), *docs)
+    code, out, _ = run(capsys, "crds", "--check", "--output-dir", str(out_dir), *docs)
     assert code == 0 and "match the models" in out
+    reference = tmp_path / "docs" / "api-reference.md"
+    reference.write_text(reference.read_text().replace("| `spec.model.uri` |", "| `spec.model.url` |"))
+    code, _, err = run(capsys, "crds", "--check", "--output-dir", str(out_dir), *docs)
+    assert code == 1 and "api-reference.md: differs from the models" in err
+    run(capsys, "crds", "--output-dir", str(out_dir), *docs)
     target = out_dir / "kubetune.io_modelserves.yaml"
     target.write_text(target.read_text().replace("shortNames:\n    - mserve", "shortNames:\n    - ms"))
-    code, _, err = run(capsys, "crds", "--check", "--output-dir", str(out_dir))
+    code, _, err = run(capsys, "crds", "--check", "--output-dir", str(out_dir), *docs)
     assert code == 1
     assert "kubetune.io_modelserves.yaml: differs from the models" in err and "run `kubetune crds`" in err
-    code, out, _ = run(capsys, "crds", "--output-dir", str(out_dir))
+    code, out, _ = run(capsys, "crds", "--output-dir", str(out_dir), *docs)
     assert code == 0 and "kubetune.io_modelserves.yaml" in out
-    assert run(capsys, "crds", "--check", "--output-dir", str(out_dir))[0] == 0
+    assert run(capsys, "crds", "--check", "--output-dir", str(out_dir), *docs)[0] == 0
 
 
 def test_train_needs_local(capsys):
@@ -168,35 +176,31 @@ def test_train_needs_local(capsys):
 
 
 def test_train_and_operator_call_their_implementations(capsys, monkeypatch, tmp_path):
-    """The subcommands hand their arguments to the modules other parts of the repo provide."""
-    import types
+    """The subcommands hand their arguments to the trainer's run_local and the operator's run_operator."""
+    from kubetune import manager
+    from kubetune_trainer import local
 
     calls = {}
-    trainer = types.ModuleType("kubetune_trainer.local")
-    trainer.run_local = lambda manifest, output, processes: (
-        calls.setdefault("train", (manifest, output, processes)) and 7
+    monkeypatch.setattr(
+        local,
+        "run_local",
+        lambda manifest, output, processes: calls.setdefault("train", (manifest, output, processes)) and 7,
     )
-    handlers = types.ModuleType("kubetune.handlers")
-    handlers.run_operator = lambda **kwargs: calls.setdefault("operator", kwargs) and None
-    monkeypatch.setitem(sys.modules, "kubetune_trainer.local", trainer)
-    monkeypatch.setitem(sys.modules, "kubetune.handlers", handlers)
-    assert (
-        run(capsys, "train", "-f", "job.yaml", "--local", "--output", str(tmp_path), "--processes", "2")[0]
-        == 7
+    monkeypatch.setattr(
+        manager, "run_operator", lambda **kwargs: calls.setdefault("operator", kwargs) and None
     )
-    assert calls["train"] == ("job.yaml", str(tmp_path), 2)
+    job = write(
+        tmp_path, "job.yaml", finetunejob("j", dataset={"uri": "file:///data/train.jsonl"}, output={})
+    )
+    args = ("train", "-f", job, "--local", "--output", str(tmp_path), "--processes", "2")
+    assert run(capsys, *args)[0] == 7
+    assert calls["train"] == (job, str(tmp_path), 2)
     assert run(capsys, "operator", "-n", "a", "--namespace", "b", "--standalone")[0] == 0
     assert calls["operator"] == {"namespaces": ["a", "b"], "standalone": True}
     calls.clear()
     assert run(capsys, "operator", "--all-namespaces")[0] == 0
     assert calls["operator"] == {"namespaces": None, "standalone": False}
     assert run(capsys, "operator", "-A", "-n", "x")[0] == 2
-
-
-def test_missing_implementation_is_a_clear_error(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "kubetune.handlers", None)  # makes the import fail
-    code, _, err = run(capsys, "operator")
-    assert code == 1 and "kubetune operator is not available" in err and "kubetune.handlers" in err
 
 
 def test_perplexity_without_an_evaluation_set_is_a_warning_and_exit_0(capsys, tmp_path):
@@ -215,3 +219,26 @@ def test_perplexity_without_an_evaluation_set_is_a_warning_and_exit_0(capsys, tm
     )
     code, out, _ = run(capsys, "validate", "-f", write(tmp_path, "qa.yaml", held_out))
     assert code == 1 and "spec.training.metrics: f1 needs held-out data: set dataset.evalSplit" in out
+
+
+def test_train_reports_an_invalid_manifest_like_validate(capsys, monkeypatch, tmp_path):
+    """One line per problem with its field path, as `kubetune validate` prints them; no training starts."""
+    from kubetune_trainer import local
+
+    monkeypatch.setattr(
+        local, "run_local", lambda *_, **__: pytest.fail("an invalid manifest must not train")
+    )
+    bad = finetunejob("bad", training={"batchSize": 0, "learningRate": -1}, output={})
+    file = write(tmp_path, "bad.yaml", bad)
+    code, out, err = run(capsys, "train", "-f", file, "--local")
+    assert code == 1 and out == ""
+    lines = err.splitlines()
+    problems = [line for line in lines if LINE.match(line)]
+    assert {LINE.match(line)["path"] for line in problems} == {
+        "spec.training.batchSize",
+        "spec.training.learningRate",
+    }, err
+    assert "errors.pydantic.dev" not in err and "validation error" not in err
+    assert lines[-1].startswith(f"{file}: fix the problems above")
+    code, _, err = run(capsys, "train", "-f", str(tmp_path / "missing.yaml"), "--local")
+    assert code == 1 and f"{tmp_path / 'missing.yaml'}: cannot read" in err

@@ -219,6 +219,22 @@ def test_committed_crds_match_the_models():
         assert yaml.safe_load(text) == crdgen.crd_document(kind)
 
 
+def test_committed_api_reference_matches_the_models():
+    assert crdgen.check_crds(REPO / "docs", crdgen.reference_files()) == []
+
+
+def test_api_reference_lists_every_field_with_its_rules():
+    text = crdgen.api_reference()
+    for kind in crdgen.KINDS:
+        schema = crdgen.openapi_schema(kind.model)
+        for part in ("spec", "status"):
+            for path, _ in crdgen.walk(schema["properties"][part], part):
+                if "[]" not in path and "{}" not in path:
+                    assert f"| `{path}` |" in text, path
+    assert '| `spec.model.task` | string | `"causal-lm"` |' in text
+    assert "one of `causal-lm`, `seq2seq`" in text
+
+
 def test_generation_is_deterministic():
     assert crdgen.rendered_files() == crdgen.rendered_files()
 

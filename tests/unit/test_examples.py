@@ -1,4 +1,4 @@
-"""Every example is valid, round-trips through the models, and the set covers DESIGN.md's workflows."""
+"""Every example is valid, round-trips through the models, and the set covers the workflows docs/architecture.md lists."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kubetune.reconcile.client import fmt_time
 from kubetune.reconcile.conditions import KSTATUS_TYPES
 from kubetune.reconcile.finetunejob_decision import (
     STALL_GRACE_SECONDS,
@@ -22,7 +23,6 @@ from kubetune.reconcile.finetunejob_decision import (
     Refusal,
     decide,
 )
-from kubetune.reconcile.kube import fmt_time
 from kubetune.reconcile.status import status_patch
 from kubetune.render.finetunejob import RenderOptions
 from tests.unit.helpers import finetunejob

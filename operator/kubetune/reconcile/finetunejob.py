@@ -23,6 +23,7 @@ from kubetune.render.finetunejob import RenderOptions, configmap_name, job_name
 from kubetune.render.finetunejob import _label_value as label_value
 
 from . import chains
+from .client import ApiException, Kube, now, parse_time
 from .finetunejob_decision import (
     REFUSAL_CODES,
     STATUS_FIELDS,
@@ -32,7 +33,6 @@ from .finetunejob_decision import (
     Refusal,
     decide,
 )
-from .kube import ApiException, Kube, now, parse_time
 from .status import EventRecorder, write_status
 
 log = logging.getLogger("kubetune.finetunejob")

@@ -38,6 +38,7 @@ from kubetune.render.finetunejob import (
 from kubetune.render.tracking import tracking_secrets
 
 from . import chains
+from .client import fmt_time, parse_time
 from .conditions import (
     KStatus,
     is_true,
@@ -56,7 +57,6 @@ from .finetunejob_readings import (
     reference_problems,
     refusal_advice,
 )
-from .kube import fmt_time, parse_time
 from .status import Event
 
 CONDITION_TYPES = ("Validated", "Running", "Succeeded", "Failed", "Suspended", chains.WAITING_CONDITION)

@@ -28,8 +28,8 @@ from kubetune.api.v1alpha1 import ModelServe, validate_document
 from kubetune.render import modelserve as r
 from kubetune.render.common import applied_hash, with_hash
 
+from .client import ApiException, Kube, fmt_time, now, parse_time
 from .conditions import load_conditions, set_condition
-from .kube import ApiException, Kube, fmt_time, now, parse_time
 from .smoketest import DEFAULT_TIMEOUT_SECONDS, SmokeTestResult, SmokeTestUnavailable, run_smoke_test
 
 log = logging.getLogger("kubetune.modelserve")

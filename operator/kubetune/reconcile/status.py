@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from .kube import ApiException, Kube
+from .client import ApiException, Kube
 
 
 class Event(NamedTuple):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from kubetune.api.v1alpha1 import API_VERSION, GROUP
@@ -26,23 +27,62 @@ RUN_GENERATION_ANNOTATION = f"{GROUP}/run-generation"  # metadata.generation tha
 # Labels the operator never copies from the owner onto children (they are its own, or would lie).
 _RESERVED_LABEL_PREFIXES = (f"{GROUP}/", "batch.kubernetes.io/", "controller-uid", "job-name")
 
-MAX_NAME = 63
+MAX_NAME = 63  # a DNS label (Service names, label values, pod hostnames)
+
+# Service names (and, for simplicity, every child's name): start with a letter, lowercase alphanumerics
+# and dashes, end alphanumeric, at most 63 characters. Owner names may be DNS subdomains (dots, up to 253).
+DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+_HASH_LEN = 8
 
 
 def short_hash(data: Any, length: int = 10) -> str:
-    """A stable hex digest of JSON-able data."""
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    """A stable hex digest (sha256): of a string's text, or of other data as canonical JSON.
+
+    Stable across processes and versions of Python (no ``hash()``), so names made with it survive restarts.
+    """
+    text = (
+        data
+        if isinstance(data, str)
+        else json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def child_name(owner: str, suffix: str, max_len: int = MAX_NAME) -> str:
-    """``OWNER-SUFFIX``, shortened with a hash of the owner's name when it would be too long."""
+def dns_label_part(text: str) -> str:
+    """TEXT with everything a DNS label cannot hold (dots, underscores, capitals) turned into dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+def child_name(owner: str, suffix: str = "", max_len: int = MAX_NAME) -> str:
+    """The name of OWNER's child: ``OWNER-SUFFIX`` when that is a DNS-1035 label of at most MAX_LEN
+    characters (the common case, so names stay readable); else a valid one that keeps as much of it as
+    fits, with a hash that tells owners apart: ``llama-v2-sft-3f2a9c1e-trainer`` for ``llama.v2.sft``.
+
+    The hash covers the owner's name (so every child of one owner shares it), and the suffix too when
+    the suffix itself had to be cut. Deterministic: the same owner always gets the same names.
+    """
     name = f"{owner}-{suffix}" if suffix else owner
-    if len(name) <= max_len:
+    if len(name) <= max_len and DNS1035_LABEL.fullmatch(name):
         return name
-    digest = short_hash(owner, 8)
-    keep = max_len - len(suffix) - len(digest) - 2
-    return f"{owner[:keep].rstrip('-.')}-{digest}-{suffix}"
+    room_for_suffix = max_len // 2  # the owner's part keeps the other half
+    suffix_part = dns_label_part(suffix)
+    intact = suffix_part == suffix and len(suffix_part) <= room_for_suffix
+    digest = short_hash(owner if intact else name, _HASH_LEN)
+    suffix_part = suffix_part[:room_for_suffix].rstrip("-")
+    tail = "-".join(p for p in (digest, suffix_part) if p)
+    keep = max_len - len(tail) - 1
+    base = dns_label_part(owner)[:keep].rstrip("-")
+    if not base[:1].isalpha():  # empty, or starts with a digit: DNS-1035 labels start with a letter
+        base = ("k" + base)[:keep].rstrip("-")
+    return f"{base}-{tail}"
+
+
+def label_value(value: str) -> str:
+    """VALUE as a label value: itself when it is one (at most 63 characters), else cut with a hash."""
+    if len(value) <= MAX_NAME and LABEL_VALUE.fullmatch(value):
+        return value
+    return f"{value[:52].rstrip('-_.')}-{short_hash(value, 10)}"
 
 
 def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,12 @@ Names (deterministic; ``N`` is the FineTuneJob's name):
     Service (headless)     N-trainer           pods are N-trainer[-K]-<index>.N-trainer
     ServiceAccount, Role,
     RoleBinding            N-trainer
-    Job, attempt 1         N-trainer           (as API.md shows in status.jobName)
+    Job, attempt 1         N-trainer           (status.jobName names the current one)
     Job, attempt K > 1     N-trainer-K
+Any legal N works (dots, up to 253 characters): when ``N-suffix`` is not a DNS-1035 label of at most 63
+characters (52 for Jobs, whose pods' hostnames append an index), ``render.common.child_name`` makes it one
+with a hash of N, e.g. ``llama-v2-sft-<hash>-trainer`` for ``llama.v2.sft``. Label values are cut the
+same way (``label_value``).
 """
 
 from __future__ import annotations
@@ -50,14 +54,17 @@ from kubetune.api.v1alpha1.uris import parse_uri
 from .common import (
     ATTEMPT_LABEL,
     COMPONENT,
+    DNS1035_LABEL,
     FINETUNEJOB_LABEL,
     MANAGED_BY,
     MANAGER,
+    MAX_NAME,
     PART_OF,
     RUN_GENERATION_ANNOTATION,
     RUN_ID_LABEL,
     child_metadata,
     child_name,
+    label_value,
     propagated_labels,
     short_hash,
     with_hash,
@@ -150,14 +157,13 @@ def base_labels(job: FineTuneJob) -> dict[str, str]:
             MANAGED_BY: MANAGER,
             PART_OF: "kubetune",
             COMPONENT: "trainer",
-            FINETUNEJOB_LABEL: _label_value(job.metadata.name or ""),
+            FINETUNEJOB_LABEL: label_value(job.metadata.name or ""),
         }
     )
     return labels
 
 
-def _label_value(value: str) -> str:
-    return value if len(value) <= 63 else f"{value[:52]}-{short_hash(value, 10)}"
+_label_value = label_value  # the name reconcile/finetunejob.py imports it by
 
 
 def _meta(job: FineTuneJob, owner: dict[str, Any], name: str, **extra: Any) -> dict[str, Any]:
@@ -339,7 +345,9 @@ def render_rbac(job: FineTuneJob) -> list[dict[str, Any]]:
 
 
 def _volume_name(claim: str) -> str:
-    return child_name("pvc", claim) if len(claim) <= 59 else f"pvc-{short_hash(claim, 12)}"
+    """A volume name (a DNS label) for the claim CLAIM (a DNS subdomain: it may hold dots)."""
+    name = f"pvc-{claim}"
+    return name if len(name) <= MAX_NAME and DNS1035_LABEL.fullmatch(name) else f"pvc-{short_hash(claim, 12)}"
 
 
 def _volumes(

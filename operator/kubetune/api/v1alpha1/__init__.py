@@ -1,4 +1,4 @@
-"""kubetune.io/v1alpha1: FineTuneJob and ModelServe (the contract is shared/API.md)."""
+"""kubetune.io/v1alpha1: FineTuneJob and ModelServe (reference: docs/api-reference.md, generated from these models)."""
 
 from .common import (
     API_VERSION,

@@ -1,14 +1,21 @@
-"""FineTuneJob: fine-tune a base model on a dataset with one method and objective (API.md)."""
+"""FineTuneJob: fine-tune a base model on a dataset with one method and objective."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .common import (
-    API_VERSION,
     TARGET_CLUSTER,
     Condition,
     EnvVar,
@@ -112,9 +119,14 @@ def _uri_type(allowed: tuple[str, ...]) -> Any:
     ]
 
 
-ModelURI = _uri_type(MODEL_SCHEMES)
-DatasetURI = _uri_type(DATASET_SCHEMES)
-OutputURI = _uri_type(OUTPUT_SCHEMES)
+if TYPE_CHECKING:  # to a type checker they are strings; pydantic gets the checks
+    ModelURI = str
+    DatasetURI = str
+    OutputURI = str
+else:
+    ModelURI = _uri_type(MODEL_SCHEMES)
+    DatasetURI = _uri_type(DATASET_SCHEMES)
+    OutputURI = _uri_type(OUTPUT_SCHEMES)
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
@@ -405,7 +417,7 @@ class OutputSpec(KubeModel):
 
 
 # CEL rules the API server checks; the same rules run in Python in FineTuneJobSpec.check_rules.
-FINETUNEJOB_SPEC_CEL = [
+FINETUNEJOB_SPEC_CEL: list[JsonValue] = [
     {
         "rule": "!(self.model.task in ['sequence-classification', 'token-classification']) || has(self.model.numLabels) || self.objective.type == 'reward'",
         "message": "model.numLabels is required for sequence-classification and token-classification",
@@ -556,9 +568,9 @@ FINETUNEJOB_SPEC_CEL += TRACKING_CEL
 class FineTuneJobSpec(KubeModel):
     """What to fine-tune, on what data, how, and where the result goes."""
 
-    model_config = KubeModel.model_config | {
-        "json_schema_extra": {"x-kubernetes-validations": FINETUNEJOB_SPEC_CEL}
-    }
+    model_config = ConfigDict(
+        **KubeModel.model_config, json_schema_extra={"x-kubernetes-validations": FINETUNEJOB_SPEC_CEL}
+    )
 
     model: ModelSpec
     """The base model."""
@@ -642,7 +654,7 @@ class FineTuneJobSpec(KubeModel):
         return out
 
     def problems(self, target: str = TARGET_CLUSTER) -> list[Problem]:
-        """The cross-field rules of API.md, each broken one as a Problem with its field path."""
+        """The cross-field rules of the FineTuneJob spec, each broken one as a Problem with its field path."""
         model, data, method, training, resources = (
             self.model,
             self.dataset,
@@ -849,7 +861,7 @@ class FineTuneJobStatus(KubeModel):
 class FineTuneJob(KubeModel):
     """A fine-tuning run of a base model on a dataset."""
 
-    api_version: Literal["kubetune.io/v1alpha1"] = API_VERSION
+    api_version: Literal["kubetune.io/v1alpha1"] = "kubetune.io/v1alpha1"
     """kubetune.io/v1alpha1"""
     kind: Literal["FineTuneJob"] = "FineTuneJob"
     """FineTuneJob"""

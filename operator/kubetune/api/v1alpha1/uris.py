@@ -1,4 +1,4 @@
-"""URIs as API.md defines them: hf://, pvc://, s3://, https:// (datasets only) and file:// (local runs only).
+"""URIs of the API (docs/api-reference.md): hf://, pvc://, s3://, https:// (datasets only) and file:// (local runs only).
 
 Parsing is pure: no DNS, no network. The SSRF rule here looks at the literal host; the trainer checks the
 resolved addresses again when it fetches (see ``kubetune_trainer.data``).
@@ -40,7 +40,7 @@ _S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 class URIError(ValueError):
-    """A URI that does not follow API.md's rules; the message says what a valid one looks like."""
+    """A URI that does not follow the API's URI rules; the message says what a valid one looks like."""
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,17 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from .common import API_VERSION, TARGET_CLUSTER, Problem
 from .finetunejob import FineTuneJob
 from .modelserve import ModelServe
 
-KINDS: dict[str, type[BaseModel]] = {"FineTuneJob": FineTuneJob, "ModelServe": ModelServe}
+KINDS: dict[str, type[FineTuneJob] | type[ModelServe]] = {
+    "FineTuneJob": FineTuneJob,
+    "ModelServe": ModelServe,
+}
 
 
 @dataclass
@@ -131,7 +135,7 @@ def _path(loc: tuple[Any, ...]) -> str:
     return "".join(parts)
 
 
-def _message(item: dict[str, Any]) -> str:
+def _message(item: ErrorDetails) -> str:
     kind, message = item["type"], item["msg"]
     if kind == "extra_forbidden":
         return "unknown field; check its spelling and place (`kubectl explain` lists the fields)"

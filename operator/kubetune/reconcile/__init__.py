@@ -1,0 +1,1 @@
+"""Per kind: the reconcile (a decision and the shell that reads and writes), the client, the work queue."""

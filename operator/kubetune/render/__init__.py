@@ -1,0 +1,1 @@
+"""Pure functions: a validated object -> the manifests of its children. No client, no kopf."""
