@@ -2,6 +2,8 @@
 
 - ``kubetune-trainer train``: run the training in this process from $KUBETUNE_CONFIG.
 - ``kubetune-trainer launch``: start one process per GPU (accelerate/torchrun) that each run ``train``.
+- ``kubetune-trainer fetch URI DEST``: copy an s3:// model or adapter into DEST (the init container of
+  a ModelServe's serving pods), with the same download the training uses.
 """
 
 from __future__ import annotations
@@ -32,6 +34,21 @@ def train_main(config_path: str | None = None) -> int:
     return 0
 
 
+def fetch_main(uri: str, dest: str) -> int:
+    from pathlib import Path
+
+    from .errors import TrainerError
+    from .sources import download_s3
+
+    try:
+        path = download_s3(uri, Path(dest))
+    except (TrainerError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"fetched {uri} to {path}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="kubetune-trainer", description=__doc__.splitlines()[0])
@@ -40,12 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument(
         "--config", default=None, help="config path (default: $KUBETUNE_CONFIG or /etc/kubetune/config.yaml)"
     )
+    fetch = sub.add_parser("fetch", help="copy an s3:// prefix into a folder (serving pods' init container)")
+    fetch.add_argument("uri", help="s3://BUCKET/PREFIX")
+    fetch.add_argument("dest", help="local folder")
     sub.add_parser("launch", help="start the training processes for this pod's GPUs", add_help=False)
     if argv and argv[0] == "launch":
         from . import launch
 
         return launch.main(argv[1:])
     args = parser.parse_args(argv)
+    if args.command == "fetch":
+        return fetch_main(args.uri, args.dest)
     return train_main(args.config)
 
 

@@ -15,7 +15,6 @@ into an emptyDir under ``/mnt/kubetune/models``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -41,10 +40,12 @@ from kubetune.render.common import (
     COMPONENT,
     MANAGED_BY,
     MANAGER,
+    MAX_NAME,
     MODELSERVE_LABEL,
     child_metadata,
     child_name,
     propagated_labels,
+    short_hash,
 )
 
 # ---- names, labels, annotations -------------------------------------------------------------
@@ -66,27 +67,49 @@ PROBE_PERIOD_SECONDS = 10
 
 REASON_UNSUPPORTED = "UnsupportedByEngine"
 REASON_WAITING = "WaitingForResult"
+DNS_1035 = r"[a-z]([-a-z0-9]*[a-z0-9])?"
 
 
-def _short_hash(text: str, length: int = 8) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
+def _fit(name: str) -> str:
+    """NAME when it fits a label value and a child name (63), else a stable shortened form with a hash."""
+    if len(name) <= MAX_NAME:
+        return name
+    digest = short_hash(name, 8)
+    return f"{name[: MAX_NAME - len(digest) - 1].rstrip('-.')}-{digest}"
+
+
+def deployment_name_of(name: str) -> str:
+    """The Deployment (and label value) of the ModelServe NAME: a DNS subdomain of at most 63 characters."""
+    return _fit(name)
+
+
+def pdb_name_of(name: str) -> str:
+    return _fit(name)
+
+
+def service_name_of(name: str) -> str:
+    """A DNS-1035 label (Services: lowercase letters, digits and '-', starting with a letter, <= 63): the
+    ModelServe's name when it is one, else a cleaned name plus a hash of the real one (so ``a.b`` and
+    ``a-b`` never share a Service) -- stable, since it depends on the name only."""
+    if len(name) <= MAX_NAME and re.fullmatch(DNS_1035, name):
+        return name
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    if not cleaned[:1].isalpha():
+        cleaned = f"s-{cleaned}".rstrip("-")
+    digest = short_hash(name, 8)
+    return f"{cleaned[: MAX_NAME - len(digest) - 1].rstrip('-')}-{digest}"
 
 
 def deployment_name(ms: ModelServe) -> str:
-    return child_name(ms.metadata.name or "", "")
+    return deployment_name_of(ms.metadata.name or "")
 
 
 def pdb_name(ms: ModelServe) -> str:
-    return child_name(ms.metadata.name or "", "")
+    return pdb_name_of(ms.metadata.name or "")
 
 
 def service_name(ms: ModelServe) -> str:
-    """A DNS-1035 label (Service names must start with a letter): the ModelServe's name when it is one."""
-    name = child_name(ms.metadata.name or "", "")
-    if re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name):
-        return name
-    cleaned = re.sub(r"[^a-z0-9-]", "-", name).strip("-")
-    return child_name("s-" + cleaned, "") if not cleaned[:1].isalpha() else child_name(cleaned, "")
+    return service_name_of(ms.metadata.name or "")
 
 
 def selector_labels(ms: ModelServe) -> dict[str, str]:
@@ -366,7 +389,7 @@ def _tgi_settings(ms: ModelServe) -> dict[str, Any]:
 
 def revision_hash(ms: ModelServe, resolution: Resolution, image: str) -> str:
     """A short stable hash over what the pods serve: model, adapters, their sources, TGI settings, image."""
-    canonical = json.dumps(
+    return short_hash(
         {
             "model": resolution.model.uri if resolution.model else None,
             "adapters": [f"{a.name}={a.uri}" for a in resolution.adapters],
@@ -374,10 +397,8 @@ def revision_hash(ms: ModelServe, resolution: Resolution, image: str) -> str:
             "tgi": _tgi_settings(ms),
             "image": image,
         },
-        sort_keys=True,
-        separators=(",", ":"),
+        16,
     )
-    return _short_hash(canonical, 16)
 
 
 def revision(ms: ModelServe, resolution: Resolution, image: str) -> Revision:
@@ -419,18 +440,6 @@ class _Volumes:
         dest = f"{MODELS_DIR}/{slot}"
         self.downloads.append((src.uri, dest, src.s3_secret))
         return dest
-
-
-# Copies an s3:// prefix into a directory with fsspec/s3fs (both in the kubetune trainer image);
-# credentials and the endpoint come from the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...).
-S3_FETCH_SCRIPT = """\
-import os, sys, fsspec
-src, dest = sys.argv[1].rstrip('/'), sys.argv[2]
-fs = fsspec.filesystem('s3', endpoint_url=os.environ.get('AWS_ENDPOINT_URL') or None)
-os.makedirs(dest, exist_ok=True)
-fs.get(src + '/', dest + '/', recursive=True)
-print('fetched', src, 'to', dest, flush=True)
-"""
 
 
 def _tgi_args(ms: ModelServe) -> list[str]:
@@ -520,7 +529,8 @@ def render_pod_template(
             init: dict[str, Any] = {
                 "name": f"fetch-{index}",
                 "image": trainer_image,
-                "command": ["python", "-c", S3_FETCH_SCRIPT, uri, dest],
+                # The trainer's own S3 download (kubetune_trainer.sources.download_s3), tested there.
+                "command": ["kubetune-trainer", "fetch", uri, dest],
                 "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
             }
             if secret:
