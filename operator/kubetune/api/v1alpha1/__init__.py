@@ -29,7 +29,16 @@ from .finetunejob import (
     ResultStatus,
     TrainingSpec,
 )
-from .modelserve import AdapterSource, ModelServe, ModelServeSpec, ModelServeStatus, ModelSource, Revision
+from .modelserve import (
+    AdapterSource,
+    ModelServe,
+    ModelServeSpec,
+    ModelServeStatus,
+    ModelSource,
+    Revision,
+    ServedAdapter,
+    VLLMSpec,
+)
 from .trainerconfig import TrainerConfig, TrainerRuntime, config_hash, pvc_claims, pvc_local_path
 from .uris import (
     ParsedURI,
@@ -45,7 +54,7 @@ __all__ = [
     "ADAPTER_METHODS", "API_VERSION", "AdapterSource", "CLASSIFICATION_TASKS", "CheckpointStatus", "Condition",
     "DatasetSpec", "EnvVar", "FineTuneJob", "FineTuneJobSpec", "FineTuneJobStatus", "GROUP", "KINDS", "KubeModel",
     "LocalObjectReference", "MethodSpec", "ModelServe", "ModelServeSpec", "ModelServeStatus", "ModelSource",
-    "ModelSpec", "ObjectMeta", "ParsedURI", "Problem", "Progress", "ResultStatus", "Revision", "SecretKeyRef",
+    "ModelSpec", "ObjectMeta", "ParsedURI", "Problem", "Progress", "ResultStatus", "Revision", "SecretKeyRef", "ServedAdapter", "VLLMSpec",
     "TARGET_CLUSTER", "TARGET_LOCAL", "Toleration", "TrainerConfig", "TrainerRuntime", "TrainingSpec", "URIError", "VERSION", "Validated",
     "check_public_https_url", "config_hash", "pvc_claims", "pvc_local_path", "forbidden_address_reason", "forbidden_host_reason", "parse_uri", "validate_document",
 ]  # fmt: skip
