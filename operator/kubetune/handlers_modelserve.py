@@ -72,8 +72,10 @@ INDEX = ReferenceIndex()
 def modelserve_controller(rt: handlers.Runtime, settings: Settings) -> WorkQueue:
     opts = ServeOptions(
         tgi_image=settings.tgi_image,
+        vllm_image=settings.vllm_image,
         trainer_image=settings.trainer_image,
         endpoint_override=settings.serve_endpoint_override,
+        pod_address_override=settings.serve_pod_address_override,
         requeue_seconds=settings.requeue_seconds,
     )
     reconciler = ModelServeReconciler(rt.kube, opts)

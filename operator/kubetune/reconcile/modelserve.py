@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubetune.render import modelserve as r
+from kubetune.render import modelserve_vllm
+from kubetune.render.common import MODELSERVE_LABEL
 
 from .kube import ApiException, Kube, now
 from .modelserve_decision import (
@@ -28,7 +30,10 @@ from .modelserve_decision import (
     refused,
     server_message,
 )
+from .openai_check import run_openai_smoke_test
 from .smoketest import SmokeTestResult, SmokeTestUnavailable, run_smoke_test
+from .vllm_adapters import PodState
+from .vllm_admin import apply_change, observe_pod
 
 log = logging.getLogger("kubetune.modelserve")
 
@@ -54,10 +59,19 @@ SmokeTest = Callable[..., SmokeTestResult]
 class ModelServeReconciler:
     """One reconcile of one ModelServe; safe for different objects in parallel threads."""
 
-    def __init__(self, kube: Kube, opts: ServeOptions, *, smoke_test: SmokeTest = run_smoke_test, clock=now):
+    def __init__(
+        self,
+        kube: Kube,
+        opts: ServeOptions,
+        *,
+        smoke_test: SmokeTest = run_smoke_test,
+        openai_smoke_test: SmokeTest = run_openai_smoke_test,
+        clock=now,
+    ):
         self.kube = kube
         self.opts = opts
         self.smoke_test = smoke_test
+        self.openai_smoke_test = openai_smoke_test
         self.clock = clock
 
     def reconcile(self, namespace: str, name: str) -> ServeResult:
@@ -67,8 +81,20 @@ class ModelServeReconciler:
         observed = self.observe(obj)
         decision = decide(observed, self.opts, self.clock())
         if decision.smoke_request is not None:
-            smoke = self.run_smoke_test(decision.smoke_request)
-            decision = decide(_with_smoke(observed, smoke), self.opts, self.clock())
+            observed = replace(observed, smoke=self.run_smoke_test(decision.smoke_request))
+            decision = decide(observed, self.opts, self.clock())
+        if decision.adapter_changes and decision.adapter_check is not None:
+            check = decision.adapter_check
+            outcomes = tuple(
+                apply_change(change, prompt=check.prompt, max_tokens=check.max_new_tokens, expect=check.expect,
+                             timeout=self.opts.smoke_timeout_seconds)
+                for change in decision.adapter_changes
+            )  # fmt: skip
+            for outcome in outcomes:
+                if outcome.error:
+                    log.warning("%s/%s: %s", namespace, name, outcome.error)
+            observed = replace(observed, pods=self.observe_pods(obj), adapter_outcomes=outcomes)
+            decision = decide(observed, self.opts, self.clock())
         decision = self.write_children(obj, decision)
         for type_, reason, message in decision.events:
             self.kube.event(obj, type_, reason, message)
@@ -93,9 +119,40 @@ class ModelServeReconciler:
             service=self.kube.get("Service", ns, r.service_name_of(name)),
             pdb=self.kube.get("PodDisruptionBudget", ns, r.pdb_name_of(name)),
             jobs=jobs,
+            pods=self.observe_pods(obj),
         )
 
+    def observe_pods(self, obj: dict[str, Any]) -> tuple[PodState, ...]:
+        """vllm: the ready pods of the revision status names, and what each has loaded (GET /v1/models)."""
+        spec, status = obj.get("spec") or {}, obj.get("status") or {}
+        rev = (status.get("revision") or {}).get("hash")
+        if spec.get("engine") != "vllm" or not spec.get("adapters") or not rev:
+            return ()
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        labels = {MODELSERVE_LABEL: r.deployment_name_of(name), r.LABEL_REVISION: rev}
+        pods = []
+        for pod in sorted(self.kube.list("Pod", ns, labels), key=lambda p: p["metadata"]["name"]):
+            if pod["metadata"].get("deletionTimestamp") or not _ready(pod):
+                continue
+            address = self.pod_address(pod)
+            pods.append(observe_pod(pod["metadata"]["name"], address, self.opts.smoke_timeout_seconds))
+        return tuple(pods)
+
+    def pod_address(self, pod: dict[str, Any]) -> str:
+        ip = (pod.get("status") or {}).get("podIP") or ""
+        port = modelserve_vllm.CONTAINER_PORT
+        template = self.opts.pod_address_override or "http://{ip}:{port}"
+        meta = pod["metadata"]
+        return template.format(pod=meta["name"], namespace=meta["namespace"], ip=ip, port=port).rstrip("/")
+
     def run_smoke_test(self, request: SmokeRequest) -> SmokeOutcome:
+        if request.engine == "vllm":
+            result = self.openai_smoke_test(
+                request.endpoint, served_model=request.served_model, prompt=request.prompt,
+                max_new_tokens=request.max_new_tokens, expect=request.expect, adapters=list(request.adapters),
+                timeout=self.opts.smoke_timeout_seconds, attempts=self.opts.smoke_attempts,
+            )  # fmt: skip
+            return SmokeOutcome(request.revision, result=result)
         try:
             result = self.smoke_test(
                 request.endpoint, prompt=request.prompt, max_new_tokens=request.max_new_tokens,
@@ -126,15 +183,9 @@ class ModelServeReconciler:
         return decision
 
 
-def _with_smoke(observed: Observed, smoke: SmokeOutcome) -> Observed:
-    return Observed(
-        obj=observed.obj,
-        deployment=observed.deployment,
-        service=observed.service,
-        pdb=observed.pdb,
-        jobs=observed.jobs,
-        smoke=smoke,
-    )
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def write_status(kube: Kube, obj: dict[str, Any], decision: Decision) -> None:

@@ -38,16 +38,26 @@ from typing import Any
 
 from kubetune.api.v1alpha1 import ModelServe, validate_document
 from kubetune.render import modelserve as r
+from kubetune.render import modelserve_vllm
 from kubetune.render.common import applied_hash, with_hash
 
 from .conditions import load_conditions, set_condition
 from .kube import fmt_time, parse_time
 from .smoketest import DEFAULT_TIMEOUT_SECONDS, SmokeTestResult
+from .vllm_adapters import (
+    AdapterChange,
+    ChangeOutcome,
+    PodState,
+    desired_adapters,
+    failed_digests,
+    plan,
+    served_adapters,
+)
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Reconciling", "Stalled")
 OWN_STATUS_FIELDS = (
     "phase", "observedGeneration", "conditions", "endpoint", "revision", "previousRevision", "replicas",
-    "readyReplicas", "lastRollout",
+    "readyReplicas", "lastRollout", "servedAdapters",
 )  # fmt: skip
 REASON_CHILD_REFUSED = "ChildRefused"
 
@@ -58,10 +68,22 @@ class ServeOptions:
 
     tgi_image: str
     trainer_image: str
+    vllm_image: str = "vllm/vllm-openai:v0.11.0"
     endpoint_override: str | None = None
+    pod_address_override: str | None = None
+    """vLLM pods' addresses for live adapter updates: a template with {pod}, {namespace}, {ip}, {port}."""
     requeue_seconds: float = 30.0
     smoke_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     smoke_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class Check:
+    """What every generate call of a smoke test sends and expects (spec.rollout.smokeTest)."""
+
+    prompt: str
+    max_new_tokens: int
+    expect: str | None
 
 
 @dataclass(frozen=True)
@@ -74,6 +96,9 @@ class SmokeRequest:
     max_new_tokens: int
     expect: str | None
     adapters: tuple[str, ...]
+    engine: str = "tgi"
+    served_model: str = ""
+    """vllm: the base model's served name (the ModelServe's name)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +120,10 @@ class Observed:
     pdb: dict[str, Any] | None = None
     jobs: Mapping[str, dict[str, Any] | None] = field(default_factory=dict)
     smoke: SmokeOutcome | None = None
+    pods: tuple[PodState, ...] = ()
+    """vllm: the ready pods of the current revision and what each has loaded."""
+    adapter_outcomes: tuple[ChangeOutcome, ...] | None = None
+    """vllm: what the adapter changes an earlier decision asked for gave (None: none were made)."""
 
 
 @dataclass
@@ -116,6 +145,10 @@ class Decision:
     """Retry with the queue's backoff (the operator could not do its part)."""
     smoke_request: SmokeRequest | None = None
     """Run this smoke test, then decide again with its outcome."""
+    adapter_changes: list[AdapterChange] = field(default_factory=list)
+    """vllm: load/replace/unload these adapters on these pods, then decide again with the outcomes."""
+    adapter_check: Check | None = None
+    """vllm: the completion each loaded adapter version must answer."""
     phase: str | None = None
     rollout: str | None = None
     """succeeded, rolled-back or failed when a rollout finished in this decision."""
@@ -305,15 +338,21 @@ class _Decider:
             self.cannot_serve(res, dep)
             return
 
-        image = ms.spec.image or self.opts.tgi_image
+        self.res = res
+        image = ms.spec.image or (self.opts.vllm_image if ms.spec.engine == "vllm" else self.opts.tgi_image)
         desired = r.revision(ms, res, image)
         rev = desired.hash or ""
+        current = (self.st.get("revision") or {}).get("hash")
+        lora_modules = None
+        if ms.spec.engine == "vllm" and dep is not None and current == rev:
+            # The revision's pods keep the adapters they started with; later versions load at run time.
+            lora_modules = modelserve_vllm.lora_modules_of(dep["spec"].get("template"))
         template = r.render_pod_template(
-            ms, res, image=image, trainer_image=self.opts.trainer_image, revision_hash_=rev
-        )
+            ms, res, image=image, trainer_image=self.opts.trainer_image, revision_hash_=rev,
+            lora_modules=lora_modules,
+        )  # fmt: skip
         annotations = dict(((dep or {}).get("metadata") or {}).get("annotations") or {})
         failed = annotations.get(r.ANNOTATION_FAILED_REVISION)
-        current = (self.st.get("revision") or {}).get("hash")
         last = dict(self.st.get("lastRollout") or {})
 
         self.template = template
@@ -438,6 +477,8 @@ class _Decider:
                 max_new_tokens=test.max_new_tokens,
                 expect=test.expect,
                 adapters=tuple(a.name for a in ms.spec.adapters),
+                engine=ms.spec.engine,
+                served_model=ms.metadata.name or "",
             )
             words = f"revision {rev} is available; running the smoke test"
             self.set("Ready", False, "SmokeTesting", words)
@@ -470,6 +511,8 @@ class _Decider:
         self.out.rollout = "succeeded"
         self.out.result_to_ready_seconds = self._since_result(last)
         self.event("Normal", reason, message)
+        if ms.spec.engine == "vllm" and ms.spec.adapters:
+            self.live_adapters(ms, degraded=False)
 
     def _since_result(self, last: dict[str, Any]) -> float | None:
         """From the newest referenced result (its job's completionTime), else the rollout's start, to now."""
@@ -561,6 +604,49 @@ class _Decider:
         else:
             # Kubernetes replaces lost pods by itself: in progress, not stuck.
             self.reconciling("NoAvailableReplicas", self.conds["Ready"]["message"])
+        if ms.spec.engine == "vllm" and ms.spec.adapters:
+            self.live_adapters(ms, degraded)
+
+    def live_adapters(self, ms: ModelServe, degraded: bool) -> None:
+        """vLLM: bring every ready pod of the current revision to the adapters wanted now, without
+        touching the pod template (reconcile/vllm_adapters.py has the scheme)."""
+        desired = desired_adapters(self.res)
+        pods = self.observed.pods
+        previous = list(self.st.get("servedAdapters") or [])
+        outcomes = self.observed.adapter_outcomes
+        test = ms.spec.rollout.smoke_test
+        if outcomes is None:
+            todo = plan(desired, pods, failed_digests(previous))
+            if todo.changes:
+                self.out.adapter_changes = todo.changes
+                self.out.adapter_check = Check(test.prompt, test.max_new_tokens, test.expect)
+            if todo.unreachable:
+                words = "cannot ask vLLM what it has loaded: " + "; ".join(todo.unreachable)
+                self.reconciling("AdapterUpdate", words)
+                self.after(self.opts.requeue_seconds)
+        served = served_adapters(desired, pods, previous, outcomes or ())
+        self.st["servedAdapters"] = served
+        for o in outcomes or ():
+            if o.error is None and o.change.kind != "unload":
+                self.event("Normal", "AdapterUpdated", f"adapter {o.change.name} version {o.change.digest} "
+                           f"({o.change.path}) is served on pod {o.change.pod}")  # fmt: skip
+        failures = [e for e in served if e.get("failedDigest")]
+        if failures and not degraded:
+            words = "; ".join(
+                f"adapter {e['name']}: version {e['failedDigest']} failed ({e.get('message')}); still serving "
+                f"{e['uri']} on {e['loadedOnPods']}/{e['desiredPods']} pods"
+                for e in failures
+            )
+            self.set("Degraded", True, "AdapterLoadFailed", words)
+            self.stalled("AdapterLoadFailed", f"{words}; a new result of the adapter's FineTuneJob is tried")
+            self.event_on_change("Warning", "AdapterLoadFailed", words, "Degraded")
+            self.phase = "Degraded"
+            return
+        behind = [e for e in served if e["loadedOnPods"] < e["desiredPods"] and not e.get("failedDigest")]
+        if behind and self.kstatus[0] is None:
+            words = ", ".join(f"{e['name']} on {e['loadedOnPods']}/{e['desiredPods']} pods" for e in behind)
+            self.reconciling("AdapterUpdate", f"loading adapters: {words}")
+            self.after(self.opts.requeue_seconds)
 
     # ---- status -----------------------------------------------------------------------------
 

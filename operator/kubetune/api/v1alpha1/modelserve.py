@@ -324,6 +324,10 @@ class ServedAdapter(KubeModel):
     """Ready pods of the current revision that serve this version under the name."""
     desired_pods: int = 0
     """Ready pods of the current revision (where it should be loaded)."""
+    failed_digest: str | None = None
+    """A version that failed to load or to answer (not tried again until a new result arrives)."""
+    message: str | None = None
+    """Why that version failed."""
 
 
 class ModelServeStatus(KubeModel):
