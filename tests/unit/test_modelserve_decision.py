@@ -23,6 +23,7 @@ from kubetune.reconcile.modelserve_decision import (
     server_message,
 )
 from kubetune.reconcile.smoketest import SmokeTestResult, TargetResult
+from kubetune.reconcile.vllm_adapters import ChangeOutcome, PodState
 from kubetune.render import modelserve as r
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -378,3 +379,181 @@ def test_a_refused_child_is_a_stalled_condition_quoting_the_server_with_one_even
     again = refused(retry, w.obj, "Deployment", "bot", message, T0)
     assert again.events == []
     assert server_message("not json", "403 Forbidden") == "403 Forbidden"
+
+
+# ---- vLLM: live adapters -------------------------------------------------------------------------
+
+
+def adapter_job(config_hash: str, r_: int = 16) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "sup", "namespace": "team", "uid": "sup-uid-0123"},
+        "spec": {
+            "model": {"uri": "hf://org/tiny"},
+            "dataset": {"uri": "hf://org/data"},
+            "method": {"type": "lora", "lora": {"r": r_}},
+            "output": {"uri": "pvc://models/support"},
+        },
+        "status": {
+            "phase": "Succeeded",
+            "result": {
+                "uri": f"pvc://models/support/{config_hash}",
+                "kind": "adapter",
+                "configHash": config_hash,
+            },
+        },
+    }
+
+
+VLLM_SPEC = {
+    "engine": "vllm",
+    "model": {"uri": "hf://org/tiny"},
+    "adapters": [{"name": "support", "fineTuneJobRef": {"name": "sup"}}],
+    "rollout": {"smokeTest": {"prompt": "hello", "expect": "kubetune"}},
+}
+
+
+def pod(name: str, **loaded: str) -> PodState:
+    return PodState(name, f"http://127.0.0.1:8000/pods/{name}", dict(loaded))
+
+
+class VLLMWorld(World):
+    def __init__(self) -> None:
+        super().__init__(modelserve(VLLM_SPEC), None)
+        self.jobs = {"sup": adapter_job("c1")}
+        self.pods: tuple[PodState, ...] = ()
+
+    def decide(self, smoke_outcome=None, outcomes=None) -> Decision:  # type: ignore[override]
+        observed = Observed(
+            self.obj, self.dep, self.svc, self.pdb, self.jobs, smoke_outcome, self.pods, outcomes
+        )
+        d = decide(observed, OPTS, self.now)
+        self.obj = with_status(self.obj, d)
+        for w in d.writes:
+            if w["kind"] == "Deployment":
+                gen = (self.dep or {}).get("metadata", {}).get("generation", 0) + 1
+                self.dep = settled(w, replicas=1, generation=gen)
+            elif w["kind"] == "Service":
+                self.svc = w
+        self.now += dt.timedelta(seconds=10)
+        return d
+
+
+def vllm_ready() -> tuple[VLLMWorld, str, dict[str, Any]]:
+    w = VLLMWorld()
+    d = w.decide()
+    dep = written(d, "Deployment")
+    assert dep is not None
+    rev = d.status["revision"]["hash"]
+    w.pods = (pod("p1", support="/mnt/pvc/models/support/c1"),)
+    d = w.decide()
+    assert (
+        d.smoke_request is not None
+        and d.smoke_request.engine == "vllm"
+        and d.smoke_request.served_model == "bot"
+    )
+    d = w.decide(smoke(rev))
+    assert d.status["phase"] == "Ready" and d.adapter_changes == []
+    return w, rev, dep
+
+
+def test_vllm_deployment_serves_the_first_set_and_status_counts_the_pods():
+    w, rev, dep = vllm_ready()
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["vllm", "serve"] and container["image"] == OPTS.vllm_image
+    args = container["args"]
+    assert args[0] == "org/tiny" and args[args.index("--served-model-name") + 1] == "bot"
+    assert args[args.index("--lora-modules") + 1] == "support=/mnt/pvc/models/support/c1"
+    assert "--enable-lora" in args and args[args.index("--max-lora-rank") + 1] == "16"
+    assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in container["env"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    st = w.obj["status"]
+    assert st["servedAdapters"] == [
+        {"name": "support", "uri": "pvc://models/support/c1", "digest": st["servedAdapters"][0]["digest"],
+         "loadedOnPods": 1, "desiredPods": 1}
+    ]  # fmt: skip
+
+
+def test_vllm_new_result_is_loaded_live_without_touching_the_deployment():
+    w, rev, _ = vllm_ready()
+    w.jobs = {"sup": adapter_job("c2")}
+    d = w.decide()
+    assert d.writes == [] and d.status["revision"]["hash"] == rev  # same pod template, same revision
+    (change,) = d.adapter_changes
+    assert (change.pod, change.kind, change.name, change.path) == (
+        "p1",
+        "replace",
+        "support",
+        "/mnt/pvc/models/support/c2",
+    )
+    assert change.staging == f"support@{change.digest}" and d.adapter_check is not None
+    assert d.adapter_check.expect == "kubetune"
+    # What the status says while the switch has not happened yet: the old version, on 1 pod.
+    assert d.status["servedAdapters"][0]["uri"] == "pvc://models/support/c1"
+    assert d.status["servedAdapters"][0]["loadedOnPods"] == 1
+
+    # The shell switched it: the pod now has c2.
+    w.pods = (pod("p1", support="/mnt/pvc/models/support/c2"),)
+    d = w.decide(outcomes=(ChangeOutcome(change),))
+    served = d.status["servedAdapters"][0]
+    assert served["uri"] == "pvc://models/support/c2" and served["loadedOnPods"] == 1
+    assert served["digest"] == change.digest
+    assert ("Normal", "AdapterUpdated") in [(t, why) for t, why, _ in d.events]
+    assert d.status["phase"] == "Ready" and kstatus(d) == "Current"
+    assert w.decide().adapter_changes == []
+
+
+def test_vllm_failed_load_keeps_the_old_version_and_is_degraded_once():
+    w, _, _ = vllm_ready()
+    w.jobs = {"sup": adapter_job("bad")}
+    (change,) = w.decide().adapter_changes
+    d = w.decide(
+        outcomes=(ChangeOutcome(change, "loading ... on pod p1: InternalServerError (HTTP 500): boom"),)
+    )
+    served = d.status["servedAdapters"][0]
+    assert served["uri"] == "pvc://models/support/c1" and served["loadedOnPods"] == 1
+    assert served["failedDigest"] == change.digest and "boom" in served["message"]
+    assert d.status["phase"] == "Degraded" and cond(d, "Degraded")["reason"] == "AdapterLoadFailed"
+    assert cond(d, "Ready")["status"] == "True" and kstatus(d) == "Failed"
+    assert [why for _, why, _ in d.events] == ["AdapterLoadFailed"]
+    again = w.decide()  # not retried, no second Event, still Degraded
+    assert again.adapter_changes == [] and again.events == [] and again.status["phase"] == "Degraded"
+    # A new result is tried.
+    w.jobs = {"sup": adapter_job("c3")}
+    assert [c.path for c in w.decide().adapter_changes] == ["/mnt/pvc/models/support/c3"]
+
+
+def test_vllm_a_new_pod_gets_the_current_set_and_both_are_counted():
+    w, _, _ = vllm_ready()
+    w.jobs = {"sup": adapter_job("c2")}
+    w.pods = (
+        pod("p1", support="/mnt/pvc/models/support/c2"),
+        pod("p2", support="/mnt/pvc/models/support/c1"),
+    )
+    d = w.decide()
+    assert [(c.pod, c.kind) for c in d.adapter_changes] == [("p2", "replace")]
+    assert (
+        d.status["servedAdapters"][0]["loadedOnPods"] == 1
+        and d.status["servedAdapters"][0]["desiredPods"] == 2
+    )
+    assert kstatus(d) == "InProgress" and cond(d, "Reconciling")["reason"] == "AdapterUpdate"
+    w.pods = (
+        pod("p1", support="/mnt/pvc/models/support/c2"),
+        pod("p2", support="/mnt/pvc/models/support/c2"),
+    )
+    d = w.decide(outcomes=(ChangeOutcome(d.adapter_changes[0]),))
+    assert d.status["servedAdapters"][0]["loadedOnPods"] == 2 and kstatus(d) == "Current"
+
+
+def test_vllm_what_it_cannot_serve_is_unsupported():
+    w = VLLMWorld()
+    w.jobs = {"sup": adapter_job("c1", r_=1024)}
+    d = w.decide()
+    assert cond(d, "Ready")["reason"] == "UnsupportedByEngine" and "above 512" in cond(d, "Ready")["message"]
+    job = adapter_job("c1")
+    job["spec"]["method"] = {"type": "prefix-tuning"}
+    job["status"]["result"]["kind"] = "prefix"
+    w.jobs = {"sup": job}
+    d = w.decide()
+    assert "vLLM cannot load" in cond(d, "Ready")["message"] and kstatus(d) == "Failed"
