@@ -153,7 +153,7 @@ def vllm(tiny_lm, pvcs, vllm_backend):
     model_dir, _ = tiny_lm
     initial = {"support": "/mnt/pvc/models/support/v1"}
     with VLLMServer(
-        model_dir, served_model_name="bot", path_map=pvcs.local, initial_adapters=lambda: dict(initial),
+        model_dir, served_model_name="bot", path_map=pvcs.local, initial_adapters=lambda pod: dict(initial),
         backend=vllm_backend,
     ) as server:  # fmt: skip
         server.initial = initial  # type: ignore[attr-defined]

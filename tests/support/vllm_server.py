@@ -22,7 +22,7 @@ InternalServerError with the loader's message. The two LoRA routes exist only wi
 
 Several pods in one process: each pod is a path prefix ``/pods/NAME`` with its own adapter registry
 (what that vLLM process has loaded); the bare routes are "the Service" and go to the first pod. A pod
-starts with ``initial_adapters()`` (what ``--lora-modules`` of its pod template says) the first time it
+starts with ``initial_adapters(POD)`` (what ``--lora-modules`` of its pod says) the first time it
 is addressed, like a vLLM process that just started. Paths the operator gives (a pod's mount paths,
 e.g. /mnt/pvc/CLAIM/...) are mapped to this machine's folders by ``path_map``.
 
@@ -136,7 +136,7 @@ class VLLMServer:
         *,
         served_model_name: str,
         path_map: Callable[[str], Path] | None = None,
-        initial_adapters: Callable[[], dict[str, str]] | None = None,
+        initial_adapters: Callable[[str], dict[str, str]] | None = None,
         runtime_lora_updating: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -146,7 +146,7 @@ class VLLMServer:
         self.model_path = str(model_dir)
         self.served_model_name = served_model_name
         self.path_map = path_map or Path
-        self.initial_adapters = initial_adapters or dict
+        self.initial_adapters = initial_adapters or (lambda pod: {})
         self.runtime_lora_updating = runtime_lora_updating
         self.mode = "ok"
         self.wrong_output = "this is not the answer you are looking for"
@@ -198,7 +198,7 @@ class VLLMServer:
                 name = min(self.pods) if self.pods else "service"
             if name not in self.pods:
                 pod = Pod(name)
-                for lora_name, lora_path in self.initial_adapters().items():
+                for lora_name, lora_path in self.initial_adapters(name).items():
                     # vLLM loads --lora-modules at start and refuses to start when one fails.
                     self._load(pod, lora_name, lora_path, inplace=False)
                 self.pods[name] = pod
