@@ -173,8 +173,8 @@ class ModelServeReconciler:
             for kind, name, uid in decision.deletes:
                 self.kube.delete(kind, ns, name, uid=uid)
         except ApiException as exc:
-            if exc.status in (0, 404) or exc.status >= 500:
-                raise  # the server or the network failed, not the request: the queue retries
+            if exc.status in (0, 404, 408, 429) or exc.status >= 500:
+                raise  # the server or the network failed (or asks to wait), not the request: the queue retries
             message = server_message(exc.body, f"{exc.status} {exc.reason}")
             log.warning(
                 "%s/%s: the API server refused %s %s: %s", ns, obj["metadata"]["name"], kind, name, message

@@ -40,6 +40,7 @@ from kubetune.api.v1alpha1 import ModelServe, validate_document
 from kubetune.render import modelserve as r
 from kubetune.render import modelserve_vllm
 from kubetune.render.common import applied_hash, with_hash
+from kubetune.settings import DEFAULT_VLLM_IMAGE
 
 from .conditions import load_conditions, set_condition
 from .kube import fmt_time, parse_time
@@ -68,7 +69,7 @@ class ServeOptions:
 
     tgi_image: str
     trainer_image: str
-    vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    vllm_image: str = DEFAULT_VLLM_IMAGE
     endpoint_override: str | None = None
     pod_address_override: str | None = None
     """vLLM pods' addresses for live adapter updates: a template with {pod}, {namespace}, {ip}, {port}."""

@@ -1,4 +1,6 @@
-"""ModelServe -> TGI Deployment, Service and PodDisruptionBudget (pure functions, no client, no kopf).
+"""ModelServe -> TGI or vLLM Deployment, Service and PodDisruptionBudget (pure functions, no client, no kopf).
+
+The vLLM command line is in render/modelserve_vllm.py.
 
 The reconcile layer reads the referenced FineTuneJobs and passes them in; everything here is a
 function of its arguments:
