@@ -16,7 +16,7 @@ RESULT_TO_READY = Histogram(
 )
 SMOKE_TEST_SECONDS = Histogram(
     "kubetune_modelserve_smoke_test_seconds",
-    "Duration of one smoke test (all generate calls against the TGI endpoint), by result (passed, failed).",
+    "Duration of one smoke test (all generate calls against the TGI or vLLM endpoint), by result (passed, failed).",
     ["result"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
 )

@@ -104,8 +104,10 @@ def finetunejob_controller(kube: Kube, settings: Settings) -> WorkQueue:
 def modelserve_controller(kube: Kube, settings: Settings) -> WorkQueue:
     opts = ServeOptions(
         tgi_image=settings.tgi_image,
+        vllm_image=settings.vllm_image,
         trainer_image=settings.trainer_image,
         endpoint_override=settings.serve_endpoint_override,
+        pod_address_override=settings.serve_pod_address_override,
         requeue_seconds=settings.requeue_seconds,
     )
     reconciler = ModelServeReconciler(kube, opts)

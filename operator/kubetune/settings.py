@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/kubetune-trainer:0.1.0"
 DEFAULT_TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.4"
+# Runtime LoRA updates with load_inplace (the switch to a new adapter version) need vLLM >= 0.11.
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
 
 
 class Settings(BaseSettings):
@@ -30,6 +32,8 @@ class Settings(BaseSettings):
     """imagePullPolicy of trainer containers; None leaves the Kubernetes default."""
     tgi_image: str = DEFAULT_TGI_IMAGE
     """Text Generation Inference image when a ModelServe does not name one."""
+    vllm_image: str = DEFAULT_VLLM_IMAGE
+    """vLLM OpenAI-compatible server image when a ModelServe with engine vllm does not name one."""
     metrics_port: int = 8080
     """Port of the Prometheus metrics endpoint (0: off)."""
     health_port: int = 8081
@@ -53,6 +57,9 @@ class Settings(BaseSettings):
     serve_endpoint_override: str | None = None
     """For ModelServe smoke tests from outside the cluster: a URL or a template with {name},
     {namespace} and {port}, e.g. "http://127.0.0.1:{port}"."""
+    serve_pod_address_override: str | None = None
+    """For vLLM live adapter updates from outside the cluster: a template with {pod}, {namespace}, {ip}
+    and {port} for one pod's server, e.g. "http://127.0.0.1:8000/pods/{pod}" (default: http://{ip}:{port})."""
 
     @field_validator("namespaces", mode="before")
     @classmethod

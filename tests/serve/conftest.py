@@ -92,3 +92,69 @@ def hub_online(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+class PVCs:
+    """Folders standing in for PersistentVolumeClaims: a pod path /mnt/pvc/CLAIM/PATH is ROOT/CLAIM/PATH here."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def local(self, pod_path: str) -> Path:
+        from kubetune.api.v1alpha1.trainerconfig import PVC_MOUNT_ROOT
+
+        prefix = PVC_MOUNT_ROOT.rstrip("/") + "/"
+        if not pod_path.startswith(prefix):
+            return Path(pod_path)
+        return self.root / pod_path[len(prefix) :]
+
+    def put(self, claim_path: str, source: Path) -> str:
+        """Copy SOURCE to CLAIM/PATH; returns its pvc:// URI."""
+        import shutil
+
+        dest = self.root / claim_path
+        shutil.copytree(source, dest, dirs_exist_ok=True)
+        return f"pvc://{claim_path}"
+
+    def put_broken(self, claim_path: str, source: Path) -> str:
+        """An adapter folder whose config is fine but whose weights are not (a truncated upload)."""
+        uri = self.put(claim_path, source)
+        for weights in (self.root / claim_path).glob("adapter_model.*"):
+            weights.write_bytes(b"not a safetensors file")
+        return uri
+
+
+@pytest.fixture(scope="session")
+def pvcs(tmp_path_factory, tiny_lm) -> PVCs:
+    """Claim "models": support/v1 (the trained adapter), support/v2 (a new version of it), broken/v1."""
+    _, adapter_dir = tiny_lm
+    store = PVCs(tmp_path_factory.mktemp("pvcs"))
+    store.put("models/support/v1", adapter_dir)
+    store.put("models/support/v2", adapter_dir)
+    store.put("models/support-b/v1", adapter_dir)
+    store.put_broken("models/support/broken", adapter_dir)
+    return store
+
+
+@pytest.fixture(scope="session")
+def vllm_backend(tiny_lm):
+    from tests.support.vllm_server import Backend
+
+    model_dir, _ = tiny_lm
+    return Backend(model_dir)
+
+
+@pytest.fixture
+def vllm(tiny_lm, pvcs, vllm_backend):
+    """A fresh vLLM-protocol server (no pod has loaded anything yet) serving the tiny model as "bot"; each
+    pod starts with the adapter support=pvc://models/support/v1 (its --lora-modules)."""
+    from tests.support.vllm_server import VLLMServer
+
+    model_dir, _ = tiny_lm
+    initial = {"support": "/mnt/pvc/models/support/v1"}
+    with VLLMServer(
+        model_dir, served_model_name="bot", path_map=pvcs.local, initial_adapters=lambda pod: dict(initial),
+        backend=vllm_backend,
+    ) as server:  # fmt: skip
+        server.initial = initial  # type: ignore[attr-defined]
+        yield server

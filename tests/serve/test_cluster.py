@@ -293,3 +293,121 @@ def test_what_tgi_cannot_serve_is_unsupported_by_engine(world, method, task, kin
     assert needle in world.cond("odd", "Ready")["message"]
     assert world.apps.list_namespaced_deployment(world.ns).items == []
     assert any(r == "UnsupportedByEngine" for _, r, _ in world.events("odd"))
+
+
+LONG_63 = "m" * 63
+# 253 characters: four DNS labels of 63 and one of 1, joined by dots (the longest legal name).
+LONG_253 = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+
+
+@pytest.mark.parametrize("name", ["llama.v2.serve", LONG_63, LONG_253], ids=["dotted", "63", "253"])
+def test_any_legal_name_gets_valid_children(world, tgi, name):
+    from kubetune.render import modelserve as r
+
+    assert len(LONG_253) == 253
+    world.serve(name, {"model": {"uri": "hf://org/tiny"}, "rollout": {"smokeTest": {"maxNewTokens": 2}}})
+    st = world.wait(name, ready(), f"{name[:20]}... Ready", 90)
+    service = r.service_name_of(name)
+    assert len(service) <= 63 and service[0].isalpha() and "." not in service
+    assert world.core.read_namespaced_service(service, world.ns).spec.selector
+    dep = world.deployment(r.deployment_name_of(name))
+    labels = dep.spec.template.metadata.labels
+    assert all(len(v) <= 63 for v in labels.values())
+    assert st["endpoint"] == f"http://{service}.{world.ns}.svc:80"
+    # Stable: the names depend on the ModelServe's name only.
+    assert r.service_name_of(name) == service and r.deployment_name_of(name) == dep.metadata.name
+    assert world.cond(name, "Stalled")["status"] == "False"
+
+
+def test_a_child_refused_by_an_admission_policy_is_a_condition_quoting_it(world, tgi, kube):
+    from kubernetes import client
+
+    admission = client.AdmissionregistrationV1Api(kube.api)
+    policy_name = f"kubetune-test-one-replica-{world.ns}"
+    admission.create_validating_admission_policy(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": policy_name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": ["apps"],
+                            "apiVersions": ["v1"],
+                            "operations": ["CREATE", "UPDATE"],
+                            "resources": ["deployments"],
+                        }
+                    ]
+                },  # fmt: skip
+                "validations": [
+                    {
+                        "expression": "object.spec.replicas <= 1",
+                        "message": "model servers may run one replica in this namespace; ask the platform team",
+                    }
+                ],
+            },
+        }
+    )
+    admission.create_validating_admission_policy_binding(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": policy_name},
+            "spec": {
+                "policyName": policy_name,
+                "validationActions": ["Deny"],
+                "matchResources": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": world.ns}}
+                },
+            },
+        }
+    )
+    try:
+        # The API server compiles a new policy within a second or so: wait until it denies.
+        probe = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "probe"},
+                 "spec": {"replicas": 2, "selector": {"matchLabels": {"a": "b"}},
+                          "template": {"metadata": {"labels": {"a": "b"}},
+                                       "spec": {"containers": [{"name": "c", "image": "x"}]}}}}  # fmt: skip
+
+        def denied() -> bool:
+            try:
+                world.apps.create_namespaced_deployment(world.ns, probe, dry_run="All")
+            except client.ApiException:
+                return True
+            return False
+
+        wait_for(denied, 30, 0.3, "the admission policy to deny")
+        world.serve("big", {"model": {"uri": "hf://org/tiny"}, "replicas": 2,
+                            "rollout": {"smokeTest": {"maxNewTokens": 2}}})  # fmt: skip
+        st = world.wait(
+            "big",
+            lambda s: any(
+                c["type"] == "Stalled" and c["reason"] == "ChildRefused" for c in s.get("conditions") or []
+            ),
+            "ChildRefused",
+        )
+        stalled = world.cond("big", "Stalled")
+        assert stalled["status"] == "True"
+        assert "the API server refused Deployment big" in stalled["message"]
+        assert (
+            "model servers may run one replica in this namespace; ask the platform team" in stalled["message"]
+        )
+        assert "ValidatingAdmissionPolicy" in stalled["message"]
+        assert st["phase"] == "Failed" and world.cond("big", "Ready")["status"] == "False"
+        assert stalled["observedGeneration"] == st["observedGeneration"] == 1
+        # One Event, not one per retry.
+        time.sleep(4)
+        refusals = [m for _, why, m in world.events("big") if why == "ChildRefused"]
+        assert len(refusals) == 1 and "ask the platform team" in refusals[0]
+
+        # What the message says to change, changed: the ModelServe gets its Deployment and is Ready.
+        world.co.patch_namespaced_custom_object(
+            GROUP, VERSION, world.ns, "modelserves", "big", {"spec": {"replicas": 1}}
+        )
+        st = world.wait("big", ready(), "Ready after the fix", 90)
+        assert world.cond("big", "Stalled")["status"] == "False" and st["observedGeneration"] == 2
+    finally:
+        admission.delete_validating_admission_policy_binding(policy_name)
+        admission.delete_validating_admission_policy(policy_name)

@@ -312,6 +312,49 @@ def test_revision_follows_results_settings_and_image_only():
             "TGI serves only text generation",
         ),
         (
+            {"model": {"fineTuneJobRef": {"name": "mlm"}}},
+            {
+                "mlm": job(
+                    "mlm",
+                    task="masked-lm",
+                    result={"uri": "pvc://m/mlm", "kind": "adapter", "mergedUri": "pvc://m/mlm/merged"},
+                )
+            },
+            "trains a masked-lm model (fill-mask, not text generation)",
+        ),
+        (
+            {
+                "model": {"uri": "hf://org/base"},
+                "adapters": [{"name": "m", "fineTuneJobRef": {"name": "mlm"}}],
+            },
+            {"mlm": job("mlm", task="masked-lm", result={"uri": "pvc://m/mlm", "kind": "adapter"})},
+            "use its result as the base of a sequence- or token-classification FineTuneJob",
+        ),
+        (
+            {"model": {"fineTuneJobRef": {"name": "qa"}}},
+            {
+                "qa": job(
+                    "qa",
+                    method="full",
+                    task="question-answering",
+                    result={"uri": "pvc://m/qa", "kind": "question-answering"},
+                )
+            },
+            "extractive question-answering model",
+        ),
+        (
+            {"model": {"fineTuneJobRef": {"name": "rm"}}},
+            {
+                "rm": job(
+                    "rm",
+                    method="full",
+                    task="causal-lm",
+                    result={"uri": "pvc://m/rm", "kind": "reward-model"},
+                )
+            },
+            "produced a reward-model model",
+        ),
+        (
             {"model": {"fineTuneJobRef": {"name": "pre"}}},
             {"pre": job("pre", method="prefix-tuning", result={"uri": "pvc://m/pre", "kind": "prefix"})},
             "train with method lora",
@@ -356,6 +399,10 @@ def test_revision_follows_results_settings_and_image_only():
     ],
     ids=[
         "classifier",
+        "masked-lm-merged",
+        "masked-lm-adapter",
+        "question-answering",
+        "reward-model",
         "prefix-model",
         "prompt-adapter",
         "unmerged-adapter-as-model",
@@ -429,3 +476,92 @@ def test_template_revision_roundtrip():
     dep = r.render_deployment(ms, UID, tpl, annotations={r.ANNOTATION_FAILED_REVISION: "bad"})
     assert dep["metadata"]["annotations"] == {r.ANNOTATION_FAILED_REVISION: "bad"}
     assert r.template_revision(dep["spec"]["template"]) == rev
+
+
+VLLM = "vllm/vllm-openai:v0.11.0"
+
+
+def test_vllm_pod_from_spec_vllm():
+    ms = serve(
+        {
+            "engine": "vllm",
+            "model": {"uri": "hf://org/base", "secretRef": {"name": "hf"}},
+            "adapters": [{"name": "a", "fineTuneJobRef": {"name": "ja"}}, {"name": "b", "uri": "s3://bkt/b"}],
+            "resources": {"gpus": 4, "sharedMemory": "4Gi"},
+            "vllm": {"dtype": "bfloat16", "maxModelLen": 4096, "gpuMemoryUtilization": 0.85, "quantization": "awq",
+                     "enforceEager": True, "maxLoras": 2, "maxCpuLoras": 8, "extraArgs": ["--seed", "1"]},
+        }
+    )  # fmt: skip
+    jobs = {"ja": job("ja", result={"uri": "pvc://models/ja/c1", "kind": "adapter", "configHash": "c1"})}
+    jobs["ja"]["spec"]["method"]["lora"] = {"r": 32}
+    res = r.resolve_sources(ms, jobs)
+    assert res.ok, res.message
+    rev = r.revision_hash(ms, res, VLLM)
+    tpl = r.render_pod_template(ms, res, image=VLLM, trainer_image=TRAINER, revision_hash_=rev)
+    (c,) = tpl["spec"]["containers"]
+    assert c["name"] == "vllm" and c["command"] == ["vllm", "serve"] and c["image"] == VLLM
+    args = c["args"]
+
+    def flag(name: str) -> str:
+        return args[args.index(name) + 1]
+
+    assert args[0] == "org/base" and flag("--served-model-name") == "bot" and flag("--port") == "8000"
+    assert flag("--tensor-parallel-size") == "4"  # defaults to the pod's GPUs
+    assert (
+        flag("--dtype"),
+        flag("--max-model-len"),
+        flag("--gpu-memory-utilization"),
+        flag("--quantization"),
+    ) == ("bfloat16", "4096", "0.85", "awq")
+    assert "--enforce-eager" in args and "--enable-lora" in args
+    assert flag("--max-lora-rank") == "64"  # a (r=32) and b (by URI: 64 assumed) -> 64
+    assert (flag("--max-loras"), flag("--max-cpu-loras")) == ("2", "8") and args[-2:] == ["--seed", "1"]
+    lora = args[args.index("--lora-modules") + 1 : args.index("--lora-modules") + 3]
+    assert lora == ["a=/mnt/pvc/models/ja/c1", "b=/mnt/kubetune/models/adapter-b"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]["value"] == "True"
+    assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN"}}
+    assert (
+        c["startupProbe"]["httpGet"]["path"] == "/health"
+        and c["readinessProbe"]["httpGet"]["path"] == "/health"
+    )
+    assert c["ports"][0]["containerPort"] == 8000
+    assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "4Gi"}} in tpl["spec"]["volumes"]
+    assert [i["command"][:2] for i in tpl["spec"]["initContainers"]] == [
+        ["kubetune-trainer", "fetch"]
+    ]  # b from S3
+    # A new result of a pvc:// adapter on the same claim is not a new revision (it loads live) ...
+    jobs2 = {"ja": job("ja", result={"uri": "pvc://models/ja/c2", "kind": "adapter", "configHash": "c2"})}
+    jobs2["ja"]["spec"]["method"]["lora"] = {"r": 32}
+    assert r.revision_hash(ms, r.resolve_sources(ms, jobs2), VLLM) == rev
+    # ... a higher rank than the pods started with is.
+    jobs2["ja"]["spec"]["method"]["lora"] = {"r": 128}
+    assert r.revision_hash(ms, r.resolve_sources(ms, jobs2), VLLM) != rev
+    # The first set stays in the template when the decision passes the live one.
+    again = r.render_pod_template(ms, r.resolve_sources(ms, jobs2), image=VLLM, trainer_image=TRAINER,
+                                  revision_hash_=rev, lora_modules=lora)  # fmt: skip
+    assert (
+        again["spec"]["containers"][0]["args"][args.index("--lora-modules") + 1] == "a=/mnt/pvc/models/ja/c1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "task", "kind", "needle"),
+    [
+        ("full", "sequence-classification", "full", "vLLM serves only text generation"),
+        ("ia3", "causal-lm", "adapter", "vLLM loads only LoRA adapters"),
+    ],
+)
+def test_vllm_unsupported_by_engine(method, task, kind, needle):
+    spec = {"engine": "vllm", "model": {"fineTuneJobRef": {"name": "j"}}}
+    if method == "ia3":
+        spec = {
+            "engine": "vllm",
+            "model": {"uri": "hf://org/base"},
+            "adapters": [{"name": "x", "fineTuneJobRef": {"name": "j"}}],
+        }
+    jobs = {
+        "j": job("j", method=method, task=task, result={"uri": "pvc://m/j", "kind": kind, "configHash": "h"})
+    }
+    res = r.resolve_sources(serve(spec), jobs)
+    assert res.reason == "UnsupportedByEngine" and needle in res.message, res.message

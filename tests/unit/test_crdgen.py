@@ -146,7 +146,7 @@ def test_cel_rules_sit_where_the_models_put_them():
     assert ftj_rules == FINETUNEJOB_SPEC_CEL
     serve = schema("ModelServe")["properties"]["spec"]
     assert {r["fieldPath"] for r in serve["x-kubernetes-validations"]} == {
-        ".engine",
+        ".vllm.tensorParallelSize",
         ".tgi.numShard",
         ".adapters",
     }

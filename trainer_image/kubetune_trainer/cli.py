@@ -4,6 +4,8 @@
 - ``kubetune-trainer train --local``: the same for a config written by ``kubetune train --local
   --processes N`` (file:// URIs allowed).
 - ``kubetune-trainer launch``: start one process per GPU (accelerate/torchrun) that each run ``train``.
+- ``kubetune-trainer fetch URI DEST``: copy an s3:// model or adapter into DEST (the init container of
+  a ModelServe's serving pods), with the same download the training uses.
 """
 
 from __future__ import annotations
@@ -36,6 +38,21 @@ def train_main(config_path: str | None = None, local: bool = False) -> int:
     return 0
 
 
+def fetch_main(uri: str, dest: str) -> int:
+    from pathlib import Path
+
+    from .errors import TrainerError
+    from .sources import download_s3
+
+    try:
+        path = download_s3(uri, Path(dest))
+    except (TrainerError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"fetched {uri} to {path}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="kubetune-trainer", description=__doc__.splitlines()[0])
@@ -49,12 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the config is a local run's (kubetune train --local --processes N)",
     )
+    fetch = sub.add_parser("fetch", help="copy an s3:// prefix into a folder (serving pods' init container)")
+    fetch.add_argument("uri", help="s3://BUCKET/PREFIX")
+    fetch.add_argument("dest", help="local folder")
     sub.add_parser("launch", help="start the training processes for this pod's GPUs", add_help=False)
     if argv and argv[0] == "launch":
         from . import launch
 
         return launch.main(argv[1:])
     args = parser.parse_args(argv)
+    if args.command == "fetch":
+        return fetch_main(args.uri, args.dest)
     return train_main(args.config, local=args.local)
 
 

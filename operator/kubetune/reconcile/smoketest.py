@@ -46,7 +46,7 @@ class TargetResult:
     def describe(self) -> str:
         if self.error:
             return f"{self.target}: {self.error}"
-        return f"{self.target}: generated {_show(self.output)}"
+        return f"{self.target}: generated {show(self.output)}"
 
 
 @dataclass
@@ -73,7 +73,7 @@ class SmokeTestResult:
         return f"smoke test against {self.endpoint} passed: " + "; ".join(r.describe() for r in self.results)
 
 
-def _show(text: str | None) -> str:
+def show(text: str | None) -> str:
     text = text or ""
     if len(text) > MAX_SHOWN_OUTPUT:
         text = text[:MAX_SHOWN_OUTPUT] + "..."
@@ -140,7 +140,7 @@ def generate_once(
                 target,
                 False,
                 output=text,
-                error=f"output {_show(text)} does not match expect {expect!r}",
+                error=f"output {show(text)} does not match expect {expect!r}",
                 seconds=seconds,
                 generated_tokens=tokens,
             )

@@ -1,4 +1,6 @@
-"""ModelServe -> TGI Deployment, Service and PodDisruptionBudget (pure functions, no client, no kopf).
+"""ModelServe -> TGI or vLLM Deployment, Service and PodDisruptionBudget (pure functions, no client, no kopf).
+
+The vLLM command line is in render/modelserve_vllm.py.
 
 The reconcile layer reads the referenced FineTuneJobs and passes them in; everything here is a
 function of its arguments:
@@ -15,11 +17,10 @@ into an emptyDir under ``/mnt/kubetune/models``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from pydantic import ValidationError
 from kubetune.api.v1alpha1 import (
     API_VERSION,
     CLASSIFICATION_TASKS,
+    ENCODER_TASKS,
     FineTuneJob,
     FineTuneJobStatus,
     ModelServe,
@@ -37,14 +39,17 @@ from kubetune.api.v1alpha1 import (
     pvc_local_path,
 )
 from kubetune.api.v1alpha1.trainerconfig import PVC_MOUNT_ROOT
+from kubetune.render import modelserve_vllm as vllm
 from kubetune.render.common import (
     COMPONENT,
     MANAGED_BY,
     MANAGER,
+    MAX_NAME,
     MODELSERVE_LABEL,
     child_metadata,
     child_name,
     propagated_labels,
+    short_hash,
 )
 
 # ---- names, labels, annotations -------------------------------------------------------------
@@ -66,27 +71,52 @@ PROBE_PERIOD_SECONDS = 10
 
 REASON_UNSUPPORTED = "UnsupportedByEngine"
 REASON_WAITING = "WaitingForResult"
+ENGINE_NAMES = {"tgi": "TGI", "vllm": "vLLM"}
+# Results that are not text generators (reward models score, masked LMs fill in, QA models extract).
+UNSERVABLE_MODEL_KINDS = ("reward-model", "masked-lm", "question-answering")
+DNS_1035 = r"[a-z]([-a-z0-9]*[a-z0-9])?"
 
 
-def _short_hash(text: str, length: int = 8) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
+def _fit(name: str) -> str:
+    """NAME when it fits a label value and a child name (63), else a stable shortened form with a hash."""
+    if len(name) <= MAX_NAME:
+        return name
+    digest = short_hash(name, 8)
+    return f"{name[: MAX_NAME - len(digest) - 1].rstrip('-.')}-{digest}"
+
+
+def deployment_name_of(name: str) -> str:
+    """The Deployment (and label value) of the ModelServe NAME: a DNS subdomain of at most 63 characters."""
+    return _fit(name)
+
+
+def pdb_name_of(name: str) -> str:
+    return _fit(name)
+
+
+def service_name_of(name: str) -> str:
+    """A DNS-1035 label (Services: lowercase letters, digits and '-', starting with a letter, <= 63): the
+    ModelServe's name when it is one, else a cleaned name plus a hash of the real one (so ``a.b`` and
+    ``a-b`` never share a Service) -- stable, since it depends on the name only."""
+    if len(name) <= MAX_NAME and re.fullmatch(DNS_1035, name):
+        return name
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    if not cleaned[:1].isalpha():
+        cleaned = f"s-{cleaned}".rstrip("-")
+    digest = short_hash(name, 8)
+    return f"{cleaned[: MAX_NAME - len(digest) - 1].rstrip('-')}-{digest}"
 
 
 def deployment_name(ms: ModelServe) -> str:
-    return child_name(ms.metadata.name or "", "")
+    return deployment_name_of(ms.metadata.name or "")
 
 
 def pdb_name(ms: ModelServe) -> str:
-    return child_name(ms.metadata.name or "", "")
+    return pdb_name_of(ms.metadata.name or "")
 
 
 def service_name(ms: ModelServe) -> str:
-    """A DNS-1035 label (Service names must start with a letter): the ModelServe's name when it is one."""
-    name = child_name(ms.metadata.name or "", "")
-    if re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name):
-        return name
-    cleaned = re.sub(r"[^a-z0-9-]", "-", name).strip("-")
-    return child_name("s-" + cleaned, "") if not cleaned[:1].isalpha() else child_name(cleaned, "")
+    return service_name_of(ms.metadata.name or "")
 
 
 def selector_labels(ms: ModelServe) -> dict[str, str]:
@@ -96,7 +126,7 @@ def selector_labels(ms: ModelServe) -> dict[str, str]:
 def common_labels(ms: ModelServe) -> dict[str, str]:
     return {
         **propagated_labels(ms.metadata.labels),
-        "app.kubernetes.io/name": "tgi",
+        "app.kubernetes.io/name": ms.spec.engine,
         "app.kubernetes.io/instance": deployment_name(ms),
         COMPONENT: "model-server",
         MANAGED_BY: MANAGER,
@@ -141,6 +171,8 @@ class ResolvedSource:
     """Secret with S3 credentials (a job's output.secretRef) for the download init container."""
     hf_token: tuple[str, str] | None = None
     """(Secret, key) with a Hub token for a private hf:// source."""
+    rank: int | None = None
+    """An adapter's LoRA rank (its FineTuneJob's method.lora.r; None when given by URI)."""
 
 
 @dataclass
@@ -231,8 +263,7 @@ def resolve_sources(ms: ModelServe, jobs: Mapping[str, FineTuneJob | Mapping[str
     """
     res = Resolution()
     spec = ms.spec
-    if spec.engine != "tgi":
-        res.unsupported.append(f"engine {spec.engine} is reserved for a later version; set engine: tgi")
+    engine = ENGINE_NAMES[spec.engine]
 
     # The model.
     if spec.model.uri:
@@ -248,15 +279,25 @@ def resolve_sources(ms: ModelServe, jobs: Mapping[str, FineTuneJob | Mapping[str
             phase = job.status.phase if job.status else None
             if task in CLASSIFICATION_TASKS:
                 res.unsupported.append(
-                    f"{where}: FineTuneJob {ref!r} trains a {task} model and TGI serves only text generation; "
-                    "serve a causal-lm or seq2seq FineTuneJob, or run the classifier with your own Deployment"
+                    f"{where}: FineTuneJob {ref!r} trains a {task} model and {engine} serves only text "
+                    "generation here; serve a causal-lm or seq2seq FineTuneJob, or run the classifier with your "
+                    "own Deployment"
+                )
+            elif task in ENCODER_TASKS:
+                res.unsupported.append(
+                    _encoder_message(where, ref, task, engine, result.uri if result else None)
                 )
             elif result is None or not result.uri:
                 res.waiting.append(_waiting_message(where, ref, phase))
+            elif result.kind in UNSERVABLE_MODEL_KINDS:
+                res.unsupported.append(
+                    f"{where}: FineTuneJob {ref!r} produced a {result.kind} model, which is not a text "
+                    f"generator {engine} can serve; serve a causal-lm result (SFT, DPO, KTO, GRPO, RLOO)"
+                )
             elif result.kind in ("prefix", "prompt"):
                 res.unsupported.append(
-                    f"{where}: FineTuneJob {ref!r} produced a {result.kind}-tuning result, which TGI cannot "
-                    "load; train with method lora (served under adapters) or full (served as model)"
+                    f"{where}: FineTuneJob {ref!r} produced a {result.kind}-tuning result, which {engine} "
+                    "cannot load; train with method lora (served under adapters) or full (served as model)"
                 )
             elif result.merged_uri:
                 res.model = ResolvedSource(
@@ -293,17 +334,21 @@ def resolve_sources(ms: ModelServe, jobs: Mapping[str, FineTuneJob | Mapping[str
         method = job.spec.method.type
         if job.spec.model.task in CLASSIFICATION_TASKS:
             res.unsupported.append(
-                f"{where}: FineTuneJob {ref!r} trains a {job.spec.model.task} model; TGI serves adapters "
-                "of text-generation models only"
+                f"{where}: FineTuneJob {ref!r} trains a {job.spec.model.task} model; {engine} serves "
+                "adapters of text-generation models only"
+            )
+        elif job.spec.model.task in ENCODER_TASKS:
+            res.unsupported.append(
+                _encoder_message(where, ref, job.spec.model.task, engine, result.uri if result else None)
             )
         elif method in ("prefix-tuning", "prompt-tuning") or (result and result.kind in ("prefix", "prompt")):
             res.unsupported.append(
-                f"{where}: FineTuneJob {ref!r} uses {method}, which TGI cannot load as an adapter; "
+                f"{where}: FineTuneJob {ref!r} uses {method}, which {engine} cannot load as an adapter; "
                 "train with method lora or qlora"
             )
         elif method == "ia3":
             res.unsupported.append(
-                f"{where}: FineTuneJob {ref!r} trains an IA3 adapter and TGI loads only LoRA adapters; "
+                f"{where}: FineTuneJob {ref!r} trains an IA3 adapter and {engine} loads only LoRA adapters; "
                 "train with method lora or qlora, or set output.mergeAdapter: true and serve the merged "
                 "model under model.fineTuneJobRef"
             )
@@ -314,10 +359,20 @@ def resolve_sources(ms: ModelServe, jobs: Mapping[str, FineTuneJob | Mapping[str
             )
         elif result is None or not result.uri:
             res.waiting.append(_waiting_message(where, ref, phase))
+        elif result.kind in UNSERVABLE_MODEL_KINDS:
+            res.unsupported.append(
+                f"{where}: FineTuneJob {ref!r} produced a {result.kind} model, not a LoRA adapter {engine} "
+                "can serve; serve a causal-lm LoRA result"
+            )
         else:
+            lora = job.spec.method.lora
             res.adapters.append(
                 ResolvedSource(
-                    adapter.name, result.uri, _source_id(ref, job, _job_uid(raw)), _s3_secret(job, result.uri)
+                    adapter.name,
+                    result.uri,
+                    _source_id(ref, job, _job_uid(raw)),
+                    _s3_secret(job, result.uri),
+                    rank=lora.r if lora is not None else None,
                 )
             )
         # An adapter trained on another Hub model than the one served does not load.
@@ -331,7 +386,27 @@ def resolve_sources(ms: ModelServe, jobs: Mapping[str, FineTuneJob | Mapping[str
                 f"{where}: FineTuneJob {ref!r} trained its adapter on {job.spec.model.uri} but model.uri is "
                 f"{served}; serve model.uri: {job.spec.model.uri}"
             )
+    if spec.engine == "vllm":
+        problem = vllm.rank_problem(ms, [(a.name, a.rank) for a in res.adapters])
+        if problem:
+            res.unsupported.append(problem)
     return res
+
+
+def _encoder_message(where: str, ref: str, task: str, engine: str, result_uri: str | None) -> str:
+    """Why a masked-lm or extractive question-answering job's result cannot be served for text generation."""
+    if task == "masked-lm":
+        base = f" (model.uri: {result_uri})" if result_uri else ""
+        return (
+            f"{where}: FineTuneJob {ref!r} trains a masked-lm model (fill-mask, not text generation), which "
+            f"{engine} cannot serve; use its result as the base of a sequence- or token-classification "
+            f"FineTuneJob{base}, or serve it with your own Deployment (a transformers fill-mask pipeline)"
+        )
+    return (
+        f"{where}: FineTuneJob {ref!r} trains an extractive question-answering model (it returns answer spans, "
+        f"not generated text), which {engine} cannot serve; run it with your own Deployment (a transformers "
+        "question-answering pipeline)"
+    )
 
 
 def _waiting_message(where: str, ref: str, phase: str | None) -> str:
@@ -357,6 +432,16 @@ def _s3_secret(job: FineTuneJob, uri: str) -> str | None:
     return None
 
 
+def adapter_path_in_pod(src: ResolvedSource) -> str:
+    """Where a serving pod finds adapter SRC: a mounted claim's path, a Hub id, or the init container's copy."""
+    parsed = parse_uri(src.uri, ("hf", "pvc", "s3"))
+    if parsed.scheme == "hf":
+        return parsed.hf_repo_id
+    if parsed.scheme == "pvc":
+        return pvc_local_path(src.uri)
+    return f"{MODELS_DIR}/adapter-{src.name}"
+
+
 # ---- revision --------------------------------------------------------------------------------
 
 
@@ -365,8 +450,25 @@ def _tgi_settings(ms: ModelServe) -> dict[str, Any]:
 
 
 def revision_hash(ms: ModelServe, resolution: Resolution, image: str) -> str:
-    """A short stable hash over what the pods serve: model, adapters, their sources, TGI settings, image."""
-    canonical = json.dumps(
+    """A short stable hash over what the pods serve: model, adapters, their sources, settings, image.
+
+    vLLM loads adapters on running pods, so there only what the pod itself needs counts: the claims
+    its adapters live on (mounts), adapters copied from S3 at start, whether LoRA is on and its rank.
+    """
+    if ms.spec.engine == "vllm":
+        model_source = resolution.model.source if resolution.model else None
+        return short_hash(
+            {
+                "model": resolution.model.uri if resolution.model else None,
+                "sources": [model_source] if model_source else [],
+                "adapters": vllm_pod_needs(ms, resolution),
+                "vllm": ms.spec.vllm.to_dict(),
+                "gpus": ms.spec.resources.gpus,
+                "image": image,
+            },
+            16,
+        )
+    return short_hash(
         {
             "model": resolution.model.uri if resolution.model else None,
             "adapters": [f"{a.name}={a.uri}" for a in resolution.adapters],
@@ -374,10 +476,19 @@ def revision_hash(ms: ModelServe, resolution: Resolution, image: str) -> str:
             "tgi": _tgi_settings(ms),
             "image": image,
         },
-        sort_keys=True,
-        separators=(",", ":"),
+        16,
     )
-    return _short_hash(canonical, 16)
+
+
+def vllm_pod_needs(ms: ModelServe, resolution: Resolution) -> dict[str, Any]:
+    """What a vLLM pod must have at start for its adapters (a change here is a rollout, not a live load)."""
+    claims = sorted({parse_uri(a.uri).claim for a in resolution.adapters if a.uri.startswith("pvc://")})
+    return {
+        "lora": bool(ms.spec.adapters),
+        "rank": vllm.max_lora_rank(ms, [a.rank for a in resolution.adapters]),
+        "claims": claims,
+        "downloaded": [f"{a.name}={a.uri}" for a in resolution.adapters if a.uri.startswith("s3://")],
+    }
 
 
 def revision(ms: ModelServe, resolution: Resolution, image: str) -> Revision:
@@ -421,18 +532,6 @@ class _Volumes:
         return dest
 
 
-# Copies an s3:// prefix into a directory with fsspec/s3fs (both in the kubetune trainer image);
-# credentials and the endpoint come from the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...).
-S3_FETCH_SCRIPT = """\
-import os, sys, fsspec
-src, dest = sys.argv[1].rstrip('/'), sys.argv[2]
-fs = fsspec.filesystem('s3', endpoint_url=os.environ.get('AWS_ENDPOINT_URL') or None)
-os.makedirs(dest, exist_ok=True)
-fs.get(src + '/', dest + '/', recursive=True)
-print('fetched', src, 'to', dest, flush=True)
-"""
-
-
 def _tgi_args(ms: ModelServe) -> list[str]:
     tgi = ms.spec.tgi
     args = ["--json-output"]
@@ -466,14 +565,27 @@ def render_pod_template(
     image: str,
     trainer_image: str,
     revision_hash_: str,
+    lora_modules: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The TGI pod template of one revision (RESOLUTION must be ok)."""
+    """The TGI or vLLM pod template of one revision (RESOLUTION must be ok).
+
+    LORA_MODULES (vLLM): the ``--lora-modules`` the revision's pods start with; None means the adapters
+    of RESOLUTION (a new revision). The decision passes the live Deployment's own while the revision
+    stays, so later adapter versions, loaded at run time, never change the pod template.
+    """
     if resolution.model is None:
         raise ValueError(f"nothing to serve: {resolution.message or 'no model resolved'}")
     spec = ms.spec
     vols = _Volumes()
     model_id = vols.local_path(resolution.model, "model")
     adapters = [f"{a.name}={vols.local_path(a, f'adapter-{a.name}')}" for a in resolution.adapters]
+    # Hub token: the model's, else the first adapter's (both engines take one).
+    token = next((src.hf_token for src in (resolution.model, *resolution.adapters) if src.hf_token), None)
+    token_env = (
+        [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token[0], "key": token[1]}}}]
+        if token
+        else []
+    )
 
     env: list[dict[str, Any]] = [
         {"name": "MODEL_ID", "value": model_id},
@@ -483,10 +595,7 @@ def render_pod_template(
     ]
     if adapters:
         env.append({"name": "LORA_ADAPTERS", "value": ",".join(adapters)})
-    # TGI takes one Hub token: the model's, else the first adapter's.
-    token = next((src.hf_token for src in (resolution.model, *resolution.adapters) if src.hf_token), None)
-    if token:
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token[0], "key": token[1]}}})
+    env += token_env
 
     resources: dict[str, dict[str, Any]] = {"requests": {}, "limits": {}}
     res = spec.resources
@@ -520,7 +629,8 @@ def render_pod_template(
             init: dict[str, Any] = {
                 "name": f"fetch-{index}",
                 "image": trainer_image,
-                "command": ["python", "-c", S3_FETCH_SCRIPT, uri, dest],
+                # The trainer's own S3 download (kubetune_trainer.sources.download_s3), tested there.
+                "command": ["kubetune-trainer", "fetch", uri, dest],
                 "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
             }
             if secret:
@@ -533,6 +643,19 @@ def render_pod_template(
         "args": _tgi_args(ms),
         "env": env,
         "ports": [{"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+    }
+    if spec.engine == "vllm":
+        modules = adapters if lora_modules is None else list(lora_modules)
+        ranks = [a.rank for a in resolution.adapters]
+        container = {
+            "name": vllm.CONTAINER_NAME,
+            "image": image,
+            "command": ["vllm", "serve"],
+            "args": vllm.args(ms, model_id, modules, ranks),
+            "env": vllm.env() + token_env,
+            "ports": [{"name": PORT_NAME, "containerPort": vllm.CONTAINER_PORT, "protocol": "TCP"}],
+        }
+    container |= {
         "volumeMounts": mounts,
         "startupProbe": _probe("/health", PROBE_PERIOD_SECONDS, startup_failures, 5),
         "readinessProbe": _probe("/health", PROBE_PERIOD_SECONDS, 3, 5),
@@ -544,7 +667,7 @@ def render_pod_template(
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
-        # TGI drains in-flight requests on SIGTERM.
+        # TGI and vLLM drain in-flight requests on SIGTERM.
         "terminationGracePeriodSeconds": 60,
     }
     if init_containers:

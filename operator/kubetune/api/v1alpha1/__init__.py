@@ -18,6 +18,7 @@ from .common import (
 from .finetunejob import (
     ADAPTER_METHODS,
     CLASSIFICATION_TASKS,
+    ENCODER_TASKS,
     CheckpointStatus,
     DatasetSpec,
     FineTuneJob,
@@ -30,7 +31,16 @@ from .finetunejob import (
     ResultStatus,
     TrainingSpec,
 )
-from .modelserve import AdapterSource, ModelServe, ModelServeSpec, ModelServeStatus, ModelSource, Revision
+from .modelserve import (
+    AdapterSource,
+    ModelServe,
+    ModelServeSpec,
+    ModelServeStatus,
+    ModelSource,
+    Revision,
+    ServedAdapter,
+    VLLMSpec,
+)
 from .objective import (
     REWARD_FUNCTIONS,
     RL_OBJECTIVES,
@@ -59,10 +69,10 @@ from .uris import (
 from .validation import KINDS, Validated, validate_document
 
 __all__ = [
-    "ADAPTER_METHODS", "API_VERSION", "AdapterSource", "CLASSIFICATION_TASKS", "CheckpointStatus", "Condition",
+    "ADAPTER_METHODS", "API_VERSION", "AdapterSource", "CLASSIFICATION_TASKS", "ENCODER_TASKS", "CheckpointStatus", "Condition",
     "DatasetSpec", "EnvVar", "FineTuneJob", "FineTuneJobSpec", "FineTuneJobStatus", "GROUP", "KINDS", "KubeModel",
     "LocalObjectReference", "MethodSpec", "ModelServe", "ModelServeSpec", "ModelServeStatus", "ModelSource",
-    "ModelSpec", "ObjectMeta", "ParsedURI", "Problem", "Progress", "ResultStatus", "Revision", "SecretKeyRef",
+    "ModelSpec", "ObjectMeta", "ParsedURI", "Problem", "Progress", "ResultStatus", "Revision", "SecretKeyRef", "ServedAdapter", "VLLMSpec",
     "TARGET_CLUSTER", "TARGET_LOCAL", "Toleration", "TrainerConfig", "TrainerRuntime", "TrainingSpec", "URIError", "VERSION", "Validated",
     "ChainResolution", "ObjectiveSpec", "ParentResult", "ResolvedModel", "REWARD_FUNCTIONS", "RL_OBJECTIVES", "RLReward", "RLSpec", "reward_function_args",
     "check_public_https_url", "config_hash", "pvc_claims", "pvc_local_path", "forbidden_address_reason", "forbidden_host_reason", "parse_uri", "validate_document",

@@ -1,4 +1,4 @@
-"""ModelServe: serve a base model or a FineTuneJob's result (plus LoRA adapters) with TGI (API.md)."""
+"""ModelServe: serve a base model or a FineTuneJob's result (plus LoRA adapters) with TGI or vLLM (API.md)."""
 
 from __future__ import annotations
 
@@ -139,6 +139,35 @@ class TGISpec(KubeModel):
     """More text-generation-launcher arguments, as is."""
 
 
+VLLMQuantization = Literal["awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors", "gguf", "marlin"]
+
+
+class VLLMSpec(KubeModel):
+    """vLLM server settings (engine: vllm); each maps to a `vllm serve` flag."""
+
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] | None = None
+    """--dtype."""
+    max_model_len: Annotated[int | None, Field(ge=1)] = None
+    """--max-model-len: context length (prompt + output)."""
+    gpu_memory_utilization: Annotated[float | None, Field(gt=0, le=1)] = None
+    """--gpu-memory-utilization: fraction of each GPU's memory vLLM may use."""
+    tensor_parallel_size: Annotated[int | None, Field(ge=1)] = None
+    """--tensor-parallel-size: GPUs the model is split over; defaults to resources.gpus."""
+    quantization: VLLMQuantization | None = None
+    """--quantization."""
+    enforce_eager: bool = False
+    """--enforce-eager: no CUDA graphs (less memory, slower decoding)."""
+    max_loras: Annotated[int | None, Field(ge=1)] = None
+    """--max-loras: adapters in one batch; defaults to the number of adapters (at least 1)."""
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] | None = None
+    """--max-lora-rank; defaults to the smallest vLLM accepts that fits the adapters' LoRA rank (their
+    FineTuneJobs' method.lora.r; 64 for adapters given by uri)."""
+    max_cpu_loras: Annotated[int | None, Field(ge=1)] = None
+    """--max-cpu-loras: adapters kept in CPU memory."""
+    extra_args: list[str] = Field(default_factory=list)
+    """More `vllm serve` arguments, as is."""
+
+
 class SmokeTestSpec(KubeModel):
     """The generate call that must succeed before a rollout is Ready."""
 
@@ -183,9 +212,10 @@ class ModelServeSpec(KubeModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 {
-                    "rule": "self.engine == 'tgi'",
-                    "message": "engine vllm is reserved for a later version; use tgi",
-                    "fieldPath": ".engine",
+                    "rule": "!has(self.vllm) || !has(self.vllm.tensorParallelSize) || self.resources.gpus == 0"
+                    " || self.vllm.tensorParallelSize <= self.resources.gpus",
+                    "message": "vllm.tensorParallelSize cannot exceed resources.gpus",
+                    "fieldPath": ".vllm.tensorParallelSize",
                 },
                 {
                     "rule": "!has(self.tgi.numShard) || self.resources.gpus == 0 || self.tgi.numShard <= self.resources.gpus",
@@ -202,11 +232,12 @@ class ModelServeSpec(KubeModel):
     }
 
     engine: Literal["tgi", "vllm"] = "tgi"
-    """Serving engine: tgi (vllm is reserved for later)."""
+    """Serving engine: tgi (Text Generation Inference; adapters load at pod start) or vllm (adapters load
+    and unload on running pods)."""
     model: ModelSource
     """The model to serve: a FineTuneJob's result or a URI."""
     adapters: Annotated[list[AdapterSource], Field(max_length=64)] = Field(default_factory=list)
-    """LoRA adapters served on top of the model (TGI LORA_ADAPTERS)."""
+    """LoRA adapters served on top of the model (TGI: LORA_ADAPTERS; vLLM: loaded at run time)."""
     replicas: Annotated[int, Field(ge=0)] = 1
     """Number of TGI pods."""
     image: Annotated[str | None, Field(min_length=1)] = None
@@ -214,7 +245,9 @@ class ModelServeSpec(KubeModel):
     resources: ServeResources = Field(default_factory=ServeResources)
     """GPUs, CPU, memory and placement."""
     tgi: TGISpec = Field(default_factory=TGISpec)
-    """TGI launcher settings."""
+    """TGI launcher settings (engine: tgi)."""
+    vllm: VLLMSpec = Field(default_factory=VLLMSpec)
+    """vLLM server settings (engine: vllm)."""
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     """Rollout strategy, smoke test and rollback."""
     service: ServiceSpec = Field(default_factory=ServiceSpec)
@@ -228,8 +261,14 @@ class ModelServeSpec(KubeModel):
     def problems(self, target: str = TARGET_CLUSTER) -> list[Problem]:
         """Cross-field rules, each broken one as a Problem with its field path."""
         problems = []
-        if self.engine != "tgi":
-            problems.append(Problem("engine", f"{self.engine} is reserved for a later version; use tgi"))
+        tp = self.vllm.tensor_parallel_size
+        if tp is not None and self.resources.gpus and tp > self.resources.gpus:
+            problems.append(
+                Problem(
+                    "vllm.tensorParallelSize",
+                    f"{tp} tensor-parallel ranks need {tp} GPUs but resources.gpus is {self.resources.gpus}",
+                )
+            )
         shard = self.tgi.num_shard
         if shard is not None and self.resources.gpus and shard > self.resources.gpus:
             problems.append(
@@ -272,6 +311,25 @@ class LastRollout(KubeModel):
     """What happened, including the smoke test's error or output."""
 
 
+class ServedAdapter(KubeModel):
+    """An adapter as the vLLM pods serve it now (engine: vllm)."""
+
+    name: str
+    """The served name (what clients pass as model)."""
+    uri: str | None = None
+    """The version served: its location (a FineTuneJob's result URI, or spec.adapters[].uri)."""
+    digest: str | None = None
+    """A short hash of that version (its source and location); changes with every new result."""
+    loaded_on_pods: int = 0
+    """Ready pods of the current revision that serve this version under the name."""
+    desired_pods: int = 0
+    """Ready pods of the current revision (where it should be loaded)."""
+    failed_digest: str | None = None
+    """A version that failed to load or to answer (not tried again until a new result arrives)."""
+    message: str | None = None
+    """Why that version failed."""
+
+
 class ModelServeStatus(KubeModel):
     """Observed state of a ModelServe."""
 
@@ -280,7 +338,7 @@ class ModelServeStatus(KubeModel):
     observed_generation: int | None = None
     """The metadata.generation the status reflects."""
     conditions: list[Condition] = Field(default_factory=list)
-    """Ready, Progressing, Degraded."""
+    """Ready, Progressing, Degraded, and Reconciling / Stalled as kstatus (Flux, Argo CD) reads them."""
     endpoint: str | None = None
     """In-cluster URL of the Service."""
     revision: Revision = Field(default_factory=Revision)
@@ -293,10 +351,12 @@ class ModelServeStatus(KubeModel):
     """Ready pods."""
     last_rollout: LastRollout = Field(default_factory=LastRollout)
     """The most recent rollout."""
+    served_adapters: list[ServedAdapter] = Field(default_factory=list)
+    """engine vllm: each adapter's served version and on how many ready pods it is loaded."""
 
 
 class ModelServe(KubeModel):
-    """A model (and LoRA adapters) served by TGI with smoke-tested rollouts."""
+    """A model (and LoRA adapters) served by TGI or vLLM with smoke-tested rollouts."""
 
     api_version: Literal["kubetune.io/v1alpha1"] = API_VERSION
     """kubetune.io/v1alpha1"""
