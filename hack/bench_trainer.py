@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -188,7 +189,7 @@ def run_kubetune(
         context={"target": TARGET_LOCAL},
     )  # fmt: skip
     config = config_mod.local_config(job, str(work / "kubetune-out"))
-    captured = {}
+    captured: dict[str, Any] = {}
     original = objectives.build_trainer
 
     def build_trainer(*a, **kw):
@@ -235,10 +236,10 @@ def run_baseline(work: Path, model_dir: Path, texts: list[str], args, precision:
     set_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
     spec = lora_spec()
     model = get_peft_model(
-        model,
+        base,
         LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"],
                    target_modules="all-linear", task_type="CAUSAL_LM"),
     )  # fmt: skip
@@ -360,7 +361,7 @@ def main(argv=None) -> int:
             best[side]["runs_tokens_per_second"] = [r["tokens_per_second"] for r in runs[side]]
         baseline, kubetune = best["baseline"], best["kubetune"]
 
-        report = {
+        report: dict[str, Any] = {
             "device": torch.cuda.get_device_name()
             if cuda
             else f"cpu ({platform.processor() or platform.machine()})",
@@ -382,19 +383,21 @@ def main(argv=None) -> int:
             )
         print()
         print(f"{'':44s}{'tokens/s':>12s}{'packing eff.':>14s}{'runtime s':>11s}{'steps':>7s}")
-        for side in best.values():
-            print(f"{side['name']:44s}{side['tokens_per_second']:12,.0f}{side['packing_efficiency']:14.1%}"
-                  f"{side['train_runtime_s']:11.1f}{side['steps']:7d}")  # fmt: skip
+        for figures in best.values():
+            print(f"{figures['name']:44s}{figures['tokens_per_second']:12,.0f}{figures['packing_efficiency']:14.1%}"
+                  f"{figures['train_runtime_s']:11.1f}{figures['steps']:7d}")  # fmt: skip
         print(f"speedup (kubetune / baseline tokens per second, best of {args.repeats} each): "
               f"{report['speedup_tokens_per_second']:.2f}x")  # fmt: skip
         if args.flattened:
             print(f"flattened / baseline: {report['flattened_speedup_tokens_per_second']:.2f}x")
         print(f"kubetune collator: {kubetune['collator']}")
-        for side in best.values():
-            print(f"  {side['name']}: tokens/s of each run {side['runs_tokens_per_second']}")
+        for figures in best.values():
+            print(f"  {figures['name']}: tokens/s of each run {figures['runs_tokens_per_second']}")
         if cuda:
-            for side in best.values():
-                print(f"{side['name']}: MFU {side.get('mfu')}, peak memory {side.get('peak_memory_gib')} GiB")
+            for figures in best.values():
+                print(
+                    f"{figures['name']}: MFU {figures.get('mfu')}, peak memory {figures.get('peak_memory_gib')} GiB"
+                )
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     finally:

@@ -29,17 +29,19 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
-for sub in ("operator", "trainer_image", "hack"):
+for sub in ("operator", "trainer_image"):
     if str(ROOT / sub) not in sys.path:
         sys.path.insert(0, str(ROOT / sub))
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))  # for the hack package (this file's folder), last so it shadows nothing
 
-import bench_trainer  # noqa: E402  (hack/, beside this file)
+from hack import bench_trainer  # noqa: E402
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "trl", "bitsandbytes", "datasets", "pydantic")
 
 
 def versions() -> dict[str, str | None]:
-    found = {}
+    found: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             found[name] = metadata.version(name)
@@ -149,7 +151,10 @@ def qlora(work: Path, size: str, steps: int, quantized: bool) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     reloaded = AutoModelForCausalLM.from_pretrained(
         str(merged), dtype=torch.bfloat16 if device == "cuda" else torch.float32
-    ).to(device)
+    )
+    # transformers wraps PreTrainedModel.to with functools.wraps; typeshed's _Wrapped is no descriptor, so
+    # mypy does not bind self and takes the device for it (a stub limitation, not a wrong call).
+    reloaded = reloaded.to(device)  # type: ignore[arg-type]
     ids = outcome.tokenizer("the model learns from data", return_tensors="pt")["input_ids"].to(device)
     with torch.no_grad():
         logits = reloaded(input_ids=ids).logits

@@ -36,6 +36,8 @@ SELECTOR = "kubetune.io/finetunejob"
 
 
 def rss_mib(op: Operator) -> float:
+    if op.proc is None:
+        raise RuntimeError("the operator is not running: start it before measuring its memory")
     proc = psutil.Process(op.proc.pid)
     return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
 

@@ -48,7 +48,9 @@ def step_of(name: str) -> int | None:
 
 
 def is_complete(marker: dict | None, run_id: str) -> bool:
-    return bool(marker) and marker.get("runId") == run_id
+    if not marker:
+        return False
+    return marker.get("runId") == run_id
 
 
 def newest_complete(
@@ -126,7 +128,11 @@ def install_sigterm(flag: StopFlag) -> Callable[[], None]:
         flag.set(signum)
 
     signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
 
 
 class CheckpointCallback(TrainerCallback):

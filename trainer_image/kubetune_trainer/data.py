@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.v1alpha1 import DatasetSpec, ModelSpec, parse_uri
+from kubetune.api.v1alpha1.finetunejob import ColumnKey
 
 from . import mlm, objective_data, qa, sources
 from .errors import DataError
 
 # Required and optional columns of each format (kubetune's names; dataset.columns maps them).
-FORMAT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+FORMAT_COLUMNS: dict[str, tuple[tuple[ColumnKey, ...], tuple[ColumnKey, ...]]] = {
     "text": (("text",), ()),
     "prompt-completion": (("prompt", "completion"), ()),
     "instruction": (("instruction", "output"), ("input",)),
@@ -358,11 +359,11 @@ def _tokenize_causal(ds, fmt: str, spec: DatasetSpec, tokenizer, split: str):
 
     def fn(example: dict, index: int) -> dict:
         if fmt == "text":
-            ids = (
+            text_ids = (
                 tokenizer(_value(example, "text", index, split, uri), add_special_tokens=True)["input_ids"]
                 + eos
             )
-            return _truncate(ids, list(ids), max_length)
+            return _truncate(text_ids, list(text_ids), max_length)
         if fmt == "prompt-completion":
             return prompt_completion(
                 _value(example, "prompt", index, split, uri), _value(example, "completion", index, split, uri)
@@ -509,11 +510,11 @@ def prepare(
     train, evaluation = load_splits(spec)
     data_digest = digest(train, evaluation)
     train = rename_columns(train, spec, spec.train_split)
-    if evaluation is not None:
+    if evaluation is not None and spec.eval_split:  # load_splits reads an eval split only when it is named
         evaluation = rename_columns(evaluation, spec, spec.eval_split)
 
     task = model.task
-    fmt = spec.format
+    fmt: str = spec.format
     allowed = objective_data.formats_for(objective)  # kto, reward, grpo, rloo read their own formats
     if fmt == "auto":
         fmt = detect_format(train.column_names, task, spec.uri, allowed)
@@ -533,7 +534,7 @@ def prepare(
         raise DataError(f"{spec.uri} holds preference pairs (chosen/rejected): set objective.type dpo")
 
     for name, ds in ((spec.train_split, train), (spec.eval_split, evaluation)):
-        if ds is None:
+        if ds is None or name is None:
             continue
         if len(ds) == 0:
             raise DataError(f"{spec.uri}: split '{name}' is empty")
@@ -552,6 +553,8 @@ def prepare(
             evaluation = evaluation.select(range(min(spec.max_samples, len(evaluation))))
 
     samples = _samples(evaluation if evaluation is not None else train, fmt, spec, tokenizer)
+    # chain.base_model_spec resolves a model.fineTuneJobRef to its uri before this; named in error messages
+    model_uri = model.uri or "the base model"
     label_names = None
     if objective in objective_data.PREFERENCE_OBJECTIVES:
         tokenize = lambda ds, split: objective_data.rows_for(ds, fmt, objective, spec.uri, split)  # noqa: E731
@@ -563,10 +566,10 @@ def prepare(
     elif task == "seq2seq":
         tokenize = lambda ds, split: _tokenize_seq2seq(ds, fmt, spec, tokenizer, split)  # noqa: E731
     elif task == "masked-lm":
-        mlm.require_mask_token(tokenizer, model.uri)
+        mlm.require_mask_token(tokenizer, model_uri)
         tokenize = lambda ds, split: mlm.tokenize(ds, spec, tokenizer, split)  # noqa: E731
     elif task == "question-answering":
-        qa.require_fast_tokenizer(tokenizer, model.uri)
+        qa.require_fast_tokenizer(tokenizer, model_uri)
         tokenize = lambda ds, split: qa.train_features(ds, spec, tokenizer, split)  # noqa: E731
     else:
         column = "label" if fmt == "classification" else "tags"

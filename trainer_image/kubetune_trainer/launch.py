@@ -38,7 +38,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from kubetune.api.v1alpha1 import TARGET_LOCAL, FineTuneJobSpec, TrainerConfig
 from kubetune.api.v1alpha1.trainerconfig import (
@@ -99,6 +99,10 @@ class EnvFacts:
         return self.num_nodes * self.processes_per_node
 
 
+@overload
+def _int_env(env: Mapping[str, str], name: str, default: int) -> int: ...
+@overload
+def _int_env(env: Mapping[str, str], name: str, default: None) -> int | None: ...
 def _int_env(env: Mapping[str, str], name: str, default: int | None) -> int | None:
     raw = env.get(name, "").strip()
     if not raw:

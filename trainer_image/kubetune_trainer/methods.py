@@ -73,23 +73,26 @@ def lora_config(method: MethodSpec, task: str):
     from peft import LoraConfig
 
     lora = method.lora
-    extra = {}
+    exclude_modules: str | None = None  # None: PEFT's defaults
+    modules_to_save: list[str] | None = None
     if task in HEAD_TASKS and lora.target_modules == "all-linear":
         # the classification head is trained in full (PEFT's modules_to_save), not given an adapter
-        extra["exclude_modules"] = CLASSIFIER_HEADS
+        exclude_modules = CLASSIFIER_HEADS
     if task == "masked-lm":
         # the prediction head's transform is trained in full and saved with the adapter: a base without a
         # masked-LM head (e.g. a sentence encoder) gets a new random one, which the adapter alone would not hold
-        extra["modules_to_save"] = MLM_HEAD_TRANSFORMS
-        extra["exclude_modules"] = MLM_HEAD_PATTERN
+        modules_to_save = MLM_HEAD_TRANSFORMS
+        exclude_modules = MLM_HEAD_PATTERN
     return LoraConfig(
         r=lora.r,
-        lora_alpha=lora.alpha,
+        # peft annotates lora_alpha as int, but only divides by it (alpha / r): a fractional alpha is valid
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
         bias=lora.bias,
         task_type=PEFT_TASK_TYPES[task],
-        **extra,
+        exclude_modules=exclude_modules,
+        modules_to_save=modules_to_save,
     )
 
 
@@ -105,8 +108,8 @@ def peft_config(
         return lora_config(method, model_spec.task)
     if kind == "ia3":
         # masked-lm: the head's transform is saved with the adapter, as in lora_config
-        head = {"modules_to_save": MLM_HEAD_TRANSFORMS} if model_spec.task == "masked-lm" else {}
-        return IA3Config(task_type=task_type, **head)
+        head = MLM_HEAD_TRANSFORMS if model_spec.task == "masked-lm" else None  # None: PEFT's default
+        return IA3Config(task_type=task_type, modules_to_save=head)
     if kind == "prefix-tuning":
         return PrefixTuningConfig(
             task_type=task_type, num_virtual_tokens=method.prefix_tuning.num_virtual_tokens

@@ -12,8 +12,8 @@ TEXT = ("rouge", "bleu", "exact-match")
 
 
 def classification_scores(
-    preds: Sequence[int],
-    labels: Sequence[int],
+    preds: Sequence[int] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
     names: Sequence[str],
     num_labels: int,
     average: str | None = None,

@@ -48,19 +48,24 @@ def _cache_dir(*parts: str) -> Path:
 
 
 def resolve_source(spec: ModelSpec) -> ModelSource:
-    parsed = parse_uri(spec.uri)
+    uri = spec.uri
+    if uri is None:
+        raise TrainerError(
+            "model.uri is not set: resolve model.fineTuneJobRef first (chain.base_model_spec gives its uri)"
+        )
+    parsed = parse_uri(uri)
     if parsed.scheme == "hf":
-        return ModelSource(parsed.hf_repo_id, spec.revision or "main", spec.uri, True)
+        return ModelSource(parsed.hf_repo_id, spec.revision or "main", uri, True)
     if parsed.scheme in ("pvc", "file"):
-        path = sources.local_path(spec.uri)
+        path = sources.local_path(uri)
         if not path.exists():
-            raise TrainerError(f"model.uri {spec.uri}: {path} does not exist")
-        return ModelSource(str(path), None, spec.uri, False)
+            raise TrainerError(f"model.uri {uri}: {path} does not exist")
+        return ModelSource(str(path), None, uri, False)
     # s3: download to the cache first
-    dest = _cache_dir("models", hashlib.sha256(spec.uri.encode()).hexdigest()[:12])
+    dest = _cache_dir("models", hashlib.sha256(uri.encode()).hexdigest()[:12])
     if not (dest / "config.json").exists():
-        sources.download_s3(spec.uri, dest)
-    return ModelSource(str(dest), None, spec.uri, False)
+        sources.download_s3(uri, dest)
+    return ModelSource(str(dest), None, uri, False)
 
 
 def resolved_revision(source: ModelSource) -> str | None:

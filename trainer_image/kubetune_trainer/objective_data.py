@@ -10,12 +10,14 @@ data.prepare calls ``formats_for`` (auto detection and the allowed formats) and 
 
 from __future__ import annotations
 
+from kubetune.api.v1alpha1.finetunejob import ColumnKey
+
 from .errors import DataError
 
 PREFERENCE_OBJECTIVES = ("reward", "kto", "grpo", "rloo")
 RL = ("grpo", "rloo")
 # (required, optional) columns of the formats added for these objectives
-FORMAT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+FORMAT_COLUMNS: dict[str, tuple[tuple[ColumnKey, ...], tuple[ColumnKey, ...]]] = {
     "prompt": (("prompt",), ()),
     "unpaired-preference": (("prompt", "completion", "label"), ()),
 }

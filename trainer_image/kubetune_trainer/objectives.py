@@ -196,11 +196,12 @@ def build_trainer(
     if task == "seq2seq":
         collator = transformers.DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
         return transformers.Seq2SeqTrainer(data_collator=collator, compute_metrics=compute_metrics, **common)
+    padding: transformers.DataCollatorForTokenClassification | transformers.DataCollatorWithPadding
     if task == "token-classification":
-        collator = transformers.DataCollatorForTokenClassification(tokenizer)
+        padding = transformers.DataCollatorForTokenClassification(tokenizer)
     else:
-        collator = transformers.DataCollatorWithPadding(tokenizer)
-    return transformers.Trainer(data_collator=collator, compute_metrics=compute_metrics, **common)
+        padding = transformers.DataCollatorWithPadding(tokenizer)
+    return transformers.Trainer(data_collator=padding, compute_metrics=compute_metrics, **common)
 
 
 def use_packed_rows(trainer, model) -> bool:

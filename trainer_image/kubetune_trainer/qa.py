@@ -340,7 +340,8 @@ def answer_questions(
     )
     device = next(model.parameters()).device
     model.eval()
-    starts, ends = [], []
+    starts: list[np.ndarray] = []
+    ends: list[np.ndarray] = []
     names = [c for c in features.column_names if c not in LABEL_NAMES]
     for first in range(0, len(features), batch_size):
         batch = tokenizer.pad(features.select_columns(names)[first : first + batch_size], return_tensors="pt")

@@ -25,6 +25,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from transformers import TrainerCallback
 
@@ -226,7 +227,7 @@ class Metrics:
         for name, doc in self.NAMES.items():
             gauge = Gauge(f"kubetune_trainer_{name}", doc, list(labels), registry=self.registry)
             self.gauges[name] = gauge.labels(**labels)
-        self.server = None
+        self.server: WSGIServer | None = None  # prometheus_client's start_http_server
         self.port: int | None = None
 
     def serve(self, port: int) -> None:

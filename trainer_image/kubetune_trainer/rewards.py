@@ -14,6 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api.v1alpha1 import ResolvedModel, RLReward, TrainerConfig, reward_function_args
+from kubetune.api.v1alpha1.objective import (
+    LengthTargetArgs,
+    RegexMatchArgs,
+    RepetitionPenaltyArgs,
+    SoftOverlongPunishmentArgs,
+)
 
 from .errors import ConfigError
 
@@ -56,13 +62,17 @@ class RegexMatch:
 
     def __init__(self, pattern: str, full_match: bool = False, ignore_case: bool = False):
         self.pattern, self.full_match, self.ignore_case = pattern, full_match, ignore_case
-        self._regex = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
+        self._regex = self._compile()
+
+    def _compile(self) -> re.Pattern[str]:
+        return re.compile(self.pattern, re.IGNORECASE if self.ignore_case else 0)
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_regex"}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["pattern"], state["full_match"], state["ignore_case"])
+        self.__dict__.update(state)  # pattern, full_match, ignore_case (see __getstate__)
+        self._regex = self._compile()
 
     def __call__(self, completions: list, **kwargs) -> list[float]:
         match = self._regex.fullmatch if self.full_match else self._regex.search
@@ -88,9 +98,10 @@ def builtin(name: str, args: dict[str, Any], max_completion_length: int):
         return MessageShaped(trl_rewards.accuracy_reward, "accuracy")
     if name == "think-format":
         return MessageShaped(trl_rewards.think_format_reward, "think_format")
-    if name == "repetition-penalty":
+    # each other name has its own arguments model (REWARD_FUNCTIONS): its type says which function it is
+    if isinstance(parsed, RepetitionPenaltyArgs):
         return trl_rewards.get_repetition_penalty_reward(parsed.ngram_size, parsed.max_penalty)
-    if name == "soft-overlong-punishment":
+    if isinstance(parsed, SoftOverlongPunishmentArgs):
         length = parsed.max_completion_length or max_completion_length
         cache = parsed.soft_punish_cache if parsed.soft_punish_cache is not None else max(1, length // 5)
         if cache > length:
@@ -98,9 +109,9 @@ def builtin(name: str, args: dict[str, Any], max_completion_length: int):
                 f"soft-overlong-punishment: softPunishCache ({cache}) exceeds maxCompletionLength ({length})"
             )
         return trl_rewards.get_soft_overlong_punishment(length, cache)
-    if name == "length-target":
+    if isinstance(parsed, LengthTargetArgs):
         return LengthTarget(parsed.target, parsed.tolerance)
-    if name == "regex-match":
+    if isinstance(parsed, RegexMatchArgs):
         return RegexMatch(parsed.pattern, parsed.full_match, parsed.ignore_case)
     raise ConfigError(f"unknown reward function {name!r}")
 

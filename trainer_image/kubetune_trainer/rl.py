@@ -92,9 +92,9 @@ def build_trainer(config: TrainerConfig, args, model, tokenizer, data, callbacks
     if kind == "grpo":
         from trl import GRPOTrainer
 
-        cls = GRPOTrainer
-    else:
-        from trl import RLOOTrainer
+        return GRPOTrainer(
+            reward_funcs=built.funcs, reward_processing_classes=built.processing_classes, **common
+        )
+    from trl import RLOOTrainer
 
-        cls = RLOOTrainer
-    return cls(reward_funcs=built.funcs, reward_processing_classes=built.processing_classes, **common)
+    return RLOOTrainer(reward_funcs=built.funcs, reward_processing_classes=built.processing_classes, **common)

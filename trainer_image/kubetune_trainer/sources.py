@@ -109,7 +109,7 @@ def resolve_public(host: str, port: int) -> str:
         raise DataError(f"cannot resolve {host}: {error}") from None
     addresses = []
     for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])  # IPv6 may carry a %zone
         reason = forbidden_address_reason(address)
         if reason:
             raise DataError(
@@ -125,12 +125,13 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     """An HTTPS connection to an address checked beforehand, verifying the certificate for the host name."""
 
     def __init__(self, host: str, address: str, port: int, timeout: float):
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._ssl_context = ssl.create_default_context()
+        super().__init__(host, port, timeout=timeout, context=self._ssl_context)
         self._address = address
 
     def connect(self) -> None:
         sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self._ssl_context.wrap_socket(sock, server_hostname=self.host)
 
 
 def download_https(url: str, dest_dir: Path, timeout: float = 60.0) -> Path:

@@ -74,6 +74,7 @@ def build_model(
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
+    config: tf.PreTrainedConfig
     if arch == "llama":
         config = tf.LlamaConfig(
             vocab_size=vocab,
@@ -99,9 +100,10 @@ def build_model(
             num_layers=layers,
             num_decoder_layers=layers,
             num_heads=heads,
-            decoder_start_token_id=tokenizer.pad_token_id,
             **ids,
         )
+        # not a declared T5Config field (transformers 5 configs are typed dataclasses): set it as an attribute
+        config.decoder_start_token_id = tokenizer.pad_token_id
     elif arch == "bert":
         config = tf.BertConfig(
             vocab_size=vocab,

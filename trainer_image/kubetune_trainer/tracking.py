@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ def missing_packages(trackers: list[str]) -> list[str]:
     return [PACKAGES[t] for t in trackers if importlib.util.find_spec(PACKAGES[t]) is None]
 
 
-def prepare(config: TrainerConfig, environ: dict[str, str] | None = None) -> dict[str, Any]:
+def prepare(config: TrainerConfig, environ: MutableMapping[str, str] | None = None) -> dict[str, Any]:
     """Set the trackers' env (user-set variables win) and return the TrainingArguments kwargs.
 
     Raises ConfigError naming spec.tracking when a tracker's package is not installed in this image."""

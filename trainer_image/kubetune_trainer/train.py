@@ -158,9 +158,10 @@ def run_training(
         rel = Path(path).relative_to(runtime.output_dir).as_posix()
         uri = artifacts.result_uri(config, rel)
         if store is not None:
-            uri = remote.push(store, Path(path), runtime.run_id, spec.checkpoints.keep_last)
-            if uri is None:
+            pushed = remote.push(store, Path(path), runtime.run_id, spec.checkpoints.keep_last)
+            if pushed is None:
                 return
+            uri = pushed
         reporting.report_checkpoint(config, uri, step)  # reporting: status.checkpoint
 
     callbacks = list(reporting.make_callbacks(config))  # reporting: progress to status + Prometheus / console

@@ -20,6 +20,7 @@ Stalled for kstatus (see ``conditions.py`` and docs/operations.md for the mappin
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,7 +125,7 @@ class Observed:
     static_signature: str | None = None
     """``static_signature`` of the static children this process last applied successfully (None: unknown);
     when it matches, the decision does not render them again."""
-    chain_jobs: dict[str, dict[str, Any] | None] | None = None
+    chain_jobs: dict[str, Mapping[str, Any] | None] | None = None
     """Chains (model.fineTuneJobRef, reward models by fineTuneJobRef): the FineTuneJobs reachable through
     the references, by name (None value: missing); None: not read (the decision asks for them)."""
 

@@ -22,7 +22,7 @@ def _from_secret(name: str, secret: str, key: str, optional: bool) -> dict[str, 
 def tracking_secrets(job: FineTuneJob) -> list[tuple[str, str, tuple[str, ...]]]:
     """(field path, Secret name, keys that must exist) for each Secret spec.tracking refers to."""
     tracking = job.spec.tracking
-    uses = []
+    uses: list[tuple[str, str, tuple[str, ...]]] = []
     if tracking.mlflow.tracking_uri and tracking.mlflow.secret_ref is not None:
         uses.append(("spec.tracking.mlflow.secretRef", tracking.mlflow.secret_ref.name, ()))
     wandb = tracking.wandb

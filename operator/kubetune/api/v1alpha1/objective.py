@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, JsonValue, ValidationError, field_validator, model_validator
 
 from .common import KubeModel, LocalObjectReference, Problem, raise_problems
 from .uris import URIError, parse_uri
@@ -322,7 +322,7 @@ FORMAT_OBJECTIVES: dict[str, tuple[str, ...]] = {
 }
 
 # CEL twins of objective_problems (the API server checks these; FINETUNEJOB_SPEC_CEL includes them).
-OBJECTIVE_SPEC_CEL = [
+OBJECTIVE_SPEC_CEL: list[JsonValue] = [
     {
         "rule": "self.objective.type != 'kto' || (self.dataset.format == 'unpaired-preference' && self.model.task == 'causal-lm')",
         "message": "objective.type kto needs dataset.format unpaired-preference and model.task causal-lm",

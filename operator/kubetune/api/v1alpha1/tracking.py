@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, JsonValue
 
 from .common import KubeModel, LocalObjectReference, SecretKeyRef
 
@@ -87,7 +87,7 @@ class TrackingSpec(KubeModel):
 
 
 # Cross-field rules of spec.tracking (CEL on FineTuneJobSpec, and the same in Python).
-TRACKING_CEL = [
+TRACKING_CEL: list[JsonValue] = [
     {
         "rule": "!has(self.tracking) || !has(self.tracking.wandb) || !has(self.tracking.wandb.project) "
         "|| self.tracking.wandb.mode == 'offline' || has(self.tracking.wandb.secretRef)",
