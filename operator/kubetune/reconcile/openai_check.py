@@ -56,8 +56,10 @@ def complete_once(
     text = out.choices[0].text if out.choices else ""
     tokens = out.usage.completion_tokens if out.usage else None
     if expect is not None and not re.search(expect, text):
-        error = f"output {show(text)} does not match expect {expect!r}"
-        return TargetResult(target, False, output=text, error=error, seconds=seconds, generated_tokens=tokens)
+        mismatch = f"output {show(text)} does not match expect {expect!r}"
+        return TargetResult(
+            target, False, output=text, error=mismatch, seconds=seconds, generated_tokens=tokens
+        )
     if not text and not tokens:
         return TargetResult(target, False, output=text, error="generated no tokens", seconds=seconds)
     return TargetResult(target, True, output=text, seconds=seconds, generated_tokens=tokens)

@@ -376,18 +376,18 @@ def resolve_sources(ms: ModelServe, jobs: Mapping[str, FineTuneJob | Mapping[str
                 )
             )
         # An adapter trained on another Hub model than the one served does not load.
-        served = spec.model.uri or ""
+        served, trained_on = spec.model.uri or "", job.spec.model.uri or ""  # a chained job has no model.uri
         if (
             served.startswith("hf://")
-            and (job.spec.model.uri or "").startswith("hf://")  # a chained job has no model.uri
-            and served.rstrip("/") != job.spec.model.uri.rstrip("/")
+            and trained_on.startswith("hf://")
+            and served.rstrip("/") != trained_on.rstrip("/")
         ):
             res.unsupported.append(
                 f"{where}: FineTuneJob {ref!r} trained its adapter on {job.spec.model.uri} but model.uri is "
                 f"{served}; serve model.uri: {job.spec.model.uri}"
             )
     if spec.engine == "vllm":
-        problem = vllm.rank_problem(ms, [(a.name, a.rank) for a in res.adapters])
+        problem = vllm.rank_problem(ms, [(a.name or "", a.rank) for a in res.adapters])  # adapters are named
         if problem:
             res.unsupported.append(problem)
     return res

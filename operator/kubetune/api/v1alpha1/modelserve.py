@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
 from .common import (
-    API_VERSION,
     DNS_LABEL,
     TARGET_CLUSTER,
     Condition,
@@ -26,7 +25,10 @@ from .common import (
 from .finetunejob import _uri_type
 
 SERVE_SCHEMES = ("hf", "pvc", "s3")
-ServeURI = _uri_type(SERVE_SCHEMES)
+if TYPE_CHECKING:  # to a type checker it is a string; pydantic gets the checks
+    ServeURI = str
+else:
+    ServeURI = _uri_type(SERVE_SCHEMES)
 
 
 def _check_regex(value: str | None) -> str | None:
@@ -358,7 +360,7 @@ class ModelServeStatus(KubeModel):
 class ModelServe(KubeModel):
     """A model (and LoRA adapters) served by TGI or vLLM with smoke-tested rollouts."""
 
-    api_version: Literal["kubetune.io/v1alpha1"] = API_VERSION
+    api_version: Literal["kubetune.io/v1alpha1"] = "kubetune.io/v1alpha1"
     """kubetune.io/v1alpha1"""
     kind: Literal["ModelServe"] = "ModelServe"
     """ModelServe"""
