@@ -89,6 +89,9 @@ def finetunejob_controller(kube: Kube, settings: Settings) -> WorkQueue:
 
     def reconcile(key: Key) -> Outcome:  # runs in a worker thread: touches no queue state
         result = measured(FINETUNEJOB, lambda: reconciler.reconcile(*key))
+        log.debug(
+            "FineTuneJob %s/%s reconciled: phase %s, again in %s s", *key, result.phase, result.requeue_after
+        )
         phases.set(key, result.phase)
         if result.job_created_after is not None:
             metrics.APPLY_TO_JOB.observe(result.job_created_after)
@@ -114,6 +117,9 @@ def modelserve_controller(kube: Kube, settings: Settings) -> WorkQueue:
 
     def reconcile(key: Key) -> Outcome:  # runs in a worker thread: touches no queue state
         result = measured(MODELSERVE, lambda: reconciler.reconcile(*key))
+        log.debug(
+            "ModelServe %s/%s reconciled: phase %s, again in %s s", *key, result.phase, result.requeue_after
+        )
         if result.smoke is not None:
             serve_metrics.SMOKE_TEST_SECONDS.labels("passed" if result.smoke.ok else "failed").observe(
                 result.smoke.seconds

@@ -46,12 +46,6 @@ def test_a_python_only_violation_is_validated_false_naming_the_field(kube, rel_o
     assert rel_operator.healthy()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="operator (owner: core): a dotted name, valid for the API server, makes children whose names are "
-    "invalid (a Service must be a DNS-1035 label); the reconcile retries silently instead of running or "
-    "saying so",
-)
 def test_a_dotted_name_runs_or_says_why(ftj: FTJ):
     ftj.create(tiny_job("fine.tune.v2"))
 
