@@ -16,6 +16,7 @@ from kubernetes import client
 
 from kubetune.render.finetunejob import configmap_name, job_name, service_name, serviceaccount_name
 from tests.operator.conftest import FTJ, Operator, tiny_job, wait_for
+from tests.support.controlplane import OUTCOME_LABEL
 
 pytestmark = pytest.mark.cluster
 
@@ -157,7 +158,8 @@ def test_operator_logs_in_through_an_exec_plugin(kube, crds, exec_login, tmp_pat
         # runs the plugin again, and the operator goes on with the new token.
         before = calls(plugin_dir)
         time.sleep(9)
-        f.create(tiny_job("after-refresh"))
+        # It keeps running (kwok outcome "run"), so the suspend below finds it running, not finished.
+        f.create(tiny_job("after-refresh", labels={OUTCOME_LABEL: "run"}))
         wait_for(lambda: f.job("after-refresh-trainer"), 45, what="the second trainer Job")
         assert calls(plugin_dir) > before
         f.patch("after-refresh", {"spec": {"suspend": True}})
