@@ -184,6 +184,8 @@ def ms_rolled_back(gen: int = 1) -> dict[str, Any]:
         "conditions": [
             cond("Progressing", "False", "RolledBack", ROLLED_BACK, gen),
             cond("Reconciling", "False", "RolledBack", "", gen),
+            # What was asked for does not serve until a new result or a spec change (as the operator writes it).
+            cond("Stalled", "True", "RolledBack", ROLLED_BACK, gen),
             cond("Ready", "True", "ServingPreviousRevision", "Revision abc123 serves", gen),
             cond("Degraded", "True", "RolledBack", ROLLED_BACK, gen),
         ],

@@ -43,9 +43,9 @@ EXPECTED = {
     "ftj-suspended": ("InProgress", "spec.suspend is true"),
     "ms-rolling-out": ("InProgress", "Rolling out revision abc123"),
     "ms-ready": ("Current", "Resource is Ready"),
-    # Rolled back: the previous revision still serves (Ready=True) and nothing is in progress, so kstatus
-    # calls it Current; Argo CD's check (Degraded condition) and the rollback alert flag it.
-    "ms-rolled-back": ("Current", "Resource is Ready"),
+    # Rolled back: the previous revision still serves (Ready=True), but what was asked for does not
+    # (Stalled=True): kstatus says Failed, so a Flux health check does not pass a failed rollout.
+    "ms-rolled-back": ("Failed", states.ROLLED_BACK),
     "ms-failed-no-previous": ("Failed", "no previous revision"),
     "ms-unsupported": ("Failed", "tgi cannot serve a prefix-tuning result"),
     "ftj-stale": ("InProgress", "generation is 2, but latest observed generation is 1"),
