@@ -168,22 +168,17 @@ def select_pods(pods: list[dict[str, Any]], job_name: str, rank: int | None = No
 
 
 def api_client(kubeconfig: str | None = None, context: str | None = None):
+    """A client with the operator's credential loading (kubectl's rules: exec plugins, tokens, in-cluster)."""
+    from kubernetes import config
+
+    from kubetune.reconcile import client as kube_client
+
     try:
-        from kubernetes import client, config
-    except ImportError as exc:
+        return kube_client.api_client(kube_client.load_configuration(kubeconfig, context))
+    except (config.ConfigException, OSError) as exc:
         raise CLIError(
-            "kubetune status/logs need the Kubernetes client: pip install 'kubetune[cli]'"
+            f"no usable kubeconfig (set KUBECONFIG or --kubeconfig) and not in a cluster: {exc}"
         ) from exc
-    try:
-        return config.new_client_from_config(config_file=kubeconfig, context=context)
-    except config.ConfigException:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException as exc:
-            raise CLIError(
-                f"no kubeconfig (set KUBECONFIG or --kubeconfig) and not in a cluster: {exc}"
-            ) from exc
-        return client.ApiClient()
 
 
 def default_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:

@@ -238,7 +238,7 @@ def make_pki(pki: Path) -> None:
             )
         )
         if sans:
-            entries = []
+            entries: list[x509.GeneralName] = []
             for san in sans:
                 try:
                     entries.append(x509.IPAddress(ipaddress.ip_address(san)))
