@@ -26,12 +26,12 @@ from .modelserve_decision import (
     SmokeOutcome,
     SmokeRequest,
     decide,
-    merge_patch,
     refused,
     server_message,
 )
 from .openai_check import run_openai_smoke_test
 from .smoketest import SmokeTestResult, SmokeTestUnavailable, run_smoke_test
+from .status import merge_patch
 from .vllm_adapters import PodState
 from .vllm_admin import apply_change, observe_pod
 

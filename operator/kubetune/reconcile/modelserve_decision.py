@@ -45,6 +45,7 @@ from kubetune.settings import DEFAULT_VLLM_IMAGE
 from .client import fmt_time, parse_time
 from .conditions import load_conditions, set_condition
 from .smoketest import DEFAULT_TIMEOUT_SECONDS, SmokeTestResult
+from .status import strip_none
 from .vllm_adapters import (
     AdapterChange,
     ChangeOutcome,
@@ -205,7 +206,7 @@ def refused(
         else [("Warning", REASON_CHILD_REFUSED, words)]
     )
     return Decision(
-        status=_strip_none(status), old_status=old, events=events, problem=True, phase=phase,
+        status=strip_none(status), old_status=old, events=events, problem=True, phase=phase,
     )  # fmt: skip
 
 
@@ -666,25 +667,8 @@ class _Decider:
             "observedGeneration": self.gen,
             "conditions": [self.conds[t] for t in CONDITION_TYPES],
         }
-        self.out.status = _strip_none(new)
+        self.out.status = strip_none(new)
         self.out.phase = self.phase
-
-
-def _strip_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip_none(v) for k, v in value.items() if v is not None}
-    return value
-
-
-def merge_patch(old: Any, new: Any) -> Any:
-    """A JSON merge patch (RFC 7396) from OLD to NEW: maps merge, so keys that went away become null."""
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return new
-    patch = {k: None for k in old if k not in new}
-    for k, v in new.items():
-        if old.get(k) != v:
-            patch[k] = merge_patch(old.get(k), v)
-    return patch
 
 
 def _ours(annotations: Mapping[str, str]) -> dict[str, str]:
