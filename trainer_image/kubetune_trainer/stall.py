@@ -98,7 +98,11 @@ class StallCallback(TrainerCallback):
         self.exit = exit
         self.step = 0
         self.total = 0
-        self.watchdog = Watchdog(self.timeout, self._stalled)
+        # Every rank of a stuck collective goes idle at the same moment; rank 0 reports the stall, so the
+        # others wait a little longer: otherwise one of them may exit first and rank 0 dies of the broken
+        # connection before it can say why.
+        grace = 0.0 if _rank() == 0 else min(60.0, max(5.0, 0.1 * self.timeout))
+        self.watchdog = Watchdog(self.timeout + grace, self._stalled)
 
     def _stalled(self, idle: float) -> None:
         from . import reporting
