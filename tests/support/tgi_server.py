@@ -32,9 +32,11 @@ import json
 import threading
 import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from tests.support.loopback import LoopbackServer
 
 MODES = ("ok", "error", "wrong", "unhealthy")
 
@@ -150,8 +152,11 @@ class TinyModelBackend:
         }
 
 
-class TGIServer:
+class TGIServer(LoopbackServer):
     """A threaded HTTP server speaking TGI's protocol for one backend."""
+
+    MODES = MODES
+    THREAD_NAME = "tgi-server"
 
     def __init__(
         self,
@@ -163,45 +168,8 @@ class TGIServer:
         backend: TinyModelBackend | None = None,
     ) -> None:
         self.backend = backend or TinyModelBackend(model_dir, adapters)
-        self.mode = "ok"
-        self.wrong_output = "this is not the answer you are looking for"
         self.requests: list[dict[str, Any]] = []
-        server = self
-        self._httpd = ThreadingHTTPServer((host, port), _make_handler(server))
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return self._httpd.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def set_mode(self, mode: str, wrong_output: str | None = None) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode {mode!r}: expected one of {MODES}")
-        self.mode = mode
-        if wrong_output is not None:
-            self.wrong_output = wrong_output
-
-    def start(self) -> TGIServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="tgi-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> TGIServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.serve(_make_handler(self), host, port)
 
     # ---- protocol ----
 

@@ -39,9 +39,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from tests.support.loopback import LoopbackServer
 
 MODES = ("ok", "error", "wrong")
 
@@ -127,8 +129,11 @@ class Pod:
         self.lock = threading.Lock()
 
 
-class VLLMServer:
+class VLLMServer(LoopbackServer):
     """A threaded HTTP server speaking vLLM's OpenAI-compatible protocol for one model, many pods."""
+
+    MODES = MODES
+    THREAD_NAME = "vllm-server"
 
     def __init__(
         self,
@@ -148,46 +153,14 @@ class VLLMServer:
         self.path_map = path_map or Path
         self.initial_adapters = initial_adapters or (lambda pod: {})
         self.runtime_lora_updating = runtime_lora_updating
-        self.mode = "ok"
-        self.wrong_output = "this is not the answer you are looking for"
         self.pods: dict[str, Pod] = {}
         self.requests: list[dict[str, Any]] = []
         self._ids = 0
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self.serve(_make_handler(self), host, port)
 
     def pod_url(self, pod: str) -> str:
         return f"{self.url}/pods/{pod}"
-
-    def set_mode(self, mode: str, wrong_output: str | None = None) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode {mode!r}: expected one of {MODES}")
-        self.mode = mode
-        if wrong_output is not None:
-            self.wrong_output = wrong_output
-
-    def start(self) -> VLLMServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="vllm-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> VLLMServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ---- pods ----
 
