@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,7 +34,7 @@ from kubetune.leader_election import (
     default_namespace,
     new_identity,
 )
-from kubetune.reconcile.client import api_client, load_configuration
+from kubetune.reconcile.client import ApiException, api_client, load_configuration
 from kubetune.settings import Settings, load_settings
 
 # The handler modules register themselves with kopf when imported; these names only say so.
@@ -59,6 +60,9 @@ def run_operator(
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("kopf.objects", "kopf.activities.probe", "kopf._core.engines.peering"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    outage = ApiOutageFilter()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(outage)
     if liveness_endpoint is None and cfg.health_port:
         liveness_endpoint = f"http://0.0.0.0:{cfg.health_port}/healthz"
     if cfg.leader_elect:
@@ -144,6 +148,52 @@ def drain_reconciles(timeout: float) -> None:
         log.info("waiting for %d reconciles in progress before releasing the lease", len(busy))
     for thread in busy:
         thread.join(max(0.0, deadline - time.monotonic()))
+
+
+# Answers that mean "the API server is away or overloaded", not "this reconcile is wrong": no answer at all
+# (connection refused during a restart), 429 (APF, or storage re-initializing after an etcd restart) and 5xx.
+UNAVAILABLE = {0, 429, 500, 502, 503, 504}
+
+
+def api_unavailable(exc: BaseException | None) -> ApiException | None:
+    """The ApiException saying the API server is unavailable, if that is what EXC is."""
+    if isinstance(exc, ApiException) and exc.status in UNAVAILABLE:
+        return exc
+    return None
+
+
+class ApiOutageFilter(logging.Filter):
+    """While the API server is away (a restart, an etcd restart), every queued object's reconcile fails the
+    same way and the work queue logs each with a traceback: hundreds of ERROR records for one outage. This
+    keeps one WARNING line per WINDOW seconds that says how many failed (each is still counted in
+    controller_runtime_reconcile_errors_total and retried with backoff); other errors pass unchanged."""
+
+    def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window = window
+        self.clock = clock
+        self.last: float | None = None
+        self.suppressed = 0
+        self.lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = api_unavailable(record.exc_info[1] if record.exc_info else None)
+        if exc is None:
+            return True
+        now = self.clock()
+        with self.lock:
+            if self.last is not None and now - self.last < self.window:
+                self.suppressed += 1
+                return False
+            more, self.suppressed, self.last = self.suppressed, 0, now
+        detail = f"{exc.status} {exc.message}" if exc.status else f"no connection: {exc.reason}"
+        tail = f"; {more} more like it in the last {self.window:g} s" if more else ""
+        original = record.getMessage()
+        record.msg = "%s: the API server is unavailable (%s)%s; retrying with backoff"
+        record.args = (original, detail, tail)
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 class StandbyHealth:

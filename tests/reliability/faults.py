@@ -122,3 +122,15 @@ def error_lines(op: Operator) -> list[str]:
             ln for ln in path.read_text(errors="replace").splitlines() if " ERROR " in ln or "Traceback" in ln
         ]
     return lines
+
+
+def outage_lines(op: Operator) -> list[str]:
+    """The operator's "the API server is unavailable" warnings (one per 10 s window of an outage)."""
+    lines = []
+    for path in sorted(op.log_dir.glob("operator-*.log")):
+        lines += [
+            ln
+            for ln in path.read_text(errors="replace").splitlines()
+            if "the API server is unavailable" in ln
+        ]
+    return lines

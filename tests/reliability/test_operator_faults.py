@@ -179,11 +179,13 @@ def test_an_api_server_restart_during_a_burst(kube, fault_ns, tmp_path):
                 down = time.monotonic() - restarted
             took = faults.wait_converged(kube, fault_ns, names, CONVERGE_TIMEOUT)
             assert op.proc.poll() is None, "the operator exited"
-            errors = faults.error_lines(op)
+            errors, outage = faults.error_lines(op), faults.outage_lines(op)
             print(f"\nAPI server restart ({down:.1f} s until ready again): all {BURST} converged {took:.1f} s later; "
-                  f"{len(errors)} ERROR lines")  # fmt: skip
+                  f"{len(errors)} ERROR lines, {len(outage)} outage warnings")  # fmt: skip
             assert faults.problems(kube, fault_ns, names) == []
-            assert len(errors) <= 20, "\n".join(errors[:40])
+            # kopf logs its watch retries at ERROR (a few per watch); failed reconciles are one warning per 10 s.
+            assert len(errors) <= 30, "\n".join(errors[:40])
+            assert len(outage) <= down / 10 + 4, "\n".join(outage)
         finally:
             op.stop()
 
@@ -209,10 +211,11 @@ def test_an_etcd_restart_during_a_burst(kube, fault_ns, tmp_path):
             down = time.monotonic() - restarted
         took = faults.wait_converged(kube, fault_ns, names, CONVERGE_TIMEOUT)
         assert op.proc.poll() is None, "the operator exited"
-        errors = faults.error_lines(op)
+        errors, outage = faults.error_lines(op), faults.outage_lines(op)
         print(f"\netcd restart ({down:.1f} s until the API server was ready): all {BURST} converged {took:.1f} s "
-              f"later; {len(errors)} ERROR lines; {burst.failed_calls} failed create calls")  # fmt: skip
+              f"later; {len(errors)} ERROR lines, {len(outage)} outage warnings; {burst.failed_calls} failed create calls")  # fmt: skip
         assert faults.problems(kube, fault_ns, names) == []
-        assert len(errors) <= 20, "\n".join(errors[:40])
+        assert len(errors) <= 30, "\n".join(errors[:40])
+        assert len(outage) <= down / 10 + 4, "\n".join(outage)
     finally:
         op.stop()
