@@ -60,6 +60,9 @@ def run_operator(
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("kopf.objects", "kopf.activities.probe", "kopf._core.engines.peering"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # urllib3 warns on each of its connection retries (three per request while the API server restarts:
+    # thousands of lines); a request that still fails is reported by the reconcile (ApiOutageFilter below).
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     outage = ApiOutageFilter()
     for handler in logging.getLogger().handlers:
         handler.addFilter(outage)

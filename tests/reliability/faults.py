@@ -134,3 +134,8 @@ def outage_lines(op: Operator) -> list[str]:
             if "the API server is unavailable" in ln
         ]
     return lines
+
+
+def log_lines(op: Operator) -> int:
+    """How many lines the operator logged, over all its (re)starts."""
+    return sum(len(p.read_text(errors="replace").splitlines()) for p in op.log_dir.glob("operator-*.log"))

@@ -181,11 +181,12 @@ def test_an_api_server_restart_during_a_burst(kube, fault_ns, tmp_path):
             assert op.proc.poll() is None, "the operator exited"
             errors, outage = faults.error_lines(op), faults.outage_lines(op)
             print(f"\nAPI server restart ({down:.1f} s until ready again): all {BURST} converged {took:.1f} s later; "
-                  f"{len(errors)} ERROR lines, {len(outage)} outage warnings")  # fmt: skip
+                  f"{len(errors)} ERROR lines, {len(outage)} outage warnings, {faults.log_lines(op)} lines in all")  # fmt: skip
             assert faults.problems(kube, fault_ns, names) == []
             # kopf logs its watch retries at ERROR (a few per watch); failed reconciles are one warning per 10 s.
             assert len(errors) <= 30, "\n".join(errors[:40])
             assert len(outage) <= down / 10 + 4, "\n".join(outage)
+            assert faults.log_lines(op) <= 300, op.log_tail()
         finally:
             op.stop()
 
@@ -213,9 +214,10 @@ def test_an_etcd_restart_during_a_burst(kube, fault_ns, tmp_path):
         assert op.proc.poll() is None, "the operator exited"
         errors, outage = faults.error_lines(op), faults.outage_lines(op)
         print(f"\netcd restart ({down:.1f} s until the API server was ready): all {BURST} converged {took:.1f} s "
-              f"later; {len(errors)} ERROR lines, {len(outage)} outage warnings; {burst.failed_calls} failed create calls")  # fmt: skip
+              f"later; {len(errors)} ERROR lines, {len(outage)} outage warnings, {faults.log_lines(op)} lines in all; {burst.failed_calls} failed create calls")  # fmt: skip
         assert faults.problems(kube, fault_ns, names) == []
         assert len(errors) <= 30, "\n".join(errors[:40])
         assert len(outage) <= down / 10 + 4, "\n".join(outage)
+        assert faults.log_lines(op) <= 300, op.log_tail()
     finally:
         op.stop()
