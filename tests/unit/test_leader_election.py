@@ -103,3 +103,17 @@ def test_outside_a_cluster_the_namespace_must_be_given(monkeypatch, tmp_path):
     (tmp_path / "ns").write_text("kubetune-system\n")
     monkeypatch.setattr(le, "IN_CLUSTER_NAMESPACE", tmp_path / "ns")
     assert default_namespace(None) == "kubetune-system"
+
+
+def test_the_operator_refuses_to_start_without_a_lease_namespace_outside_a_cluster(
+    monkeypatch, tmp_path, capsys
+):
+    import kubetune.leader_election as le
+    from kubetune import cli
+
+    monkeypatch.setattr(le, "IN_CLUSTER_NAMESPACE", tmp_path / "absent")
+    monkeypatch.delenv("KUBETUNE_LEADER_ELECTION_NAMESPACE", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["operator", "-A", "--leader-elect"])
+    assert exit_.value.code == 2
+    assert "--leader-election-namespace" in capsys.readouterr().err
