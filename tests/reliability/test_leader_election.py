@@ -131,9 +131,8 @@ def test_a_leader_stopped_with_sigterm_releases_the_lease_and_the_standby_takes_
 def test_a_leader_that_loses_its_lease_steps_down(kube, election_ns, pair):
     """Someone else holds the lease (here: written by hand, as after a long network partition): the old
     leader exits (1) at its next renewal instead of reconciling next to the new one."""
-    a, _ = pair
-    a.start()
-    wait_for(lambda: leading(a), 30, 0.2, "the operator to take the lease")
+    a, b = pair
+    start_leader_and_standby(pair)
     now = dt.datetime.now(dt.UTC)
     leases = client.CoordinationV1Api(kube.api)
     current = leases.read_namespaced_lease(LEASE, election_ns)
@@ -145,3 +144,8 @@ def test_a_leader_that_loses_its_lease_steps_down(kube, election_ns, pair):
     print(f"\nlease taken by another holder: the leader exited (1) after {time.monotonic() - stolen:.1f} s")
     assert "lost lease" in log_text(a) and "the lease is held by somebody-else" in log_text(a)
     assert lease(kube, election_ns).holder_identity == "somebody-else"  # it did not write after losing it
+    # A standby stops at once on SIGTERM (it holds nothing to release).
+    b.proc.send_signal(signal.SIGTERM)
+    assert b.proc.wait(10) == 0
+    assert "stopped while standing by" in log_text(b)
+    assert lease(kube, election_ns).holder_identity == "somebody-else"

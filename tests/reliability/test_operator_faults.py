@@ -3,7 +3,7 @@ server or etcd restarted under it: every FineTuneJob ends with exactly one Job (
 attempt), one of each child and a complete status; nothing is half-written; the operator never crashes.
 
 Each test runs its own `kubetune operator` on its own namespace (never the session's rel-* operator).
-The burst is KUBETUNE_FAULT_BURST FineTuneJobs (default 150 here; docs/reliability.md has the 500 run),
+The burst is KUBETUNE_FAULT_BURST FineTuneJobs (default 100 here; docs/reliability.md has the 500 run),
 suspended, so the operator does all its work (children, status, events) and no pod starts.
 """
 
@@ -25,7 +25,7 @@ from tests.reliability.conftest import _drop_pods
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok, pytest.mark.timeout(600)]
 
-BURST = int(os.environ.get("KUBETUNE_FAULT_BURST", "150"))
+BURST = int(os.environ.get("KUBETUNE_FAULT_BURST", "100"))
 CONVERGE_TIMEOUT = 120 + BURST  # seconds: a loaded 2-core machine makes ~3-6 Jobs a second
 GRACE_SECONDS = 30  # a pod's default terminationGracePeriodSeconds
 
