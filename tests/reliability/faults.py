@@ -139,3 +139,19 @@ def outage_lines(op: Operator) -> list[str]:
 def log_lines(op: Operator) -> int:
     """How many lines the operator logged, over all its (re)starts."""
     return sum(len(p.read_text(errors="replace").splitlines()) for p in op.log_dir.glob("operator-*.log"))
+
+
+def settled_versions(kube, ns: str, quiet: float = 2.0, timeout: float = 60.0) -> dict[str, str]:
+    """RESOURCE_VERSIONS once two looks QUIET seconds apart agree (the Job controller may still be adding
+    its Suspended condition to the last Jobs); fails when they keep changing for TIMEOUT (writers fighting)."""
+    deadline = time.monotonic() + timeout
+    previous = resource_versions(kube, ns)
+    while True:
+        time.sleep(quiet)
+        current = resource_versions(kube, ns)
+        if current == previous:
+            return current
+        if time.monotonic() > deadline:
+            changed = sorted(k for k in current if current.get(k) != previous.get(k))
+            raise AssertionError(f"objects still changing after {timeout} s: {changed[:20]}")
+        previous = current

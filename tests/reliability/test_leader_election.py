@@ -83,7 +83,7 @@ def test_two_operators_make_one_job_each_without_fighting_and_the_standby_takes_
 
     # No fighting: once converged nothing is written any more (resourceVersions stay), and the standby
     # never started its controllers nor wrote anything.
-    before = faults.resource_versions(kube, election_ns)
+    before = faults.settled_versions(kube, election_ns)
     time.sleep(3 * RETRY_PERIOD)
     assert faults.resource_versions(kube, election_ns) == before
     assert b.metric("kubetune_api_writes_total") == 0
