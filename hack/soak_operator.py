@@ -9,7 +9,8 @@ work - children, status, events - and no pods start), waits until each has its t
 all, waits until every FineTuneJob and every child (Job, ConfigMap, Service, ServiceAccount, Role,
 RoleBinding) is gone, lets the operator settle and records its RSS (process and children). Passes when
 the RSS after the last wave is within --rss-tolerance-mib (10) of the first wave's and nothing is left
-behind. Prints one table row per wave; the figures go to docs/reliability.md by hand.
+behind. Prints one table row per wave (with the machine's load average: the timings depend on it); the
+figures go to docs/reliability.md by hand.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -99,7 +101,7 @@ def main() -> int:
     rows: list[dict] = []
     print(
         f"{'wave':>4} {'jobs':>5} {'create s':>9} {'all Jobs s':>10} {'delete+gc s':>11} "
-        f"{'RSS MiB':>8} {'reconcile errors':>16} {'left behind':>12}",
+        f"{'RSS MiB':>8} {'reconcile errors':>16} {'left behind':>12} {'load 1m':>8}",
         flush=True,
     )
     try:
@@ -142,11 +144,13 @@ def main() -> int:
                 "rss_mib": round(rss_mib(op), 1),
                 "reconcile_errors": op.metric("controller_runtime_reconcile_errors_total") - errors_before,
                 "left_behind": sum(leftovers(api, ns).values()),
+                # The machine's load (1-minute average) when the wave ended: the timings depend on it.
+                "load_1m": round(os.getloadavg()[0], 1),
             }
             rows.append(row)
             print(
                 f"{wave:>4} {args.jobs:>5} {row['create_s']:>9} {row['all_jobs_s']:>10} {row['delete_gc_s']:>11} "
-                f"{row['rss_mib']:>8} {row['reconcile_errors']:>16g} {row['left_behind']:>12}",
+                f"{row['rss_mib']:>8} {row['reconcile_errors']:>16g} {row['left_behind']:>12} {row['load_1m']:>8}",
                 flush=True,
             )
     finally:

@@ -153,10 +153,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_operator(args: argparse.Namespace) -> int:
     """Run the operator (kopf) against the current kubeconfig or in-cluster."""
+    from kubetune.leader_election import ElectionError
     from kubetune.manager import run_operator
 
     namespaces = None if args.all_namespaces or not args.namespace else list(args.namespace)
-    run_operator(namespaces=namespaces, standalone=args.standalone)
+    try:
+        run_operator(
+            namespaces=namespaces,
+            standalone=args.standalone,
+            leader_elect=args.leader_elect,
+            leader_election_id=args.leader_election_id,
+            leader_election_namespace=args.leader_election_namespace,
+        )
+    except ElectionError as exc:
+        print(f"kubetune operator: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -248,6 +259,23 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces")
     operator.add_argument(
         "--standalone", action="store_true", help="no peering with other operator instances"
+    )
+    operator.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the controllers only while holding the leader Lease, so several replicas can run "
+        "(default: $KUBETUNE_LEADER_ELECT, else off)",
+    )
+    operator.add_argument(
+        "--leader-election-id",
+        metavar="NAME",
+        help="name of the leader Lease (default: $KUBETUNE_LEADER_ELECTION_ID, else kubetune-operator)",
+    )
+    operator.add_argument(
+        "--leader-election-namespace",
+        metavar="NS",
+        help="namespace of the leader Lease (default: the pod's namespace; required outside a cluster)",
     )
     operator.set_defaults(func=cmd_operator)
 

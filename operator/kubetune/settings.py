@@ -4,6 +4,7 @@ KUBETUNE_NAMESPACES=team-a,team-b      watch these namespaces (empty: all)
 KUBETUNE_TRAINER_IMAGE=...             default trainer image (spec.image overrides it)
 KUBETUNE_METRICS_PORT=8080             Prometheus metrics (0 turns them off)
 KUBETUNE_HEALTH_PORT=8081              liveness endpoint /healthz (0 turns it off)
+KUBETUNE_LEADER_ELECT=true             only the holder of the leader Lease runs the controllers
 """
 
 from __future__ import annotations
@@ -38,6 +39,19 @@ class Settings(BaseSettings):
     """Port of the Prometheus metrics endpoint (0: off)."""
     health_port: int = 8081
     """Port of the liveness endpoint /healthz (0: off)."""
+    leader_elect: bool = False
+    """Run the controllers only while holding the leader Lease (kubetune.leader_election): with several
+    replicas one leads and the others stand by. The chart turns it on."""
+    leader_election_id: str = "kubetune-operator"
+    """Name of the leader Lease."""
+    leader_election_namespace: str | None = None
+    """Namespace of the leader Lease (default: the pod's own namespace; required outside a cluster)."""
+    lease_duration_seconds: int = 15
+    """A standby takes over a lease its holder has not renewed for this long (client-go's default)."""
+    renew_deadline_seconds: float = 10.0
+    """The leader steps down (exits) when it could not renew for this long; less than the lease duration."""
+    retry_period_seconds: float = 2.0
+    """How often the leader renews and a standby looks at the lease."""
     log_level: str = "INFO"
     """Log level of the operator."""
     field_manager: str = "kubetune"

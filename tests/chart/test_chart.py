@@ -57,7 +57,9 @@ def test_default_render_has_crds_operator_and_rbac(helm):
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == "ghcr.io/kubetune/kubetune-operator:0.1.0"
-    assert container["args"] == ["operator", "--standalone", "--all-namespaces"]
+    assert container["args"] == ["operator", "--standalone", "--leader-elect", "--leader-election-id=kt-kubetune",
+                                 "--leader-election-namespace=kubetune-system", "--all-namespaces"]  # fmt: skip
+    assert deployment["spec"]["replicas"] == 1
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["livenessProbe"]["httpGet"]["port"] == "health"
@@ -75,7 +77,7 @@ def test_values_switch_crds_namespaces_and_images(helm):
                   "image.tag=dev")  # fmt: skip
     assert by_kind(docs, "CustomResourceDefinition") == []
     (container,) = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
-    assert container["args"] == ["operator", "--standalone", "--namespace=ml", "--namespace=research"]
+    assert container["args"][-2:] == ["--namespace=ml", "--namespace=research"]
     assert container["image"].endswith(":dev")
     assert {"name": "KUBETUNE_TRAINER_IMAGE", "value": "registry.local/trainer:1"} in container["env"]
     keep_off = render(helm, "crds.keep=false")
@@ -86,11 +88,57 @@ def test_values_schema_rejects_unknown_and_wrong_values(helm):
     for bad, word in [
         ("bogus=1", "bogus"),
         ("logLevel=LOUD", "logLevel"),
-        ("replicaCount=3", "replicaCount"),
+        ("replicaCount=-1", "replicaCount"),
+        ("leaderElection.leaseName=Not_A_Name", "leaseName"),
     ]:
         proc = run_helm(helm, "template", "kt", str(CHART), "--kube-version", KUBE_VERSION, "--set", bad)
         assert proc.returncode != 0
         assert word in proc.stderr
+
+
+def test_two_replicas_with_leader_election(helm):
+    """replicaCount 2: both replicas are candidates for one Lease in the release namespace; the RBAC for it
+    is a namespaced Role (create, then get/update of that Lease only); updates roll (the new pod stands by
+    until the old one releases the lease)."""
+    docs = render(helm, "replicaCount=2", "leaderElection.leaseDurationSeconds=30",
+                  "leaderElection.renewDeadlineSeconds=20")  # fmt: skip
+    (deployment,) = by_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}  # fmt: skip
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"--leader-elect", "--leader-election-id=kt-kubetune",
+            "--leader-election-namespace=kubetune-system"} <= set(container["args"])  # fmt: skip
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KUBETUNE_LEASE_DURATION_SECONDS"] == "30"
+    assert env["KUBETUNE_RENEW_DEADLINE_SECONDS"] == "20"
+    assert env["KUBETUNE_RETRY_PERIOD_SECONDS"] == "2"
+    (role,) = by_kind(docs, "Role")
+    assert role["metadata"]["namespace"] == "kubetune-system"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["kt-kubetune"],
+         "verbs": ["get", "update"]},
+    ]  # fmt: skip
+    (binding,) = by_kind(docs, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == by_kind(docs, "ServiceAccount")[0]["metadata"]["name"]
+    # The ClusterRole grants nothing on leases: the Lease lives only in the release namespace.
+    (cluster_role,) = by_kind(docs, "ClusterRole")
+    assert not any("leases" in rule["resources"] for rule in cluster_role["rules"])
+
+
+def test_leader_election_off_means_one_replica_recreated(helm):
+    docs = render(helm, "leaderElection.enabled=false")
+    (deployment,) = by_kind(docs, "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert not any(arg.startswith("--leader-elect") for arg in container["args"])
+    assert by_kind(docs, "Role") == [] and by_kind(docs, "RoleBinding") == []
+    proc = run_helm(helm, "template", "kt", str(CHART), "--kube-version", KUBE_VERSION,
+                    "--set", "leaderElection.enabled=false", "--set", "replicaCount=2")  # fmt: skip
+    assert proc.returncode != 0
+    assert "replicaCount > 1 needs leaderElection.enabled=true" in proc.stderr
 
 
 @pytest.mark.kwok
@@ -109,6 +157,22 @@ def test_helm_install_on_the_real_api_server(helm, kube, namespace):
         rbac = client.RbacAuthorizationV1Api(kube.api)
         role = rbac.read_cluster_role(deployment.metadata.name)
         assert any("finetunejobs" in (rule.resources or []) for rule in role.rules)
+        # The API server's own authorizer: the operator's ServiceAccount may take and renew its Lease.
+        account = deployment.spec.template.spec.service_account_name
+        for verb, name in [
+            ("create", None),
+            ("get", deployment.metadata.name),
+            ("update", deployment.metadata.name),
+        ]:
+            review = client.AuthorizationV1Api(kube.api).create_subject_access_review(
+                client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
+                    user=f"system:serviceaccount:{namespace}:{account}",
+                    resource_attributes=client.V1ResourceAttributes(
+                        group="coordination.k8s.io", resource="leases", verb=verb, namespace=namespace, name=name
+                    ),
+                ))
+            )  # fmt: skip
+            assert review.status.allowed, (verb, review.status)
         status = json.loads(
             run_helm(helm, "status", release, "-n", namespace, "-o", "json", env=kube.env()).stdout
         )

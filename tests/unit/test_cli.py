@@ -195,11 +195,25 @@ def test_train_and_operator_call_their_implementations(capsys, monkeypatch, tmp_
     args = ("train", "-f", job, "--local", "--output", str(tmp_path), "--processes", "2")
     assert run(capsys, *args)[0] == 7
     assert calls["train"] == (job, str(tmp_path), 2)
+    no_election = {"leader_elect": None, "leader_election_id": None, "leader_election_namespace": None}
     assert run(capsys, "operator", "-n", "a", "--namespace", "b", "--standalone")[0] == 0
-    assert calls["operator"] == {"namespaces": ["a", "b"], "standalone": True}
+    assert calls["operator"] == {"namespaces": ["a", "b"], "standalone": True, **no_election}
     calls.clear()
     assert run(capsys, "operator", "--all-namespaces")[0] == 0
-    assert calls["operator"] == {"namespaces": None, "standalone": False}
+    assert calls["operator"] == {"namespaces": None, "standalone": False, **no_election}
+    calls.clear()
+    argv = (
+        "operator",
+        "-A",
+        "--leader-elect",
+        "--leader-election-id",
+        "kt",
+        "--leader-election-namespace",
+        "ops",
+    )
+    assert run(capsys, *argv)[0] == 0
+    assert calls["operator"] == {"namespaces": None, "standalone": False, "leader_elect": True,
+                                 "leader_election_id": "kt", "leader_election_namespace": "ops"}  # fmt: skip
     assert run(capsys, "operator", "-A", "-n", "x")[0] == 2
 
 
