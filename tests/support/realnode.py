@@ -368,7 +368,7 @@ def local_pv(name: str, path: Path, size: str) -> dict:
 TEST_APPLETS = (
     "sh", "ash", "cat", "echo", "sleep", "wget", "nslookup", "ls", "mkdir", "touch", "rm", "date", "env",
     "hostname", "ip", "test", "true", "false", "id", "grep", "head", "tail", "sed", "awk", "printf", "kill",
-    "ps", "df", "du", "mount", "cp", "mv", "sync", "tee", "wc", "sha256sum", "tar", "nc", "timeout", "uname",
+    "ps", "df", "du", "mount", "cp", "mv", "sync", "tee", "wc", "sha256sum", "tar", "nc", "timeout", "uname", "httpd",
 )  # fmt: skip
 
 
@@ -467,7 +467,9 @@ def remove_kubelet_chains() -> None:
             continue
         for hook in ("INPUT", "OUTPUT"):
             for _ in range(10):  # one rule per earlier kubelet start at most
-                if _run(tool, "-w", "-t", "filter", "-D", hook, "-j", "KUBE-FIREWALL", check=False).returncode:
+                if _run(
+                    tool, "-w", "-t", "filter", "-D", hook, "-j", "KUBE-FIREWALL", check=False
+                ).returncode:
                     break
         for table in ("filter", "nat", "mangle"):
             for chain in KUBELET_CHAINS:
@@ -775,7 +777,10 @@ class RealNode:
         imagetar.write_archive(
             imagetar.Image(
                 "kubetune/node-test:dev",
-                imagetar.busybox_entries(busybox, TEST_APPLETS),
+                [
+                    *imagetar.busybox_entries(busybox, TEST_APPLETS),
+                    imagetar.Entry("bin/apiprobe", source=bins["apiprobe"]),
+                ],
                 ["/bin/sh"],
                 ["-c", "true"],
             ),
