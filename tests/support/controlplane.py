@@ -898,6 +898,14 @@ class ControlPlane:
         if not self.state:
             self.load()
         port = free_port()
+        # Loopback only, without an endpoint reconciler even when the main one serves the real node's pods
+        # (two servers would otherwise take turns writing the kubernetes Endpoints).
+        network = ("--bind-address=", "--advertise-address=", "--endpoint-reconciler-type=")
+        loopback = [
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            "--endpoint-reconciler-type=none",
+        ]
         argv = [
             f"--secure-port={port}"
             if a.startswith("--secure-port=")
@@ -905,7 +913,9 @@ class ControlPlane:
             if a.startswith("--cert-dir=")
             else a
             for a in self.state["components"]["kube-apiserver"]["argv"]
+            if not a.startswith(network)
         ]
+        argv[1:1] = loopback
         # Its identity Lease would be named after the host, i.e. the same as the main one's: the two
         # would fight over it. (In a real HA control plane each runs on its own host.)
         argv.append("--feature-gates=APIServerIdentity=false,UnknownVersionInteroperabilityProxy=false")

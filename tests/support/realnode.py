@@ -879,7 +879,7 @@ class RealNode:
                 failed = unmount_all(self.dir)
                 if failed:
                     raise cpmod.ControlPlaneError("could not unmount: " + "; ".join(failed))
-                for sub in ("containerd/state", "kubelet", "pod-logs"):
+                for sub in ("containerd/state", "kubelet", "pod-logs", "cni/ipam"):
                     if not mounts_under(self.dir / sub):
                         shutil.rmtree(self.dir / sub, ignore_errors=True)
             if fd is None:
