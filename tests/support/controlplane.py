@@ -1286,7 +1286,16 @@ def main(argv: list[str] | None = None) -> int:
             ready = cp.apiserver_ready()
             print(f"{'apiserver /readyz':26} {'ok' if ready else 'NOT READY'}  {cp.server}")
             print(f"{'kubeconfig':26} {cp.kubeconfig}")
-            return 0 if ready and all(alive.values()) else 1
+            from tests.support import realnode
+
+            node = realnode.RealNode(cp)
+            node_ok = True
+            if node.info():
+                node_ok = node.healthy()
+                print(
+                    f"{'real node ' + realnode.NODE_NAME:26} {'Ready' if node_ok else 'NOT HEALTHY'}  {node.socket}"
+                )
+            return 0 if ready and all(alive.values()) and node_ok else 1
         elif args.cmd == "restart":
             cp.restart(args.component)
     except ControlPlaneError as exc:
