@@ -953,4 +953,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy's: realnode and controlplane import each other
+    # by name, and an exception class of the __main__ copy would not be the one they raise.
+    from tests.support.realnode import main as _main
+
+    sys.exit(_main())
