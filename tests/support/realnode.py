@@ -118,7 +118,11 @@ def ensure_built() -> dict[str, Path]:
         raise RealNodeUnavailable(f"this host cannot run containers: {problem}")
     if subprocess.run(["bash", str(SCRIPT), "check"], capture_output=True).returncode != 0:
         log("installing and building the real node's packages and binaries (hack/realnode.sh)")
-        _script("install")
+        try:
+            _script("install")
+        except cpmod.ControlPlaneError as exc:
+            # A host without Debian's packages (or apt) cannot run it either; the builds below are ours.
+            raise RealNodeUnavailable(f"its Debian packages could not be installed: {exc}") from None
     return _script("build")
 
 

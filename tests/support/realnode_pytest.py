@@ -53,6 +53,8 @@ def real_node(kube):
         )
     if problem := realnode.host_problem():
         pytest.skip(f"this host cannot run containers, so no real node: {problem}")
+    if isinstance(_prepare_error, realnode.RealNodeUnavailable):
+        pytest.skip(f"no real node: {_prepare_error}")
     if _prepare_error is not None:
         raise _prepare_error
     cp = kube.control_plane
