@@ -45,6 +45,7 @@ import urllib.error
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -138,6 +139,9 @@ def issue_client_cert(pki: Path, stem: str, cn: str, orgs: tuple[str, ...] = ())
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey), (
+        "the control plane's CA key is an EC key (make_pki)"
+    )
     ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
@@ -398,7 +402,7 @@ MNT_DETACH = 2
 def unmount_all(root: Path) -> list[str]:
     """Lazily unmount everything under ROOT (containerd's rootfs and netns mounts, the kubelet's
     volumes); return what could not be unmounted."""
-    failed = []
+    failed: list[str] = []
     for _ in range(5):
         points = mounts_under(root)
         if not points:
@@ -668,7 +672,7 @@ class RealNode:
         for sub in ("logs", "volumes", "pod-logs", "kubelet", "cni/net.d", "cni/ipam", "containerd"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         kubelet_port, kubelet_healthz, proxy_healthz, proxy_metrics, dns_ready = cpmod.free_ports(5)
-        info = {
+        info: dict[str, Any] = {
             "node_name": NODE_NAME,
             "containerd_socket": str(self.socket),
             "cri_namespace": CRI_NAMESPACE,
