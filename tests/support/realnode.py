@@ -554,15 +554,20 @@ class RealNode:
             for name in PROCESSES
         }
 
-    def node_ready(self) -> bool:
+    def node_ready(self, since: dt.datetime | None = None) -> bool:
+        """The Node's Ready condition is True (and, with SINCE, was reported at or after it: a kubelet
+        killed a moment ago leaves a Ready status behind for a while)."""
         try:
             node = self.cp.request("GET", f"/api/v1/nodes/{NODE_NAME}")
         except (urllib.error.URLError, OSError):
             return False
-        return any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in node.get("status", {}).get("conditions", [])
-        )
+        for c in node.get("status", {}).get("conditions", []):
+            if c["type"] == "Ready" and c["status"] == "True":
+                if since is None:
+                    return True
+                heartbeat = dt.datetime.fromisoformat(c["lastHeartbeatTime"].replace("Z", "+00:00"))
+                return heartbeat >= since.replace(microsecond=0)
+        return False
 
     def healthy(self) -> bool:
         info = self.info()
@@ -731,6 +736,7 @@ class RealNode:
         kube_proxy = str(bins["node"] / "kube-proxy")
         self._spawn(info, "kube-proxy", [kube_proxy, f"--config={d / 'kube-proxy.yaml'}"], lock_fd)
         kubelet = str(bins["node"] / "kubelet")
+        kubelet_started = dt.datetime.now(dt.UTC)
         self._spawn(
             info,
             "kubelet",
@@ -747,7 +753,7 @@ class RealNode:
             ],
             lock_fd,
         )
-        self._wait(info, f"node {NODE_NAME} Ready", self.node_ready, deadline)
+        self._wait(info, f"node {NODE_NAME} Ready", lambda: self.node_ready(since=kubelet_started), deadline)
         self._wait(
             info, "CoreDNS /ready", lambda: self.cp._get_ok(f"http://127.0.0.1:{dns_ready}/ready"), deadline
         )
