@@ -842,6 +842,9 @@ class RealNode:
         # The Node and its volumes would stay behind in a control plane that keeps running.
         if self.cp.state and self.cp.apiserver_ready():
             self._delete_api_objects()
+        # The claims' data: their PersistentVolumes are gone (or go with the control plane).
+        if self.volumes.exists() and not mounts_under(self.volumes):
+            shutil.rmtree(self.volumes, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.info_file.unlink()
         log(f"real node {NODE_NAME} stopped")
@@ -896,6 +899,9 @@ class RealNode:
                 for sub in ("containerd/state", "kubelet", "pod-logs", "cni/ipam"):
                     if not mounts_under(self.dir / sub):
                         shutil.rmtree(self.dir / sub, ignore_errors=True)
+                for sock in (self.socket, Path(f"{self.socket}.ttrpc")):
+                    with contextlib.suppress(OSError):
+                        sock.unlink()
             if fd is None:
                 log("another real node holds the machine lock: left the bridge, iptables and cgroups alone")
                 return
