@@ -100,6 +100,9 @@ KWOK_NODES = [
 ]
 
 START_TIMEOUT = float(os.environ.get("KUBETUNE_CLUSTER_START_TIMEOUT", "120"))
+# Set by the real_node pytest plugin when the session's tests will want the real node: a control plane this
+# process starts then gets the real node's API server flags at once, instead of a restart later.
+START_FOR_REAL_NODE = False
 
 
 class ControlPlaneError(RuntimeError):
@@ -714,7 +717,11 @@ class ControlPlane:
 
         with self.lock():
             # Started with the real node's API server flags when it will run, saving a restart.
-            wanted = real_node == "yes" or (real_node == "auto" and realnode.host_problem() is None)
+            wanted = (
+                real_node == "yes"
+                or START_FOR_REAL_NODE
+                or (real_node == "auto" and realnode.host_problem() is None)
+            )
             started = self._up(testbin, wanted)
             if real_node != "no":
                 try:

@@ -3,8 +3,9 @@
 ``real_node`` (session scope) -> :class:`tests.support.realnode.RealNode` on the session's local control
 plane (``kube``): node ``real-0`` running real containers (containerd, kubelet, kube-proxy, CoreDNS; see
 tests/support/realnode.py). Reused when one already runs on that control plane (``controlplane up
---real-node``); otherwise started here, which restarts the shared API server once with the real node's
-flags, and stopped at the end of the session (unless ``KUBETUNE_TEST_KEEP_CLUSTER=1``).
+--real-node``); otherwise started here and stopped at the end of the session (unless
+``KUBETUNE_TEST_KEEP_CLUSTER=1``). A control plane the session starts gets the real node's API server flags
+from the start; one that already ran without them is restarted once with them.
 
 Pods go there with ``tolerations: [realnode.TOLERATION]`` and ``nodeSelector: realnode.NODE_SELECTOR``;
 ``real_node.new_volume()`` adds a static PersistentVolume of StorageClass ``real-local`` (one claim each),
@@ -43,6 +44,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         realnode.ensure_built()
     except cpmod.ControlPlaneError as exc:
         _prepare_error = exc
+        return
+    # The session's control plane, if it starts one, serves the real node's pods from the start.
+    cpmod.START_FOR_REAL_NODE = True
 
 
 @pytest.fixture(scope="session")
