@@ -59,9 +59,8 @@ TOLERATION = {"key": TAINT["key"], "operator": "Equal", "value": "true", "effect
 NODE_SELECTOR = {NODE_LABEL[0]: NODE_LABEL[1]}
 
 POD_CIDR = "10.245.0.0/24"  # kwok's fake pod IPs are 10.244.0.0/16
-GATEWAY = (
-    "10.245.0.1"  # the bridge's address: pods' default route, CoreDNS, the API server's advertise address
-)
+# The bridge's address: the pods' default route, CoreDNS, the API server's advertise address.
+GATEWAY = cpmod.REAL_NODE_GATEWAY
 BRIDGE = "kubetune0"
 CNI_NETWORK = "kubetune-real"
 CLUSTER_DOMAIN = "cluster.local"
@@ -95,11 +94,9 @@ def log(msg: str) -> None:
 def host_problem() -> str | None:
     """Why this host cannot run containers, or None (hack/realnode.sh can-run: root, kernel)."""
     proc = subprocess.run(["bash", str(SCRIPT), "can-run"], capture_output=True, text=True)
-    return (
-        (proc.stdout.strip() or proc.stderr.strip() or "hack/realnode.sh can-run failed")
-        if proc.returncode
-        else None
-    )
+    if proc.returncode == 0:
+        return None
+    return proc.stdout.strip() or proc.stderr.strip() or "hack/realnode.sh can-run failed"
 
 
 def _script(*args: str) -> dict[str, Path]:
@@ -442,11 +439,11 @@ def remove_pod_cgroups() -> None:
                 top.rmdir()
 
 
-def set_hosts_entry(present: bool) -> None:
+def set_hosts_entry(present: bool, hosts: Path = HOSTS_FILE) -> None:
     """`127.0.0.1 real-0` in /etc/hosts (marked, so it is removed exactly): the API server resolves the
     node's Hostname address to loopback, where the kubelet listens."""
     try:
-        lines = HOSTS_FILE.read_text().splitlines()
+        lines = hosts.read_text().splitlines()
     except OSError:
         lines = []
     kept = [line for line in lines if not line.rstrip().endswith(HOSTS_MARK)]
@@ -454,7 +451,7 @@ def set_hosts_entry(present: bool) -> None:
         kept.append(f"127.0.0.1 {NODE_NAME} {HOSTS_MARK}")
     if kept != lines:
         # Written in place: /etc/hosts is often a bind mount that cannot be replaced by a rename.
-        HOSTS_FILE.write_text("\n".join(kept) + "\n")
+        hosts.write_text("\n".join(kept) + "\n")
 
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
