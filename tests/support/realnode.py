@@ -482,6 +482,28 @@ def remove_kubelet_chains() -> None:
                 _run(tool, "-w", "-t", table, "-X", chain, check=False)
 
 
+# Pod traffic through the bridge is forwarded even where the FORWARD policy is DROP (Docker sets it so
+# when it manages iptables): the pod -> Service -> pod path is routed, and with br_netfilter even bridged
+# traffic between two pods passes FORWARD.
+FORWARD_COMMENT = "kubetune real node"
+
+
+def _forward_rule(direction: str) -> list[str]:
+    return ["FORWARD", direction, BRIDGE, "-m", "comment", "--comment", FORWARD_COMMENT, "-j", "ACCEPT"]
+
+
+def allow_forwarding(allow: bool) -> None:
+    for direction in ("-i", "-o"):
+        rule = _forward_rule(direction)
+        present = _run("iptables", "-w", "-C", *rule, check=False).returncode == 0
+        if allow and not present:
+            _run("iptables", "-w", "-I", *rule)
+        elif not allow:
+            for _ in range(10):  # once per earlier run at most
+                if _run("iptables", "-w", "-D", *rule, check=False).returncode:
+                    break
+
+
 def bridge_exists() -> bool:
     return Path(f"/sys/class/net/{BRIDGE}").exists()
 
@@ -493,6 +515,7 @@ def make_bridge() -> None:
     if GATEWAY not in _run("ip", "-4", "addr", "show", "dev", BRIDGE).stdout:
         _run("ip", "addr", "add", f"{GATEWAY}/{POD_CIDR.split('/')[1]}", "dev", BRIDGE)
     _run("ip", "link", "set", BRIDGE, "up")
+    allow_forwarding(True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -904,6 +927,7 @@ class RealNode:
                 return
             if bridge_exists():
                 _run("ip", "link", "del", BRIDGE, check=False)
+            allow_forwarding(False)
             node_bin = info.get("binaries", {}).get("node")
             if node_bin and Path(node_bin, "kube-proxy").exists():
                 # kube-proxy's own cleanup of its KUBE-* chains (iptables and ip6tables).
