@@ -504,6 +504,18 @@ def allow_forwarding(allow: bool) -> None:
                     break
 
 
+def lock_holders() -> list[int]:
+    """PIDs of processes with the machine lock file open (the real node's processes inherit it)."""
+    holders = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == str(LOCK_PATH) for fd in (proc / "fd").iterdir()):
+                holders.append(int(proc.name))
+    return holders
+
+
 def bridge_exists() -> bool:
     return Path(f"/sys/class/net/{BRIDGE}").exists()
 
@@ -599,6 +611,10 @@ class RealNode:
         )
 
     # lock ------------------------------------------------------------------------------
+    def _lock_owner(self) -> str:
+        owner = Path(f"{LOCK_PATH}.owner")
+        return owner.read_text().strip() if owner.exists() else "?"
+
     def _take_machine_lock(self) -> int:
         """The machine-wide lock, as an fd the node's processes inherit (so it is held exactly while
         any of them runs, and released by the kernel when a killed run's last process is gone)."""
@@ -609,11 +625,7 @@ class RealNode:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                owner = (
-                    Path(f"{LOCK_PATH}.owner").read_text().strip()
-                    if Path(f"{LOCK_PATH}.owner").exists()
-                    else "?"
-                )
+                owner = self._lock_owner()
                 if owner != str(self.dir.resolve()):
                     os.close(fd)
                     raise RealNodeUnavailable(
@@ -902,6 +914,12 @@ class RealNode:
         # started in this directory or name this node's containerd socket (its shims).
         self._stop_strays()
         fd = lock_fd if lock_fd is not None else self._try_machine_lock()
+        if fd is None and self._lock_owner() == str(self.dir.resolve()):
+            # Ours, yet held: by a process of this node that nothing above knew (the lock is inherited).
+            for pid in lock_holders():
+                log(f"stopping pid {pid}, a leftover of this node still holding {LOCK_PATH}")
+                cpmod.stop_pid(pid, None, grace=5.0)
+            fd = self._try_machine_lock()
         try:
             if fd is not None:
                 # The containers (only one real node runs, so every kubepods process is this node's):
