@@ -570,6 +570,13 @@ class RealNode:
     def _save(self, info: dict) -> None:
         cpmod._write(self.info_file, json.dumps(info, indent=2), 0o644)
 
+    def mark(self, **fields: Any) -> None:
+        """Record FIELDS in node.json (e.g. who started the node, for the pytest fixture's teardown)."""
+        info = self.info()
+        if info:
+            info.update(fields)
+            self._save(info)
+
     def log_tail(self, name: str, lines: int = 40) -> str:
         try:
             text = self.log_file(name).read_text(errors="replace").splitlines()[-lines:]

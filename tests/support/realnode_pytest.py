@@ -4,7 +4,7 @@
 plane (``kube``): node ``real-0`` running real containers (containerd, kubelet, kube-proxy, CoreDNS; see
 tests/support/realnode.py). Reused when one already runs on that control plane (``controlplane up
 --real-node``); otherwise started here and stopped at the end of the session (unless
-``KUBETUNE_TEST_KEEP_CLUSTER=1``). A control plane the session starts gets the real node's API server flags
+``KUBETUNE_TEST_KEEP_CLUSTER=1``; with several sessions on it, the last one out stops it). A control plane the session starts gets the real node's API server flags
 from the start; one that already ran without them is restarted once with them.
 
 Pods go there with ``tolerations: [realnode.TOLERATION]`` and ``nodeSelector: realnode.NODE_SELECTOR``;
@@ -20,6 +20,7 @@ a selected test uses the fixture, outside the per-test timeout.
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 import pytest
@@ -63,23 +64,34 @@ def real_node(kube):
         raise _prepare_error
     cp = kube.control_plane
     node = realnode.RealNode(cp)
+    # Every session using the node holds a shared lock on users.lock: the last one out stops it (when the
+    # node was started by a session, not by `controlplane up --real-node`).
+    node.dir.mkdir(parents=True, exist_ok=True)
+    users = open(node.dir / "users.lock", "w")  # noqa: SIM115 - held for the session
+    fcntl.flock(users, fcntl.LOCK_SH)
+    started = False
     try:
-        with cp.lock():
-            cp.load()
-            started = node.up()
-    except realnode.RealNodeUnavailable as exc:
-        pytest.skip(f"no real node: {exc}")
-    try:
-        yield node
-    finally:
-        if started and os.environ.get("KUBETUNE_TEST_KEEP_CLUSTER", "").strip().lower() not in (
-            "1",
-            "true",
-            "yes",
-        ):
+        try:
             with cp.lock():
                 cp.load()
-                node.down()
+                started = node.up()
+        except realnode.RealNodeUnavailable as exc:
+            pytest.skip(f"no real node: {exc}")
+        yield node
+    finally:
+        fcntl.flock(users, fcntl.LOCK_UN)
+        try:
+            if os.environ.get("KUBETUNE_TEST_KEEP_CLUSTER", "").strip().lower() not in ("1", "true", "yes"):
+                with cp.lock():
+                    cp.load()
+                    if started or node.info().get("stop_when_unused"):
+                        try:
+                            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                            node.down()
+                        except BlockingIOError:
+                            node.mark(stop_when_unused=True)  # another session still uses it
+        finally:
+            users.close()
 
 
 @pytest.hookimpl(hookwrapper=True)
