@@ -7,19 +7,19 @@ import subprocess
 
 import pytest
 
-from tests.support import realnode
+from tests.support import realnode_host
 
 
 def test_the_hosts_line_is_added_once_and_removed_exactly(tmp_path):
     hosts = tmp_path / "hosts"
     original = "127.0.0.1 localhost\n# a comment about real-0\n10.0.0.1 real-0-not-ours\n"
     hosts.write_text(original)
-    realnode.set_hosts_entry(True, hosts)
-    realnode.set_hosts_entry(True, hosts)
+    realnode_host.set_hosts_entry(True, hosts)
+    realnode_host.set_hosts_entry(True, hosts)
     lines = hosts.read_text().splitlines()
-    assert lines.count(f"127.0.0.1 {realnode.NODE_NAME} {realnode.HOSTS_MARK}") == 1
+    assert lines.count(f"127.0.0.1 {realnode_host.NODE_NAME} {realnode_host.HOSTS_MARK}") == 1
     assert lines[:3] == original.splitlines()
-    realnode.set_hosts_entry(False, hosts)
+    realnode_host.set_hosts_entry(False, hosts)
     assert hosts.read_text() == original
 
 
@@ -32,9 +32,9 @@ def test_unmount_all_detaches_nested_mounts_deepest_first(tmp_path):
         inner.mkdir()
         subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(inner)], check=True)
         # (a space in a mount point is escaped as \040 in mountinfo)
-        assert realnode.mounts_under(tmp_path / "state") == [str(inner), str(outer)]
-        assert realnode.unmount_all(tmp_path / "state") == []
-        assert realnode.mounts_under(tmp_path / "state") == []
+        assert realnode_host.mounts_under(tmp_path / "state") == [str(inner), str(outer)]
+        assert realnode_host.unmount_all(tmp_path / "state") == []
+        assert realnode_host.mounts_under(tmp_path / "state") == []
     finally:
         for path in (inner, outer):
             subprocess.run(["umount", "-l", str(path)], capture_output=True)

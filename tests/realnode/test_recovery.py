@@ -13,7 +13,7 @@ from kubernetes import client
 
 from tests.realnode.test_node import pod_manifest, run_to_completion, wait_for
 from tests.support import controlplane as cpmod
-from tests.support import realnode
+from tests.support import realnode, realnode_host
 
 pytestmark = [pytest.mark.realnode, pytest.mark.cluster]
 
@@ -45,7 +45,7 @@ def test_up_after_kill_9_clears_the_leftovers_and_runs_pods_again(real_node, kub
         90,
     )
 
-    containers = {pid: cpmod.proc_start_time(pid) for pid in realnode.pod_cgroup_pids()}
+    containers = {pid: cpmod.proc_start_time(pid) for pid in realnode_host.pod_cgroup_pids()}
     assert containers, "no container process found in the kubepods cgroups"
     old = real_node.info()["processes"]
     shims = shim_pids(real_node.socket)
@@ -59,7 +59,7 @@ def test_up_after_kill_9_clears_the_leftovers_and_runs_pods_again(real_node, kub
     )
     # What the crash left: the containers (reparented), their mounts.
     assert any(cpmod.pid_alive(pid, start=start) for pid, start in containers.items())
-    assert realnode.mounts_under(real_node.dir)
+    assert realnode_host.mounts_under(real_node.dir)
 
     cp = kube.control_plane
     with cp.lock():

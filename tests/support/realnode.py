@@ -20,6 +20,10 @@ removes all of it; ``up`` first removes what a killed run left behind.
 One real node per machine (the bridge, port 53 on its gateway and kube-proxy's chains are host-wide):
 while one runs, its processes hold an exclusive ``flock`` on ``LOCK_PATH``.
 
+Modules: this one starts, checks and stops the node; ``realnode_config`` says what it is (names, network,
+the processes' configuration files); ``realnode_host`` handles host-wide state (mounts, cgroups, bridge,
+iptables, /etc/hosts); ``realnode_pytest`` is the ``real_node`` fixture.
+
 No image registry is reachable: the sandbox image (``PAUSE_IMAGE``, a static pause binary built by
 hack/realnode.sh) and a test image (``TEST_IMAGE``: Debian's static busybox and ``apiprobe``, a static
 in-cluster API client from hack/realnode/apiprobe) are packed here
@@ -30,12 +34,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import datetime as dt
 import fcntl
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -51,32 +53,56 @@ import yaml
 
 from tests.support import controlplane as cpmod
 from tests.support import imagetar
+from tests.support.realnode_config import (
+    BRIDGE,
+    CLUSTER_DOMAIN,
+    CNI_NETWORK,
+    CRI_NAMESPACE,
+    GATEWAY,
+    NODE_LABEL,
+    NODE_NAME,
+    NODE_SELECTOR,
+    PAUSE_IMAGE,
+    POD_CIDR,
+    STORAGE_CLASS,
+    TAINT,
+    TEST_APPLETS,
+    TEST_IMAGE,
+    TOLERATION,
+    cni_config,
+    containerd_config,
+    corefile,
+    issue_client_cert,
+    kube_proxy_config,
+    kubelet_config,
+    local_pv,
+    storage_class,
+)
+from tests.support.realnode_host import (
+    CNI_CACHE,
+    LOCK_PATH,
+    allow_forwarding,
+    bridge_exists,
+    lock_holders,
+    make_bridge,
+    mounts_under,
+    pod_cgroup_pids,
+    remove_kubelet_chains,
+    remove_pod_cgroups,
+    run,
+    set_hosts_entry,
+    unmount_all,
+)
 
-NODE_NAME = "real-0"
-NODE_LABEL = ("kubetune.io/real-node", "true")
-TAINT = {"key": "kubetune.io/real-node", "value": "true", "effect": "NoSchedule"}
-TOLERATION = {"key": TAINT["key"], "operator": "Equal", "value": "true", "effect": "NoSchedule"}
-NODE_SELECTOR = {NODE_LABEL[0]: NODE_LABEL[1]}
+# The names tests and other helpers use, from here: what the node is and how pods get there.
+__all__ = [
+    "BRIDGE", "CLUSTER_DOMAIN", "GATEWAY", "NODE_LABEL", "NODE_NAME", "NODE_SELECTOR", "PAUSE_IMAGE",
+    "POD_CIDR", "PROCESSES", "STORAGE_CLASS", "TAINT", "TEST_IMAGE", "TOLERATION", "RealNode",
+    "RealNodeUnavailable", "ensure_built", "host_problem",
+]  # fmt: skip
 
-POD_CIDR = "10.245.0.0/24"  # kwok's fake pod IPs are 10.244.0.0/16
-# The bridge's address: the pods' default route, CoreDNS, the API server's advertise address.
-GATEWAY = cpmod.REAL_NODE_GATEWAY
-BRIDGE = "kubetune0"
-CNI_NETWORK = "kubetune-real"
-CLUSTER_DOMAIN = "cluster.local"
-STORAGE_CLASS = "real-local"
 INITIAL_VOLUMES = 3
-
-PAUSE_IMAGE = "docker.io/kubetune/pause:dev"
-TEST_IMAGE = "docker.io/kubetune/node-test:dev"
-CRI_NAMESPACE = "k8s.io"
-
-LOCK_PATH = Path("/run/lock" if Path("/run/lock").is_dir() else "/tmp") / "kubetune-real-node.lock"
-HOSTS_FILE = Path("/etc/hosts")
-HOSTS_MARK = "# kubetune real node"
 SCRIPT = cpmod.REPO / "hack" / "realnode.sh"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-CNI_CACHE = Path("/var/lib/cni/results")
 
 # Started in this order; stopped in the reverse (the kubelet first, so that it restarts nothing).
 PROCESSES = ("containerd", "coredns", "kube-proxy", "kubelet")
@@ -122,412 +148,6 @@ def ensure_built() -> dict[str, Path]:
             # A host without Debian's packages (or apt) cannot run it either; the builds below are ours.
             raise RealNodeUnavailable(f"its Debian packages could not be installed: {exc}") from None
     return _script("build")
-
-
-# --------------------------------------------------------------------------------------------
-# certificates and configuration files (pure: they only write files)
-
-
-def issue_client_cert(pki: Path, stem: str, cn: str, orgs: tuple[str, ...] = ()) -> None:
-    """A client certificate signed by the control plane's CA (pki/ca.key), as pki/STEM.crt/.key."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey), (
-        "the control plane's CA key is an EC key (make_pki)"
-    )
-    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    subject = x509.Name(
-        [
-            *(x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs),
-            x509.NameAttribute(NameOID.COMMON_NAME, cn),
-        ]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    cpmod._write(
-        pki / f"{stem}.key",
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-    )
-    cpmod._write(pki / f"{stem}.crt", cert.public_bytes(serialization.Encoding.PEM), 0o644)
-
-
-def containerd_config(d: Path, socket: Path, cni_conf_dir: Path) -> str:
-    """containerd 1.6's config: its own root, state and socket; CRI with the local pause image."""
-    return f"""version = 2
-root = "{d / "containerd" / "root"}"
-state = "{d / "containerd" / "state"}"
-oom_score = 0
-
-[grpc]
-  address = "{socket}"
-
-[ttrpc]
-  address = "{socket}.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  # The host may not let a container lower its OOM score below the runtime's own.
-  restrict_oom_score_adj = true
-  disable_apparmor = true
-  # Network namespaces under the state dir (so `down` finds every one), not /var/run/netns.
-  netns_mounts_under_state_dir = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-  max_container_log_line_size = 16384
-
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{cni_conf_dir}"
-    max_conf_num = 1
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d / "containerd" / "opt"}"
-"""
-
-
-def cni_config(ipam_dir: Path) -> dict:
-    """A bridge with host-local addresses; the gateway is the bridge's own address."""
-    return {
-        "cniVersion": "0.4.0",
-        "name": CNI_NETWORK,
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": BRIDGE,
-                "isGateway": True,
-                "ipMasq": False,  # pods talk to this host only; no NAT chains to leave behind
-                "hairpinMode": True,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": POD_CIDR, "gateway": GATEWAY}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": str(ipam_dir),
-                },
-            }
-        ],
-    }
-
-
-def kubelet_config(d: Path, socket: Path, pki: Path, port: int, healthz_port: int) -> dict:
-    return {
-        "apiVersion": "kubelet.config.k8s.io/v1beta1",
-        "kind": "KubeletConfiguration",
-        # This host has cgroup v1 (hybrid); Kubernetes >= 1.35 refuses it unless told otherwise.
-        "failCgroupV1": False,
-        "cgroupDriver": "cgroupfs",
-        "containerRuntimeEndpoint": f"unix://{socket}",
-        "imageServiceEndpoint": f"unix://{socket}",
-        # The API server reaches the kubelet at real-0 (-> 127.0.0.1 in /etc/hosts): loopback only.
-        "address": "127.0.0.1",
-        "port": port,
-        "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1",
-        "healthzPort": healthz_port,
-        "authentication": {
-            "anonymous": {"enabled": False},
-            "webhook": {"enabled": True},
-            "x509": {"clientCAFile": str(pki / "ca.crt")},
-        },
-        "authorization": {"mode": "Webhook"},
-        "clusterDNS": [GATEWAY],
-        "clusterDomain": CLUSTER_DOMAIN,
-        "resolvConf": str(d / "resolv.conf"),
-        "podCIDR": POD_CIDR,
-        "podLogsDir": str(d / "pod-logs"),
-        "volumePluginDir": str(d / "kubelet" / "volume-plugins"),
-        "registerWithTaints": [TAINT],
-        "failSwapOn": False,
-        "rotateCertificates": False,
-        "serializeImagePulls": False,
-        "maxPods": 30,
-        # A shared development disk is often fuller than the defaults allow; images are imported, never
-        # pulled, so image garbage collection would only lose them.
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
-        "imageGCHighThresholdPercent": 100,
-        "imageGCLowThresholdPercent": 99,
-        "shutdownGracePeriod": "0s",
-        "nodeStatusUpdateFrequency": "5s",
-        "syncFrequency": "10s",
-        "fileCheckFrequency": "20s",
-    }
-
-
-def kube_proxy_config(kubeconfig: Path, healthz_port: int, metrics_port: int) -> dict:
-    return {
-        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
-        "kind": "KubeProxyConfiguration",
-        "mode": "iptables",
-        "clientConnection": {"kubeconfig": str(kubeconfig)},
-        "hostnameOverride": NODE_NAME,
-        "clusterCIDR": POD_CIDR,
-        "bindAddress": "127.0.0.1",
-        "healthzBindAddress": f"127.0.0.1:{healthz_port}",
-        "metricsBindAddress": f"127.0.0.1:{metrics_port}",
-        "nodePortAddresses": [f"{GATEWAY}/32"],
-        # Masquerade Service traffic, so a pod reaching a pod on the same bridge through a Service gets
-        # the replies back through the host's conntrack (no br_netfilter needed).
-        "iptables": {"masqueradeAll": True, "localhostNodePorts": False},
-        # Leave the host's conntrack sysctls alone.
-        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
-    }
-
-
-def corefile(kubeconfig: Path, ready_port: int) -> str:
-    """CoreDNS on the bridge's address: the cluster domain from the API server; nothing upstream
-    (no network beyond this host), so any other name is NXDOMAIN at once instead of a timeout."""
-    return f"""{CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {{
-    bind {GATEWAY}
-    errors
-    ready 127.0.0.1:{ready_port}
-    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
-        kubeconfig {kubeconfig} kubetune-test
-        pods insecure
-        fallthrough in-addr.arpa ip6.arpa
-        ttl 5
-    }}
-    cache 5
-}}
-.:53 {{
-    bind {GATEWAY}
-    template ANY ANY {{
-        rcode NXDOMAIN
-    }}
-}}
-"""
-
-
-def storage_class() -> dict:
-    return {
-        "apiVersion": "storage.k8s.io/v1",
-        "kind": "StorageClass",
-        "metadata": {"name": STORAGE_CLASS, "labels": {NODE_LABEL[0]: NODE_LABEL[1]}},
-        "provisioner": "kubernetes.io/no-provisioner",
-        "volumeBindingMode": "WaitForFirstConsumer",
-        "reclaimPolicy": "Retain",
-    }
-
-
-def local_pv(name: str, path: Path, size: str) -> dict:
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": name, "labels": {NODE_LABEL[0]: NODE_LABEL[1]}},
-        "spec": {
-            "capacity": {"storage": size},
-            "accessModes": ["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": STORAGE_CLASS,
-            "volumeMode": "Filesystem",
-            "local": {"path": str(path)},
-            "nodeAffinity": {
-                "required": {
-                    "nodeSelectorTerms": [
-                        {
-                            "matchExpressions": [
-                                {"key": "kubernetes.io/hostname", "operator": "In", "values": [NODE_NAME]}
-                            ]
-                        }
-                    ]
-                }
-            },
-        },
-    }
-
-
-# busybox applets the test image links (Debian's busybox-static has them all)
-TEST_APPLETS = (
-    "sh", "ash", "cat", "echo", "sleep", "wget", "nslookup", "ls", "mkdir", "touch", "rm", "date", "env",
-    "hostname", "ip", "test", "true", "false", "id", "grep", "head", "tail", "sed", "awk", "printf", "kill",
-    "ps", "df", "du", "mount", "cp", "mv", "sync", "tee", "wc", "sha256sum", "tar", "nc", "timeout", "uname", "httpd",
-)  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------------
-# host state: mounts, cgroups, /etc/hosts
-
-
-def mounts_under(root: Path) -> list[str]:
-    """Mount points at or below ROOT, deepest first (from /proc/self/mountinfo)."""
-    prefix = str(root.resolve())
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].encode().decode("unicode_escape")
-        if point == prefix or point.startswith(prefix + "/"):
-            points.append(point)
-    return sorted(set(points), key=lambda p: p.count("/"), reverse=True)
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-MNT_DETACH = 2
-
-
-def unmount_all(root: Path) -> list[str]:
-    """Lazily unmount everything under ROOT (containerd's rootfs and netns mounts, the kubelet's
-    volumes); return what could not be unmounted."""
-    failed: list[str] = []
-    for _ in range(5):
-        points = mounts_under(root)
-        if not points:
-            return []
-        failed = []
-        for point in points:
-            if _libc.umount2(point.encode(), MNT_DETACH) != 0:
-                failed.append(f"{point}: {os.strerror(ctypes.get_errno())}")
-    return failed
-
-
-def pod_cgroup_pids() -> set[int]:
-    """PIDs of processes in the kubelet's kubepods cgroups (the real node's containers)."""
-    pids = set()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            if re.search(r"^[^:]*:[^:]*:/kubepods", (proc / "cgroup").read_text(), re.M):
-                pids.add(int(proc.name))
-    pids.discard(os.getpid())
-    return pids
-
-
-def remove_pod_cgroups() -> None:
-    """rmdir the kubelet's (empty, once its processes are gone) kubepods cgroups, deepest first."""
-    for controller in CGROUP_ROOT.iterdir():
-        for top in (controller / "kubepods", controller / "kubepods.slice"):
-            if not top.is_dir():
-                continue
-            for path in sorted(
-                (p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
-            ):
-                with contextlib.suppress(OSError):
-                    path.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
-
-
-def set_hosts_entry(present: bool, hosts: Path = HOSTS_FILE) -> None:
-    """`127.0.0.1 real-0` in /etc/hosts (marked, so it is removed exactly): the API server resolves the
-    node's Hostname address to loopback, where the kubelet listens."""
-    try:
-        lines = hosts.read_text().splitlines()
-    except OSError:
-        lines = []
-    kept = [line for line in lines if not line.rstrip().endswith(HOSTS_MARK)]
-    if present:
-        kept.append(f"127.0.0.1 {NODE_NAME} {HOSTS_MARK}")
-    if kept != lines:
-        # Written in place: /etc/hosts is often a bind mount that cannot be replaced by a rename.
-        hosts.write_text("\n".join(kept) + "\n")
-
-
-def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise cpmod.ControlPlaneError(f"`{' '.join(argv)}` failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc
-
-
-# Chains the kubelet itself makes (kube-proxy --cleanup removes kube-proxy's): its canaries, the
-# iptables-mode hint, and KUBE-FIREWALL (drops packets from outside to 127.0.0.0/8) hooked into INPUT/OUTPUT.
-KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
-
-
-def remove_kubelet_chains() -> None:
-    for tool in ("iptables", "ip6tables"):
-        if not shutil.which(tool):
-            continue
-        for hook in ("INPUT", "OUTPUT"):
-            for _ in range(10):  # one rule per earlier kubelet start at most
-                if _run(
-                    tool, "-w", "-t", "filter", "-D", hook, "-j", "KUBE-FIREWALL", check=False
-                ).returncode:
-                    break
-        for table in ("filter", "nat", "mangle"):
-            for chain in KUBELET_CHAINS:
-                _run(tool, "-w", "-t", table, "-F", chain, check=False)
-                _run(tool, "-w", "-t", table, "-X", chain, check=False)
-
-
-# Pod traffic through the bridge is forwarded even where the FORWARD policy is DROP (Docker sets it so
-# when it manages iptables): the pod -> Service -> pod path is routed, and with br_netfilter even bridged
-# traffic between two pods passes FORWARD.
-FORWARD_COMMENT = "kubetune real node"
-
-
-def _forward_rule(direction: str) -> list[str]:
-    return ["FORWARD", direction, BRIDGE, "-m", "comment", "--comment", FORWARD_COMMENT, "-j", "ACCEPT"]
-
-
-def allow_forwarding(allow: bool) -> None:
-    for direction in ("-i", "-o"):
-        rule = _forward_rule(direction)
-        present = _run("iptables", "-w", "-C", *rule, check=False).returncode == 0
-        if allow and not present:
-            _run("iptables", "-w", "-I", *rule)
-        elif not allow:
-            for _ in range(10):  # once per earlier run at most
-                if _run("iptables", "-w", "-D", *rule, check=False).returncode:
-                    break
-
-
-def lock_holders() -> list[int]:
-    """PIDs of processes with the machine lock file open (the real node's processes inherit it)."""
-    holders = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if any(os.readlink(fd) == str(LOCK_PATH) for fd in (proc / "fd").iterdir()):
-                holders.append(int(proc.name))
-    return holders
-
-
-def bridge_exists() -> bool:
-    return Path(f"/sys/class/net/{BRIDGE}").exists()
-
-
-def make_bridge() -> None:
-    """The CNI bridge, made before the kubelet (its --node-ip must exist) and CoreDNS (binds to it)."""
-    if not bridge_exists():
-        _run("ip", "link", "add", BRIDGE, "type", "bridge")
-    if GATEWAY not in _run("ip", "-4", "addr", "show", "dev", BRIDGE).stdout:
-        _run("ip", "addr", "add", f"{GATEWAY}/{POD_CIDR.split('/')[1]}", "dev", BRIDGE)
-    _run("ip", "link", "set", BRIDGE, "up")
-    allow_forwarding(True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -811,7 +431,7 @@ class RealNode:
 
     # containerd ------------------------------------------------------------------------
     def _ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return _run("ctr", f"--address={self.socket}", f"--namespace={CRI_NAMESPACE}", *args, check=check)
+        return run("ctr", f"--address={self.socket}", f"--namespace={CRI_NAMESPACE}", *args, check=check)
 
     def import_image(self, archive: Path) -> None:
         """Import an image archive (docker save / OCI) into the node's containerd, for the kubelet."""
@@ -951,12 +571,12 @@ class RealNode:
                 log("another real node holds the machine lock: left the bridge, iptables and cgroups alone")
                 return
             if bridge_exists():
-                _run("ip", "link", "del", BRIDGE, check=False)
+                run("ip", "link", "del", BRIDGE, check=False)
             allow_forwarding(False)
             node_bin = info.get("binaries", {}).get("node")
             if node_bin and Path(node_bin, "kube-proxy").exists():
                 # kube-proxy's own cleanup of its KUBE-* chains (iptables and ip6tables).
-                _run(str(Path(node_bin, "kube-proxy")), "--cleanup", check=False)
+                run(str(Path(node_bin, "kube-proxy")), "--cleanup", check=False)
             remove_kubelet_chains()
             for cached in CNI_CACHE.glob(f"{CNI_NETWORK}-*") if CNI_CACHE.is_dir() else ():
                 with contextlib.suppress(OSError):
