@@ -59,6 +59,7 @@ from tests.support.realnode_config import (
     CNI_NETWORK,
     CRI_NAMESPACE,
     GATEWAY,
+    IMAGE_STORE,
     NODE_LABEL,
     NODE_NAME,
     NODE_SELECTOR,
@@ -335,6 +336,7 @@ class RealNode:
             self.logs.rename(prev)
         for sub in ("logs", "volumes", "pod-logs", "kubelet", "cni/net.d", "cni/ipam", "containerd"):
             (d / sub).mkdir(parents=True, exist_ok=True)
+        IMAGE_STORE.mkdir(parents=True, exist_ok=True)
         kubelet_port, kubelet_healthz, proxy_healthz, proxy_metrics, dns_ready = cpmod.free_ports(5)
         info: dict[str, Any] = {
             "node_name": NODE_NAME,

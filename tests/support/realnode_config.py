@@ -5,6 +5,7 @@ return documents (``issue_client_cert`` writes a certificate and nothing else)."
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 from tests.support import controlplane as cpmod
@@ -27,6 +28,18 @@ INITIAL_VOLUMES = 3
 PAUSE_IMAGE = "docker.io/kubetune/pause:dev"
 TEST_IMAGE = "docker.io/kubetune/node-test:dev"
 CRI_NAMESPACE = "k8s.io"
+# containerd's content and snapshots (the loaded images: the trainer image alone is ~7 GB) live in one
+# folder per machine, not per checkout: only one real node runs at a time (the machine lock), and a new
+# clone or a `down`/`up` then finds its images already there instead of importing them again.
+IMAGE_STORE = Path(
+    os.environ.get(
+        "KUBETUNE_REALNODE_IMAGE_STORE",
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        / "kubetune"
+        / "realnode"
+        / "containerd",
+    )
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,9 +88,10 @@ def issue_client_cert(pki: Path, stem: str, cn: str, orgs: tuple[str, ...] = ())
 
 
 def containerd_config(d: Path, socket: Path, cni_conf_dir: Path) -> str:
-    """containerd 1.6's config: its own root, state and socket; CRI with the local pause image."""
+    """containerd 1.6's config: the machine's image store as root, its own state and socket; CRI with
+    the local pause image."""
     return f"""version = 2
-root = "{d / "containerd" / "root"}"
+root = "{IMAGE_STORE}"
 state = "{d / "containerd" / "state"}"
 oom_score = 0
 
