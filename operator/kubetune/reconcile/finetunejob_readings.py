@@ -3,7 +3,7 @@ PVCs and refused writes, used by the decision (finetunejob_decision.py)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from kubetune.render.common import ATTEMPT_LABEL
 from kubetune.render.finetunejob import SecretUse
@@ -81,6 +81,32 @@ def pod_problem(pods: list[dict[str, Any]]) -> tuple[str | None, str | None]:
                     f"pod {pod['metadata']['name']} cannot be scheduled: {c.get('message') or c.get('reason')}",
                 )
     return None, None
+
+
+class Disruption(NamedTuple):
+    """A pod with the condition DisruptionTarget=True: it is being stopped by an eviction (the Eviction
+    API: a drain, Kueue, a PodDisruptionBudget-aware tool), a preemption by the scheduler, a taint, the
+    pod garbage collector or the kubelet (node pressure). The Job's podFailurePolicy ignores it."""
+
+    pod: str
+    reason: str
+    message: str
+    time: str | None
+
+
+def disruptions(pods: list[dict[str, Any]]) -> list[Disruption]:
+    """The disrupted pods among PODS, oldest disruption first."""
+    found = []
+    for pod in pods:
+        c = condition_of(pod, "DisruptionTarget")
+        if c and c.get("status") == "True":
+            name = pod["metadata"]["name"]
+            found.append(
+                Disruption(
+                    name, c.get("reason") or "Disrupted", c.get("message") or "", c.get("lastTransitionTime")
+                )
+            )
+    return sorted(found, key=lambda d: (d.time or "", d.pod))
 
 
 def failure_reason(job: dict[str, Any], pods: list[dict[str, Any]]) -> str:
