@@ -56,6 +56,7 @@ from .finetunejob_readings import (
     disruptions,
     failure_reason,
     labels_of,
+    latest_failed_create,
     pod_problem,
     reference_problems,
     refusal_advice,
@@ -77,20 +78,23 @@ STATUS_FIELDS = (
 # Reasons that ask the user to do something: Warning events, retry with backoff.
 PROBLEM_REASONS = {
     "InvalidSpec", "SecretNotFound", "SecretKeyMissing", "PVCNotFound", "PVCLost", "ImagePullFailed",
-    "ContainerConfigError", "Unschedulable", "ChildConflict", "ChildRejected", "AttemptFailed",
+    "ContainerConfigError", "Unschedulable", "ChildConflict", "ChildRejected", "AttemptFailed", "PodsRefused",
     "BackoffLimitExceeded", "DeadlineExceeded", "PendingDeadlineExceeded", *chains.REFERENCE_REASONS,
 }  # fmt: skip
 # Problems that may resolve themselves for a while (a Secret created right after the FineTuneJob, a
 # registry that comes back): Reconciling during STALL_GRACE_SECONDS of not running, Stalled after.
 GRACE_REASONS = {
     "SecretNotFound", "SecretKeyMissing", "PVCNotFound", "PVCLost", "ImagePullFailed", "ContainerConfigError",
-    "WaitingForDeletion",
+    "WaitingForDeletion", "PodsRefused",
 }  # fmt: skip
 STALL_GRACE_SECONDS = 30.0
 # HTTP status codes of a write the API server refused for a reason the user can act on (invalid, forbidden
 # by RBAC, quota or admission, a conflict). Others (5xx, transport) are errors the queue retries.
 REFUSAL_CODES = (400, 403, 409, 422)
 RECHECK_BEING_DELETED = 1.0
+# A Job without pods this long after it was created (or its run was preempted): look at the Job's Events
+# for the Job controller's FailedCreate (a ResourceQuota, PodSecurity, an admission webhook refused them).
+NO_PODS_LOOK_AFTER_SECONDS = 5.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,6 +132,8 @@ class Observed:
     static_signature: str | None = None
     """``static_signature`` of the static children this process last applied successfully (None: unknown);
     when it matches, the decision does not render them again."""
+    job_events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """The FailedCreate Events of a Job, by the Job's uid (only Jobs the decision asked for)."""
     chain_jobs: dict[str, Mapping[str, Any] | None] | None = None
     """Chains (model.fineTuneJobRef, reward models by fineTuneJobRef): the FineTuneJobs reachable through
     the references, by name (None value: missing); None: not read (the decision asks for them)."""
@@ -143,8 +149,9 @@ class Deletion:
 
 @dataclass(frozen=True)
 class Need:
-    """Read more and decide again: ``what`` is all_jobs | pods (of the Job ``job_uid``) | references
-    (the Secrets ``secrets`` and PersistentVolumeClaims ``pvcs``) | chain (the referenced FineTuneJobs)."""
+    """Read more and decide again: ``what`` is all_jobs | pods (of the Job ``job_uid``) | job_events (the
+    FailedCreate Events of the Job ``job_uid``) | references (the Secrets ``secrets`` and
+    PersistentVolumeClaims ``pvcs``) | chain (the referenced FineTuneJobs)."""
 
     what: str
     job_uid: str | None = None
@@ -673,6 +680,8 @@ class _Decider:
                     f"(run {rid}, generation {run_gen}, attempt {attempt} of {limit})",
                 )
         else:
+            if problem_reason is None and not every_pod:
+                problem_reason, pod_message = self._pods_refused(job, preempted)
             if problem_reason is None and preempted is not None:
                 problem_reason = "Preempted"
                 pod_message = (
@@ -685,7 +694,7 @@ class _Decider:
                 problem_reason or "Pending",
                 pod_message or f"{len(running)}/{nodes} trainer pods running (attempt {attempt} of {limit})",
             )
-            if problem_reason in ("ImagePullFailed", "ContainerConfigError"):
+            if problem_reason in ("ImagePullFailed", "ContainerConfigError", "PodsRefused"):
                 self.out.problem = True
                 self._grace(problem_reason, pod_message or "")
             suspended = self.conds.get("Suspended") or {}
@@ -712,6 +721,32 @@ class _Decider:
                 )
                 return
             self.after(ads - elapsed)
+
+    def _pods_refused(
+        self, job: dict[str, Any], preempted: dict[str, Any] | None
+    ) -> tuple[str | None, str | None]:
+        """A Job without any pod: did the API server refuse them (the Job controller's FailedCreate Event,
+        e.g. a ResourceQuota on GPUs, PodSecurity)? Read only once the Job had time to make them."""
+        since = max(
+            (t for t in (job["metadata"].get("creationTimestamp"), (preempted or {}).get("lastTime")) if t),
+            key=lambda t: parse_time(t) or self.now,
+            default=None,
+        )
+        waited = self.since(since)
+        if waited is None or waited < NO_PODS_LOOK_AFTER_SECONDS:
+            self.after(NO_PODS_LOOK_AFTER_SECONDS - (waited or 0.0))
+            return None, None
+        uid = job["metadata"].get("uid")
+        if uid not in self.o.job_events:
+            raise _NeedMore(Need("job_events", uid))
+        refused = latest_failed_create(self.o.job_events[uid], since=parse_time(since))
+        if refused is None:
+            return None, None
+        return (
+            "PodsRefused",
+            f"the Job controller cannot create the trainer pods of Job {job['metadata']['name']}: {refused}; "
+            f"{refusal_advice('Pod', 403, refused)}",
+        )
 
     def _note_disruptions(self, pods: list[dict[str, Any]]) -> set[str]:
         """One Event ``Preempted`` per disrupted trainer pod, and ``status.preemptions``. The status keeps
