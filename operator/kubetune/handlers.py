@@ -26,6 +26,7 @@ from kubetune.reconcile.chains import Dependents
 from kubetune.reconcile.client import bearer_token, load_configuration
 from kubetune.render.common import FINETUNEJOB_LABEL
 from kubetune.settings import load_settings
+from kubetune.throttling_log import lower_throttled_retries
 
 log = logging.getLogger("kubetune.handlers")
 
@@ -72,6 +73,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # restart among thousands of objects does not hold every object's JSON at once.
     settings.watching.chunk_size = 100
     settings.networking.request_timeout = 60
+    # kopf retries a 429 (API Priority and Fairness) after Retry-After; it is a WARNING, not an ERROR.
+    lower_throttled_retries()
     await runtime.start(cfg)
     if cfg.metrics_port:
         metrics.serve(cfg.metrics_port)

@@ -5,7 +5,9 @@ with the real kubernetes client and urllib3."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +16,7 @@ import pytest
 from kubernetes import client as k8s
 
 from kubetune.reconcile.client import THROTTLED_RETRIES, ApiException, Kube, api_client, throttled_retries
+from kubetune.throttling_log import lower_throttled_retries
 
 
 class Throttling(ThreadingHTTPServer):
@@ -104,3 +107,24 @@ def test_when_the_retries_are_used_up_the_caller_sees_the_429():
         server.shutdown()
         server.server_close()
     assert THROTTLED_RETRIES >= 5  # the operator's: several Retry-Afters before a reconcile fails
+
+
+def test_kopfs_retried_429s_are_warnings_and_its_give_ups_stay_errors():
+    root = logging.getLogger("test-throttling-root")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    root.addHandler(handler)
+    lower_throttled_retries(root)
+    lower_throttled_retries(root)  # once
+    assert len(handler.filters) == 1
+    kopf_log = logging.getLogger("kopf._cogs.clients.watching")
+    retry = "Request attempt #1/9 failed; will retry: GET /api/v1/pods -> APITooManyRequestsError('Too many')"
+    give_up = (
+        "Request attempt #9/9 failed; escalating: GET /api/v1/pods -> APITooManyRequestsError('Too many')"
+    )
+    other = "Request attempt #1/9 failed; will retry: GET /api/v1/pods -> APIServerError('boom')"
+    for message in (retry, give_up, other):
+        handler.handle(kopf_log.makeRecord(kopf_log.name, logging.ERROR, __file__, 1, message, None, None))
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[0] for line in lines] == ["WARNING", "ERROR", "ERROR"], lines
