@@ -23,10 +23,9 @@ import kopf
 
 from kubetune import metrics, runtime
 from kubetune.reconcile.chains import Dependents
-from kubetune.reconcile.client import bearer_token, load_configuration
+from kubetune.reconcile.client import bearer_token, load_configuration, lower_throttled_retries
 from kubetune.render.common import FINETUNEJOB_LABEL
 from kubetune.settings import load_settings
-from kubetune.throttling_log import lower_throttled_retries
 
 log = logging.getLogger("kubetune.handlers")
 

@@ -15,8 +15,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from kubernetes import client as k8s
 
-from kubetune.reconcile.client import THROTTLED_RETRIES, ApiException, Kube, api_client, throttled_retries
-from kubetune.throttling_log import lower_throttled_retries
+from kubetune.reconcile.client import (
+    THROTTLED_RETRIES,
+    ApiException,
+    Kube,
+    api_client,
+    lower_throttled_retries,
+    throttled_retries,
+)
 
 
 class Throttling(ThreadingHTTPServer):

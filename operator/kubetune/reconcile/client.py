@@ -189,6 +189,30 @@ def throttled_retries() -> ThrottledRetry:
     )
 
 
+class ThrottledRetryLevel(logging.Filter):
+    """kopf's log of a 429 it retries, as a WARNING rather than an ERROR (a handler filter: sees every logger).
+
+    kopf (``kopf/_cogs/clients/api.py``) retries a 429 with its ``networking.error_backoffs``, waiting at
+    least the server's Retry-After, and logs each retry at ERROR ("Request attempt #1/9 failed; will
+    retry"). A throttled operator is doing what the cluster's administrator asked, so a burst would fill the
+    log with ERROR lines that need nobody's attention. Only those records are lowered: kopf giving up
+    ("escalating") and every other error stay ERRORs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.name.startswith("kopf."):
+            message = record.getMessage()
+            if "will retry" in message and "APITooManyRequestsError" in message:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def lower_throttled_retries(root: logging.Logger | None = None) -> None:
+    """Install ThrottledRetryLevel on the handlers of ROOT (default: the root logger), once."""
+    for handler in (root or logging.getLogger()).handlers:
+        if not any(isinstance(f, ThrottledRetryLevel) for f in handler.filters):
+            handler.addFilter(ThrottledRetryLevel())
+
+
 def api_client(cfg: k8s.Configuration | None = None, pool_size: int = 16) -> k8s.ApiClient:
     """An ApiClient with connections for POOL_SIZE concurrent requests that honours 429 + Retry-After."""
     cfg = cfg or load_configuration()
@@ -424,10 +448,13 @@ __all__ = [
     "RESOURCES",
     "ApiException",
     "Kube",
+    "ThrottledRetry",
+    "ThrottledRetryLevel",
     "api_client",
     "bearer_token",
     "fmt_time",
     "load_configuration",
+    "lower_throttled_retries",
     "now",
     "parse_time",
     "throttled_retries",
