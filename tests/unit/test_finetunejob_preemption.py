@@ -162,3 +162,13 @@ def test_a_new_run_forgets_the_preemptions():
     edited["status"] = obj["status"]
     d = decide_all(edited, at(40), jobs=[job], pods={"job-1": [disrupted("p-1")]})
     assert "preemptions" not in {k for k, v in d.status.items() if v is not None}
+
+
+def test_a_job_made_again_after_a_preemption_settles_and_is_not_resumed():
+    """The trainer Job is gone (deleted by hand) after a preemption: the decision makes it again, in one
+    pass (nothing to read about a Job that does not exist yet) and without calling it resumed."""
+    obj, job, _ = started(ftj())
+    obj = with_status(obj, decide_all(obj, at(30), jobs=[job], pods={"job-1": [disrupted("p-1")]}))
+    d = decide_all(obj, at(100), jobs=[])
+    assert [o["metadata"]["name"] for o in d.apply if o["kind"] == "Job"] == ["t-trainer"]
+    assert cond(d, "Running")["reason"] == "Pending" and d.status["preemptions"]["count"] == 1

@@ -737,6 +737,8 @@ class _Decider:
             self.after(NO_PODS_LOOK_AFTER_SECONDS - (waited or 0.0))
             return None, None
         uid = job["metadata"].get("uid")
+        if uid is None:
+            return None, None  # a Job this decision creates: nothing refused yet
         if uid not in self.o.job_events:
             raise _NeedMore(Need("job_events", uid))
         refused = latest_failed_create(self.o.job_events[uid], since=parse_time(since))
@@ -790,8 +792,8 @@ class _Decider:
         """status.preemptions when a pod of JOB (the current attempt) was preempted, else None."""
         record = self.st["preemptions"] or {}
         at, created = parse_time(record.get("lastTime")), parse_time(job["metadata"].get("creationTimestamp"))
-        if not record.get("count") or at is None or (created is not None and at < created):
-            return None
+        if not record.get("count") or at is None or created is None or at < created:
+            return None  # none, or before this Job existed (an earlier attempt), or a Job being created
         return record
 
     def _resumed(self, record: dict[str, Any], running: str) -> None:
