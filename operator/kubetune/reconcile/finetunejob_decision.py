@@ -726,7 +726,11 @@ class _Decider:
         self, job: dict[str, Any], preempted: dict[str, Any] | None
     ) -> tuple[str | None, str | None]:
         """A Job without any pod: did the API server refuse them (the Job controller's FailedCreate Event,
-        e.g. a ResourceQuota on GPUs, PodSecurity)? Read only once the Job had time to make them."""
+        e.g. a ResourceQuota on GPUs, PodSecurity)? Read only once the Job had time to make them (the
+        decision looks again then: a refused pod changes nothing the operator watches)."""
+        uid = job["metadata"].get("uid")
+        if uid is None:
+            return None, None  # a Job this decision creates: its events wake the next decision
         since = max(
             (t for t in (job["metadata"].get("creationTimestamp"), (preempted or {}).get("lastTime")) if t),
             key=lambda t: parse_time(t) or self.now,
@@ -736,9 +740,6 @@ class _Decider:
         if waited is None or waited < NO_PODS_LOOK_AFTER_SECONDS:
             self.after(NO_PODS_LOOK_AFTER_SECONDS - (waited or 0.0))
             return None, None
-        uid = job["metadata"].get("uid")
-        if uid is None:
-            return None, None  # a Job this decision creates: nothing refused yet
         if uid not in self.o.job_events:
             raise _NeedMore(Need("job_events", uid))
         refused = latest_failed_create(self.o.job_events[uid], since=parse_time(since))
