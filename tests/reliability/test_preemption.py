@@ -123,6 +123,82 @@ def test_the_status_says_the_run_was_preempted_and_resumed(ftj: FTJ):
     assert [e.count for e in ftj.events("preempted") if e.reason == "Preempted"] == [1]
 
 
+def test_a_kubelet_eviction_is_reported_once_also_after_an_operator_restart(ftj: FTJ, rel_operator):
+    """A kubelet evicting a pod for node pressure marks it Failed with DisruptionTarget
+    (TerminationByKubelet) and does not delete it: the disrupted pod stays. The FineTuneJob reports it
+    once, and a restarted operator (which reconciles everything again) does not report it again."""
+    ftj.create(tiny_job("pressure", labels=RUN))
+    (pod,) = wait_for(lambda: running_pods(ftj, "pressure", 1), 45, what="the trainer pod Running")
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    trainer = {
+        "name": TRAINER_CONTAINER,
+        "ready": False,
+        "restartCount": 0,
+        "image": pod.spec.containers[0].image,
+        "imageID": "",
+        "state": {"terminated": {"exitCode": 137, "reason": "Error", "startedAt": now, "finishedAt": now}},
+    }
+    ftj.core.patch_namespaced_pod_status(
+        pod.metadata.name,
+        ftj.ns,
+        {
+            "status": {
+                "phase": "Failed",
+                "reason": "Evicted",
+                "message": "The node was low on resource: memory.",
+                "conditions": [
+                    {
+                        "type": "DisruptionTarget",
+                        "status": "True",
+                        "reason": "TerminationByKubelet",
+                        "message": "The node was low on resource: memory.",
+                        "lastTransitionTime": now,
+                    },
+                    {"type": "Ready", "status": "False", "lastTransitionTime": now},
+                ],
+                "containerStatuses": [trainer],
+            }
+        },
+    )
+    wait_for(
+        lambda: [p for p in running_pods(ftj, "pressure", 1) if p.metadata.uid != pod.metadata.uid],
+        30,
+        0.2,
+        "a replacement pod Running",
+    )
+    wait_for(
+        lambda: ftj.cond("pressure", "Running").get("reason") == "Resumed", 30, 0.2, "Running=True Resumed"
+    )
+    preempted = [e for e in ftj.events("pressure") if e.reason == "Preempted"]
+    assert len(preempted) == 1 and "TerminationByKubelet" in preempted[0].message, preempted
+    assert pod.metadata.name in ftj.status("pressure")["preemptions"]["reportedPods"]
+    assert ftj.core.read_namespaced_pod(pod.metadata.name, ftj.ns).status.phase == "Failed"  # still there
+    assert not ftj.job("pressure-trainer").status.failed  # ignored by the podFailurePolicy
+    rel_operator.restart()
+    # The restarted operator lists every FineTuneJob and reconciles it (its own count starts at 0).
+    wait_for(
+        lambda: rel_operator.metric("controller_runtime_reconcile_total", controller="finetunejob") >= 1,
+        30,
+        0.3,
+        "a reconcile by the restarted operator",
+    )
+    ftj.patch("pressure", {"metadata": {"annotations": {"touched": "after-restart"}}})  # and once more
+    reconciled = rel_operator.metric("controller_runtime_reconcile_total", controller="finetunejob")
+    wait_for(
+        lambda: (
+            rel_operator.metric("controller_runtime_reconcile_total", controller="finetunejob") > reconciled
+        ),
+        30,
+        0.3,
+        "the edited FineTuneJob reconciled",
+    )
+    preempted = [e for e in ftj.events("pressure") if e.reason == "Preempted"]
+    assert [e.count for e in preempted] == [1], [(e.message, e.count) for e in preempted]
+    st = ftj.status("pressure")
+    assert st["preemptions"]["count"] == 1 and st["attempts"] == 1, st
+    assert ftj.cond("pressure", "Running")["reason"] == "Resumed"
+
+
 def test_draining_a_node_moves_two_multi_node_runs_to_the_other_node(ftj: FTJ):
     drained, other = KWOK_NODES[0]["name"], KWOK_NODES[1]["name"]
     names = ("drain-a", "drain-b")
