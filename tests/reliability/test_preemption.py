@@ -182,6 +182,8 @@ def test_a_kubelet_eviction_is_reported_once_also_after_an_operator_restart(ftj:
         0.3,
         "a reconcile by the restarted operator",
     )
+    time.sleep(1)  # let the restart's reconciles settle
+    writes = rel_operator.metric("kubetune_api_writes_total", kind="FineTuneJob")
     ftj.patch("pressure", {"metadata": {"annotations": {"touched": "after-restart"}}})  # and once more
     reconciled = rel_operator.metric("controller_runtime_reconcile_total", controller="finetunejob")
     wait_for(
@@ -192,6 +194,8 @@ def test_a_kubelet_eviction_is_reported_once_also_after_an_operator_restart(ftj:
         0.3,
         "the edited FineTuneJob reconciled",
     )
+    # Nothing changed: the reconcile wrote no status (status.preemptions reads back as it was written).
+    assert rel_operator.metric("kubetune_api_writes_total", kind="FineTuneJob") == writes
     preempted = [e for e in ftj.events("pressure") if e.reason == "Preempted"]
     assert [e.count for e in preempted] == [1], [(e.message, e.count) for e in preempted]
     st = ftj.status("pressure")
