@@ -134,3 +134,11 @@ def test_kopfs_retried_429s_are_warnings_and_its_give_ups_stay_errors():
         handler.handle(kopf_log.makeRecord(kopf_log.name, logging.ERROR, __file__, 1, message, None, None))
     lines = stream.getvalue().splitlines()
     assert [line.split()[0] for line in lines] == ["WARNING", "ERROR", "ERROR"], lines
+
+
+def test_a_client_may_take_another_retry_policy():
+    cfg = k8s.Configuration()
+    cfg.host = "http://127.0.0.1:1"
+    assert isinstance(api_client(cfg).configuration.retries, type(throttled_retries()))
+    fewer = throttled_retries().new(total=1, status=1)
+    assert api_client(k8s.Configuration(), retries=fewer).configuration.retries is fewer

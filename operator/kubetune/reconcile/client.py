@@ -213,11 +213,14 @@ def lower_throttled_retries(root: logging.Logger | None = None) -> None:
             handler.addFilter(ThrottledRetryLevel())
 
 
-def api_client(cfg: k8s.Configuration | None = None, pool_size: int = 16) -> k8s.ApiClient:
-    """An ApiClient with connections for POOL_SIZE concurrent requests that honours 429 + Retry-After."""
+def api_client(
+    cfg: k8s.Configuration | None = None, pool_size: int = 16, retries: urllib3.util.Retry | None = None
+) -> k8s.ApiClient:
+    """An ApiClient with connections for POOL_SIZE concurrent requests that honours 429 + Retry-After
+    (RETRIES: another policy, e.g. fewer retries for requests that must finish within a deadline)."""
     cfg = cfg or load_configuration()
     cfg.connection_pool_maxsize = pool_size
-    cfg.retries = throttled_retries()
+    cfg.retries = retries if retries is not None else throttled_retries()
     return k8s.ApiClient(configuration=cfg)
 
 
