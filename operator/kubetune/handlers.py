@@ -23,7 +23,7 @@ import kopf
 
 from kubetune import metrics, runtime
 from kubetune.reconcile.chains import Dependents
-from kubetune.reconcile.client import bearer_token, load_configuration
+from kubetune.reconcile.client import bearer_token, load_configuration, lower_throttled_retries
 from kubetune.render.common import FINETUNEJOB_LABEL
 from kubetune.settings import load_settings
 
@@ -72,6 +72,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # restart among thousands of objects does not hold every object's JSON at once.
     settings.watching.chunk_size = 100
     settings.networking.request_timeout = 60
+    # kopf retries a 429 (API Priority and Fairness) after Retry-After; it is a WARNING, not an ERROR.
+    lower_throttled_retries()
     await runtime.start(cfg)
     if cfg.metrics_port:
         metrics.serve(cfg.metrics_port)

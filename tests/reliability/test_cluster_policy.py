@@ -11,6 +11,7 @@ from kubernetes import client
 from kubetune.api.v1alpha1 import validate_document
 from kubetune.render.finetunejob import RenderOptions, render_job
 from kubetune.render.modelserve import render_pod_template, resolve_sources
+from kubetune.settings import DEFAULT_TGI_IMAGE, DEFAULT_TRAINER_IMAGE, DEFAULT_VLLM_IMAGE
 from tests.operator.conftest import FTJ, tiny_job, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
@@ -63,34 +64,105 @@ def test_trainer_pods_run_in_a_restricted_namespace(kube, restricted_ns):
     assert admit(kube, restricted_ns, job["spec"]["template"]["spec"], "multi-0") is None
 
 
-def _tgi_pod_spec() -> dict:
+def _serve_pod_spec(engine: str, uri: str) -> dict:
+    spec = {"engine": engine, "model": {"uri": uri}, "resources": {"gpus": 1}}
+    if uri.startswith("s3://"):
+        spec["model"]["secretRef"] = {"name": "s3-credentials"}
     doc = {
         "apiVersion": "kubetune.io/v1alpha1",
         "kind": "ModelServe",
-        "metadata": {"name": "tgi", "namespace": "default"},
-        "spec": {"model": {"uri": "hf://org/model"}, "resources": {"gpus": 1}},
+        "metadata": {"name": engine, "namespace": "default"},
+        "spec": spec,
     }
-    ms = validate_document(doc).obj
+    validated = validate_document(doc)
+    assert validated.ok, validated.problems
+    ms = validated.obj
+    images = {"tgi": DEFAULT_TGI_IMAGE, "vllm": DEFAULT_VLLM_IMAGE}
     template = render_pod_template(
         ms,
         resolve_sources(ms, {}),
-        image="ghcr.io/huggingface/text-generation-inference:3.3.6",
-        trainer_image="ghcr.io/kubetune/kubetune-trainer:0.1.0",
+        image=images[engine],
+        trainer_image=DEFAULT_TRAINER_IMAGE,
         revision_hash_="r1",
     )
     return template["spec"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="render/modelserve.py (owner: serve): the TGI pod has no securityContext; 'restricted' needs "
-    "runAsNonRoot (+ a non-root runAsUser, TGI's image runs as root by default), "
-    "allowPrivilegeEscalation=false, capabilities.drop=[ALL] and seccompProfile RuntimeDefault on every "
-    "container (init containers included)",
+def assert_runs_as_non_root_with_writable_scratch(pod_spec: dict) -> None:
+    """What the images need besides admission: a non-root uid that can write its caches and /tmp."""
+    assert pod_spec["securityContext"]["runAsUser"] != 0 and pod_spec["securityContext"]["fsGroup"]
+    empty_dirs = {v["name"] for v in pod_spec["volumes"] if "emptyDir" in v}
+    (server,) = pod_spec["containers"]
+    mounted = {m["mountPath"]: m["name"] for m in server["volumeMounts"]}
+    env = {e["name"]: e.get("value") for e in server["env"]}
+    for path in ("/tmp", "/data", env["HOME"]):
+        assert mounted.get(path) in empty_dirs, (path, mounted)
+    assert env["USER"]  # torch's cache paths call getpass.getuser(): the uid has no passwd entry
+
+
+@pytest.mark.parametrize(
+    ("engine", "uri"),
+    [
+        ("tgi", "hf://org/model"),
+        ("tgi", "s3://bucket/model"),
+        ("vllm", "hf://org/model"),
+        ("vllm", "s3://bucket/model"),
+    ],
 )
-def test_tgi_pods_are_admitted_in_a_restricted_namespace(kube, restricted_ns):
-    refusal = admit(kube, restricted_ns, _tgi_pod_spec(), "tgi-0")
+def test_serving_pods_are_admitted_in_a_restricted_namespace(kube, restricted_ns, engine, uri):
+    pod_spec = _serve_pod_spec(engine, uri)
+    assert bool(pod_spec.get("initContainers")) == uri.startswith("s3://")  # the download init container
+    assert_runs_as_non_root_with_writable_scratch(pod_spec)
+    refusal = admit(kube, restricted_ns, pod_spec, f"{engine}-0")
     assert refusal is None, refusal
+
+
+def test_a_pod_without_the_security_context_is_refused(kube, restricted_ns):
+    """The namespace really enforces "restricted": the same pod without its securityContexts is refused."""
+    pod_spec = _serve_pod_spec("tgi", "s3://bucket/model")
+    pod_spec.pop("securityContext")
+    for c in [*pod_spec["containers"], *pod_spec["initContainers"]]:
+        c.pop("securityContext")
+    refusal = admit(kube, restricted_ns, pod_spec, "tgi-0")
+    assert refusal is not None and "violates PodSecurity" in refusal, refusal
+    for what in ("allowPrivilegeEscalation", "capabilities", "runAsNonRoot", "seccompProfile"):
+        assert what in refusal, refusal
+
+
+@pytest.mark.kwok
+def test_a_quota_that_forbids_the_gpus_gives_a_condition_quoting_it(kube, rel_ns):
+    core = client.CoreV1Api(kube.api)
+    core.create_namespaced_resource_quota(
+        rel_ns,
+        {"metadata": {"name": "gpus"}, "spec": {"hard": {"requests.nvidia.com/gpu": "0"}}},
+    )
+    wait_for(  # enforced once the controller-manager computed its usage
+        lambda: (core.read_namespaced_resource_quota("gpus", rel_ns).status.hard or {}).get(
+            "requests.nvidia.com/gpu"
+        ),
+        30,
+        0.2,
+        "the quota's status",
+    )
+    ftj = FTJ(kube, rel_ns)
+    ftj.create(tiny_job("overquota"))
+    # The Job is created (a quota on GPUs counts pods, not Jobs), the Job controller's pods are refused.
+    running = wait_for(
+        lambda: (c := ftj.cond("overquota", "Running")).get("reason") == "PodsRefused" and c,
+        45,
+        0.3,
+        "Running=False PodsRefused",
+    )
+    assert running["status"] == "False"
+    assert "exceeded quota: gpus" in running["message"], running["message"]
+    assert "requests.nvidia.com/gpu=1" in running["message"] and "ResourceQuota" in running["message"]
+    assert not ftj.pods("overquota")
+    events = [e for e in ftj.events("overquota") if e.reason == "PodsRefused"]
+    assert len(events) == 1 and events[0].type == "Warning", events
+    # Room in the quota: the Job controller's next try makes the pod and the run goes on.
+    core.patch_namespaced_resource_quota("gpus", rel_ns, {"spec": {"hard": {"requests.nvidia.com/gpu": "8"}}})
+    st = ftj.wait_phase("overquota", "Succeeded", 90)
+    assert st["attempts"] == 1, st
 
 
 @pytest.mark.kwok

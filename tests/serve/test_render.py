@@ -143,8 +143,8 @@ def test_hub_model_deployment_and_service():
     assert c["readinessProbe"]["httpGet"]["path"] == "/health"
     live = c["livenessProbe"]
     assert live["periodSeconds"] * live["failureThreshold"] >= 120  # gentle
-    assert c["ports"] == [{"name": "http", "containerPort": 80, "protocol": "TCP"}]
-    assert env["PORT"] == "80"
+    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert env["PORT"] == "8080"
 
     svc = r.render_service(ms, UID)
     assert svc["metadata"]["name"] == "bot"

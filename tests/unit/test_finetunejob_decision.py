@@ -55,6 +55,7 @@ def decide_all(
     configmap_run: str | None = None,
     refusals: list[Refusal] = (),  # type: ignore[assignment]
     static_signature: str | None = None,
+    job_events: dict[str, list[dict[str, Any]]] | None = None,
 ) -> Decision:
     """Decide like the shell: answer every read the decision asks for from the given world."""
     observed = Observed(
@@ -72,6 +73,8 @@ def decide_all(
             observed.all_jobs = True
         elif d.need.what == "pods":
             observed.pods[d.need.job_uid or ""] = (pods or {}).get(d.need.job_uid or "", [])
+        elif d.need.what == "job_events":
+            observed.job_events[d.need.job_uid or ""] = (job_events or {}).get(d.need.job_uid or "", [])
         elif d.need.what == "references":
             observed.secrets = {n: (secrets or {}).get(n) for n in d.need.secrets}
             observed.pvcs = {n: (pvcs or {}).get(n) for n in d.need.pvcs}

@@ -155,10 +155,72 @@ def _serialize_refreshes(cfg: k8s.Configuration) -> None:
     cfg.refresh_api_key_hook = refresh
 
 
-def api_client(cfg: k8s.Configuration | None = None, pool_size: int = 16) -> k8s.ApiClient:
-    """An ApiClient with connections for POOL_SIZE concurrent requests."""
+THROTTLED_RETRIES = 8
+"""How often one request is sent again after 429 Too Many Requests before the caller sees the 429."""
+
+
+class ThrottledRetry(urllib3.util.Retry):
+    """urllib3's retries (connection errors; idempotent requests on a 503 with Retry-After), plus: a 429 Too
+    Many Requests is retried for every method, after the server's Retry-After.
+
+    The API server answers 429 when API Priority and Fairness (or --max-requests-inflight) rejects a
+    request, before it is executed, so sending a POST or PATCH again cannot apply it twice. urllib3 by
+    default retries only idempotent methods, and the package sends applies and merge patches as PATCH: a
+    throttled operator would see every rejected write as a failed reconcile."""
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if status_code == 429:
+            return self.respect_retry_after_header and self.total != 0 and self.status != 0
+        return super().is_retry(method, status_code, has_retry_after)
+
+
+def throttled_retries() -> ThrottledRetry:
+    """The retry policy of the operator's requests (``Configuration.retries``)."""
+    return ThrottledRetry(
+        total=THROTTLED_RETRIES,
+        connect=3,
+        read=3,  # idempotent methods only (urllib3's allowed_methods): a lost PATCH response is not resent
+        redirect=3,
+        status=THROTTLED_RETRIES,
+        backoff_factor=0.5,  # without a Retry-After: 0.5 s, 1 s, 2 s, ... (at most backoff_max)
+        backoff_max=10,
+        respect_retry_after_header=True,
+        raise_on_status=False,  # retries used up: the 429 itself goes to the caller (ApiException 429)
+    )
+
+
+class ThrottledRetryLevel(logging.Filter):
+    """kopf's log of a 429 it retries, as a WARNING rather than an ERROR (a handler filter: sees every logger).
+
+    kopf (``kopf/_cogs/clients/api.py``) retries a 429 with its ``networking.error_backoffs``, waiting at
+    least the server's Retry-After, and logs each retry at ERROR ("Request attempt #1/9 failed; will
+    retry"). A throttled operator is doing what the cluster's administrator asked, so a burst would fill the
+    log with ERROR lines that need nobody's attention. Only those records are lowered: kopf giving up
+    ("escalating") and every other error stay ERRORs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.name.startswith("kopf."):
+            message = record.getMessage()
+            if "will retry" in message and "APITooManyRequestsError" in message:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def lower_throttled_retries(root: logging.Logger | None = None) -> None:
+    """Install ThrottledRetryLevel on the handlers of ROOT (default: the root logger), once."""
+    for handler in (root or logging.getLogger()).handlers:
+        if not any(isinstance(f, ThrottledRetryLevel) for f in handler.filters):
+            handler.addFilter(ThrottledRetryLevel())
+
+
+def api_client(
+    cfg: k8s.Configuration | None = None, pool_size: int = 16, retries: urllib3.util.Retry | None = None
+) -> k8s.ApiClient:
+    """An ApiClient with connections for POOL_SIZE concurrent requests that honours 429 + Retry-After
+    (RETRIES: another policy, e.g. fewer retries for requests that must finish within a deadline)."""
     cfg = cfg or load_configuration()
     cfg.connection_pool_maxsize = pool_size
+    cfg.retries = retries if retries is not None else throttled_retries()
     return k8s.ApiClient(configuration=cfg)
 
 
@@ -270,10 +332,16 @@ class Kube:
             raise
 
     def list(
-        self, kind: str, namespace: str | None, labels: dict[str, str] | None = None
+        self,
+        kind: str,
+        namespace: str | None,
+        labels: dict[str, str] | None = None,
+        fields: dict[str, str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Every object of KIND (with LABELS), fetched page by page."""
+        """Every object of KIND (with LABELS and FIELDS: a field selector), fetched page by page."""
         selector = [("labelSelector", label_selector(labels))] if labels else []
+        if fields:
+            selector.append(("fieldSelector", label_selector(fields)))
         items: list[dict[str, Any]] = []
         token: str | None = None
         while True:
@@ -383,10 +451,14 @@ __all__ = [
     "RESOURCES",
     "ApiException",
     "Kube",
+    "ThrottledRetry",
+    "ThrottledRetryLevel",
     "api_client",
     "bearer_token",
     "fmt_time",
     "load_configuration",
+    "lower_throttled_retries",
     "now",
     "parse_time",
+    "throttled_retries",
 ]

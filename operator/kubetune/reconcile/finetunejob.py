@@ -241,6 +241,10 @@ class _Shell:
         elif need.what == "pods":
             selector = {"batch.kubernetes.io/controller-uid": need.job_uid or ""}
             observed.pods[need.job_uid or ""] = self.kube.list("Pod", self.ns, selector)
+        elif need.what == "job_events":
+            # Only for a Job without pods (the decision asks once the Job had time to make them).
+            fields = {"involvedObject.uid": need.job_uid or "", "reason": "FailedCreate"}
+            observed.job_events[need.job_uid or ""] = self.kube.list("Event", self.ns, fields=fields)
         elif need.what == "chain":
             observed.chain_jobs = chains.read_chain(
                 lambda n: self.kube.get("FineTuneJob", self.ns, n), self.obj

@@ -50,10 +50,13 @@ from .conditions import (
     set_kstatus,
 )
 from .finetunejob_readings import (
+    Disruption,
     attempt_of,
     condition_true,
+    disruptions,
     failure_reason,
     labels_of,
+    latest_failed_create,
     pod_problem,
     reference_problems,
     refusal_advice,
@@ -70,24 +73,28 @@ STATUS_FIELDS = (
     "startTime",
     "completionTime",
     "attempts",
+    "preemptions",
 )
 # Reasons that ask the user to do something: Warning events, retry with backoff.
 PROBLEM_REASONS = {
     "InvalidSpec", "SecretNotFound", "SecretKeyMissing", "PVCNotFound", "PVCLost", "ImagePullFailed",
-    "ContainerConfigError", "Unschedulable", "ChildConflict", "ChildRejected", "AttemptFailed",
+    "ContainerConfigError", "Unschedulable", "ChildConflict", "ChildRejected", "AttemptFailed", "PodsRefused",
     "BackoffLimitExceeded", "DeadlineExceeded", "PendingDeadlineExceeded", *chains.REFERENCE_REASONS,
 }  # fmt: skip
 # Problems that may resolve themselves for a while (a Secret created right after the FineTuneJob, a
 # registry that comes back): Reconciling during STALL_GRACE_SECONDS of not running, Stalled after.
 GRACE_REASONS = {
     "SecretNotFound", "SecretKeyMissing", "PVCNotFound", "PVCLost", "ImagePullFailed", "ContainerConfigError",
-    "WaitingForDeletion",
+    "WaitingForDeletion", "PodsRefused",
 }  # fmt: skip
 STALL_GRACE_SECONDS = 30.0
 # HTTP status codes of a write the API server refused for a reason the user can act on (invalid, forbidden
 # by RBAC, quota or admission, a conflict). Others (5xx, transport) are errors the queue retries.
 REFUSAL_CODES = (400, 403, 409, 422)
 RECHECK_BEING_DELETED = 1.0
+# A Job without pods this long after it was created (or its run was preempted): look at the Job's Events
+# for the Job controller's FailedCreate (a ResourceQuota, PodSecurity, an admission webhook refused them).
+NO_PODS_LOOK_AFTER_SECONDS = 5.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -125,6 +132,8 @@ class Observed:
     static_signature: str | None = None
     """``static_signature`` of the static children this process last applied successfully (None: unknown);
     when it matches, the decision does not render them again."""
+    job_events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """The FailedCreate Events of a Job, by the Job's uid (only Jobs the decision asked for)."""
     chain_jobs: dict[str, Mapping[str, Any] | None] | None = None
     """Chains (model.fineTuneJobRef, reward models by fineTuneJobRef): the FineTuneJobs reachable through
     the references, by name (None value: missing); None: not read (the decision asks for them)."""
@@ -140,8 +149,9 @@ class Deletion:
 
 @dataclass(frozen=True)
 class Need:
-    """Read more and decide again: ``what`` is all_jobs | pods (of the Job ``job_uid``) | references
-    (the Secrets ``secrets`` and PersistentVolumeClaims ``pvcs``) | chain (the referenced FineTuneJobs)."""
+    """Read more and decide again: ``what`` is all_jobs | pods (of the Job ``job_uid``) | job_events (the
+    FailedCreate Events of the Job ``job_uid``) | references (the Secrets ``secrets`` and
+    PersistentVolumeClaims ``pvcs``) | chain (the referenced FineTuneJobs)."""
 
     what: str
     job_uid: str | None = None
@@ -232,6 +242,7 @@ class _Decider:
             "startTime": old.get("startTime"),
             "completionTime": old.get("completionTime"),
             "attempts": int(old.get("attempts") or 0),
+            "preemptions": old.get("preemptions"),
         }
         self.conds = load_conditions(old, ALL_CONDITION_TYPES)
         self.old_conds = {t: dict(c) for t, c in self.conds.items()}
@@ -391,7 +402,9 @@ class _Decider:
 
     def _start_new_run(self, rid: str, stale: list[dict[str, Any]]) -> None:
         message = f"the spec changed (generation {self.gen}): starting run {rid} from scratch"
-        self.st.update({"attempts": 0, "startTime": None, "completionTime": None, "jobName": None})
+        self.st.update(
+            {"attempts": 0, "startTime": None, "completionTime": None, "jobName": None, "preemptions": None}
+        )
         for type_ in ("Running", "Succeeded", "Failed"):
             self.set(type_, False, "NewRun", message)
         self.event("Normal", "NewRun", message)
@@ -643,26 +656,45 @@ class _Decider:
             self.set("Running", False, "Suspended", "the run is suspended")
             return
 
-        pods = [p for p in self._pods(job) if not p["metadata"].get("deletionTimestamp")]
+        every_pod = self._pods(job)
+        disrupted = self._note_disruptions(every_pod)
+        # A disrupted pod is on its way out even before its deletion (the Eviction API marks it first).
+        pods = [
+            p
+            for p in every_pod
+            if not p["metadata"].get("deletionTimestamp") and p["metadata"]["name"] not in disrupted
+        ]
         nodes = ftj.spec.resources.nodes
         running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
         problem_reason, pod_message = pod_problem(pods)
+        preempted = self._preempted_in(job)
         if len(running) >= nodes:
-            self.set(
-                "Running",
-                True,
-                "Running",
-                f"{len(running)}/{nodes} trainer pods running "
-                f"(run {rid}, generation {run_gen}, attempt {attempt} of {limit})",
-            )
+            if preempted is not None:
+                self._resumed(preempted, f"{len(running)}/{nodes} trainer pods running again")
+            else:
+                self.set(
+                    "Running",
+                    True,
+                    "Running",
+                    f"{len(running)}/{nodes} trainer pods running "
+                    f"(run {rid}, generation {run_gen}, attempt {attempt} of {limit})",
+                )
         else:
+            if problem_reason is None and not every_pod:
+                problem_reason, pod_message = self._pods_refused(job, preempted)
+            if problem_reason is None and preempted is not None:
+                problem_reason = "Preempted"
+                pod_message = (
+                    f"trainer pod {preempted['lastPod']} was preempted ({preempted['lastReason']}): waiting "
+                    f"for its replacement, {len(running)}/{nodes} trainer pods running (no attempt used)"
+                )
             self.set(
                 "Running",
                 False,
                 problem_reason or "Pending",
                 pod_message or f"{len(running)}/{nodes} trainer pods running (attempt {attempt} of {limit})",
             )
-            if problem_reason in ("ImagePullFailed", "ContainerConfigError"):
+            if problem_reason in ("ImagePullFailed", "ContainerConfigError", "PodsRefused"):
                 self.out.problem = True
                 self._grace(problem_reason, pod_message or "")
             suspended = self.conds.get("Suspended") or {}
@@ -670,6 +702,8 @@ class _Decider:
                 self.st["startTime"],
                 job["metadata"].get("creationTimestamp"),
                 suspended.get("lastTransitionTime") if suspended.get("status") == "False" else None,
+                # A preempted run waits for its replacement pod from the preemption on.
+                preempted.get("lastTime") if preempted else None,
             ]
             clock_start = max(
                 (s for s in starts if parse_time(s)), key=lambda s: parse_time(s) or self.now, default=None
@@ -687,6 +721,108 @@ class _Decider:
                 )
                 return
             self.after(ads - elapsed)
+
+    def _pods_refused(
+        self, job: dict[str, Any], preempted: dict[str, Any] | None
+    ) -> tuple[str | None, str | None]:
+        """A Job without any pod: did the API server refuse them (the Job controller's FailedCreate Event,
+        e.g. a ResourceQuota on GPUs, PodSecurity)? Read only once the Job had time to make them (the
+        decision looks again then: a refused pod changes nothing the operator watches)."""
+        uid = job["metadata"].get("uid")
+        if uid is None:
+            return None, None  # a Job this decision creates: its events wake the next decision
+        since = max(
+            (t for t in (job["metadata"].get("creationTimestamp"), (preempted or {}).get("lastTime")) if t),
+            key=lambda t: parse_time(t) or self.now,
+            default=None,
+        )
+        waited = self.since(since)
+        if waited is None or waited < NO_PODS_LOOK_AFTER_SECONDS:
+            self.after(NO_PODS_LOOK_AFTER_SECONDS - (waited or 0.0))
+            return None, None
+        if uid not in self.o.job_events:
+            raise _NeedMore(Need("job_events", uid))
+        refused = latest_failed_create(self.o.job_events[uid], since=parse_time(since))
+        if refused is None:
+            return None, None
+        return (
+            "PodsRefused",
+            f"the Job controller cannot create the trainer pods of Job {job['metadata']['name']}: {refused}; "
+            f"{refusal_advice('Pod', 403, refused)}",
+        )
+
+    def _note_disruptions(self, pods: list[dict[str, Any]]) -> set[str]:
+        """One Event ``Preempted`` per disrupted trainer pod, and ``status.preemptions``. The status keeps
+        the names of the disrupted pods already reported while they exist, so a pod seen in several
+        reconciles (it is Terminating for its grace period) or after an operator restart is reported once.
+        Returns the names of the disrupted pods."""
+        found = disruptions(pods)
+        before = self.st["preemptions"] or {}
+        reported = set(before.get("reportedPods") or [])
+        new = [d for d in found if d.pod not in reported]
+        if not new and not before:
+            return set()
+        for d in new:
+            self.event("Normal", "Preempted", self._preempted_message(d))
+        record = {
+            "count": int(before.get("count") or 0),
+            "lastPod": before.get("lastPod"),
+            "lastReason": before.get("lastReason"),
+            "lastTime": before.get("lastTime"),
+        }
+        if new:
+            last = new[-1]
+            record.update(
+                count=record["count"] + len(new),
+                lastPod=last.pod,
+                lastReason=last.reason,
+                lastTime=last.time or fmt_time(self.now),
+            )
+        self.st["preemptions"] = {**record, "reportedPods": sorted(d.pod for d in found)}
+        return {d.pod for d in found}
+
+    @staticmethod
+    def _preempted_message(d: Disruption) -> str:
+        why = f"{d.reason}: {d.message}" if d.message else d.reason
+        return (
+            f"trainer pod {d.pod} was preempted ({why}); the Job replaces it without using an attempt "
+            "and the run resumes from its latest checkpoint"
+        )
+
+    def _preempted_in(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        """status.preemptions when a pod of JOB (the current attempt) was preempted, else None."""
+        record = self.st["preemptions"] or {}
+        at, created = parse_time(record.get("lastTime")), parse_time(job["metadata"].get("creationTimestamp"))
+        if not record.get("count") or at is None or created is None or at < created:
+            return None  # none, or before this Job existed (an earlier attempt), or a Job being created
+        return record
+
+    def _resumed(self, record: dict[str, Any], running: str) -> None:
+        """Running=True, reason Resumed: the run continues after a preemption. The message says from which
+        checkpoint; it is written when the run resumes and kept while it runs on (the trainer's later
+        checkpoints are not where it resumed from)."""
+        old = self.conds.get("Running") or {}
+        if old.get("status") == "True" and old.get("reason") == "Resumed" and not self._new_preemption():
+            self.set("Running", True, "Resumed", old.get("message") or "")
+            return
+        checkpoint = (self.obj.get("status") or {}).get("checkpoint") or {}
+        if checkpoint.get("uri"):
+            step = f" (step {checkpoint['step']})" if checkpoint.get("step") is not None else ""
+            source = f"resumed from checkpoint {checkpoint['uri']}{step}"
+        else:
+            source = "no checkpoint had been saved yet: it started again from the beginning"
+        count = record["count"]
+        times = "once" if count == 1 else f"{count} times"
+        self.set(
+            "Running",
+            True,
+            "Resumed",
+            f"{running}: the run was preempted {times} (last: pod {record['lastPod']}, "
+            f"{record['lastReason']}) and {source}",
+        )
+
+    def _new_preemption(self) -> bool:
+        return any(e.reason == "Preempted" for e in self.out.events)
 
     def _pending_deadline(
         self, ftj: FineTuneJob, job: dict[str, Any] | None, clock_start: str | None, why: str

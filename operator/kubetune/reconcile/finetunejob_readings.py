@@ -3,7 +3,8 @@ PVCs and refused writes, used by the decision (finetunejob_decision.py)."""
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
+from typing import Any, NamedTuple
 
 from kubetune.render.common import ATTEMPT_LABEL
 from kubetune.render.finetunejob import SecretUse
@@ -44,6 +45,8 @@ def refusal_advice(kind: str, code: int, message: str) -> str:
     low = message.lower()
     if "exceeded quota" in low or ("quota" in low and code == 403):
         return "raise the namespace's ResourceQuota or free some of it"
+    if "violates podsecurity" in low:
+        return "allow the pod's needs in the namespace's pod-security.kubernetes.io/enforce level"
     if "admission webhook" in low or "validatingadmissionpolicy" in low or "denied" in low:
         return "change the FineTuneJob (or the policy) so the admission check accepts the " + kind
     if code == 403:
@@ -81,6 +84,52 @@ def pod_problem(pods: list[dict[str, Any]]) -> tuple[str | None, str | None]:
                     f"pod {pod['metadata']['name']} cannot be scheduled: {c.get('message') or c.get('reason')}",
                 )
     return None, None
+
+
+class Disruption(NamedTuple):
+    """A pod with the condition DisruptionTarget=True: it is being stopped by an eviction (the Eviction
+    API: a drain, Kueue, a PodDisruptionBudget-aware tool), a preemption by the scheduler, a taint, the
+    pod garbage collector or the kubelet (node pressure). The Job's podFailurePolicy ignores it."""
+
+    pod: str
+    reason: str
+    message: str
+    time: str | None
+
+
+def disruptions(pods: list[dict[str, Any]]) -> list[Disruption]:
+    """The disrupted pods among PODS, oldest disruption first."""
+    found = []
+    for pod in pods:
+        c = condition_of(pod, "DisruptionTarget")
+        if c and c.get("status") == "True":
+            name = pod["metadata"]["name"]
+            found.append(
+                Disruption(
+                    name, c.get("reason") or "Disrupted", c.get("message") or "", c.get("lastTransitionTime")
+                )
+            )
+    return sorted(found, key=lambda d: (d.time or "", d.pod))
+
+
+def latest_failed_create(events: list[dict[str, Any]], since: dt.datetime | None) -> str | None:
+    """The message of the newest FailedCreate Event (the Job controller could not create a pod: the API
+    server's refusal, quoting a ResourceQuota or PodSecurity) seen at or after SINCE; None when there is none."""
+
+    def when(e: dict[str, Any]) -> dt.datetime | None:
+        stamp = (
+            e.get("lastTimestamp") or e.get("eventTime") or (e.get("metadata") or {}).get("creationTimestamp")
+        )
+        return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
+
+    fresh = [
+        (t, e)
+        for e in events
+        if e.get("reason") == "FailedCreate" and (t := when(e)) is not None and (since is None or t >= since)
+    ]
+    if not fresh:
+        return None
+    return tail(max(fresh, key=lambda te: te[0])[1].get("message"), 600)
 
 
 def failure_reason(job: dict[str, Any], pods: list[dict[str, Any]]) -> str:

@@ -63,10 +63,21 @@ ANNOTATION_PREVIOUS_TEMPLATE = "kubetune.io/previous-template"
 ANNOTATION_FAILED_REVISION = "kubetune.io/failed-revision"
 
 CONTAINER_NAME = "tgi"
-CONTAINER_PORT = 80  # the TGI image sets PORT=80 (launcher default otherwise 3000); we set it explicitly
+# The TGI image sets PORT=80; a non-root process without capabilities cannot bind a port below 1024 (on
+# most container runtimes), so the pods listen on 8080 (PORT is set explicitly; the Service keeps its port).
+CONTAINER_PORT = 8080
 PORT_NAME = "http"
 MODELS_DIR = "/mnt/kubetune/models"  # emptyDir: s3:// downloads
 HF_CACHE_DIR = "/data"  # the TGI image's HUGGINGFACE_HUB_CACHE
+# PodSecurity "restricted": the TGI and vLLM images run as root by default and have no user of their own;
+# their pods run as this uid/gid (the trainer's, whose image the download init containers use), and every
+# place they write is an emptyDir: the Hub cache (/data), /tmp (TGI's shard sockets, torch's compile
+# caches) and a HOME (Triton, FlashInfer, vLLM and numba caches under ~/.cache, ~/.triton, ~/.config).
+SERVE_UID = 1000
+HOME_DIR = "/home/kubetune"
+SERVE_USER = (
+    "kubetune"  # $USER: getpass.getuser() (torch's cache paths) needs a name; the uid has no passwd entry
+)
 PROBE_PERIOD_SECONDS = 10
 
 REASON_UNSUPPORTED = "UnsupportedByEngine"
@@ -549,6 +560,27 @@ def _tgi_args(ms: ModelServe) -> list[str]:
     return args + list(tgi.extra_args)
 
 
+def pod_security_context() -> dict[str, Any]:
+    """The pod's securityContext: non-root, the RuntimeDefault seccomp profile, emptyDirs writable."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": SERVE_UID,
+        "runAsGroup": SERVE_UID,
+        "fsGroup": SERVE_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """Every container's securityContext (init containers too): no privilege escalation, no capabilities."""
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def _probe(path: str, period: int, failures: int, timeout: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": PORT_NAME},
@@ -556,6 +588,10 @@ def _probe(path: str, period: int, failures: int, timeout: int) -> dict[str, Any
         "failureThreshold": failures,
         "timeoutSeconds": timeout,
     }
+
+
+def _home_env() -> list[dict[str, Any]]:
+    return [{"name": "HOME", "value": HOME_DIR}, {"name": "USER", "value": SERVE_USER}]
 
 
 def render_pod_template(
@@ -592,6 +628,7 @@ def render_pod_template(
         {"name": "PORT", "value": str(CONTAINER_PORT)},
         {"name": "HOSTNAME", "value": "0.0.0.0"},
         {"name": "HUGGINGFACE_HUB_CACHE", "value": HF_CACHE_DIR},
+        *_home_env(),
     ]
     if adapters:
         env.append({"name": "LORA_ADAPTERS", "value": ",".join(adapters)})
@@ -614,11 +651,15 @@ def render_pod_template(
     volumes = [
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": str(res.shared_memory)}},
         {"name": "hf-cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "home", "emptyDir": {}},
         *vols.volumes,
     ]
     mounts = [
         {"name": "shm", "mountPath": "/dev/shm"},
         {"name": "hf-cache", "mountPath": HF_CACHE_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "home", "mountPath": HOME_DIR},
         *vols.mounts,
     ]
     init_containers = []
@@ -631,7 +672,11 @@ def render_pod_template(
                 "image": trainer_image,
                 # The trainer's own S3 download (kubetune_trainer.sources.download_s3), tested there.
                 "command": ["kubetune-trainer", "fetch", uri, dest],
-                "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
+                "volumeMounts": [
+                    {"name": "models", "mountPath": MODELS_DIR},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                ],
+                "securityContext": container_security_context(),
             }
             if secret:
                 init["envFrom"] = [{"secretRef": {"name": secret}}]
@@ -652,11 +697,12 @@ def render_pod_template(
             "image": image,
             "command": ["vllm", "serve"],
             "args": vllm.args(ms, model_id, modules, ranks),
-            "env": vllm.env() + token_env,
+            "env": vllm.env() + _home_env() + token_env,
             "ports": [{"name": PORT_NAME, "containerPort": vllm.CONTAINER_PORT, "protocol": "TCP"}],
         }
     container |= {
         "volumeMounts": mounts,
+        "securityContext": container_security_context(),
         "startupProbe": _probe("/health", PROBE_PERIOD_SECONDS, startup_failures, 5),
         "readinessProbe": _probe("/health", PROBE_PERIOD_SECONDS, 3, 5),
         "livenessProbe": _probe("/health", 30, 6, 10),
@@ -665,6 +711,7 @@ def render_pod_template(
         container["resources"] = resources
 
     pod_spec: dict[str, Any] = {
+        "securityContext": pod_security_context(),
         "containers": [container],
         "volumes": volumes,
         # TGI and vLLM drain in-flight requests on SIGTERM.

@@ -794,6 +794,23 @@ class CheckpointStatus(KubeModel):
     """When it was saved."""
 
 
+class PreemptionStatus(KubeModel):
+    """Trainer pods of the current run stopped by a disruption (an eviction, a preemption by the scheduler,
+    a node drain or taint, a kubelet's node-pressure eviction: the pod condition ``DisruptionTarget``).
+    The Job replaces such a pod without using an attempt; the run resumes from the latest checkpoint."""
+
+    count: int = 0
+    """Disrupted trainer pods in the current run (each reported once, with an Event ``Preempted``)."""
+    last_pod: str | None = None
+    """The pod disrupted last."""
+    last_reason: str | None = None
+    """Its DisruptionTarget reason (EvictionByEvictionAPI, PreemptionByScheduler, ...)."""
+    last_time: datetime | None = None
+    """When it was disrupted."""
+    reported_pods: list[str] = Field(default_factory=list)
+    """Disrupted pods already reported that still exist (each is reported once, also across restarts)."""
+
+
 class ParentResult(KubeModel):
     """A FineTuneJob whose result this one started from (model.fineTuneJobRef) or used (a reward model)."""
 
@@ -850,6 +867,8 @@ class FineTuneJobStatus(KubeModel):
     """When the current run finished."""
     attempts: int = 0
     """Attempts of the current run so far."""
+    preemptions: PreemptionStatus | None = None
+    """Disruptions of the current run's trainer pods (none so far: absent)."""
     progress: Progress = Field(default_factory=Progress)
     """Live progress (written by the trainer)."""
     checkpoint: CheckpointStatus = Field(default_factory=CheckpointStatus)
