@@ -34,7 +34,7 @@ from kubetune.leader_election import (
     default_namespace,
     new_identity,
 )
-from kubetune.reconcile.client import ApiException, api_client, load_configuration
+from kubetune.reconcile.client import ApiException, api_client, load_configuration, throttled_retries
 from kubetune.settings import Settings, load_settings
 
 # The handler modules register themselves with kopf when imported; these names only say so.
@@ -99,8 +99,12 @@ def election_config(cfg: Settings) -> ElectionConfig:
 def run_elected(cfg: Settings, standalone: bool, liveness_endpoint: str | None) -> None:
     """Stand by until this process holds the Lease, then run kopf while renewing it."""
     election = election_config(cfg)
-    elector = LeaderElector(LeaseLock(api_client(load_configuration(), pool_size=2), election.name,
-                                      election.namespace), election)  # fmt: skip
+    # One quick retry on a 429: a renew that waits out eight Retry-Afters would run past the renew deadline
+    # (the elector's own retry period is the retry).
+    lease_client = api_client(
+        load_configuration(), pool_size=2, retries=throttled_retries().new(total=1, status=1)
+    )
+    elector = LeaderElector(LeaseLock(lease_client, election.name, election.namespace), election)
     # Metrics from the start, so a standby reports leader_election_master_status 0; the startup handler then
     # must not bind the port a second time.
     metrics.serve(cfg.metrics_port)

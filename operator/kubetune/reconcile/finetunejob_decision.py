@@ -20,7 +20,7 @@ Stalled for kstatus (see ``conditions.py`` and docs/operations.md for the mappin
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -751,7 +751,7 @@ class _Decider:
             f"{refusal_advice('Pod', 403, refused)}",
         )
 
-    def _note_disruptions(self, pods: list[dict[str, Any]]) -> set[str]:
+    def _note_disruptions(self, pods: list[dict[str, Any]]) -> Set[str]:
         """One Event ``Preempted`` per disrupted trainer pod, and ``status.preemptions``. The status keeps
         the names of the disrupted pods already reported while they exist, so a pod seen in several
         reconciles (it is Terminating for its grace period) or after an operator restart is reported once.
@@ -764,7 +764,7 @@ class _Decider:
             return set()
         for d in new:
             self.event("Normal", "Preempted", self._preempted_message(d))
-        record = {
+        record: dict[str, Any] = {
             "count": int(before.get("count") or 0),
             "lastPod": before.get("lastPod"),
             "lastReason": before.get("lastReason"),
