@@ -214,7 +214,11 @@ class _Shell:
     # reads
 
     def current_job(self) -> list[dict[str, Any]]:
-        """The current attempt's trainer Job by name (a GET; status.attempts says which)."""
+        """The current attempt's trainer Job by name (a GET; status.attempts says which). Never reconciled:
+        none (no GET): its Job is made in the same pass as its first status, and the apply of a Job made
+        by an earlier pass that died before writing the status returns that Job unchanged."""
+        if not self.reconciled_before:
+            return []
         attempts = int((self.obj.get("status") or {}).get("attempts") or 0)
         job = self.kube.get("Job", self.ns, job_name(self.name, max(attempts, 1)))
         return [job] if job is not None and self.owned(job) else []

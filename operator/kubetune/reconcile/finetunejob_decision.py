@@ -32,6 +32,7 @@ from kubetune.render.finetunejob import (
     render_configmap,
     render_job,
     render_rbac,
+    needs_service,
     render_service,
     run_id,
     secret_uses,
@@ -478,14 +479,14 @@ class _Decider:
         self.stall = (reason, message)
 
     def _apply_static(self, ftj: FineTuneJob, attempt: int) -> bool:
-        """RBAC, ConfigMap and Service of ATTEMPT; False (and a condition) when one was refused."""
+        """RBAC, ConfigMap and (multi-node) Service of ATTEMPT; False (and a condition) when one was refused."""
         signature = static_signature(self.obj, attempt, self.chain)
         if signature == self.o.static_signature:
             return True  # applied from exactly this before: not even rendered (rendering YAML costs ms)
         desired = [
             *render_rbac(ftj),
             render_configmap(ftj, self.opts, self.chain),
-            render_service(ftj, attempt),
+            *([render_service(ftj, attempt)] if needs_service(ftj) else []),
         ]
         for obj in desired:
             refused = self.refusal(obj["kind"], obj["metadata"]["name"])

@@ -3,7 +3,7 @@ RoleBinding. Pure functions of the (validated) FineTuneJob, the operator's rende
 
 Names (deterministic; ``N`` is the FineTuneJob's name):
     ConfigMap              N-trainer-config
-    Service (headless)     N-trainer           pods are N-trainer[-K]-<index>.N-trainer
+    Service (headless)     N-trainer           pods are N-trainer[-K]-<index>.N-trainer (multi-node only)
     ServiceAccount, Role,
     RoleBinding            N-trainer
     Job, attempt 1         N-trainer           (status.jobName names the current one)
@@ -283,8 +283,15 @@ def render_configmap(
     return with_hash({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {CONFIG_FILE: text}})
 
 
+def needs_service(job: FineTuneJob) -> bool:
+    """Whether the run has a headless Service: only multi-node runs, whose pods find pod 0 (the rendezvous)
+    by its DNS name; a single pod rendezvouses with itself (the launcher ignores MASTER_ADDR for one node)
+    and its metrics are scraped from the pod (PodMonitor), so one write per FineTuneJob is saved."""
+    return job.spec.resources.nodes > 1
+
+
 def render_service(job: FineTuneJob, attempt: int = 1) -> dict[str, Any]:
-    """Headless Service for rendezvous: stable DNS names for the current attempt's pods."""
+    """Headless Service for rendezvous: stable DNS names for the current attempt's pods (multi-node runs)."""
     name = job.metadata.name or ""
     return with_hash(
         {
@@ -552,10 +559,11 @@ def render_job(
 def render_children(
     job: FineTuneJob, opts: RenderOptions, attempt: int = 1, chain: ChainResolution | None = None
 ) -> list[dict[str, Any]]:
-    """Everything a FineTuneJob's attempt needs, in the order it is applied (the Job last)."""
+    """Everything a FineTuneJob's attempt needs, in the order it is applied (the Job last; the Service only
+    for multi-node runs)."""
     return [
         *render_rbac(job),
         render_configmap(job, opts, chain),
-        render_service(job, attempt),
+        *([render_service(job, attempt)] if needs_service(job) else []),
         render_job(job, opts, attempt, chain=chain),
     ]
