@@ -29,10 +29,10 @@ from kubetune.render.common import RUN_GENERATION_ANNOTATION, RUN_ID_LABEL
 from kubetune.render.finetunejob import (
     RenderOptions,
     SecretUse,
+    needs_service,
     render_configmap,
     render_job,
     render_rbac,
-    needs_service,
     render_service,
     run_id,
     secret_uses,
