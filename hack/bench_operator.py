@@ -192,7 +192,10 @@ def create_object(api: client.ApiClient, obj: dict[str, Any]) -> None:
         path, "POST", body=obj, header_params={"Content-Type": "application/json"},
         auth_settings=["BearerToken"], _preload_content=False,
     )  # fmt: skip
-    resp.release_conn()
+    try:
+        resp.data  # noqa: B018 - read the answer before the connection goes back to the pool
+    finally:
+        resp.release_conn()
 
 
 REQUEST_LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
@@ -201,7 +204,10 @@ REQUEST_LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<va
 def apiserver_requests(api: client.ApiClient) -> Counter[str]:
     """The API server's request counter (every client) by "VERB resource[/subresource]"."""
     resp = api.call_api("/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False)
-    text = resp.data.decode()
+    try:
+        text = resp.data.decode()
+    finally:
+        resp.release_conn()
     out: Counter[str] = Counter()
     for line in text.splitlines():
         m = REQUEST_LINE.match(line)
@@ -335,6 +341,7 @@ def main() -> int:
     ap.add_argument("--client-threads", type=int, default=16, help="concurrent creates of floor and burst")
     ap.add_argument("--write-docs", action="store_true", help="write the figures into docs/benchmarks.md")
     ap.add_argument("--keep", action="store_true", help="keep the bench namespaces")
+    ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
 
     cp = cpmod.ControlPlane()
@@ -466,6 +473,8 @@ def main() -> int:
                 with contextlib.suppress(Exception):
                     core.delete_namespace(ns)
     (out_dir / f"results-{tag}.json").write_text(json.dumps(results, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     if args.write_docs:
         write_docs(results, args)
