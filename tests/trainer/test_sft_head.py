@@ -1,6 +1,6 @@
 """The plain LM head kubetune's SFTTrainer uses where TRL's fused head has no Triton kernel (CPU): the same
 loss, the same gradients and the same logged metrics as TRL's fused head, on a packed batch of a tiny Llama
-with LoRA, through the trainer the pods run (kubetune_trainer.train.run_training)."""
+with LoRA and on prompt tuning, through the trainer the pods run (kubetune_trainer.train.run_training)."""
 
 from __future__ import annotations
 
@@ -30,19 +30,33 @@ def loss_grads_metrics(trainer, batch, seed: int = 0):
     return loss.detach(), grads, metrics
 
 
-def test_plain_head_matches_trls_fused_head(assets, datasets_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"dataset": {"packing": True, "format": "text", "maxLength": 48}},
+        # PEFT prompt tuning puts virtual tokens in front of the logits (no packing with it)
+        {
+            "dataset": {"format": "text", "maxLength": 48},
+            "method": {"type": "prompt-tuning", "promptTuning": {"numVirtualTokens": 4}},
+        },
+    ],
+    ids=["lora-packed", "prompt-tuning"],
+)
+def test_plain_head_matches_trls_fused_head(assets, datasets_dir, tmp_path, monkeypatch, spec):
     config = job_config(
         tmp_path,
         assets["llama"],
         datasets_dir / "text.jsonl",
-        dataset={"packing": True, "format": "text", "maxLength": 48},
         training={"maxSteps": 2, "batchSize": 4},
+        **spec,
     )
     trainer = run_training(config).trainer
-    assert isinstance(trainer, SFTTrainer) and isinstance(trainer.data_collator, RowPackedCollator)
+    assert isinstance(trainer, SFTTrainer)
+    assert isinstance(trainer.data_collator, RowPackedCollator) == spec["dataset"].get("packing", False)
     assert plain_head_wanted(trainer.args.device)  # CPU: no Triton kernel for TRL's head
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-    assert (batch["labels"] == -100).any()  # document starts and padding are not predicted
+    if spec["dataset"].get("packing"):
+        assert (batch["labels"] == -100).any()  # document starts / padding are not predicted
 
     calls = {"plain": 0}
     log_metrics = SFTTrainer._log_token_metrics
@@ -65,8 +79,9 @@ def test_plain_head_matches_trls_fused_head(assets, datasets_dir, tmp_path, monk
         torch.testing.assert_close(grad, fused[1][name], atol=1e-6, rtol=1e-4, msg=name)
     # entropy (every token sampled in a batch this small) and accuracy, as TRL logs them
     assert plain[2].keys() == fused[2].keys() == {"entropy", "mean_token_accuracy"}
-    assert plain[2]["entropy"] == pytest.approx(fused[2]["entropy"], rel=1e-5)
     assert plain[2]["mean_token_accuracy"] == pytest.approx(fused[2]["mean_token_accuracy"], abs=1e-9)
+    # float32 sums in another order (TRL folds vocabulary tiles online): within 1e-4 of each other
+    assert plain[2]["entropy"] == pytest.approx(fused[2]["entropy"], rel=1e-4)
 
 
 def test_evaluation_and_outputs_keep_trls_path(assets, datasets_dir, tmp_path):

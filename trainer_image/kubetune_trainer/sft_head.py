@@ -65,6 +65,8 @@ class SFTTrainer(_TRLSFTTrainer):
     def _log_token_metrics(self, logits: torch.Tensor, labels: torch.Tensor, inputs) -> None:
         """The metrics TRL's compute_loss logs, from the logits: entropy and accuracy of the predicted tokens
         (shifted, -100 ignored), and the number of tokens seen."""
+        # Prompt tuning (PEFT) puts its virtual tokens in front of the inputs: the last positions are the labels'
+        logits = logits[:, -labels.shape[1] :]
         shift_labels = labels[:, 1:]
         mask = shift_labels != -100
         num_valid = self.accelerator.gather_for_metrics(mask.sum()).sum()
