@@ -72,16 +72,18 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(PY) -m kubetune_trainer.demo demo-output
 	HF_HUB_OFFLINE=1 $(VENV)/bin/kubetune train -f demo-output/finetunejob.yaml --local --output demo-output/result
 
-## bench: the benchmarks in docs/benchmarks.md (BENCH_ARGS passes options to hack/bench_trainer.py)
+## bench: the benchmarks in docs/benchmarks.md, then both ratios together (BENCH_ARGS: options of bench_trainer.py)
 bench: bench-trainer bench-operator
+	$(PY) hack/bench_summary.py .cluster/bench/trainer.json .cluster/bench/operator.json
 
-## bench-operator: apply->Job latency, a 1000-job burst, writes on resync, RSS (on the local control plane)
+## bench-operator: the 1000-job burst against its floor (3 alternating rounds), requests per job, latency, resync, RSS
 bench-operator: setup testbin
-	$(PY) hack/bench_operator.py --latency-jobs 100 --burst-jobs 1000
+	$(PY) hack/bench_operator.py --latency-jobs 100 --burst-jobs 1000 --rounds 3 --json .cluster/bench/operator.json
 
-## bench-trainer: tokens/s of the kubetune trainer (packing) vs a padded HF Trainer + PEFT baseline, one run
+## bench-trainer: tokens/s of the kubetune trainer (packing) vs a padded HF Trainer + PEFT baseline (best of 3 alternating)
 bench-trainer: setup
-	HF_HUB_OFFLINE=1 $(PY) hack/bench_trainer.py $(BENCH_ARGS)
+	@mkdir -p .cluster/bench
+	HF_HUB_OFFLINE=1 $(PY) hack/bench_trainer.py --json .cluster/bench/trainer.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -376,7 +376,20 @@ def main(argv=None) -> int:
             "speedup_tokens_per_second": round(
                 kubetune["tokens_per_second"] / baseline["tokens_per_second"], 3
             ),
+            # What packing could give if every computed token cost the same: the ratio of the packing
+            # efficiencies (the baseline computes this many times the tokens per token learned).
+            "packing_ideal_speedup": round(
+                kubetune["packing_efficiency"] / baseline["packing_efficiency"], 3
+            ),
+            "speedup_each_pair": [
+                round(k["tokens_per_second"] / b["tokens_per_second"], 3)
+                for b, k in zip(runs["baseline"], runs["kubetune"], strict=True)
+            ],
+            "load_average": [round(x, 2) for x in os.getloadavg()],
         }
+        report["share_of_ideal"] = round(
+            report["speedup_tokens_per_second"] / report["packing_ideal_speedup"], 3
+        )
         if args.flattened:
             report["flattened_speedup_tokens_per_second"] = round(
                 best["flattened"]["tokens_per_second"] / baseline["tokens_per_second"], 3
@@ -387,7 +400,10 @@ def main(argv=None) -> int:
             print(f"{figures['name']:44s}{figures['tokens_per_second']:12,.0f}{figures['packing_efficiency']:14.1%}"
                   f"{figures['train_runtime_s']:11.1f}{figures['steps']:7d}")  # fmt: skip
         print(f"speedup (kubetune / baseline tokens per second, best of {args.repeats} each): "
-              f"{report['speedup_tokens_per_second']:.2f}x")  # fmt: skip
+              f"{report['speedup_tokens_per_second']:.2f}x; packing's ideal {report['packing_ideal_speedup']:.2f}x "
+              f"(efficiency {kubetune['packing_efficiency']:.1%} / {baseline['packing_efficiency']:.1%}): "
+              f"{report['share_of_ideal']:.0%} of it; pairs of neighbouring runs: {report['speedup_each_pair']}; "
+              f"load average {report['load_average']}")  # fmt: skip
         if args.flattened:
             print(f"flattened / baseline: {report['flattened_speedup_tokens_per_second']:.2f}x")
         print(f"kubetune collator: {kubetune['collator']}")

@@ -95,7 +95,10 @@ def queue_probe(**_: Any) -> dict[str, Any]:
 async def finetunejob_event(
     namespace: str | None, name: str | None, body: kopf.Body, type: str | None = None, **_: Any
 ) -> None:
-    runtime.enqueue(runtime.FINETUNEJOB, namespace, name)
+    # The event of the reconcile's own status write shows what that reconcile decided: nothing to do.
+    version = body.get("metadata", {}).get("resourceVersion")
+    if type == "DELETED" or not runtime.caused_by_us("FineTuneJob", namespace, name, version):
+        runtime.enqueue(runtime.FINETUNEJOB, namespace, name)
     # Chains: a change of this job (its result, its phase) may let the jobs that start from it, or use it as
     # a reward model, go on.
     if namespace and name:
@@ -105,7 +108,12 @@ async def finetunejob_event(
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="trainer-job-event")
-async def trainer_job_event(namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
+async def trainer_job_event(
+    namespace: str | None, name: str | None, meta: kopf.Meta, type: str | None = None, **_: Any
+) -> None:
+    # A Job as the reconcile created or patched it: that reconcile already decided from it.
+    if type != "DELETED" and runtime.caused_by_us("Job", namespace, name, meta.get("resourceVersion")):
+        return
     for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == "FineTuneJob" and ref.get("controller"):
             runtime.enqueue(runtime.FINETUNEJOB, namespace, ref.get("name"))

@@ -21,6 +21,7 @@ from kubetune.reconcile.finetunejob import CONTROLLER as FINETUNEJOB
 from kubetune.reconcile.finetunejob import AppliedCache, FineTuneJobReconciler
 from kubetune.reconcile.modelserve import CONTROLLER as MODELSERVE
 from kubetune.reconcile.modelserve import ModelServeReconciler, ServeOptions
+from kubetune.reconcile.own_writes import OwnWrites
 from kubetune.reconcile.queue import Key, Outcome, WorkQueue
 from kubetune.render.finetunejob import RenderOptions
 from kubetune.settings import Settings
@@ -28,7 +29,17 @@ from kubetune.settings import Settings
 log = logging.getLogger("kubetune.runtime")
 T = TypeVar("T")
 
-__all__ = ["FINETUNEJOB", "MODELSERVE", "Runtime", "build_runtime", "current", "enqueue", "start", "stop"]
+__all__ = [
+    "FINETUNEJOB",
+    "MODELSERVE",
+    "Runtime",
+    "build_runtime",
+    "caused_by_us",
+    "current",
+    "enqueue",
+    "start",
+    "stop",
+]
 
 
 @dataclass
@@ -36,6 +47,8 @@ class Runtime:
     settings: Settings
     kube: Kube
     queues: dict[str, WorkQueue] = field(default_factory=dict)
+    own_writes: OwnWrites = field(default_factory=OwnWrites)
+    """Versions the FineTuneJob reconcile's own writes made (their events queue nothing)."""
 
     async def start(self) -> None:
         for q in self.queues.values():
@@ -78,13 +91,15 @@ def outcome(controller: str, requeue_after: float | None, problem: bool, gone: b
     return Outcome(requeue_after=requeue_after, backoff=problem, forget=gone)
 
 
-def finetunejob_controller(kube: Kube, settings: Settings) -> WorkQueue:
+def finetunejob_controller(kube: Kube, settings: Settings, own_writes: OwnWrites) -> WorkQueue:
     opts = RenderOptions(
         trainer_image=settings.trainer_image,
         image_pull_policy=settings.trainer_image_pull_policy,
         termination_grace_seconds=settings.termination_grace_seconds,
     )
-    reconciler = FineTuneJobReconciler(kube, opts, AppliedCache(max_age=settings.resync_seconds))
+    reconciler = FineTuneJobReconciler(
+        kube, opts, AppliedCache(max_age=settings.resync_seconds), own_writes=own_writes
+    )
     phases = metrics.PhaseTracker()
 
     def reconcile(key: Key) -> Outcome:  # runs in a worker thread: touches no queue state
@@ -139,7 +154,7 @@ def build_runtime(settings: Settings, kube: Kube | None = None) -> Runtime:
         kube = Kube.from_environment(settings.field_manager, pool_size=max(16, settings.workers * 4))
     kube.on_write = lambda verb, kind: metrics.API_WRITES.labels(verb, kind).inc()
     rt = Runtime(settings=settings, kube=kube)
-    rt.queues[FINETUNEJOB] = finetunejob_controller(kube, settings)
+    rt.queues[FINETUNEJOB] = finetunejob_controller(kube, settings, rt.own_writes)
     rt.queues[MODELSERVE] = modelserve_controller(kube, settings)
     return rt
 
@@ -169,6 +184,12 @@ async def stop() -> None:
     rt, _current = _current, None
     if rt is not None:
         await rt.stop()
+
+
+def caused_by_us(kind: str, namespace: str | None, name: str | None, resource_version: str | None) -> bool:
+    """Whether a watch event shows exactly what the operator's own write made (reconcile/own_writes.py)."""
+    rt = _current
+    return rt is not None and rt.own_writes.caused_by_us(kind, namespace, name, resource_version)
 
 
 def enqueue(controller: str, namespace: str | None, name: str | None) -> None:

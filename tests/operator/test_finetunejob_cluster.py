@@ -111,8 +111,14 @@ def test_example_yields_children_and_runs(ftj: FTJ, doc, test_pvs):
     assert {v.persistent_volume_claim.claim_name for v in pod.volumes if v.persistent_volume_claim} == set(
         pvc_claims(validate_document({**doc, "metadata": {**doc["metadata"], "namespace": ftj.ns}}).obj)
     )
-    svc = ftj.core.read_namespaced_service(f"{name}-trainer", ftj.ns)
-    assert svc.spec.cluster_ip == "None"
+    services = ftj.core.list_namespaced_service(
+        ftj.ns, label_selector=f"kubetune.io/finetunejob={name}"
+    ).items
+    if spec.resources.nodes > 1:  # the headless Service for the rendezvous at pod 0: multi-node runs only
+        assert [s.metadata.name for s in services] == [f"{name}-trainer"]
+        assert services[0].spec.cluster_ip == "None"
+    else:
+        assert services == []
     role = ftj.rbac.read_namespaced_role(f"{name}-trainer", ftj.ns)
     assert all(r.resource_names == [name] for r in role.rules)
     ftj.rbac.read_namespaced_role_binding(f"{name}-trainer", ftj.ns)

@@ -155,7 +155,7 @@ def assert_kstatus_consistent(d: Decision) -> None:
 def test_first_reconcile_creates_children_and_the_job():
     d = decide_all(ftj(), T0)
     kinds = [o["kind"] for o in d.apply]
-    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Job"]
+    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job"]  # one node: no Service
     job = d.apply[-1]
     assert job["metadata"]["name"] == "t-trainer" and d.new_job_attempt == 1 and d.first_job
     assert d.status["phase"] == "Pending" and d.status["attempts"] == 1 and d.status["jobName"] == "t-trainer"
@@ -167,6 +167,16 @@ def test_first_reconcile_creates_children_and_the_job():
     assert not d.problem and not d.delete
     assert_kstatus_consistent(d)
     assert kstatus(with_status(ftj(), d)) == "InProgress"
+
+
+def test_only_multi_node_runs_get_the_headless_service():
+    # The pods of a multi-node run find pod 0 (the rendezvous) by its name under the headless Service.
+    two = decide_all(ftj(resources={"nodes": 2, "gpusPerNode": 1}), T0)
+    service = next(o for o in two.apply if o["kind"] == "Service")
+    assert service["metadata"]["name"] == "t-trainer" and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": "t-trainer"}
+    assert [o["kind"] for o in two.apply][-2:] == ["Service", "Job"]
+    assert not [o for o in decide_all(ftj(), T0).apply if o["kind"] == "Service"]
 
 
 def test_invalid_spec_fails_stalls_and_deletes_jobs():
@@ -287,13 +297,13 @@ def _failed_job(first: Decision, uid: str = "job-1", attempt_at: float = 0) -> t
 
 
 def test_failed_attempt_starts_the_next():
-    obj, _, first = started(ftj(backoffLimit=2))
+    obj, _, first = started(ftj(backoffLimit=2, resources={"nodes": 2, "gpusPerNode": 1}))
     job, pods = _failed_job(first)
     d = decide_all(obj, at(50), jobs=[job], pods=pods)
     new_jobs = [o for o in d.apply if o["kind"] == "Job"]
     assert [j["metadata"]["name"] for j in new_jobs] == ["t-trainer-2"] and d.new_job_attempt == 2
     assert [(x.kind, x.name) for x in d.delete] == [("Job", "t-trainer")]
-    service = next(o for o in d.apply if o["kind"] == "Service")
+    service = next(o for o in d.apply if o["kind"] == "Service")  # multi-node: it follows the attempt
     assert service["spec"]["selector"]["batch.kubernetes.io/job-name"] == "t-trainer-2"
     assert d.status["attempts"] == 2 and d.status["jobName"] == "t-trainer-2"
     assert d.status["startTime"] == fmt_time(T0)  # the run's start, not the attempt's
@@ -500,7 +510,7 @@ def test_refused_static_child_and_foreign_child():
     d = decide_all(obj, T0, refusals=[denied])
     assert all(o["kind"] != "Job" for o in d.apply) and cond(d, "Running")["reason"] == "ChildRejected"
     assert "denied request: no" in cond(d, "Running")["message"]
-    foreign = Refusal("Service", "t-trainer", 409, "Service 't-trainer' already exists ...", foreign=True)
+    foreign = Refusal("Role", "t-trainer", 409, "Role 't-trainer' already exists ...", foreign=True)
     d2 = decide_all(obj, T0, refusals=[foreign])
     assert (
         cond(d2, "Running")["reason"] == "ChildConflict" and cond(d2, "Stalled")["reason"] == "ChildConflict"
@@ -577,5 +587,5 @@ def test_static_children_applied_from_the_same_inputs_are_not_rendered_again():
     # a label change (labels are propagated to the children) renders them again
     obj["metadata"]["labels"] = {"team": "nlp"}
     d2 = decide_all(obj, at(6), jobs=[job], pods=pods, static_signature=first.static_signature)
-    assert [o["kind"] for o in d2.apply] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service"]
+    assert [o["kind"] for o in d2.apply] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap"]
     assert d2.apply[-1]["metadata"]["labels"]["team"] == "nlp"

@@ -25,7 +25,7 @@ SCHEDULERS = {
     "polynomial": "polynomial",
 }
 OPTIMIZERS = {
-    "adamw": "adamw_torch",
+    "adamw": "adamw_torch_fused",  # transformers' default: one kernel for all parameters (CPU and GPU)
     "adafactor": "adafactor",
     "adamw-8bit": "adamw_bnb_8bit",
     "paged-adamw-8bit": "paged_adamw_8bit",
@@ -183,7 +183,7 @@ def build_trainer(
         return DPOTrainer(ref_model=ref_model, **common)
     task = spec.model.task
     if task == "causal-lm":
-        from trl import SFTTrainer
+        from .sft_head import SFTTrainer  # TRL's, with a plain LM head where its fused one has no kernel
 
         trainer = SFTTrainer(**common)
         if args.packing:

@@ -33,6 +33,7 @@ from .finetunejob_decision import (
     Refusal,
     decide,
 )
+from .own_writes import OwnWrites
 from .status import EventRecorder, write_status
 
 log = logging.getLogger("kubetune.finetunejob")
@@ -120,12 +121,14 @@ class FineTuneJobReconciler:
         cache: AppliedCache | None = None,
         clock=now,
         events: EventRecorder | None = None,
+        own_writes: OwnWrites | None = None,
     ):
         self.kube = kube
         self.opts = opts
         self.cache = cache or AppliedCache()
         self.clock = clock
         self.events = events or EventRecorder(kube)
+        self.own_writes = own_writes or OwnWrites()
 
     def reconcile(self, namespace: str, name: str) -> Result:
         obj = self.kube.get("FineTuneJob", namespace, name)
@@ -214,7 +217,11 @@ class _Shell:
     # reads
 
     def current_job(self) -> list[dict[str, Any]]:
-        """The current attempt's trainer Job by name (a GET; status.attempts says which)."""
+        """The current attempt's trainer Job by name (a GET; status.attempts says which). Never reconciled:
+        none (no GET): its Job is made in the same pass as its first status, and the apply of a Job made
+        by an earlier pass that died before writing the status returns that Job unchanged."""
+        if not self.reconciled_before:
+            return []
         attempts = int((self.obj.get("status") or {}).get("attempts") or 0)
         job = self.kube.get("Job", self.ns, job_name(self.name, max(attempts, 1)))
         return [job] if job is not None and self.owned(job) else []
@@ -273,9 +280,10 @@ class _Shell:
             if ("patch", kind, name) in self.done:
                 continue
             try:
-                self.kube.patch(kind, self.ns, name, patch)
+                patched = self.kube.patch(kind, self.ns, name, patch)
             except ApiException as exc:
                 return self.refused(exc, kind, name)
+            self.record(patched)
             self.done.add(("patch", kind, name))
         for gone in d.delete:
             if ("delete", gone.kind, gone.name) in self.done:
@@ -314,7 +322,7 @@ class _Shell:
 
     def apply_job(self, body: dict[str, Any], d: Decision) -> Refusal | None:
         try:
-            self.kube.apply(body)
+            self.record(self.kube.apply(body))
         except ApiException as exc:
             return self.refused(exc, "Job", body["metadata"]["name"])
         created_at = parse_time(self.obj["metadata"].get("creationTimestamp"))
@@ -332,8 +340,16 @@ class _Shell:
         return Refusal(kind, name, exc.status, server_message(exc))
 
     def write(self, d: Decision) -> None:
-        if d.status is not None:
-            write_status(self.kube, self.obj, d.status, STATUS_FIELDS)
+        if d.status is not None and write_status(self.kube, self.obj, d.status, STATUS_FIELDS) is not None:
+            self.record(self.obj)
+
+    def record(self, written: dict[str, Any] | None) -> None:
+        """Remember the version a write made: its watch event then queues no reconcile (own_writes.py)."""
+        meta = (written or {}).get("metadata") or {}
+        kind = (written or {}).get("kind") or ""
+        self.r.own_writes.record(
+            kind, meta.get("namespace") or self.ns, meta.get("name", ""), meta.get("resourceVersion")
+        )
 
 
 __all__ = ["CONTROLLER", "AppliedCache", "FineTuneJobReconciler", "Result", "server_message"]

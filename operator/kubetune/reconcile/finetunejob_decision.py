@@ -29,6 +29,7 @@ from kubetune.render.common import RUN_GENERATION_ANNOTATION, RUN_ID_LABEL
 from kubetune.render.finetunejob import (
     RenderOptions,
     SecretUse,
+    needs_service,
     render_configmap,
     render_job,
     render_rbac,
@@ -491,14 +492,14 @@ class _Decider:
         self.stall = (reason, message)
 
     def _apply_static(self, ftj: FineTuneJob, attempt: int) -> bool:
-        """RBAC, ConfigMap and Service of ATTEMPT; False (and a condition) when one was refused."""
+        """RBAC, ConfigMap and (multi-node) Service of ATTEMPT; False (and a condition) when one was refused."""
         signature = static_signature(self.obj, attempt, self.chain)
         if signature == self.o.static_signature:
             return True  # applied from exactly this before: not even rendered (rendering YAML costs ms)
         desired = [
             *render_rbac(ftj),
             render_configmap(ftj, self.opts, self.chain),
-            render_service(ftj, attempt),
+            *([render_service(ftj, attempt)] if needs_service(ftj) else []),
         ]
         for obj in desired:
             refused = self.refusal(obj["kind"], obj["metadata"]["name"])

@@ -69,8 +69,8 @@ def status_patch(obj: dict[str, Any], new: dict[str, Any], fields: Iterable[str]
 def write_status(
     kube: Kube, obj: dict[str, Any], new: dict[str, Any], fields: Iterable[str]
 ) -> dict[str, Any] | None:
-    """Patch OBJ's status subresource to NEW's FIELDS when they differ; OBJ's status is updated in place
-    so a second write in the same pass compares with what was written. Returns the patch sent (None: no
+    """Patch OBJ's status subresource to NEW's FIELDS when they differ; OBJ's status (and resourceVersion)
+    is updated in place so a second write in the same pass compares with what was written. Returns the patch sent (None: no
     write). An object deleted meanwhile is not an error."""
     fields = tuple(fields)
     patch = status_patch(obj, new, fields)
@@ -78,11 +78,17 @@ def write_status(
         return None
     meta = obj["metadata"]
     try:
-        kube.patch(obj["kind"], meta.get("namespace"), meta["name"], {"status": patch}, subresource="status")
+        written = kube.patch(
+            obj["kind"], meta.get("namespace"), meta["name"], {"status": patch}, subresource="status"
+        )
     except ApiException as exc:
         if exc.status != 404:
             raise
         return None
+    # the version the write made (its watch event carries it: see reconcile/own_writes.py)
+    version = ((written or {}).get("metadata") or {}).get("resourceVersion")
+    if version:
+        meta["resourceVersion"] = version
     status = obj.setdefault("status", {})
     for k in fields:
         if new.get(k) is None:
