@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 
 import torch
+from trl import SFTConfig
 from trl import SFTTrainer as _TRLSFTTrainer
 from trl.kernels.chunked_logprob import _use_triton
 
@@ -44,6 +45,7 @@ class SFTTrainer(_TRLSFTTrainer):
             and not self.aux_loss_enabled
             and self.compute_loss_func is None
             and self.label_smoother is None
+            and isinstance(self.args, SFTConfig)
             and self.args.loss_type == "nll"
             and not (sp is not None and getattr(sp, "sp_enabled", False))
         )
