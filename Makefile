@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup test test-unit lint crds crds-check demo bench bench-trainer bench-operator clean testbin cluster-up cluster-down images e2e
+.PHONY: setup test test-unit lint crds crds-check demo bench bench-trainer bench-operator clean testbin cluster-up cluster-down \
+	realnode-deps realnode-prepare images e2e
 
 ## setup: create .venv and install kubetune with the trainer and dev extras (pinned by constraints.txt)
 setup: $(VENV)/.installed
@@ -16,9 +17,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP_INSTALL) -e '.[trainer,dev]'
 	touch $@
 
-## test: lint, then the whole suite (sets itself up first); the end-to-end tests in real pods last (`make e2e`;
-## they skip, saying why, where this host cannot run containers)
-test: setup testbin lint
+## test: lint, then the whole suite (sets itself up first; prepares the real node where the host can run
+## containers); the end-to-end tests in real pods last (`make e2e`; they skip, saying why, where the host cannot)
+test: setup testbin realnode-prepare lint
 	$(PY) -m pytest -m "not e2e"
 	$(MAKE) e2e
 
@@ -31,7 +32,7 @@ images:
 ## the trainer image, a checkpoint resumed after SIGTERM, a ModelServe served and smoke-tested. On the local
 ## control plane's real node (containerd + kubelet), or on kind with KUBETUNE_TEST_CLUSTER=kind
 ## (the tests build the images first with hack/images.sh, as `make images` does)
-e2e: setup testbin
+e2e: setup testbin realnode-prepare
 	$(PY) -m pytest tests/e2e -m e2e
 
 ## test-unit: the fast tests alone (no cluster, no training): seconds
@@ -44,11 +45,24 @@ testbin:
 	bash hack/testbin.sh
 	bash hack/gotools.sh
 
-## cluster-up: start the local control plane (or reuse a running one); kubeconfig in .cluster/kubeconfig
-cluster-up: setup testbin
-	$(PY) -m tests.support.controlplane up
+## realnode-deps: install the real node's Debian packages (containerd, runc, CNI plugins, iptables, conntrack,
+## busybox-static; a no-op when present) and build its kubelet, kube-proxy, coredns, pause and apiprobe
+realnode-deps:
+	bash hack/realnode.sh install
+	bash hack/realnode.sh build >/dev/null
 
-## cluster-down: stop the local control plane's processes by PID
+## realnode-prepare: realnode-deps where this host can run containers; elsewhere say why and go on
+realnode-prepare:
+	bash hack/realnode.sh prepare
+
+## cluster-up: start the local control plane (or reuse a running one); kubeconfig in .cluster/kubeconfig.
+## With the real node (containerd + kubelet, docs/testing.md) where the host can run containers:
+## REAL_NODE=yes makes that an error elsewhere, REAL_NODE=no leaves it out
+REAL_NODE ?= auto
+cluster-up: setup testbin realnode-prepare
+	$(PY) -m tests.support.controlplane up --real-node=$(REAL_NODE)
+
+## cluster-down: stop the local control plane's processes by PID (and the real node, removing what it made)
 cluster-down: setup
 	$(PY) -m tests.support.controlplane down
 

@@ -4,18 +4,22 @@
 #   hack/gotools.sh            build whatever is missing, print KEY=path lines
 #   hack/gotools.sh --check    exit 0 when everything is built, 1 otherwise (builds nothing)
 #   hack/gotools.sh --print    print KEY=path lines (builds nothing)
-#   hack/gotools.sh kstatus    build (or find) only the named tool: kstatus | promtool
+#   hack/gotools.sh kstatus    build (or find) only the named tools: kstatus | promtool | coredns
+#   hack/gotools.sh --check coredns    exit 0 when the named tools are built
 #
 # - kstatus: hack/kstatus (a tiny program around sigs.k8s.io/cli-utils' kstatus, the health
 #   assessment Flux uses). Cached under a name made of the cli-utils version and a hash of the
 #   program's sources, so an edit to hack/kstatus rebuilds it.
 # - promtool: github.com/prometheus/prometheus/cmd/promtool, `go install`ed at a pinned version.
+# - coredns: the real node's cluster DNS (tests/support/realnode.py), built only when named; it runs as a
+#   host process serving the cluster domain to the real node's pods.
 #
 # Like hack/testbin.sh: results land in $KUBETUNE_TESTBIN_DIR (default ~/.cache/kubetune/testbin),
 # a folder exists only once its build succeeded, and no toolchain is ever downloaded.
 set -euo pipefail
 
 PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}   # Prometheus 3.16's Go module version
+COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TESTBIN_DIR=${KUBETUNE_TESTBIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubetune/testbin}
@@ -29,30 +33,44 @@ CLI_UTILS_VERSION=$(sed -nE 's/^\s*(require )?sigs\.k8s\.io\/cli-utils (v[^ ]+).
 KSTATUS_HASH=$(cat "$HERE/kstatus/go.mod" "$HERE/kstatus/go.sum" "$HERE/kstatus/main.go" | sha256sum | cut -c1-12)
 KSTATUS_DIR=$TESTBIN_DIR/kstatus-cli-utils-$CLI_UTILS_VERSION-$KSTATUS_HASH
 PROMTOOL_DIR=$TESTBIN_DIR/promtool-$PROMETHEUS_VERSION
+COREDNS_DIR=$TESTBIN_DIR/coredns-$COREDNS_VERSION
 
 log() { printf '[gotools] %s\n' "$*" >&2; }
 
 print_paths() {
   echo "KSTATUS=$KSTATUS_DIR/kstatus"
   echo "PROMTOOL=$PROMTOOL_DIR/promtool"
+  echo "COREDNS=$COREDNS_DIR/coredns"
 }
 
 built() { # built TOOL
   case $1 in
     kstatus) [[ -x $KSTATUS_DIR/kstatus ]] ;;
     promtool) [[ -x $PROMTOOL_DIR/promtool ]] ;;
+    coredns) [[ -x $COREDNS_DIR/coredns ]] ;;
     *) log "unknown tool $1"; exit 2 ;;
   esac
 }
 
-TOOLS=(kstatus promtool)
+TOOLS=(kstatus promtool)   # the default set; coredns only when named
+CHECK=false
 case "${1:-}" in
   --print) print_paths; exit 0 ;;
-  --check) for t in "${TOOLS[@]}"; do built "$t" || exit 1; done; exit 0 ;;
-  kstatus|promtool) TOOLS=("$1") ;;
-  "") ;;
-  *) echo "usage: $0 [--check|--print|kstatus|promtool]" >&2; exit 2 ;;
+  --check) CHECK=true; shift ;;
 esac
+if [[ $# -gt 0 ]]; then
+  TOOLS=()
+  for t in "$@"; do
+    case $t in
+      kstatus|promtool|coredns) TOOLS+=("$t") ;;
+      *) echo "usage: $0 [--check|--print] [kstatus|promtool|coredns...]" >&2; exit 2 ;;
+    esac
+  done
+fi
+if $CHECK; then
+  for t in "${TOOLS[@]}"; do built "$t" || exit 1; done
+  exit 0
+fi
 
 timed() { # timed NAME CMD...: run CMD, append its wall time to $TESTBIN_DIR/build-times.txt
   local name=$1 start end
@@ -84,6 +102,13 @@ build_promtool() {
     "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION")
 }
 
+build_coredns() {
+  # The root package is CoreDNS' main package, with the default plugin set (kubernetes, forward, ...).
+  (cd "$TESTBIN_DIR" && GOBIN=$TMPOUT "$GO" install -trimpath \
+    -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
+    "github.com/coredns/coredns@$COREDNS_VERSION")
+}
+
 missing=()
 for t in "${TOOLS[@]}"; do built "$t" || missing+=("$t"); done
 if [[ ${#missing[@]} -gt 0 ]]; then
@@ -99,6 +124,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     case $t in
       kstatus) timed "kstatus-cli-utils-$CLI_UTILS_VERSION" build_into "$KSTATUS_DIR" build_kstatus ;;
       promtool) timed "promtool-$PROMETHEUS_VERSION" build_into "$PROMTOOL_DIR" build_promtool ;;
+      coredns) timed "coredns-$COREDNS_VERSION" build_into "$COREDNS_DIR" build_coredns ;;
     esac
     exec 9>&-
   done

@@ -4,6 +4,9 @@
 #   hack/testbin.sh            build whatever is missing, print the bin dirs
 #   hack/testbin.sh --check    exit 0 when everything is built, 1 otherwise (builds nothing)
 #   hack/testbin.sh --print    print KEY=dir lines for each component (builds nothing)
+#   hack/testbin.sh node       build (or find) only the real node's kubelet and kube-proxy (same version,
+#                              own folder kubernetes-node-<version>; see hack/realnode.sh), print NODE=dir
+#   hack/testbin.sh node --check
 #
 # Results land in $KUBETUNE_TESTBIN_DIR (default ~/.cache/kubetune/testbin), one folder per
 # component and version, e.g. kubernetes-v1.36.3/kube-apiserver. A folder exists only once its
@@ -32,6 +35,8 @@ K8S_DIR=$TESTBIN_DIR/kubernetes-$K8S_VERSION
 ETCD_DIR=$TESTBIN_DIR/etcd-$ETCD_VERSION
 KWOK_DIR=$TESTBIN_DIR/kwok-$KWOK_VERSION
 HELM_DIR=$TESTBIN_DIR/helm-$HELM_VERSION
+# The real node's kubelet and kube-proxy: built only when a real node is wanted (hack/realnode.sh).
+NODE_DIR=$TESTBIN_DIR/kubernetes-node-$K8S_VERSION
 
 log() { printf '[testbin] %s\n' "$*" >&2; }
 
@@ -47,16 +52,33 @@ complete() {
     && -x $K8S_DIR/kubectl && -x $ETCD_DIR/etcd && -x $KWOK_DIR/kwok && -d $KWOK_DIR/stages && -x $HELM_DIR/helm ]]
 }
 
-case "${1:-}" in
-  --print) print_dirs; exit 0 ;;
-  --check) complete; exit $? ;;
-  "") ;;
-  *) echo "usage: $0 [--check|--print]" >&2; exit 2 ;;
-esac
+node_complete() { [[ -x $NODE_DIR/kubelet && -x $NODE_DIR/kube-proxy ]]; }
 
-if complete; then
-  print_dirs
-  exit 0
+MODE=control-plane
+if [[ ${1:-} == node ]]; then
+  MODE=node
+  shift
+  case "${1:-}" in
+    --print) echo "NODE=$NODE_DIR"; exit 0 ;;
+    --check) node_complete; exit $? ;;
+    "") ;;
+    *) echo "usage: $0 node [--check|--print]" >&2; exit 2 ;;
+  esac
+  if node_complete; then
+    echo "NODE=$NODE_DIR"
+    exit 0
+  fi
+else
+  case "${1:-}" in
+    --print) print_dirs; exit 0 ;;
+    --check) complete; exit $? ;;
+    "") ;;
+    *) echo "usage: $0 [--check|--print|node]" >&2; exit 2 ;;
+  esac
+  if complete; then
+    print_dirs
+    exit 0
+  fi
 fi
 
 [[ -x $GO ]] || { log "no Go toolchain found (set GO=/path/to/go)"; exit 1; }
@@ -104,11 +126,10 @@ build_wrapper() { # build_wrapper OUT LDFLAGS MODULE VERSION REPLACES_FILE PKG..
   mv "$tmpout" "$out"
 }
 
-build_kubernetes() {
-  [[ -x $K8S_DIR/kube-apiserver && -x $K8S_DIR/kube-controller-manager && -x $K8S_DIR/kube-scheduler && -x $K8S_DIR/kubectl ]] && return 0
-  log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $K8S_VERSION"
+kubernetes_replaces() { # kubernetes_replaces FILE: a replace line per staging module of the release
+  local gomod=$WORK/kubernetes.go.mod staging_version replaces=$1
+  [[ -s $replaces ]] && return 0
   # The staging modules: whatever the release's own go.mod replaces with ./staging/src/k8s.io/*.
-  local gomod=$WORK/kubernetes.go.mod staging_version replaces=$WORK/kubernetes.replaces
   (cd "$WORK" && "$GO" mod download -json "k8s.io/kubernetes@$K8S_VERSION") >"$WORK/k8s.json"
   cp "$(sed -nE 's/^\s*"GoMod": "(.*)",?$/\1/p' "$WORK/k8s.json")" "$gomod"
   staging_version="v0.${K8S_VERSION#v1.}"
@@ -119,6 +140,9 @@ build_kubernetes() {
   local n; n=$(wc -l <"$replaces")
   [[ $n -gt 10 ]] || { log "found only $n staging modules in k8s.io/kubernetes@$K8S_VERSION go.mod"; exit 1; }
   log "$n staging modules replaced with $staging_version"
+}
+
+kubernetes_ldflags() {
   local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
   local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   local ldflags="-s -w"
@@ -126,9 +150,25 @@ build_kubernetes() {
     ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
   done
-  timed "kubernetes-$K8S_VERSION" build_wrapper "$K8S_DIR" "$ldflags" k8s.io/kubernetes "$K8S_VERSION" "$replaces" \
+  echo "$ldflags"
+}
+
+build_kubernetes() {
+  [[ -x $K8S_DIR/kube-apiserver && -x $K8S_DIR/kube-controller-manager && -x $K8S_DIR/kube-scheduler && -x $K8S_DIR/kubectl ]] && return 0
+  log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $K8S_VERSION"
+  kubernetes_replaces "$WORK/kubernetes.replaces"
+  timed "kubernetes-$K8S_VERSION" build_wrapper "$K8S_DIR" "$(kubernetes_ldflags)" k8s.io/kubernetes "$K8S_VERSION" \
+    "$WORK/kubernetes.replaces" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+}
+
+build_node() {
+  node_complete && return 0
+  log "building kubelet, kube-proxy $K8S_VERSION (the real node)"
+  kubernetes_replaces "$WORK/kubernetes.replaces"
+  timed "kubernetes-node-$K8S_VERSION" build_wrapper "$NODE_DIR" "$(kubernetes_ldflags)" k8s.io/kubernetes "$K8S_VERSION" \
+    "$WORK/kubernetes.replaces" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
 }
 
 build_etcd() {
@@ -178,6 +218,13 @@ build_helm() {
   timed "helm-$HELM_VERSION" go_install "$HELM_DIR" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
     "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
+
+if [[ $MODE == node ]]; then
+  build_node
+  node_complete || { log "build finished but kubelet or kube-proxy is missing"; exit 1; }
+  echo "NODE=$NODE_DIR"
+  exit 0
+fi
 
 build_etcd
 build_kubernetes

@@ -66,6 +66,9 @@ PORT_NAMES = ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+# The real node's bridge address (tests/support/realnode.py GATEWAY): with a real node the API server
+# listens beyond loopback and advertises this address, so its pods reach it through the kubernetes Service.
+REAL_NODE_GATEWAY = "10.245.0.1"
 
 OUTCOME_LABEL = "kwok.kubetune.io/outcome"
 EXIT_CODE_KEY = "kwok.kubetune.io/exit-code"
@@ -97,6 +100,9 @@ KWOK_NODES = [
 ]
 
 START_TIMEOUT = float(os.environ.get("KUBETUNE_CLUSTER_START_TIMEOUT", "120"))
+# Set by the real_node pytest plugin when the session's tests will want the real node: a control plane this
+# process starts then gets the real node's API server flags at once, instead of a restart later.
+START_FOR_REAL_NODE = False
 
 
 class ControlPlaneError(RuntimeError):
@@ -256,6 +262,7 @@ def make_pki(pki: Path) -> None:
         server=True,
         sans=(
             "127.0.0.1",
+            REAL_NODE_GATEWAY,  # where the real node's pods reach it (tests/support/realnode.py)
             "::1",
             "localhost",
             service_ip,
@@ -552,8 +559,7 @@ class ControlPlane:
             return [
                 binary,
                 f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                *self._apiserver_network_flags(),
                 f"--secure-port={p['apiserver']}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -565,7 +571,6 @@ class ControlPlane:
                 "--authorization-mode=Node,RBAC",
                 "--enable-admission-plugins=NodeRestriction",
                 "--allow-privileged=true",
-                "--endpoint-reconciler-type=none",
                 f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
                 "--requestheader-allowed-names=front-proxy-client",
                 "--requestheader-username-headers=X-Remote-User",
@@ -575,6 +580,9 @@ class ControlPlane:
                 f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
                 "--profiling=false",
                 f"--cert-dir={d / 'pki' / 'apiserver-generated'}",
+                # To the kubelets (the real node's; `kubectl logs`, exec): the admin client certificate.
+                f"--kubelet-client-certificate={pki / 'admin.crt'}",
+                f"--kubelet-client-key={pki / 'admin.key'}",
             ]
         if component == "kube-controller-manager":
             kc = str(d / "controller-manager.kubeconfig")
@@ -622,6 +630,42 @@ class ControlPlane:
             ]
         raise KeyError(component)
 
+    def _apiserver_network_flags(self) -> list[str]:
+        if self.state.get("real_node"):
+            # Pods of the real node reach it at the bridge's address through the kubernetes Service
+            # (kube-proxy's rules to the Endpoints the lease reconciler keeps).
+            return [
+                "--bind-address=0.0.0.0",
+                f"--advertise-address={REAL_NODE_GATEWAY}",
+                "--endpoint-reconciler-type=lease",
+            ]
+        # Loopback only; Endpoints reject a loopback address, so no kubernetes Endpoints.
+        return [
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            "--endpoint-reconciler-type=none",
+        ]
+
+    def enable_real_node(self, timeout: float = 60.0) -> None:
+        """Switch a running control plane to the real node's API server flags (listen beyond loopback,
+        advertise the bridge's address), restarting the API server when it ran without them."""
+        if self.state.get("real_node"):
+            return
+        self.state["real_node"] = True
+        comp = self.state["components"]["kube-apiserver"]
+        network = ("--bind-address=", "--advertise-address=", "--endpoint-reconciler-type=")
+        argv = [a for a in comp["argv"] if not a.startswith(network)]
+        argv[1:1] = self._apiserver_network_flags()
+        log("restarting kube-apiserver to serve the real node's pods (bind 0.0.0.0, advertise the bridge)")
+        stop_pid(comp["pid"], comp["argv"][0], comp.get("start"))
+        self._spawn("kube-apiserver", argv)
+        self._wait(
+            "kube-apiserver /readyz",
+            self.apiserver_ready,
+            time.monotonic() + timeout,
+            ["etcd", "kube-apiserver"],
+        )
+
     def _spawn(self, component: str, argv: list[str]) -> int:
         self.logs.mkdir(parents=True, exist_ok=True)
         with open(self.log_file(component), "ab") as logf:
@@ -664,31 +708,54 @@ class ControlPlane:
             text = ["(no log)"]
         return f"---- {self.log_file(component)} (last {lines} lines) ----\n" + "\n".join(text)
 
-    def up(self, testbin: Testbin | None = None) -> bool:
-        """Start the control plane unless a healthy one runs. Returns True when this call started it."""
-        with self.lock():
-            if self.load() and self.healthy():
-                log(f"reusing the running control plane at {self.server} ({self.kubeconfig})")
-                return False
-            if self.state:
-                log("found a stale or broken control plane: stopping what is left of it")
-                self._down()
-            tb = testbin or ensure_testbin()
-            self._stop_orphans(tb)
-            try:
-                return self._start(tb)
-            except ControlPlaneError as exc:
-                if "exited while waiting" not in str(exc):
-                    raise
-                # A component died while starting (seen twice in ~30 starts here, each time by a
-                # SIGTERM from outside while other suites ran). Keep its logs, try once more.
-                failed = self.dir / "logs.failed"
-                shutil.rmtree(failed, ignore_errors=True)
-                shutil.copytree(self.logs, failed)
-                log(f"start failed: {str(exc).splitlines()[0]}; logs kept in {failed}; retrying once")
-                return self._start(tb)
+    def up(self, testbin: Testbin | None = None, real_node: str = "no") -> bool:
+        """Start the control plane unless a healthy one runs. Returns True when this call started it.
 
-    def _start(self, tb: Testbin) -> bool:
+        REAL_NODE: "yes" also starts the real node (tests/support/realnode.py; an error when it cannot),
+        "auto" starts it where the host can run containers and says why not elsewhere, "no" does not."""
+        from tests.support import realnode
+
+        with self.lock():
+            # Started with the real node's API server flags when it will run, saving a restart.
+            wanted = (
+                real_node == "yes"
+                or START_FOR_REAL_NODE
+                or (real_node == "auto" and realnode.host_problem() is None)
+            )
+            started = self._up(testbin, wanted)
+            if real_node != "no":
+                try:
+                    realnode.RealNode(self).up()
+                except realnode.RealNodeUnavailable as exc:
+                    if real_node == "yes":
+                        raise
+                    log(f"no real node: {exc}")
+            return started
+
+    def _up(self, testbin: Testbin | None, real_node: bool = False) -> bool:
+        """(called with the lock held)"""
+        if self.load() and self.healthy():
+            log(f"reusing the running control plane at {self.server} ({self.kubeconfig})")
+            return False
+        if self.state:
+            log("found a stale or broken control plane: stopping what is left of it")
+            self._down()
+        tb = testbin or ensure_testbin()
+        self._stop_orphans(tb)
+        try:
+            return self._start(tb, real_node)
+        except ControlPlaneError as exc:
+            if "exited while waiting" not in str(exc):
+                raise
+            # A component died while starting (seen twice in ~30 starts here, each time by a
+            # SIGTERM from outside while other suites ran). Keep its logs, try once more.
+            failed = self.dir / "logs.failed"
+            shutil.rmtree(failed, ignore_errors=True)
+            shutil.copytree(self.logs, failed)
+            log(f"start failed: {str(exc).splitlines()[0]}; logs kept in {failed}; retrying once")
+            return self._start(tb, real_node)
+
+    def _start(self, tb: Testbin, real_node: bool = False) -> bool:
         """Start every component from scratch (called with the lock held)."""
         t0 = time.monotonic()
         deadline = t0 + START_TIMEOUT
@@ -707,6 +774,7 @@ class ControlPlane:
                 "helm": str(tb.helm),
             },
             "components": {},
+            "real_node": real_node,
         }
         make_pki(self.pki)
         write_kubeconfig(self.kubeconfig, self.server, self.pki, "admin")
@@ -837,6 +905,14 @@ class ControlPlane:
         if not self.state:
             self.load()
         port = free_port()
+        # Loopback only, without an endpoint reconciler even when the main one serves the real node's pods
+        # (two servers would otherwise take turns writing the kubernetes Endpoints).
+        network = ("--bind-address=", "--advertise-address=", "--endpoint-reconciler-type=")
+        loopback = [
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            "--endpoint-reconciler-type=none",
+        ]
         argv = [
             f"--secure-port={port}"
             if a.startswith("--secure-port=")
@@ -844,7 +920,9 @@ class ControlPlane:
             if a.startswith("--cert-dir=")
             else a
             for a in self.state["components"]["kube-apiserver"]["argv"]
+            if not a.startswith(network)
         ]
+        argv[1:1] = loopback
         # Its identity Lease would be named after the host, i.e. the same as the main one's: the two
         # would fight over it. (In a real HA control plane each runs on its own host.)
         argv.append("--feature-gates=APIServerIdentity=false,UnknownVersionInteroperabilityProxy=false")
@@ -861,6 +939,10 @@ class ControlPlane:
             self._down()
 
     def _down(self, keep_logs: bool = True) -> None:
+        from tests.support import realnode
+
+        # The real node first, while the API server still answers (its Node and volumes are deleted).
+        realnode.RealNode(self).down()
         comps = self.state.get("components", {})
         pid_dir = self.dir / "pids"
         for extra in self.state.get("extra", {}).values():
@@ -1173,7 +1255,16 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("up", help="start the control plane (or reuse a healthy one)")
+    up = sub.add_parser("up", help="start the control plane (or reuse a healthy one)")
+    up.add_argument(
+        "--real-node",
+        nargs="?",
+        const="yes",
+        default="no",
+        choices=("yes", "auto", "no"),
+        help="also start the real containerd + kubelet node (tests/support/realnode.py); "
+        "auto: where this host can run containers",
+    )
     sub.add_parser("down", help="stop every component by PID and drop etcd's data")
     sub.add_parser("status", help="exit 0 when a healthy control plane is up")
     r = sub.add_parser("restart", help="restart one component in place")
@@ -1184,7 +1275,7 @@ def main(argv: list[str] | None = None) -> int:
     cp = ControlPlane()
     try:
         if args.cmd == "up":
-            cp.up()
+            cp.up(real_node=args.real_node)
             print(cp.kubeconfig)
         elif args.cmd == "down":
             cp.down()
@@ -1202,7 +1293,16 @@ def main(argv: list[str] | None = None) -> int:
             ready = cp.apiserver_ready()
             print(f"{'apiserver /readyz':26} {'ok' if ready else 'NOT READY'}  {cp.server}")
             print(f"{'kubeconfig':26} {cp.kubeconfig}")
-            return 0 if ready and all(alive.values()) else 1
+            from tests.support import realnode
+
+            node = realnode.RealNode(cp)
+            node_ok = True
+            if node.info():
+                node_ok = node.healthy()
+                print(
+                    f"{'real node ' + realnode.NODE_NAME:26} {'Ready' if node_ok else 'NOT HEALTHY'}  {node.socket}"
+                )
+            return 0 if ready and all(alive.values()) and node_ok else 1
         elif args.cmd == "restart":
             cp.restart(args.component)
     except ControlPlaneError as exc:
@@ -1212,4 +1312,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy's: realnode and controlplane import each other
+    # by name, and an exception class of the __main__ copy would not be the one they raise.
+    from tests.support.controlplane import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,3 @@
+module kubetune.local/apiprobe
+
+go 1.26.0
