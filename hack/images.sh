@@ -237,33 +237,38 @@ load() {
   [[ -n $socket ]] || socket=$CLUSTER_DIR/real-0/containerd.sock
   [[ -S $socket ]] || die "no containerd socket at $socket (start the real node: python -m tests.support.controlplane up --real-node)"
   command -v ctr >/dev/null || die "ctr (containerd's client) is missing"
-  local ctr="ctr --address $socket --namespace k8s.io" image want have started
+  local ctr="ctr --address $socket --namespace k8s.io" image want have started needed=()
   for image in "${IMAGES[@]}"; do
     want=$(built_id "$image")
     have=$(containerd_image_id "$ctr" "docker.io/library/$image")
     if [[ -n $want && $want == "$have" ]]; then
       log "$image is loaded already (${want:7:12})"
-      continue
+    else
+      needed+=("$image")
     fi
-    dockerd_up
-    started=$(now)
-    # Named by its tag only (docker.io/library/NAME:TAG, as the kubelet looks it up), so the kubelet reports
-    # the image ID (sha256:<config digest>) as the container's imageID: the tests compare it with the build's.
-    "$DOCKER" save "$image" | $ctr images import - >"$CACHE/logs/load.log" 2>&1 \
-      || { tail -20 "$CACHE/logs/load.log" >&2; die "importing $image into $socket failed"; }
+  done
+  ((${#needed[@]})) || return 0
+  dockerd_up
+  started=$(now)
+  # One archive for all of them: the layers they share (the trainer's, under the TGI test image) travel once.
+  # Named by tag only (docker.io/library/NAME:TAG, as the kubelet looks it up), so the kubelet reports the
+  # image ID (sha256:<config digest>) as the container's imageID: the tests compare it with the build's.
+  "$DOCKER" save "${needed[@]}" | $ctr images import - >"$CACHE/logs/load.log" 2>&1 \
+    || { tail -20 "$CACHE/logs/load.log" >&2; die "importing ${needed[*]} into $socket failed"; }
+  for image in "${needed[@]}"; do
+    want=$(built_id "$image")
     have=$(containerd_image_id "$ctr" "docker.io/library/$image")
     [[ $have == "$want" ]] || die "$image: containerd has ${have:-nothing}, expected $want"
-    log "$image loaded into $socket in $(since "$started") s"
   done
+  log "${needed[*]} loaded into $socket in $(since "$started") s"
 }
 
 kind_load() {
-  local name=${1:-${KUBETUNE_KIND_NAME:-kubetune-test}} image
-  local kind=${KIND:-kind}
-  for image in "${IMAGES[@]}"; do
-    log "kind load docker-image $image --name $name"
-    "$kind" load docker-image "$image" --name "$name"
-  done
+  local name=${1:-${KUBETUNE_KIND_NAME:-kubetune-test}} started
+  started=$(now)
+  log "kind load docker-image ${IMAGES[*]} --name $name"
+  "${KIND:-kind}" load docker-image "${IMAGES[@]}" --name "$name"
+  log "loaded into kind cluster $name in $(since "$started") s"
 }
 
 # ------------------------------------------------------------------------------------------- main

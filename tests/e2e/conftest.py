@@ -36,6 +36,17 @@ def _host_problem() -> str | None:
     return realnode.host_problem()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the local control plane every e2e test needs the real node: request its fixture up front, so that
+    its plugin prepares it right after collection and the session's control plane starts ready for it."""
+    if cluster_mod.flavor_from_env() != "local":
+        return
+    for item in items:
+        names = getattr(item, "fixturenames", None)
+        if item.get_closest_marker("e2e") and names is not None and "real_node" not in names:
+            names.append("real_node")
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     global _images_error, _images_skip
     if session.config.option.collectonly or not any(i.get_closest_marker("e2e") for i in session.items):

@@ -12,7 +12,9 @@ WORKDIR /opt/tgi-test
 COPY __init__.py tests/__init__.py
 COPY support/__init__.py support/loopback.py support/tgi_server.py support/tgi_launcher.py tests/support/
 ENV PYTHONPATH=/opt/tgi-test
-# TGI's image serves on port 80 unless PORT says otherwise; the operator sets PORT.
+# Like TGI's image: root, serving on port 80 (the operator sets PORT=80); the trainer image's user 1000
+# could not bind it.
+USER 0:0
 EXPOSE 80
 ENTRYPOINT ["/usr/bin/tini", "--", "python", "-m", "tests.support.tgi_launcher"]
 CMD []
