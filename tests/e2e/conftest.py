@@ -57,15 +57,25 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if flavor == "local" and (problem := _host_problem()):
         _images_skip = f"this host cannot run containers: {problem}"
         return
-    capture = session.config.pluginmanager.getplugin("capturemanager")
+    try:
+        images_on_terminal(session.config, "build")
+    except e2e.ImagesError as exc:
+        _images_error = exc
+
+
+def images_on_terminal(config: pytest.Config, *args: str) -> None:
+    """hack/images.sh ARGS with its progress on the terminal (a first build or load takes minutes)."""
+    capture = config.pluginmanager.getplugin("capturemanager")
     started = time.monotonic()
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        print("\n[e2e] building the images (hack/images.sh build)", flush=True)
-        proc = subprocess.run(["bash", str(e2e.IMAGES_SCRIPT), "build"], cwd=e2e.REPO)
-        print(f"[e2e] hack/images.sh build: exit {proc.returncode} after {time.monotonic() - started:.0f} s")
+        print(f"\n[e2e] hack/images.sh {' '.join(args)}", flush=True)
+        proc = subprocess.run(["bash", str(e2e.IMAGES_SCRIPT), *args], cwd=e2e.REPO)
+        print(
+            f"[e2e] hack/images.sh {args[0]}: exit {proc.returncode} after {time.monotonic() - started:.0f} s"
+        )
     if proc.returncode != 0:
-        _images_error = e2e.ImagesError(
-            f"hack/images.sh build failed with exit code {proc.returncode} (above)"
+        raise e2e.ImagesError(
+            f"hack/images.sh {' '.join(args)} failed with exit code {proc.returncode} (above)"
         )
 
 
@@ -81,13 +91,13 @@ def e2e_target(kube, request):
             "the e2e tests run on the local control plane's real node or on kind (KUBETUNE_TEST_CLUSTER=kind)"
         )
     if kube.flavor == "kind":
-        e2e.images_script("kind-load", os.environ.get("KUBETUNE_KIND_NAME", "kubetune-test"))
+        images_on_terminal(request.config, "kind-load", os.environ.get("KUBETUNE_KIND_NAME", "kubetune-test"))
         yield e2e.Target("kind")
         return
     from tests.support import realnode
 
     node = request.getfixturevalue("real_node")  # skips, saying why, where the host cannot run it
-    e2e.images_script("load", str(node.socket))
+    images_on_terminal(request.config, "load", str(node.socket))
     target = e2e.Target(
         "local",
         node_selector=dict(realnode.NODE_SELECTOR),

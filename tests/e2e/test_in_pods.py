@@ -121,6 +121,7 @@ def test_the_operator_runs_in_the_cluster_from_the_chart(kube, e2e_target, opera
         ("ServiceAccount", RELEASE_NAME, namespace)
     ]
     # Its liveness endpoint answers through the API server's pod proxy.
+    assert all(c.ready for c in pod.status.container_statuses)  # its readiness probe: kopf serves /healthz
     health = client.CoreV1Api(kube.api).connect_get_namespaced_pod_proxy_with_path(
         f"{pod.metadata.name}:8081", namespace, "healthz"
     )
