@@ -235,7 +235,7 @@ def test_a_pod_stopped_by_the_kubelet_checkpoints_and_the_next_resumes(kube, e2e
         p for p in trainer_pods(kube, e2e_namespace, RESUMED) if p.metadata.name != first_pod.metadata.name
     ]
     assert second.metadata.labels["kubetune.io/attempt"] == "2"
-    logs = core.read_namespaced_pod_log(second.metadata.name, e2e_namespace)
+    logs = e2e.pod_log(api, e2e_namespace, second.metadata.name)
     resumed = re.findall(r"resuming from (\S+)", logs)
     assert resumed and resumed[0].endswith(f"checkpoint-{step}"), logs[-3000:]
     # The Trainer's own state agrees: it went on from that step to the end.

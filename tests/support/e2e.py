@@ -147,7 +147,7 @@ def run_pod(
         return pod if pod.status.phase in ("Succeeded", "Failed") else None
 
     pod = wait_for(finished, timeout, f"pod {namespace}/{name} to finish")
-    logs = core.read_namespaced_pod_log(name, namespace)
+    logs = pod_log(api, namespace, name)
     if pod.status.phase != "Succeeded":
         raise AssertionError(f"pod {name} {pod.status.phase}: {pod.status.container_statuses}\n{logs}")
     if target.node_name:
@@ -155,6 +155,15 @@ def run_pod(
     with contextlib.suppress(client.ApiException):
         core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
     return logs
+
+
+def pod_log(api, namespace: str, name: str) -> str:
+    """The pod's log as it is (the client's own decoding turns a log that is one JSON document into a
+    Python repr)."""
+    from kubernetes import client
+
+    response = client.CoreV1Api(api).read_namespaced_pod_log(name, namespace, _preload_content=False)
+    return response.data.decode()
 
 
 def custom(api):
