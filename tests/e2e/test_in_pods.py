@@ -211,14 +211,18 @@ def test_a_pod_stopped_by_the_kubelet_checkpoints_and_the_next_resumes(kube, e2e
         f"checkpoint-{step}"
     )
 
-    # The first attempt's Job failed on the trainer's SIGTERM exit code (143), matched by its podFailurePolicy.
-    batch = client.BatchV1Api(api)
-    failed = wait_for(
-        lambda: next((c for c in batch.read_namespaced_job(f"{RESUMED}-trainer", e2e_namespace).status.conditions
-                      or [] if c.type == "Failed" and c.status == "True"), None),
-        120, "the first attempt's Job to fail",
-    )  # fmt: skip
-    assert "exit code 143" in failed.message, failed.message
+    # The first attempt failed with the trainer's exit code for SIGTERM (143) and its termination message;
+    # the operator said so in an Event and started the next attempt.
+    def attempt_failed():
+        events = core.list_namespaced_event(
+            e2e_namespace, field_selector=f"involvedObject.name={RESUMED}"
+        ).items
+        return next((e for e in events if e.reason == "AttemptFailed"), None)
+
+    event = wait_for(attempt_failed, 120, f"{RESUMED}: the AttemptFailed Event")
+    assert (
+        "exited with code 143" in event.message and f"stopped after SIGTERM at step {step}" in event.message
+    ), event.message
 
     done = wait_for(
         lambda: (o := e2e.get_object(api, e2e_namespace, "finetunejobs", RESUMED))["status"].get("phase")
