@@ -114,7 +114,7 @@ dockerd_up() {
   mkdir -p "$DOCKER_DATA_ROOT"
   setsid dockerd --data-root "$DOCKER_DATA_ROOT" --pidfile "$DOCKERD_PIDFILE" \
     --iptables=false --ip-forward=false --ip-masq=false --bridge=none \
-    >"$CACHE/logs/dockerd.log" 2>&1 </dev/null &
+    >"$CACHE/logs/dockerd.log" 2>&1 </dev/null 9>&- &
   local i
   for i in $(seq 1 120); do
     docker_answers && { STARTED_DOCKERD=1; return 0; }
