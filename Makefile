@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
 .PHONY: setup test test-unit lint crds crds-check demo bench bench-trainer bench-operator clean testbin cluster-up cluster-down \
-	realnode-deps realnode-prepare
+	realnode-deps realnode-prepare images e2e
 
 ## setup: create .venv and install kubetune with the trainer and dev extras (pinned by constraints.txt)
 setup: $(VENV)/.installed
@@ -17,9 +17,23 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP_INSTALL) -e '.[trainer,dev]'
 	touch $@
 
-## test: lint, then the whole suite (sets itself up first; prepares the real node where the host can run containers)
+## test: lint, then the whole suite (sets itself up first; prepares the real node where the host can run
+## containers); the end-to-end tests in real pods last (`make e2e`; they skip, saying why, where the host cannot)
 test: setup testbin realnode-prepare lint
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not e2e"
+	$(MAKE) e2e
+
+## images: build kubetune-operator:dev, kubetune-trainer:dev and kubetune-tgi-test:dev from this repository
+## (Docker with BuildKit; on a Debian bookworm base made with debootstrap; cached: seconds when nothing changed)
+images:
+	bash hack/images.sh build
+
+## e2e: the end-to-end tests in real pods (tests/e2e): the chart's operator, a FineTuneJob trained in a pod of
+## the trainer image, a checkpoint resumed after SIGTERM, a ModelServe served and smoke-tested. On the local
+## control plane's real node (containerd + kubelet), or on kind with KUBETUNE_TEST_CLUSTER=kind
+## (the tests build the images first with hack/images.sh, as `make images` does)
+e2e: setup testbin realnode-prepare
+	$(PY) -m pytest tests/e2e -m e2e
 
 ## test-unit: the fast tests alone (no cluster, no training): seconds
 test-unit: setup

@@ -83,8 +83,12 @@ def test_cuda_base_matches_the_pinned_torch(stages):
 
     args = [rest for keyword, rest in instructions(DOCKERFILE.read_text()) if keyword == "ARG"]
     base = dict(a.partition("=")[::2] for a in args)["CUDA_IMAGE"]
-    assert all(rest == "${CUDA_IMAGE}" or rest.startswith("${CUDA_IMAGE} ") for stage in stages
-               for keyword, rest in stage if keyword == "FROM")  # fmt: skip
+    # Every stage starts from the base, or from an earlier stage that did.
+    named: set[str] = set()
+    for stage in stages:
+        image, _, alias = next(rest for keyword, rest in stage if keyword == "FROM").partition(" AS ")
+        assert image == "${CUDA_IMAGE}" or image in named, f"stage FROM {image}"
+        named.add(alias.strip())
     assert base.startswith("nvidia/cuda:") and "ubuntu" in base
     cuda = re.match(r"nvidia/cuda:(\d+\.\d+)", base).group(1)
     if torch.version.cuda:  # the CUDA build of torch pinned in constraints.txt

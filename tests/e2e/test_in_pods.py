@@ -1,0 +1,312 @@
+"""End to end in real pods: the operator installed with the chart runs in the cluster from the image built
+here; a tiny model and data set are put on a claim by a pod of the trainer image; a CPU FineTuneJob trains
+in a trainer pod that reports its progress with its own ServiceAccount; a second one is stopped by deleting
+its pod (the kubelet's SIGTERM), checkpoints and resumes in its next pod; the first one's result is served
+by a ModelServe whose pods run the TGI-protocol test image, smoke-tested by the operator through the
+Service.
+
+The tests run in order and build on each other (one namespace, one claim, one operator); a failure of an
+earlier one makes the later ones fail fast on what is missing.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+
+import pytest
+from kubernetes import client
+
+from tests.support import e2e
+from tests.support.e2e import wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CLAIM = "e2e-data"
+DEMO = "demo"  # python -m kubetune_trainer.demo writes DEMO/tiny-llama, DEMO/capitals.jsonl
+FIRST = "capitals"
+RESUMED = "capitals-resume"
+SERVE = "capitals"
+FTJ_LABEL = "kubetune.io/finetunejob"
+OPERATOR_MANAGER = "kubetune"  # the operator's field manager; the trainer's patches carry another
+RELEASE_NAME = "kubetune"  # tests/e2e/conftest.py's release: its Deployment, ServiceAccount and ClusterRole
+
+
+def finetunejob(name: str, target: e2e.Target, *, max_steps: int, output: str) -> dict:
+    return {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": f"pvc://{CLAIM}/{DEMO}/tiny-llama", "task": "causal-lm"},
+            "dataset": {
+                "uri": f"pvc://{CLAIM}/{DEMO}/capitals.jsonl",
+                "format": "prompt-completion",
+                "evalFraction": 0.15,
+                "maxLength": 32,
+            },
+            "method": {"type": "full"},
+            "training": {
+                "maxSteps": max_steps,
+                "learningRate": 5.0e-3,
+                "batchSize": 16,
+                "scheduler": "cosine",
+                "evalEvery": max_steps,
+            },
+            # No periodic checkpoint: the only one a run can resume from is the one written on SIGTERM.
+            "checkpoints": {"everySteps": 100000, "keepLast": 1},
+            "resources": {"gpusPerNode": 0, "sharedMemory": "256Mi", **target.placement()},
+            "output": {"uri": f"pvc://{CLAIM}/{output}"},
+            # Progress to the status every second (default 5), so a short run shows it several times.
+            "env": [{"name": "KUBETUNE_REPORT_INTERVAL", "value": "1"}],
+            "backoffLimit": 2,
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def data_claim(kube, e2e_target, e2e_namespace):
+    """The claim with the tiny Llama, its tokenizer and the data set, written by a pod of the trainer image."""
+    e2e.make_claim(kube.api, e2e_target, e2e_namespace, CLAIM)
+    logs = e2e.run_pod(
+        kube.api, e2e_target, e2e_namespace, "seed-data",
+        ["python", "-m", "kubetune_trainer.demo", f"/mnt/data/{DEMO}"], claim=CLAIM,
+    )  # fmt: skip
+    assert "demo: wrote a tiny Llama" in logs, logs
+    return CLAIM
+
+
+def claim_files(kube, target, namespace: str, folder: str, name: str) -> dict[str, int]:
+    """Relative path -> size of every file under FOLDER on the claim, listed by a pod that mounts it."""
+    script = (
+        "import json, os, sys; root = sys.argv[1]; print(json.dumps({os.path.relpath(os.path.join(d, f), root): "
+        "os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs}))"
+    )
+    logs = e2e.run_pod(
+        kube.api, target, namespace, name, ["python", "-c", script, f"/mnt/data/{folder}"], claim=CLAIM
+    )
+    return json.loads(logs.strip().splitlines()[-1])
+
+
+def trainer_pods(kube, namespace: str, name: str) -> list:
+    return e2e.pods_of(kube.api, namespace, f"{FTJ_LABEL}={name}")
+
+
+def assert_on_target(pod, target: e2e.Target, image: str) -> None:
+    assert pod.spec.containers[0].image == image
+    if target.node_name:
+        assert pod.spec.node_name == target.node_name
+        # The kubelet ran exactly the image this build made (its ID is the digest of its config).
+        assert e2e.image_id(pod) == e2e.built_image_ids()[image]
+
+
+@pytest.mark.timeout(
+    1500
+)  # the first test also starts the real node, loads the images and installs the chart
+def test_the_operator_runs_in_the_cluster_from_the_chart(kube, e2e_target, operator_release):
+    namespace = operator_release["namespace"]
+    assert operator_release["status"]["info"]["status"] == "deployed"
+    apps = client.AppsV1Api(kube.api)
+    deployment = apps.read_namespaced_deployment(RELEASE_NAME, namespace)
+    assert deployment.status.available_replicas == 1
+    (pod,) = [p for p in e2e.pods_of(kube.api, namespace, "app.kubernetes.io/name=kubetune")
+              if p.metadata.deletion_timestamp is None]  # fmt: skip
+    assert pod.status.phase == "Running"
+    assert_on_target(pod, e2e_target, e2e.OPERATOR_IMAGE)
+    # The chart's ServiceAccount, bound to the chart's ClusterRole: the operator's only credentials.
+    assert pod.spec.service_account_name == deployment.spec.template.spec.service_account_name == RELEASE_NAME
+    binding = client.RbacAuthorizationV1Api(kube.api).read_cluster_role_binding(RELEASE_NAME)
+    assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [
+        ("ServiceAccount", RELEASE_NAME, namespace)
+    ]
+    # Its liveness endpoint answers through the API server's pod proxy.
+    assert all(c.ready for c in pod.status.container_statuses)  # its readiness probe: kopf serves /healthz
+    health = client.CoreV1Api(kube.api).connect_get_namespaced_pod_proxy_with_path(
+        f"{pod.metadata.name}:8081", namespace, "healthz"
+    )
+    assert health
+
+
+@pytest.mark.timeout(900)
+def test_a_finetunejob_trains_in_a_trainer_pod(kube, e2e_target, e2e_namespace, operator_release, data_claim):
+    api = kube.api
+    e2e.create_object(
+        api, e2e_namespace, finetunejob(FIRST, e2e_target, max_steps=120, output=f"runs/{FIRST}")
+    )
+
+    # Live progress while the pod trains: step and loss in the status before the end.
+    def live():
+        obj = e2e.get_object(api, e2e_namespace, "finetunejobs", FIRST)
+        progress = (obj.get("status") or {}).get("progress") or {}
+        step, total = progress.get("step") or 0, progress.get("totalSteps") or 0
+        if obj["status"].get("phase") == "Running" and 0 < step < total and progress.get("loss") is not None:
+            pods = [p for p in trainer_pods(kube, e2e_namespace, FIRST) if p.status.phase == "Running"]
+            return (obj, pods[0]) if pods else None
+        return None
+
+    obj, pod = wait_for(live, 600, f"{FIRST}: progress with a loss while its pod runs", interval=0.3)
+    assert obj["status"]["progress"]["totalSteps"] == 120
+    assert_on_target(pod, e2e_target, e2e.TRAINER_IMAGE)
+    # The trainer pod reports with its own ServiceAccount, not the operator's.
+    assert pod.spec.service_account_name == f"{FIRST}-trainer"
+    status_writers = {
+        m["manager"]
+        for m in obj["metadata"]["managedFields"]
+        if m.get("subresource") == "status" and "f:progress" in (m.get("fieldsV1") or {}).get("f:status", {})
+    }
+    assert status_writers - {OPERATOR_MANAGER}, f"progress written only by {status_writers}"
+
+    done = wait_for(
+        lambda: (o := e2e.get_object(api, e2e_namespace, "finetunejobs", FIRST))["status"].get("phase")
+        in ("Succeeded", "Failed") and o,
+        600, f"{FIRST} to finish",
+    )  # fmt: skip
+    status = done["status"]
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
+    assert status["progress"]["step"] == 120
+    assert status["attempts"] == 1
+    result = status["result"]
+    assert result["kind"] == "full"
+    assert result["uri"].startswith(f"pvc://{CLAIM}/runs/{FIRST}")
+    assert result["image"] == e2e.TRAINER_IMAGE
+    assert result["metrics"]["train_loss"] > 0 and result["metrics"]["eval_loss"] > 0
+
+    # The result is on the claim: weights, tokenizer, lineage and the completion marker.
+    folder = result["uri"].removeprefix(f"pvc://{CLAIM}/")
+    files = claim_files(kube, e2e_target, e2e_namespace, folder, "list-result")
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "lineage.json", "_SUCCESS"):
+        assert name in files, sorted(files)
+    assert files["model.safetensors"] > 100_000
+
+
+@pytest.mark.timeout(900)
+def test_a_pod_stopped_by_the_kubelet_checkpoints_and_the_next_resumes(kube, e2e_target, e2e_namespace,
+                                                                       operator_release, data_claim):  # fmt: skip
+    api, core = kube.api, client.CoreV1Api(kube.api)
+    e2e.create_object(
+        api, e2e_namespace, finetunejob(RESUMED, e2e_target, max_steps=400, output=f"runs/{RESUMED}")
+    )
+
+    def training():
+        obj = e2e.get_object(api, e2e_namespace, "finetunejobs", RESUMED)
+        step = ((obj.get("status") or {}).get("progress") or {}).get("step") or 0
+        pods = [p for p in trainer_pods(kube, e2e_namespace, RESUMED) if p.status.phase == "Running"]
+        return pods[0] if 5 <= step < 200 and pods else None
+
+    first_pod = wait_for(training, 600, f"{RESUMED} to be training", interval=0.2)
+    # `kubectl delete pod`: the kubelet sends SIGTERM and waits the grace period.
+    core.delete_namespaced_pod(first_pod.metadata.name, e2e_namespace)
+
+    def checkpointed():
+        obj = e2e.get_object(api, e2e_namespace, "finetunejobs", RESUMED)
+        return obj if ((obj.get("status") or {}).get("checkpoint") or {}).get("step") else None
+
+    saved = wait_for(checkpointed, 300, f"{RESUMED}: the checkpoint written on SIGTERM")["status"][
+        "checkpoint"
+    ]
+    step = saved["step"]
+    assert 5 <= step < 400
+    assert saved["uri"].startswith(f"pvc://{CLAIM}/runs/{RESUMED}") and saved["uri"].endswith(
+        f"checkpoint-{step}"
+    )
+
+    # The first attempt failed with the trainer's exit code for SIGTERM (143); the operator said so in an
+    # Event and started the next attempt. Its reason comes from the pod while it exists ("exited with code
+    # 143" and the trainer's last log lines), else from the Job's podFailurePolicy condition ("exit code 143").
+    def attempt_failed():
+        events = core.list_namespaced_event(
+            e2e_namespace, field_selector=f"involvedObject.name={RESUMED}"
+        ).items
+        return next((e for e in events if e.reason == "AttemptFailed"), None)
+
+    event = wait_for(attempt_failed, 120, f"{RESUMED}: the AttemptFailed Event")
+    assert re.search(r"exit(ed with)? code 143", event.message) and "starting attempt 2" in event.message, (
+        event.message
+    )
+
+    done = wait_for(
+        lambda: (o := e2e.get_object(api, e2e_namespace, "finetunejobs", RESUMED))["status"].get("phase")
+        in ("Succeeded", "Failed") and o,
+        600, f"{RESUMED} to finish",
+    )  # fmt: skip
+    status = done["status"]
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
+    assert status["attempts"] == 2
+    assert status["progress"]["step"] == 400
+
+    # The second attempt's pod started from that checkpoint.
+    (second,) = [
+        p for p in trainer_pods(kube, e2e_namespace, RESUMED) if p.metadata.name != first_pod.metadata.name
+    ]
+    assert second.metadata.labels["kubetune.io/attempt"] == "2"
+    logs = e2e.pod_log(api, e2e_namespace, second.metadata.name)
+    resumed = re.findall(r"resuming from (\S+)", logs)
+    assert resumed and resumed[0].endswith(f"checkpoint-{step}"), logs[-3000:]
+    # The Trainer's own state agrees: it went on from that step to the end.
+    state = claim_files(kube, e2e_target, e2e_namespace, f"runs/{RESUMED}", "list-resumed")
+    assert any(path.endswith("_SUCCESS") for path in state), sorted(state)
+
+
+@pytest.mark.timeout(900)
+def test_a_modelserve_of_the_result_is_served_and_smoke_tested(
+    kube, e2e_target, e2e_namespace, operator_release
+):
+    api = kube.api
+    job = e2e.get_object(api, e2e_namespace, "finetunejobs", FIRST)
+    assert job["status"]["phase"] == "Succeeded", "needs the FineTuneJob of the training test"
+    prompt = "The capital of France"
+    e2e.create_object(
+        api,
+        e2e_namespace,
+        {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "ModelServe",
+            "metadata": {"name": SERVE},
+            "spec": {
+                "model": {"fineTuneJobRef": {"name": FIRST}},
+                "replicas": 1,
+                "image": e2e.TGI_IMAGE,
+                "resources": {"gpus": 0, **e2e_target.placement()},
+                "rollout": {
+                    "progressDeadlineSeconds": 400,
+                    "smokeTest": {"enabled": True, "prompt": prompt, "maxNewTokens": 4},
+                },
+            },
+        },
+    )
+
+    def settled():
+        obj = e2e.get_object(api, e2e_namespace, "modelserves", SERVE)
+        return obj if (obj.get("status") or {}).get("phase") in ("Ready", "Failed", "Degraded") else None
+
+    obj = wait_for(settled, 600, f"ModelServe {SERVE} to settle")
+    status = obj["status"]
+    assert status["phase"] == "Ready", json.dumps(status, indent=1)
+    ready = e2e.condition(obj, "Ready")
+    assert ready["status"] == "True" and ready["reason"] == "SmokeTestPassed", ready
+    service = f"{SERVE}.{e2e_namespace}.svc"
+    assert f"http://{service}" in ready["message"]  # the operator went through the Service's DNS name
+    assert status["lastRollout"]["result"] == "succeeded"
+    assert status["readyReplicas"] == 1
+    assert status["revision"]["model"].startswith(f"pvc://{CLAIM}/runs/{FIRST}")
+
+    pods = [
+        p
+        for p in e2e.pods_of(api, e2e_namespace, f"kubetune.io/modelserve={SERVE}")
+        if p.status.phase == "Running"
+    ]
+    assert len(pods) == 1
+    assert_on_target(pods[0], e2e_target, e2e.TGI_IMAGE)
+
+    # The same generate through the Service (the API server's proxy) gives what the smoke test saw: the pod
+    # serves the trained model, greedily.
+    smoke_output = re.search(r"base model: generated (.*)$", ready["message"])
+    assert smoke_output, ready["message"]
+    response = api.call_api(
+        f"/api/v1/namespaces/{e2e_namespace}/services/{SERVE}:80/proxy/generate", "POST",
+        header_params={"Content-Type": "application/json", "Accept": "application/json"},
+        body={"inputs": prompt, "parameters": {"max_new_tokens": 4}},
+        auth_settings=["BearerToken"], _return_http_data_only=True, _preload_content=False,
+    )  # fmt: skip
+    assert json.loads(response.data)["generated_text"] == ast.literal_eval(smoke_output.group(1))
