@@ -385,6 +385,8 @@ def main() -> int:
         namespaces="bench-*",
         KUBETUNE_WORKERS=str(args.workers),
         KUBETUNE_LOG_LEVEL="WARNING",
+        # The operator image's setting (operator/Dockerfile): measure what users run.
+        MALLOC_ARENA_MAX="2",
     )
     op.start()
     jw = JobWatch(api)

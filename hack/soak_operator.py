@@ -95,6 +95,8 @@ def main() -> int:
         namespaces="soak-*",
         KUBETUNE_WORKERS=str(args.workers),
         KUBETUNE_LOG_LEVEL="WARNING",
+        # The operator image's setting (operator/Dockerfile): measure what users run.
+        MALLOC_ARENA_MAX="2",
     )
     op.start()
     ns = new_ns(core, f"soak-{tag}")

@@ -12,9 +12,9 @@ WORKDIR /opt/tgi-test
 COPY __init__.py tests/__init__.py
 COPY support/__init__.py support/loopback.py support/tgi_server.py support/tgi_launcher.py tests/support/
 ENV PYTHONPATH=/opt/tgi-test
-# Like TGI's image: root, serving on port 80 (the operator sets PORT=80); the trainer image's user 1000
-# could not bind it.
-USER 0:0
-EXPOSE 80
+# The operator runs TGI pods as uid 1000 on port 8080 (PodSecurity `restricted`: non-root, no capabilities,
+# so no port below 1024) and sets PORT; the trainer image's user 1000 is the default here too.
+USER 1000:1000
+EXPOSE 8080
 ENTRYPOINT ["/usr/bin/tini", "--", "python", "-m", "tests.support.tgi_launcher"]
 CMD []

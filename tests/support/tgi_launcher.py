@@ -7,7 +7,7 @@ kubetune/render/modelserve.py) and passes launcher flags as arguments (``--json-
 flags tune TGI's batching and sharding, which a one-request-at-a-time CPU server has no use for, so they
 are listed in the log and otherwise ignored.
 
-    MODEL_ID=/mnt/pvc/models/result PORT=80 LORA_ADAPTERS=support=/mnt/pvc/a python -m tests.support.tgi_launcher
+    MODEL_ID=/mnt/pvc/models/result PORT=8080 LORA_ADAPTERS=support=/mnt/pvc/a python -m tests.support.tgi_launcher
 """
 
 from __future__ import annotations
