@@ -110,6 +110,10 @@ PROCESSES = ("containerd", "coredns", "kube-proxy", "kubelet")
 START_TIMEOUT = float(os.environ.get("KUBETUNE_REAL_NODE_START_TIMEOUT", "180"))
 
 
+class NodeProcessExited(cpmod.ControlPlaneError):
+    """A process of the node exited while the node was starting."""
+
+
 class RealNodeUnavailable(cpmod.ControlPlaneError):
     """This host cannot run the real node now (the reason says why): tests skip, saying so."""
 
@@ -283,9 +287,19 @@ class RealNode:
         bins = ensure_built()
         lock_fd = self._take_machine_lock()
         try:
-            self._cleanup(self.info(), lock_fd)
-            self.cp.enable_real_node()
-            self._start(bins, lock_fd)
+            for attempt in (1, 2):
+                try:
+                    self._cleanup(self.info(), lock_fd)
+                    self.cp.enable_real_node()
+                    self._start(bins, lock_fd)
+                    break
+                except NodeProcessExited as e:
+                    # Seen once in a full CI session (not reproduced alone): the kubelet gone 0.2 s after
+                    # its start, without a line of log. One more start, from a clean host, with the first
+                    # failure in the log.
+                    if attempt == 2:
+                        raise
+                    log(f"real node start failed, starting once more: {e}")
         except BaseException:
             log("real node start failed: removing what was started")
             self._cleanup(self.info(), lock_fd)
@@ -318,9 +332,7 @@ class RealNode:
                 return
             for name, ok in self.processes_alive(info).items():
                 if name in info["processes"] and not ok:
-                    raise cpmod.ControlPlaneError(
-                        f"{name} exited while waiting for {what}\n" + self.log_tail(name)
-                    )
+                    raise NodeProcessExited(f"{name} exited while waiting for {what}\n" + self.log_tail(name))
             time.sleep(0.2)
         raise cpmod.ControlPlaneError(
             f"timed out waiting for {what}\n" + "\n".join(self.log_tail(n) for n in info["processes"])
