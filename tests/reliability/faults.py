@@ -114,31 +114,44 @@ def resource_versions(kube, ns: str) -> dict[str, str]:
     return rv
 
 
+def _logged(op: Operator) -> list[str]:
+    """Every line the operator logged, over all its (re)starts."""
+    lines: list[str] = []
+    for path in sorted(op.log_dir.glob("operator-*.log")):
+        lines += path.read_text(errors="replace").splitlines()
+    return lines
+
+
 def error_lines(op: Operator) -> list[str]:
     """The operator's ERROR and Traceback lines, over all its (re)starts."""
-    lines = []
-    for path in sorted(op.log_dir.glob("operator-*.log")):
-        lines += [
-            ln for ln in path.read_text(errors="replace").splitlines() if " ERROR " in ln or "Traceback" in ln
-        ]
-    return lines
+    return [ln for ln in _logged(op) if " ERROR " in ln or "Traceback" in ln]
 
 
 def outage_lines(op: Operator) -> list[str]:
     """The operator's "the API server is unavailable" warnings (one per 10 s window of an outage)."""
-    lines = []
-    for path in sorted(op.log_dir.glob("operator-*.log")):
-        lines += [
-            ln
-            for ln in path.read_text(errors="replace").splitlines()
-            if "the API server is unavailable" in ln
-        ]
-    return lines
+    return [ln for ln in _logged(op) if "the API server is unavailable" in ln]
 
 
 def log_lines(op: Operator) -> int:
     """How many lines the operator logged, over all its (re)starts."""
-    return sum(len(p.read_text(errors="replace").splitlines()) for p in op.log_dir.glob("operator-*.log"))
+    return len(_logged(op))
+
+
+def check_recovered(
+    kube, op: Operator, ns: str, names: list[str], down: float, what: str, timeout: float
+) -> None:
+    """After an outage of DOWN seconds (WHAT, for the printed figures): every FineTuneJob converges, the
+    operator is still running, and its log stays quiet."""
+    took = wait_converged(kube, ns, names, timeout)
+    assert op.proc.poll() is None, "the operator exited"
+    errors, outage = error_lines(op), outage_lines(op)
+    print(f"\n{what}: all {len(names)} converged {took:.1f} s later; {len(errors)} ERROR lines, "
+          f"{len(outage)} outage warnings, {log_lines(op)} lines in all")  # fmt: skip
+    assert problems(kube, ns, names) == []
+    # kopf logs its watch retries at ERROR (a few per watch); failed reconciles are one warning per 10 s.
+    assert len(errors) <= 30, "\n".join(errors[:40])
+    assert len(outage) <= down / 10 + 4, "\n".join(outage)
+    assert log_lines(op) <= 300, op.log_tail()
 
 
 def settled_versions(kube, ns: str, quiet: float = 2.0, timeout: float = 60.0) -> dict[str, str]:
