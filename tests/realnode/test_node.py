@@ -73,7 +73,16 @@ def core(kube) -> client.CoreV1Api:
 
 @pytest.mark.timeout(120)
 def test_the_node_is_ready_labelled_and_tainted_and_keeps_other_pods_away(real_node, core, namespace):
-    node = core.read_node(realnode.NODE_NAME)
+    # The node lifecycle controller removes the `node.kubernetes.io/not-ready` taint a moment after the
+    # kubelet reports Ready (seen once in CI): wait for it before reading the node's own taints.
+    node = wait_for(
+        "the not-ready taint gone",
+        lambda: (
+            (n := core.read_node(realnode.NODE_NAME))
+            and not any(t.key == "node.kubernetes.io/not-ready" for t in n.spec.taints or [])
+            and n
+        ),
+    )
     conditions = {c.type: c.status for c in node.status.conditions}
     assert conditions["Ready"] == "True"
     assert node.metadata.labels[realnode.NODE_LABEL[0]] == realnode.NODE_LABEL[1]
