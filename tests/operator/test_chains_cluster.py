@@ -92,10 +92,14 @@ def test_missing_failed_and_cyclic_references_fail_with_a_reason(ftj: FTJ):
         ("ping", "ReferenceCycle", "cycle"),
         ("pong", "ReferenceCycle", "cycle"),
     ):
+        # ping may first fail with ReferenceNotFound when it is reconciled before pong exists; pong's
+        # creation wakes it (chains.Dependents) and the verdict becomes the cycle, so wait for the reason
         failed = wait_for(
-            lambda n=name: (c := ftj.cond(n, "Failed")).get("status") == "True" and c,
+            lambda n=name, r=reason: (
+                (c := ftj.cond(n, "Failed")).get("status") == "True" and c.get("reason") == r and c
+            ),
             60,
-            what=f"{name} Failed",
+            what=f"{name} Failed with {reason}",
         )
         assert failed["reason"] == reason and words in failed["message"], failed
         assert ftj.status(name)["phase"] == "Failed" and ftj.jobs(name) == []
