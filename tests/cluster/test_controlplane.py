@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -14,22 +13,12 @@ from kubernetes import client, watch
 
 from tests.support import controlplane as cpmod
 from tests.support.cluster import KubeCluster, token_client
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
 PAUSE = "registry.k8s.io/pause:3.10"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition", interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
 
 
 def condition(obj, type_: str) -> str | None:
@@ -101,6 +90,7 @@ def test_job_pod_is_scheduled_to_a_kwok_node_and_the_job_completes(kube: KubeClu
             condition(batch.read_namespaced_job("ok", namespace), "Complete") == "True"
             and batch.read_namespaced_job("ok", namespace)
         ),
+        timeout=60,
         what="Job Complete",
     )
     assert done.status.succeeded == 1
@@ -125,6 +115,7 @@ def test_a_pod_labelled_to_fail_fails_its_job(kube: KubeCluster, namespace: str)
             condition(batch.read_namespaced_job("bad", namespace), "Failed") == "True"
             and batch.read_namespaced_job("bad", namespace)
         ),
+        timeout=60,
         what="Job Failed",
     )
     assert failed.status.failed == 1
@@ -142,6 +133,7 @@ def test_run_duration_and_run_forever_labels(kube: KubeCluster, namespace: str):
     batch.create_namespaced_job(namespace, job("forever", labels={cpmod.OUTCOME_LABEL: "run"}, gpus=0))
     running = wait_for(
         lambda: [p for p in job_pods(kube, namespace, "slow") if p.status.phase == "Running"],
+        timeout=60,
         what="the slow pod Running",
     )
     started = running[0].status.start_time
@@ -150,6 +142,7 @@ def test_run_duration_and_run_forever_labels(kube: KubeCluster, namespace: str):
             condition(batch.read_namespaced_job("slow", namespace), "Complete") == "True"
             and batch.read_namespaced_job("slow", namespace)
         ),
+        timeout=60,
         what="slow Job Complete",
     )
     assert (done.status.completion_time - started).total_seconds() >= 2.5
@@ -232,7 +225,7 @@ def test_a_claim_of_the_default_storage_class_is_provisioned_and_mounted(kube: K
     assert pv.spec.claim_ref.uid == pvc.metadata.uid
 
     core.delete_namespaced_pod("uses-data", namespace, grace_period_seconds=0)
-    wait_for(lambda: not core.list_namespaced_pod(namespace).items, what="the pod to go")
+    wait_for(lambda: not core.list_namespaced_pod(namespace).items, timeout=60, what="the pod to go")
     core.delete_namespaced_persistent_volume_claim("data", namespace)
 
     def volume_gone() -> bool:  # reclaimPolicy Delete
@@ -275,7 +268,7 @@ def test_deleting_the_owner_garbage_collects_the_child(kube: KubeCluster, namesp
             return exc.status == 404
         return False
 
-    wait_for(gone, what="the child to be garbage-collected")
+    wait_for(gone, timeout=60, what="the child to be garbage-collected")
     core.read_namespaced_config_map("bystander", namespace)  # not owned: still there
 
 
@@ -373,7 +366,9 @@ def _watch_across_a_restart(apiserver, core: client.CoreV1Api, namespace: str) -
     core.create_namespaced_config_map(
         namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="before"))
     )
-    wait_for(lambda: any(name == "before" for _, name, _ in seen), what="the watch to see 'before'")
+    wait_for(
+        lambda: any(name == "before" for _, name, _ in seen), timeout=60, what="the watch to see 'before'"
+    )
     old_pid = apiserver.pid
 
     apiserver.restart()  # SIGTERM to the process, then the same command line again

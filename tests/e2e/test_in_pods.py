@@ -19,7 +19,7 @@ import pytest
 from kubernetes import client
 
 from tests.support import e2e
-from tests.support.e2e import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -145,7 +145,7 @@ def test_a_finetunejob_trains_in_a_trainer_pod(kube, e2e_target, e2e_namespace, 
             return (obj, pods[0]) if pods else None
         return None
 
-    obj, pod = wait_for(live, 600, f"{FIRST}: progress with a loss while its pod runs", interval=0.3)
+    obj, pod = wait_for(live, 600, 0.3, f"{FIRST}: progress with a loss while its pod runs")
     assert obj["status"]["progress"]["totalSteps"] == 120
     assert_on_target(pod, e2e_target, e2e.TRAINER_IMAGE)
     # The trainer pod reports with its own ServiceAccount, not the operator's.
@@ -160,7 +160,7 @@ def test_a_finetunejob_trains_in_a_trainer_pod(kube, e2e_target, e2e_namespace, 
     done = wait_for(
         lambda: (o := e2e.get_object(api, e2e_namespace, "finetunejobs", FIRST))["status"].get("phase")
         in ("Succeeded", "Failed") and o,
-        600, f"{FIRST} to finish",
+        600, 0.5, f"{FIRST} to finish",
     )  # fmt: skip
     status = done["status"]
     assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
@@ -194,7 +194,7 @@ def test_a_pod_stopped_by_the_kubelet_checkpoints_and_the_next_resumes(kube, e2e
         pods = [p for p in trainer_pods(kube, e2e_namespace, RESUMED) if p.status.phase == "Running"]
         return pods[0] if 5 <= step < 200 and pods else None
 
-    first_pod = wait_for(training, 600, f"{RESUMED} to be training", interval=0.2)
+    first_pod = wait_for(training, 600, 0.2, f"{RESUMED} to be training")
     # `kubectl delete pod`: the kubelet sends SIGTERM and waits the grace period.
     core.delete_namespaced_pod(first_pod.metadata.name, e2e_namespace)
 
@@ -202,7 +202,7 @@ def test_a_pod_stopped_by_the_kubelet_checkpoints_and_the_next_resumes(kube, e2e
         obj = e2e.get_object(api, e2e_namespace, "finetunejobs", RESUMED)
         return obj if ((obj.get("status") or {}).get("checkpoint") or {}).get("step") else None
 
-    saved = wait_for(checkpointed, 300, f"{RESUMED}: the checkpoint written on SIGTERM")["status"][
+    saved = wait_for(checkpointed, 300, 0.5, f"{RESUMED}: the checkpoint written on SIGTERM")["status"][
         "checkpoint"
     ]
     step = saved["step"]
@@ -220,7 +220,7 @@ def test_a_pod_stopped_by_the_kubelet_checkpoints_and_the_next_resumes(kube, e2e
         ).items
         return next((e for e in events if e.reason == "AttemptFailed"), None)
 
-    event = wait_for(attempt_failed, 120, f"{RESUMED}: the AttemptFailed Event")
+    event = wait_for(attempt_failed, 120, 0.5, f"{RESUMED}: the AttemptFailed Event")
     assert re.search(r"exit(ed with)? code 143", event.message) and "starting attempt 2" in event.message, (
         event.message
     )
@@ -228,7 +228,7 @@ def test_a_pod_stopped_by_the_kubelet_checkpoints_and_the_next_resumes(kube, e2e
     done = wait_for(
         lambda: (o := e2e.get_object(api, e2e_namespace, "finetunejobs", RESUMED))["status"].get("phase")
         in ("Succeeded", "Failed") and o,
-        600, f"{RESUMED} to finish",
+        600, 0.5, f"{RESUMED} to finish",
     )  # fmt: skip
     status = done["status"]
     assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
@@ -280,7 +280,7 @@ def test_a_modelserve_of_the_result_is_served_and_smoke_tested(
         obj = e2e.get_object(api, e2e_namespace, "modelserves", SERVE)
         return obj if (obj.get("status") or {}).get("phase") in ("Ready", "Failed", "Degraded") else None
 
-    obj = wait_for(settled, 600, f"ModelServe {SERVE} to settle")
+    obj = wait_for(settled, 600, 0.5, f"ModelServe {SERVE} to settle")
     status = obj["status"]
     assert status["phase"] == "Ready", json.dumps(status, indent=1)
     ready = e2e.condition(obj, "Ready")

@@ -10,14 +10,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -32,24 +32,6 @@ def example_docs(kind: str = "FineTuneJob") -> list[tuple[str, dict[str, Any]]]:
             if isinstance(doc, dict) and doc.get("kind") == kind:
                 out.append((path.name, doc))
     return out
-
-
-def wait_for(
-    fn: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
-) -> Any:
-    """Poll FN until it returns something truthy; fail with the last value after TIMEOUT seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = fn()
-        except Exception as exc:  # noqa: BLE001 - keep polling through transient errors
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-        time.sleep(interval)
 
 
 def free_port() -> int:

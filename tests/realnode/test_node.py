@@ -16,6 +16,7 @@ import pytest
 from kubernetes import client
 
 from tests.support import realnode
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.realnode, pytest.mark.cluster]
 
@@ -35,17 +36,6 @@ def pod_manifest(name: str, script: str, **spec) -> dict:
     }
 
 
-def wait_for(what: str, check, timeout: float = 60.0, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
 def pod_log(core: client.CoreV1Api, name: str, namespace: str) -> str:
     """The container's log, read through the API server from the kubelet (kubectl logs' path)."""
     resp = core.read_namespaced_pod_log(name, namespace, _preload_content=False)
@@ -60,7 +50,7 @@ def run_to_completion(core: client.CoreV1Api, namespace: str, manifest: dict, ti
         pod = core.read_namespaced_pod(name, namespace)
         return pod if pod.status.phase in ("Succeeded", "Failed") else None
 
-    pod = wait_for(f"pod {name} to finish", finished, timeout)
+    pod = wait_for(finished, timeout, 0.5, f"pod {name} to finish")
     log = pod_log(core, name, namespace)
     assert pod.status.phase == "Succeeded", f"pod {name} {pod.status.phase}; its log:\n{log}"
     return pod, log
@@ -76,12 +66,14 @@ def test_the_node_is_ready_labelled_and_tainted_and_keeps_other_pods_away(real_n
     # The node lifecycle controller removes the `node.kubernetes.io/not-ready` taint a moment after the
     # kubelet reports Ready (seen once in CI): wait for it before reading the node's own taints.
     node = wait_for(
-        "the not-ready taint gone",
         lambda: (
             (n := core.read_node(realnode.NODE_NAME))
             and not any(t.key == "node.kubernetes.io/not-ready" for t in n.spec.taints or [])
             and n
         ),
+        60,
+        0.5,
+        "the not-ready taint gone",
     )
     conditions = {c.type: c.status for c in node.status.conditions}
     assert conditions["Ready"] == "True"
@@ -107,7 +99,7 @@ def test_the_node_is_ready_labelled_and_tainted_and_keeps_other_pods_away(real_n
         cond = next((c for c in pod.status.conditions or [] if c.type == "PodScheduled"), None)
         return cond if cond is not None and cond.reason == "Unschedulable" else None
 
-    cond = wait_for("the untolerated pod to be found unschedulable", unschedulable, 30)
+    cond = wait_for(unschedulable, 30, 0.5, "the untolerated pod to be found unschedulable")
     # (real-0 is the only node with the label; the kwok nodes lack it)
     assert "1 node(s) had untolerated taint(s)" in cond.message
     assert core.read_namespaced_pod("untolerated", namespace).spec.node_name is None
@@ -180,9 +172,10 @@ def test_a_service_name_resolves_and_reaches_a_pod_on_the_node(real_node, core, 
     )
     cluster_ip = service.spec.cluster_ip
     wait_for(
-        "pod web Running",
         lambda: core.read_namespaced_pod("web", namespace).status.phase == "Running",
         90,
+        0.5,
+        "pod web Running",
     )
     _, log = run_to_completion(
         core,
@@ -266,12 +259,13 @@ def test_deleting_a_running_pod_sends_sigterm_to_its_container(real_node, core, 
         ),
     )
     wait_for(
-        "pod sleeper to say ready",
         lambda: (
             core.read_namespaced_pod("sleeper", namespace).status.phase == "Running"
             and "ready" in pod_log(core, "sleeper", namespace)
         ),
         90,
+        0.5,
+        "pod sleeper to say ready",
     )
     # Follow the log (kubectl logs -f) while the pod is deleted: the stream ends when the container exits.
     lines: list[str] = []
@@ -290,7 +284,7 @@ def test_deleting_a_running_pod_sends_sigterm_to_its_container(real_node, core, 
         except client.ApiException as exc:
             return exc.status == 404
 
-    wait_for("pod sleeper to go away", gone, 55)
+    wait_for(gone, 55, 0.5, "pod sleeper to go away")
     took = time.monotonic() - t0
     reader.join(10)
     assert "got SIGTERM" in "".join(lines)

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.realnode.test_node import pod_manifest, run_to_completion, wait_for
+from tests.realnode.test_node import pod_manifest, run_to_completion
 from tests.support import controlplane as cpmod
 from tests.support import realnode, realnode_host
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.realnode, pytest.mark.cluster]
 
@@ -40,9 +41,10 @@ def test_up_after_kill_9_clears_the_leftovers_and_runs_pods_again(real_node, kub
     core = client.CoreV1Api(kube.api)
     core.create_namespaced_pod(namespace, pod_manifest("survivor", "sleep 3600"))
     wait_for(
-        "pod survivor Running",
         lambda: core.read_namespaced_pod("survivor", namespace).status.phase == "Running",
         90,
+        0.5,
+        "pod survivor Running",
     )
 
     containers = {pid: cpmod.proc_start_time(pid) for pid in realnode_host.pod_cgroup_pids()}
@@ -53,9 +55,10 @@ def test_up_after_kill_9_clears_the_leftovers_and_runs_pods_again(real_node, kub
     for pid in [p["pid"] for p in old.values()] + shims:
         os.kill(pid, signal.SIGKILL)
     wait_for(
-        "the node's processes to die",
         lambda: not any(real_node.processes_alive(real_node.info()).values()),
         10,
+        0.5,
+        "the node's processes to die",
     )
     # What the crash left: the containers (reparented), their mounts.
     assert any(cpmod.pid_alive(pid, start=start) for pid, start in containers.items())

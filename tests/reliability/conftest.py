@@ -13,7 +13,8 @@ from kubernetes import client, watch
 
 from tests.operator.conftest import FTJ, Operator, apply_crds
 
-NS_PREFIX = "rel"
+NS_PREFIX = "rel"  # the session operator's namespaces
+OWN_NS_PREFIX = "relown"  # namespaces of tests that run their own operator: not rel-*
 
 
 @pytest.fixture(scope="session")
@@ -34,12 +35,26 @@ def _drop_pods(kube, ns: str) -> None:
                 core.patch_namespaced_pod(pod.metadata.name, ns, {"metadata": {"finalizers": None}})
 
 
-@pytest.fixture
-def rel_ns(kube, rel_operator):
-    name = kube.new_namespace(NS_PREFIX)
+def _fresh_namespace(kube, prefix: str):
+    """A new namespace for one test; its pods dropped and it deleted after the test."""
+    name = kube.new_namespace(prefix)
     yield name
     _drop_pods(kube, name)
     kube.delete_namespace(name)
+
+
+@pytest.fixture
+def rel_ns(kube, rel_operator):
+    """A namespace the session's operator (rel_operator) watches."""
+    yield from _fresh_namespace(kube, NS_PREFIX)
+
+
+@pytest.fixture
+def own_ns(kube):
+    """A namespace for a test that runs operators of its own on it (faults.operator): the session's operator
+    does not watch it (its name does not start with rel-). The CRDs are applied."""
+    apply_crds(kube.api)
+    yield from _fresh_namespace(kube, OWN_NS_PREFIX)
 
 
 @pytest.fixture

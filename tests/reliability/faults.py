@@ -11,7 +11,8 @@ from typing import Any
 
 from kubernetes import client
 
-from tests.operator.conftest import Operator, tiny_job, wait_for
+from tests.operator.conftest import Operator, tiny_job
+from tests.support.waiting import wait_for
 
 GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
 OWNER_LABEL = "kubetune.io/finetunejob"

@@ -18,14 +18,13 @@ import json
 import re
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client
 
-from tests.operator.conftest import FTJ, Operator, apply_crds, tiny_job, wait_for
-from tests.reliability.test_secrets import _token_kubeconfig
+from tests.operator.conftest import FTJ, Operator, apply_crds, tiny_job
+from tests.support.chart import operator_kubeconfig
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok]
 
@@ -163,7 +162,7 @@ def unthrottle(kube, name: str) -> None:
 @pytest.mark.timeout(420)
 def test_a_throttled_operator_reconciles_every_object_without_an_error_storm(kube, tmp_path):
     apply_crds(kube.api)
-    kubeconfig, name, sa_ns = _token_kubeconfig(kube, tmp_path)  # the chart's ClusterRole, its own user
+    kubeconfig, name, sa_ns = operator_kubeconfig(kube, tmp_path)  # the chart's ClusterRole, its own user
     ns = kube.new_namespace("relapf")
     op = Operator(kubeconfig, tmp_path / "log", namespaces="relapf-*")
     try:
@@ -240,16 +239,6 @@ def compact_etcd(kube) -> int:
     return revision
 
 
-def kubeconfig_for(kube, server: str, path: Path) -> str:
-    """The admin kubeconfig, pointed at SERVER."""
-    cfg = yaml.safe_load(Path(kube.kubeconfig).read_text())
-    for cluster in cfg["clusters"]:
-        cluster["cluster"]["server"] = server
-    path.write_text(yaml.safe_dump(cfg))
-    path.chmod(0o600)
-    return str(path)
-
-
 @pytest.mark.timeout(300)
 def test_expired_watches_are_listed_again_and_nothing_is_missed(kube, tmp_path):
     if kube.control_plane is None:
@@ -260,7 +249,7 @@ def test_expired_watches_are_listed_again_and_nothing_is_missed(kube, tmp_path):
     with kube.control_plane.extra_apiserver("kube-apiserver-rel-gone") as own:
         # The operator talks to an API server of its own (the same etcd), which the test stops and
         # starts without disturbing the shared one.
-        kubeconfig = kubeconfig_for(kube, own.server, tmp_path / "operator.kubeconfig")
+        kubeconfig = kube.kubeconfig_for(own.server, tmp_path / "operator.kubeconfig")
         op = Operator(kubeconfig, tmp_path / "log", namespaces="relgone-*", KUBETUNE_LOG_LEVEL="DEBUG")
         try:
             op.start()

@@ -15,9 +15,8 @@ import time
 import pytest
 from kubernetes import client
 
-from tests.operator.conftest import wait_for
 from tests.reliability import faults
-from tests.reliability.conftest import _drop_pods
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok, pytest.mark.timeout(240)]
 
@@ -28,25 +27,14 @@ MARGIN = 10.0
 
 
 @pytest.fixture
-def election_ns(kube):
-    from tests.operator.conftest import apply_crds
-
-    apply_crds(kube.api)
-    ns = kube.new_namespace("ldr")
-    yield ns
-    _drop_pods(kube, ns)
-    kube.delete_namespace(ns)
-
-
-@pytest.fixture
-def pair(kube, election_ns, tmp_path):
+def pair(kube, own_ns, tmp_path):
     """Two elected operators (not started), stopped after the test."""
     env = {
         "KUBETUNE_LEADER_ELECT": "true",
         "KUBETUNE_LEADER_ELECTION_ID": LEASE,
-        "KUBETUNE_LEADER_ELECTION_NAMESPACE": election_ns,
+        "KUBETUNE_LEADER_ELECTION_NAMESPACE": own_ns,
     }
-    ops = [faults.operator(kube, tmp_path / name, election_ns, **env) for name in ("a", "b")]
+    ops = [faults.operator(kube, tmp_path / name, own_ns, **env) for name in ("a", "b")]
     yield ops
     for op in ops:
         op.stop()
@@ -73,43 +61,43 @@ def start_leader_and_standby(pair) -> None:
 
 
 def test_two_operators_make_one_job_each_without_fighting_and_the_standby_takes_over_after_kill_9(
-    kube, election_ns, pair
+    kube, own_ns, pair
 ):
     a, b = pair
     start_leader_and_standby(pair)
     names = [f"ft-{i}" for i in range(40)]
-    faults.create_burst(kube, election_ns, names)
-    faults.wait_converged(kube, election_ns, names, 120)
+    faults.create_burst(kube, own_ns, names)
+    faults.wait_converged(kube, own_ns, names, 120)
 
     # No fighting: once converged nothing is written any more (resourceVersions stay), and the standby
     # never started its controllers nor wrote anything.
-    before = faults.settled_versions(kube, election_ns)
+    before = faults.settled_versions(kube, own_ns)
     time.sleep(3 * RETRY_PERIOD)
-    assert faults.resource_versions(kube, election_ns) == before
+    assert faults.resource_versions(kube, own_ns) == before
     assert b.metric("kubetune_api_writes_total") == 0
     assert "kubetune operator started" not in log_text(b)
-    spec = lease(kube, election_ns)
+    spec = lease(kube, own_ns)
     assert spec.holder_identity and spec.lease_duration_seconds == LEASE_DURATION
     assert f"{spec.holder_identity} became the leader" in log_text(a)
 
     a.proc.kill()  # SIGKILL: no release, the lease must expire
     killed = time.monotonic()
-    faults.create_burst(kube, election_ns, ["after-kill"])
+    faults.create_burst(kube, own_ns, ["after-kill"])
     wait_for(lambda: leading(b), LEASE_DURATION + MARGIN, 0.2, "the standby to take the lease over")
     took_over = time.monotonic() - killed
-    faults.wait_converged(kube, election_ns, [*names, "after-kill"], 60)
+    faults.wait_converged(kube, own_ns, [*names, "after-kill"], 60)
     reconciled = time.monotonic() - killed
     print(f"\nkill -9 of the leader -> standby leads after {took_over:.1f} s, a new FineTuneJob has its Job "
           f"{reconciled:.1f} s after the kill")  # fmt: skip
     assert took_over <= LEASE_DURATION + MARGIN
     assert reconciled <= LEASE_DURATION + 2 * MARGIN
-    new = lease(kube, election_ns)
+    new = lease(kube, own_ns)
     assert new.holder_identity != spec.holder_identity
     assert new.lease_transitions == (spec.lease_transitions or 0) + 1
 
 
 def test_a_leader_stopped_with_sigterm_releases_the_lease_and_the_standby_takes_over_at_once(
-    kube, election_ns, pair
+    kube, own_ns, pair
 ):
     a, b = pair
     start_leader_and_standby(pair)
@@ -124,28 +112,28 @@ def test_a_leader_stopped_with_sigterm_releases_the_lease_and_the_standby_takes_
         f"\nSIGTERM to the leader: it exited (0) after {exited:.1f} s, the standby leads after {took_over:.1f} s"
     )
     assert took_over < LEASE_DURATION  # the release, not the expiry
-    faults.create_burst(kube, election_ns, ["after-sigterm"])
-    faults.wait_converged(kube, election_ns, ["after-sigterm"], 60)
+    faults.create_burst(kube, own_ns, ["after-sigterm"])
+    faults.wait_converged(kube, own_ns, ["after-sigterm"], 60)
 
 
-def test_a_leader_that_loses_its_lease_steps_down(kube, election_ns, pair):
+def test_a_leader_that_loses_its_lease_steps_down(kube, own_ns, pair):
     """Someone else holds the lease (here: written by hand, as after a long network partition): the old
     leader exits (1) at its next renewal instead of reconciling next to the new one."""
     a, b = pair
     start_leader_and_standby(pair)
     now = dt.datetime.now(dt.UTC)
     leases = client.CoordinationV1Api(kube.api)
-    current = leases.read_namespaced_lease(LEASE, election_ns)
+    current = leases.read_namespaced_lease(LEASE, own_ns)
     current.spec.holder_identity = "somebody-else"
     current.spec.acquire_time = current.spec.renew_time = now
-    leases.replace_namespaced_lease(LEASE, election_ns, current)
+    leases.replace_namespaced_lease(LEASE, own_ns, current)
     stolen = time.monotonic()
     assert a.proc.wait(RETRY_PERIOD * 1.2 + MARGIN) == 1
     print(f"\nlease taken by another holder: the leader exited (1) after {time.monotonic() - stolen:.1f} s")
     assert "lost lease" in log_text(a) and "the lease is held by somebody-else" in log_text(a)
-    assert lease(kube, election_ns).holder_identity == "somebody-else"  # it did not write after losing it
+    assert lease(kube, own_ns).holder_identity == "somebody-else"  # it did not write after losing it
     # A standby stops at once on SIGTERM (it holds nothing to release).
     b.proc.send_signal(signal.SIGTERM)
     assert b.proc.wait(10) == 0
     assert "stopped while standing by" in log_text(b)
-    assert lease(kube, election_ns).holder_identity == "somebody-else"
+    assert lease(kube, own_ns).holder_identity == "somebody-else"

@@ -13,30 +13,18 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client
 
-from tests.operator.conftest import apply_crds, wait_for
 from tests.reliability import faults
-from tests.reliability.conftest import _drop_pods
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok, pytest.mark.timeout(600)]
 
 BURST = int(os.environ.get("KUBETUNE_FAULT_BURST", "100"))
 CONVERGE_TIMEOUT = 120 + BURST  # seconds: a loaded 2-core machine makes ~3-6 Jobs a second
 GRACE_SECONDS = 30  # a pod's default terminationGracePeriodSeconds
-
-
-@pytest.fixture
-def fault_ns(kube):
-    apply_crds(kube.api)
-    ns = kube.new_namespace("opf")
-    yield ns
-    _drop_pods(kube, ns)
-    kube.delete_namespace(ns)
 
 
 def burst_names(prefix: str, n: int = BURST) -> list[str]:
@@ -83,40 +71,40 @@ class Burst:
 
 
 def test_kill_9_during_a_burst_leaves_one_job_per_finetunejob_and_every_status_complete(
-    kube, fault_ns, tmp_path
+    kube, own_ns, tmp_path
 ):
-    op = faults.operator(kube, tmp_path, fault_ns)
+    op = faults.operator(kube, tmp_path, own_ns)
     op.start()
     names = burst_names("k9")
     started = time.monotonic()
     try:
-        with Burst(kube, fault_ns, names):
+        with Burst(kube, own_ns, names):
             wait_for(
-                lambda: job_count(kube, fault_ns) >= BURST // 3, CONVERGE_TIMEOUT, 0.2, "a third of the Jobs"
+                lambda: job_count(kube, own_ns) >= BURST // 3, CONVERGE_TIMEOUT, 0.2, "a third of the Jobs"
             )
             op.proc.kill()
             op.proc.wait(10)
-            made_before = job_count(kube, fault_ns)
+            made_before = job_count(kube, own_ns)
             op.start()
-        took = faults.wait_converged(kube, fault_ns, names, CONVERGE_TIMEOUT)
+        took = faults.wait_converged(kube, own_ns, names, CONVERGE_TIMEOUT)
         print(f"\nkill -9 after {made_before}/{BURST} Jobs: all {BURST} converged {took:.1f} s after the restart "
               f"({time.monotonic() - started:.1f} s in all)")  # fmt: skip
-        assert faults.problems(kube, fault_ns, names) == []
+        assert faults.problems(kube, own_ns, names) == []
         assert faults.error_lines(op) == []
     finally:
         op.stop()
 
 
 def test_sigterm_during_reconciles_writes_nothing_by_halves_and_exits_within_the_grace_period(
-    kube, fault_ns, tmp_path
+    kube, own_ns, tmp_path
 ):
-    op = faults.operator(kube, tmp_path, fault_ns)
+    op = faults.operator(kube, tmp_path, own_ns)
     op.start()
     names = burst_names("st")
     try:
-        faults.create_burst(kube, fault_ns, names)
+        faults.create_burst(kube, own_ns, names)
         wait_for(
-            lambda: job_count(kube, fault_ns) >= BURST // 4, CONVERGE_TIMEOUT, 0.1, "a quarter of the Jobs"
+            lambda: job_count(kube, own_ns) >= BURST // 4, CONVERGE_TIMEOUT, 0.1, "a quarter of the Jobs"
         )
         op.proc.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
@@ -125,7 +113,7 @@ def test_sigterm_during_reconciles_writes_nothing_by_halves_and_exits_within_the
         assert code == 0, op.log_tail()
         # The operator is gone: what it left is final until the next start. Every FineTuneJob has all of
         # its children and its status, or nothing at all.
-        objs, kids = faults.finetunejobs(kube, fault_ns), faults.children(kube, fault_ns)
+        objs, kids = faults.finetunejobs(kube, own_ns), faults.children(kube, own_ns)
         done, untouched, halves = [], [], []
         for name in names:
             counts = {kind: kids[kind][name] for kind in faults.CHILD_KINDS}
@@ -141,35 +129,26 @@ def test_sigterm_during_reconciles_writes_nothing_by_halves_and_exits_within_the
         assert halves == []
         assert done and untouched, "the signal came in the middle of the burst"
         op.start()
-        faults.wait_converged(kube, fault_ns, names, CONVERGE_TIMEOUT)
+        faults.wait_converged(kube, own_ns, names, CONVERGE_TIMEOUT)
         assert faults.error_lines(op) == []
     finally:
         op.stop()
 
 
-def kubeconfig_for(kube, server: str, path: Path) -> str:
-    """A copy of the admin kubeconfig that talks to SERVER."""
-    config = yaml.safe_load(Path(kube.kubeconfig).read_text())
-    for cluster in config["clusters"]:
-        cluster["cluster"]["server"] = server
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
-
-
-def test_an_api_server_restart_during_a_burst(kube, fault_ns, tmp_path):
+def test_an_api_server_restart_during_a_burst(kube, own_ns, tmp_path):
     """The operator talks to a second kube-apiserver on the same etcd (as in an HA control plane; the
     session's own API server is left alone), which is restarted in the middle of the burst."""
     if kube.control_plane is None:
         pytest.skip("restarts an API server of the local control plane")
     with kube.control_plane.extra_apiserver() as extra:
-        op = faults.operator(kube, tmp_path, fault_ns)
-        op.kubeconfig = kubeconfig_for(kube, extra.server, tmp_path / "extra.kubeconfig")
+        op = faults.operator(kube, tmp_path, own_ns)
+        op.kubeconfig = kube.kubeconfig_for(extra.server, tmp_path / "extra.kubeconfig")
         op.start()
         names = burst_names("as")
         try:
-            with Burst(kube, fault_ns, names):
+            with Burst(kube, own_ns, names):
                 wait_for(
-                    lambda: job_count(kube, fault_ns) >= BURST // 3,
+                    lambda: job_count(kube, own_ns) >= BURST // 3,
                     CONVERGE_TIMEOUT,
                     0.2,
                     "a third of the Jobs",
@@ -180,7 +159,7 @@ def test_an_api_server_restart_during_a_burst(kube, fault_ns, tmp_path):
             faults.check_recovered(
                 kube,
                 op,
-                fault_ns,
+                own_ns,
                 names,
                 down,
                 f"API server restart ({down:.1f} s until ready again)",
@@ -190,31 +169,29 @@ def test_an_api_server_restart_during_a_burst(kube, fault_ns, tmp_path):
             op.stop()
 
 
-def test_an_etcd_restart_during_a_burst(kube, fault_ns, tmp_path):
+def test_an_etcd_restart_during_a_burst(kube, own_ns, tmp_path):
     """etcd restarted under the (only) API server: requests fail for a few seconds, watches end. The
     operator goes on; every FineTuneJob created before, during and after gets exactly one Job."""
     if kube.control_plane is None:
         pytest.skip("restarts etcd of the local control plane")
-    op = faults.operator(kube, tmp_path, fault_ns)
+    op = faults.operator(kube, tmp_path, own_ns)
     op.start()
     names = burst_names("etcd")
     half = len(names) // 2
     try:
-        faults.create_burst(kube, fault_ns, names[:half])
-        wait_for(
-            lambda: job_count(kube, fault_ns) >= half // 2, CONVERGE_TIMEOUT, 0.2, "a quarter of the Jobs"
-        )
+        faults.create_burst(kube, own_ns, names[:half])
+        wait_for(lambda: job_count(kube, own_ns) >= half // 2, CONVERGE_TIMEOUT, 0.2, "a quarter of the Jobs")
         # etcd goes away while the operator reconciles the first half and the second half is being created.
         restarted = time.monotonic()
         restart = threading.Thread(target=kube.control_plane.restart, args=("etcd",))
         restart.start()
-        with Burst(kube, fault_ns, names[half:]) as burst:
+        with Burst(kube, own_ns, names[half:]) as burst:
             restart.join(60)
             wait_for(
                 kube.control_plane.apiserver_ready, 60, 0.2, "the API server ready after the etcd restart"
             )
             down = time.monotonic() - restarted
         what = f"etcd restart ({down:.1f} s until the API server was ready; {burst.failed_calls} failed create calls)"
-        faults.check_recovered(kube, op, fault_ns, names, down, what, CONVERGE_TIMEOUT)
+        faults.check_recovered(kube, op, own_ns, names, down, what, CONVERGE_TIMEOUT)
     finally:
         op.stop()

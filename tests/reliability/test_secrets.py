@@ -8,34 +8,18 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import subprocess
-from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client
 
-from tests.operator.conftest import FTJ, Operator, apply_crds, tiny_job, wait_for
-from tests.support.cluster import kubeconfig_ca_and_server
-from tests.support.controlplane import ensure_testbin
+from tests.operator.conftest import FTJ, Operator, apply_crds, tiny_job
+from tests.support.chart import operator_kubeconfig, rendered_chart
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "kubetune"
 NS_PREFIX = "relsec"  # this test's own operator watches only these
 CREDENTIAL_ENV = ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-
-
-def rendered_chart() -> list[dict]:
-    helm = str(ensure_testbin().binary("helm"))
-    proc = subprocess.run(
-        [helm, "template", "kt", str(CHART), "--namespace", "kubetune-system", "--kube-version", "1.36.3"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
 def test_the_charts_rbac_has_no_list_or_watch_on_secrets_and_no_wildcard():
@@ -49,50 +33,10 @@ def test_the_charts_rbac_has_no_list_or_watch_on_secrets_and_no_wildcard():
                 assert set(rule["verbs"]) <= {"get"}, f"{role['metadata']['name']}: {rule}"
 
 
-def _token_kubeconfig(kube, tmp_path: Path) -> tuple[str, str, str]:
-    """A ServiceAccount bound to the chart's ClusterRole, and a kubeconfig with a token for it."""
-    (role,) = [d for d in rendered_chart() if d["kind"] == "ClusterRole"]
-    name = f"kubetune-rel-{secrets.token_hex(4)}"
-    role["metadata"] = {"name": name}
-    rbac = client.RbacAuthorizationV1Api(kube.api)
-    core = client.CoreV1Api(kube.api)
-    rbac.create_cluster_role(role)
-    sa_ns = kube.new_namespace("relsa")
-    core.create_namespaced_service_account(sa_ns, {"metadata": {"name": "kubetune"}})
-    rbac.create_cluster_role_binding(
-        {
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": "kubetune", "namespace": sa_ns}],
-        }
-    )
-    token = core.create_namespaced_service_account_token(
-        "kubetune", sa_ns, {"spec": {"expirationSeconds": 3600}}
-    ).status.token
-    server, ca = kubeconfig_ca_and_server(kube.kubeconfig)
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "c",
-                "cluster": {"server": server, "certificate-authority-data": base64.b64encode(ca).decode()},
-            }
-        ],
-        "users": [{"name": "u", "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "c",
-    }
-    path = tmp_path / "operator.kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return str(path), name, sa_ns
-
-
 @pytest.fixture
 def rbac_operator(kube, tmp_path):
     apply_crds(kube.api)
-    kubeconfig, name, sa_ns = _token_kubeconfig(kube, tmp_path)
+    kubeconfig, name, sa_ns = operator_kubeconfig(kube, tmp_path)
     # DEBUG: the most the operator ever logs (request bodies and objects included, if it logged them).
     ns = kube.new_namespace(NS_PREFIX)
     op = Operator(kubeconfig, tmp_path / "log", namespaces=f"{NS_PREFIX}-*", KUBETUNE_LOG_LEVEL="DEBUG")

@@ -13,7 +13,8 @@ Fixtures
     ``kube.restart_apiserver()``    local only: restart THE kube-apiserver process (same port, same etcd);
                                     this disturbs concurrent sessions sharing the cluster, so prefer
     ``kube.control_plane.extra_apiserver()``  (context manager) a second kube-apiserver on the same etcd
-                                    with ``.server``, ``.restart()``, ``.pid``; ``kube.client_for(server)``
+                                    with ``.server``, ``.restart()``, ``.pid``; ``kube.client_for(server)``,
+                                    ``kube.kubeconfig_for(server, path)``
     ``kube.control_plane``          the ControlPlane object (local only), e.g. for its ports or logs
 ``namespace`` (function scope) -> str
     a fresh namespace for the test, deleted afterwards.
@@ -98,6 +99,18 @@ class KubeCluster:
         api = config.new_client_from_config(config_file=self.kubeconfig)
         api.configuration.host = server
         return api
+
+    def kubeconfig_for(self, server: str, path: Path) -> str:
+        """The admin kubeconfig pointed at another API server of this cluster, written to PATH (for a
+        subprocess such as the operator)."""
+        import yaml
+
+        config = yaml.safe_load(Path(self.kubeconfig).read_text())
+        for cluster in config["clusters"]:
+            cluster["cluster"]["server"] = server
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return str(path)
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES_SCRIPT = REPO / "hack" / "images.sh"
@@ -81,22 +82,6 @@ class Target:
         return out
 
 
-def wait_for(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    """Poll FN until it returns something truthy; fail with its last value (or error) after TIMEOUT s."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = fn()
-        except Exception as exc:  # noqa: BLE001 - keep polling through transient API errors
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-        time.sleep(interval)
-
-
 def make_claim(api, target: Target, namespace: str, name: str, size: str = "2Gi") -> None:
     """A ReadWriteOnce claim of the target's StorageClass (on the real node: with a new local volume)."""
     from kubernetes import client
@@ -146,7 +131,7 @@ def run_pod(
         pod = core.read_namespaced_pod(name, namespace)
         return pod if pod.status.phase in ("Succeeded", "Failed") else None
 
-    pod = wait_for(finished, timeout, f"pod {namespace}/{name} to finish")
+    pod = wait_for(finished, timeout, 0.5, f"pod {namespace}/{name} to finish")
     logs = pod_log(api, namespace, name)
     if pod.status.phase != "Succeeded":
         raise AssertionError(f"pod {name} {pod.status.phase}: {pod.status.container_statuses}\n{logs}")
