@@ -17,30 +17,22 @@ import kopf
 
 from kubetune import runtime
 from kubetune.reconcile.queue import Key
+from kubetune.reconcile.references import ReferenceIndex
 from kubetune.render.common import MODELSERVE_LABEL
 from kubetune.render.modelserve import referenced_jobs
 
 log = logging.getLogger("kubetune.handlers.modelserve")
 
 
-class ReferenceIndex:
-    """(namespace, FineTuneJob name) -> names of the ModelServes that reference it."""
+class JobReadings:
+    """What ModelServes read of each FineTuneJob (result, phase, existence, uid), to tell whether an event
+    of the job changed it."""
 
     def __init__(self) -> None:
-        self._by_ms: dict[Key, set[str]] = {}
         self._seen: dict[Key, str] = {}  # FineTuneJob key -> what ModelServes read of it, as JSON
 
-    def update(self, namespace: str, name: str, jobs: list[str] | None) -> None:
-        if jobs:
-            self._by_ms[(namespace, name)] = set(jobs)
-        else:
-            self._by_ms.pop((namespace, name), None)
-
-    def referencing(self, namespace: str, job: str) -> list[str]:
-        return sorted(ms for (ns, ms), jobs in self._by_ms.items() if ns == namespace and job in jobs)
-
     def changed(self, namespace: str, job: str, body: dict[str, Any] | None) -> bool:
-        """Whether what a ModelServe reads of the job (result, phase, existence, uid) changed."""
+        """Whether what a ModelServe reads of the job changed since its last event (BODY None: deleted)."""
         status = (body or {}).get("status") or {}
         seen = json.dumps(
             None
@@ -57,7 +49,8 @@ class ReferenceIndex:
         return before != seen
 
 
-INDEX = ReferenceIndex()
+INDEX = ReferenceIndex(referenced_jobs)  # FineTuneJob name -> the ModelServes that reference it
+READINGS = JobReadings()
 
 
 @kopf.on.event("kubetune.io", "v1alpha1", "modelserves", id="modelserve-event")
@@ -65,7 +58,7 @@ async def modelserve_event(
     type: str | None, namespace: str | None, name: str | None, body: kopf.Body, **_: Any
 ) -> None:
     if namespace and name:
-        INDEX.update(namespace, name, None if type == "DELETED" else referenced_jobs(dict(body)))
+        INDEX.note(namespace, name, None if type == "DELETED" else dict(body))
     runtime.enqueue(runtime.MODELSERVE, namespace, name)
 
 
@@ -84,6 +77,6 @@ async def modelserve_finetunejob_event(
 ) -> None:
     if not namespace or not name:
         return
-    if INDEX.changed(namespace, name, None if type == "DELETED" else dict(body)):
-        for ms in INDEX.referencing(namespace, name):
+    if READINGS.changed(namespace, name, None if type == "DELETED" else dict(body)):
+        for ms in INDEX.of(namespace, name):
             runtime.enqueue(runtime.MODELSERVE, namespace, ms)

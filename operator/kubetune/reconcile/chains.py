@@ -29,6 +29,7 @@ from kubetune.api.v1alpha1 import (
     ParentResult,
     ResolvedModel,
 )
+from kubetune.reconcile.references import ReferenceIndex
 
 WAITING_CONDITION = "WaitingForModel"
 # Reasons of a failed verdict (the FineTuneJob's Failed condition); they clear once the chain resolves.
@@ -303,21 +304,9 @@ def conditions(verdict: Verdict) -> list[tuple[str, bool, str, str]]:
     ]
 
 
-class Dependents:
-    """Which FineTuneJobs refer to which, from the watch events: an event of a job wakes the jobs that wait on
-    it. Used on the event loop only (kopf handlers), so it needs no lock."""
+class Dependents(ReferenceIndex):
+    """Which FineTuneJobs refer to which (their base model or a reward model): an event of a job wakes the
+    jobs that wait on it."""
 
     def __init__(self) -> None:
-        self._refs: dict[tuple[str, str], set[str]] = {}  # (namespace, job) -> names it refers to
-
-    def note(self, namespace: str, name: str, obj: Raw | None) -> None:
-        """Record what NAME refers to now (OBJ None or deleted: nothing)."""
-        names = referenced_names(obj) if obj else set()
-        if names:
-            self._refs[(namespace, name)] = names
-        else:
-            self._refs.pop((namespace, name), None)
-
-    def of(self, namespace: str, name: str) -> list[str]:
-        """The jobs in NAMESPACE that refer to NAME."""
-        return sorted(job for (ns, job), names in self._refs.items() if ns == namespace and name in names)
+        super().__init__(referenced_names)
