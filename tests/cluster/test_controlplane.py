@@ -28,6 +28,16 @@ def condition(obj, type_: str) -> str | None:
     return None
 
 
+def with_condition(read, type_: str):
+    """A check for wait_for: the object READ returns once its condition TYPE_ is True, else None."""
+
+    def check():
+        obj = read()
+        return obj if condition(obj, type_) == "True" else None
+
+    return check
+
+
 def job(name: str, labels: dict | None = None, gpus: int = 1) -> client.V1Job:
     resources = client.V1ResourceRequirements(
         requests={"cpu": "100m", "memory": "64Mi"}, limits={"nvidia.com/gpu": str(gpus)} if gpus else None
@@ -86,10 +96,7 @@ def test_job_pod_is_scheduled_to_a_kwok_node_and_the_job_completes(kube: KubeClu
     batch = client.BatchV1Api(kube.api)
     batch.create_namespaced_job(namespace, job("ok", gpus=8))
     done = wait_for(
-        lambda: (
-            condition(batch.read_namespaced_job("ok", namespace), "Complete") == "True"
-            and batch.read_namespaced_job("ok", namespace)
-        ),
+        with_condition(lambda: batch.read_namespaced_job("ok", namespace), "Complete"),
         timeout=60,
         what="Job Complete",
     )
@@ -111,10 +118,7 @@ def test_a_pod_labelled_to_fail_fails_its_job(kube: KubeCluster, namespace: str)
         namespace, job("bad", labels={cpmod.OUTCOME_LABEL: "fail", cpmod.EXIT_CODE_KEY: "3"})
     )
     failed = wait_for(
-        lambda: (
-            condition(batch.read_namespaced_job("bad", namespace), "Failed") == "True"
-            and batch.read_namespaced_job("bad", namespace)
-        ),
+        with_condition(lambda: batch.read_namespaced_job("bad", namespace), "Failed"),
         timeout=60,
         what="Job Failed",
     )
@@ -138,10 +142,7 @@ def test_run_duration_and_run_forever_labels(kube: KubeCluster, namespace: str):
     )
     started = running[0].status.start_time
     done = wait_for(
-        lambda: (
-            condition(batch.read_namespaced_job("slow", namespace), "Complete") == "True"
-            and batch.read_namespaced_job("slow", namespace)
-        ),
+        with_condition(lambda: batch.read_namespaced_job("slow", namespace), "Complete"),
         timeout=60,
         what="slow Job Complete",
     )
@@ -169,10 +170,7 @@ def test_deployment_becomes_available(kube: KubeCluster, namespace: str):
         ),
     )
     dep = wait_for(
-        lambda: (
-            condition(apps.read_namespaced_deployment("web", namespace), "Available") == "True"
-            and apps.read_namespaced_deployment("web", namespace)
-        ),
+        with_condition(lambda: apps.read_namespaced_deployment("web", namespace), "Available"),
         timeout=120,
         what="Deployment Available",
     )

@@ -14,6 +14,7 @@ from kubernetes import client
 
 from kubetune import crdgen
 from kubetune.api.v1alpha1 import GROUP, VERSION
+from tests.operator.conftest import wait_served
 
 pytestmark = pytest.mark.cluster
 
@@ -70,17 +71,7 @@ def crds(kube):
 @pytest.fixture(scope="module")
 def ns(crds):
     name = crds.new_namespace("crds")
-    custom = client.CustomObjectsApi(crds.api)
-    deadline = time.monotonic() + 30
-    while True:  # the resources are served a moment after Established
-        try:
-            for plural in PLURALS.values():
-                custom.list_namespaced_custom_object(GROUP, VERSION, name, plural)
-            break
-        except client.ApiException as exc:
-            if exc.status != 404 or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    wait_served(crds.api, name)
     yield name
     crds.delete_namespace(name)
 

@@ -157,11 +157,7 @@ def test_a_finetunejob_trains_in_a_trainer_pod(kube, e2e_target, e2e_namespace, 
     }
     assert status_writers - {OPERATOR_MANAGER}, f"progress written only by {status_writers}"
 
-    done = wait_for(
-        lambda: (o := e2e.get_object(api, e2e_namespace, "finetunejobs", FIRST))["status"].get("phase")
-        in ("Succeeded", "Failed") and o,
-        600, 0.5, f"{FIRST} to finish",
-    )  # fmt: skip
+    done = e2e.wait_phase(api, e2e_namespace, "finetunejobs", FIRST, ("Succeeded", "Failed"), 600)
     status = done["status"]
     assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
     assert status["progress"]["step"] == 120
@@ -225,11 +221,7 @@ def test_a_pod_stopped_by_the_kubelet_checkpoints_and_the_next_resumes(kube, e2e
         event.message
     )
 
-    done = wait_for(
-        lambda: (o := e2e.get_object(api, e2e_namespace, "finetunejobs", RESUMED))["status"].get("phase")
-        in ("Succeeded", "Failed") and o,
-        600, 0.5, f"{RESUMED} to finish",
-    )  # fmt: skip
+    done = e2e.wait_phase(api, e2e_namespace, "finetunejobs", RESUMED, ("Succeeded", "Failed"), 600)
     status = done["status"]
     assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
     assert status["attempts"] == 2
@@ -276,11 +268,7 @@ def test_a_modelserve_of_the_result_is_served_and_smoke_tested(
         },
     )
 
-    def settled():
-        obj = e2e.get_object(api, e2e_namespace, "modelserves", SERVE)
-        return obj if (obj.get("status") or {}).get("phase") in ("Ready", "Failed", "Degraded") else None
-
-    obj = wait_for(settled, 600, 0.5, f"ModelServe {SERVE} to settle")
+    obj = e2e.wait_phase(api, e2e_namespace, "modelserves", SERVE, ("Ready", "Failed", "Degraded"), 600)
     status = obj["status"]
     assert status["phase"] == "Ready", json.dumps(status, indent=1)
     ready = e2e.condition(obj, "Ready")

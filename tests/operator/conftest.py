@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -155,6 +154,23 @@ def apply_crds(api) -> None:
             wait_for(established, 30, 0.2, f"CRD {doc['metadata']['name']} established")
 
 
+def wait_served(api, namespace: str, timeout: float = 30.0) -> None:
+    """Wait until the API server serves kubetune's resources in NAMESPACE: a moment after the CRDs are
+    Established, a request can still get 404."""
+    from kubernetes import client
+
+    from kubetune.crdgen import GROUP, KINDS, VERSION
+
+    custom = client.CustomObjectsApi(api)
+
+    def served() -> bool:
+        for kind in KINDS:
+            custom.list_namespaced_custom_object(GROUP, VERSION, namespace, kind.plural)
+        return True
+
+    wait_for(served, timeout, 0.2, f"the kubetune resources served in {namespace}")
+
+
 @pytest.fixture(scope="session")
 def crds(kube):
     apply_crds(kube.api)
@@ -174,15 +190,7 @@ def ftj_ns(kube, operator):
     """A fresh namespace the operator under test watches."""
     name = kube.new_namespace(NS_PREFIX)
     yield name
-    # Fake pods that never finish (outcome=run) would hold their GPUs through a 120 s grace period.
-    from kubernetes import client
-
-    core = client.CoreV1Api(kube.api)
-    with contextlib.suppress(client.ApiException):
-        core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
-        for pod in core.list_namespaced_pod(name).items:  # the Job controller's finalizer outlives the Job
-            if pod.metadata.finalizers:
-                core.patch_namespaced_pod(pod.metadata.name, name, {"metadata": {"finalizers": None}})
+    kube.drop_pods(name)  # fake pods that never finish (outcome=run) would hold their GPUs for 120 s
     kube.delete_namespace(name)
 
 

@@ -5,13 +5,13 @@ ResourceQuota that allows no Jobs. Runs `kubetune operator` against the real con
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import pytest
 from kubernetes import client
 
 from tests.operator.conftest import FTJ, tiny_job, wait_for
+from tests.support.admission import denying_policy
 
 pytestmark = pytest.mark.cluster
 
@@ -25,63 +25,6 @@ def _rejected(f: FTJ, name: str) -> dict | bool:
 
 def _events(f: FTJ, name: str, reason: str) -> list:
     return [e for e in f.events(name) if e.reason == reason]
-
-
-@contextlib.contextmanager
-def _denying_policy(kube, ns: str, group: str, resource: str, expression: str, message: str, probe):
-    """A ValidatingAdmissionPolicy + binding that deny RESOURCE objects matching EXPRESSION in NS;
-    enforced (PROBE, a dry-run create, is denied) when the block starts, gone when it ends."""
-    adm = client.AdmissionregistrationV1Api(kube.api)
-    name = f"deny-{resource}-{ns}"
-    adm.create_validating_admission_policy(
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicy",
-            "metadata": {"name": name},
-            "spec": {
-                "failurePolicy": "Fail",
-                "matchConstraints": {
-                    "resourceRules": [
-                        {
-                            "apiGroups": [group],
-                            "apiVersions": ["v1"],
-                            "operations": ["CREATE", "UPDATE"],
-                            "resources": [resource],
-                        }
-                    ]
-                },
-                "validations": [{"expression": expression, "message": message}],
-            },
-        }
-    )
-    adm.create_validating_admission_policy_binding(
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicyBinding",
-            "metadata": {"name": name},
-            "spec": {
-                "policyName": name,
-                "validationActions": ["Deny"],
-                "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}},
-            },
-        }
-    )
-
-    def enforced() -> bool:  # the API server loads policies asynchronously
-        try:
-            probe()
-        except client.ApiException as exc:
-            return message in (exc.body or "")
-        return False
-
-    try:
-        wait_for(enforced, 30, 0.2, "the ValidatingAdmissionPolicy to be enforced")
-        yield name
-    finally:
-        with contextlib.suppress(client.ApiException):
-            adm.delete_validating_admission_policy_binding(name)
-        with contextlib.suppress(client.ApiException):
-            adm.delete_validating_admission_policy(name)
 
 
 @pytest.fixture
@@ -98,7 +41,7 @@ def deny_trainer_jobs(kube, ftj: FTJ):
         )
         ftj.batch.create_namespaced_job(ftj.ns, job, dry_run="All")
 
-    with _denying_policy(kube, ftj.ns, "batch", "jobs", "false", POLICY_MESSAGE, probe) as name:
+    with denying_policy(kube, ftj.ns, "batch", "jobs", "false", POLICY_MESSAGE, probe) as name:
         yield name
 
 
@@ -163,7 +106,7 @@ def test_denied_configmap_is_a_condition_and_no_job(ftj: FTJ, kube):
         ftj.core.create_namespaced_config_map(ftj.ns, cm, dry_run="All")
 
     expression = "!object.metadata.name.endsWith('-trainer-config')"
-    with _denying_policy(kube, ftj.ns, "", "configmaps", expression, CONFIG_MESSAGE, probe):
+    with denying_policy(kube, ftj.ns, "", "configmaps", expression, CONFIG_MESSAGE, probe):
         ftj.create(tiny_job("nocm"))
         running = wait_for(lambda: _rejected(ftj, "nocm"), 30, 0.2, "Running=False ChildRejected")
         assert (

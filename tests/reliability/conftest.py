@@ -26,20 +26,11 @@ def rel_operator(kube, tmp_path_factory):
     op.stop()
 
 
-def _drop_pods(kube, ns: str) -> None:
-    core = client.CoreV1Api(kube.api)
-    with contextlib.suppress(client.ApiException):
-        core.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
-        for pod in core.list_namespaced_pod(ns).items:  # the Job controller's finalizer outlives the Job
-            if pod.metadata.finalizers:
-                core.patch_namespaced_pod(pod.metadata.name, ns, {"metadata": {"finalizers": None}})
-
-
 def _fresh_namespace(kube, prefix: str):
     """A new namespace for one test; its pods dropped and it deleted after the test."""
     name = kube.new_namespace(prefix)
     yield name
-    _drop_pods(kube, name)
+    kube.drop_pods(name)
     kube.delete_namespace(name)
 
 

@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from kubernetes import client
 
 from kubetune.api.v1alpha1 import GROUP, VERSION, validate_document
-from tests.operator.conftest import apply_crds
+from tests.operator.conftest import apply_crds, wait_served
 from tests.reliability.manifests import manifests
 
 pytestmark = pytest.mark.cluster
@@ -54,17 +53,8 @@ def python_only(problem) -> bool:
 def dry_run(kube):
     apply_crds(kube.api)
     ns = kube.new_namespace("badinput")
+    wait_served(kube.api, ns)
     custom = client.CustomObjectsApi(kube.api)
-    deadline = time.monotonic() + 30
-    while True:  # the resources are served a moment after Established
-        try:
-            for plural in PLURALS.values():
-                custom.list_namespaced_custom_object(GROUP, VERSION, ns, plural)
-            break
-        except client.ApiException as exc:
-            if exc.status != 404 or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
     def run(doc: dict) -> str | None:
         """None when the server accepts DOC, else its message."""

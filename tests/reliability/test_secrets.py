@@ -43,11 +43,7 @@ def rbac_operator(kube, tmp_path):
     op.start()
     yield op, ns
     op.stop()
-    core = client.CoreV1Api(kube.api)
-    core.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
-    for pod in core.list_namespaced_pod(ns).items:
-        if pod.metadata.finalizers:
-            core.patch_namespaced_pod(pod.metadata.name, ns, {"metadata": {"finalizers": None}})
+    kube.drop_pods(ns)
     kube.delete_namespace(ns)
     kube.delete_namespace(sa_ns)
     rbac = client.RbacAuthorizationV1Api(kube.api)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.operator.conftest import Operator, apply_crds, wait_for
+from tests.support.admission import denying_policy
 
 pytestmark = [pytest.mark.kwok, pytest.mark.slow]
 
@@ -22,20 +23,29 @@ GROUP, VERSION = "kubetune.io", "v1alpha1"
 NS_PREFIX = "ms"
 
 
-@pytest.fixture(scope="module")
-def serve_operator(kube, tgi_server, tmp_path_factory):
+def start_serve_operator(kube, log_dir, endpoint: str, **env: str) -> Operator:
+    """A started `kubetune operator` for the ModelServe tests (NS_PREFIX-* namespaces) that reaches every
+    model server at ENDPOINT (a loopback server standing in for the pods)."""
     apply_crds(kube.api)
     op = Operator(
         kube.kubeconfig,
-        tmp_path_factory.mktemp("serve-operator"),
+        log_dir,
         namespaces=f"{NS_PREFIX}-*",
-        KUBETUNE_SERVE_ENDPOINT_OVERRIDE=tgi_server.url,
+        KUBETUNE_SERVE_ENDPOINT_OVERRIDE=endpoint,
         KUBETUNE_REQUEUE_SECONDS="1",
-        # The operator talks to TGI, never to the Hub: huggingface_hub's offline switch would block that.
+        # The operator talks to the model server, never to the Hub: huggingface_hub's offline switch would
+        # block that.
         HF_HUB_OFFLINE="0",
         TRANSFORMERS_OFFLINE="0",
+        **env,
     )
     op.start()
+    return op
+
+
+@pytest.fixture(scope="module")
+def serve_operator(kube, tgi_server, tmp_path_factory):
+    op = start_serve_operator(kube, tmp_path_factory.mktemp("serve-operator"), tgi_server.url)
     yield op
     op.stop()
 
@@ -320,65 +330,20 @@ def test_any_legal_name_gets_valid_children(world, tgi, name):
 
 
 def test_a_child_refused_by_an_admission_policy_is_a_condition_quoting_it(world, tgi, kube):
-    from kubernetes import client
-
-    admission = client.AdmissionregistrationV1Api(kube.api)
-    policy_name = f"kubetune-test-one-replica-{world.ns}"
-    admission.create_validating_admission_policy(
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicy",
-            "metadata": {"name": policy_name},
-            "spec": {
-                "failurePolicy": "Fail",
-                "matchConstraints": {
-                    "resourceRules": [
-                        {
-                            "apiGroups": ["apps"],
-                            "apiVersions": ["v1"],
-                            "operations": ["CREATE", "UPDATE"],
-                            "resources": ["deployments"],
-                        }
-                    ]
-                },  # fmt: skip
-                "validations": [
-                    {
-                        "expression": "object.spec.replicas <= 1",
-                        "message": "model servers may run one replica in this namespace; ask the platform team",
-                    }
-                ],
-            },
-        }
-    )
-    admission.create_validating_admission_policy_binding(
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicyBinding",
-            "metadata": {"name": policy_name},
-            "spec": {
-                "policyName": policy_name,
-                "validationActions": ["Deny"],
-                "matchResources": {
-                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": world.ns}}
-                },
-            },
-        }
-    )
-    try:
-        # The API server compiles a new policy within a second or so: wait until it denies.
-        probe = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "probe"},
-                 "spec": {"replicas": 2, "selector": {"matchLabels": {"a": "b"}},
-                          "template": {"metadata": {"labels": {"a": "b"}},
-                                       "spec": {"containers": [{"name": "c", "image": "x"}]}}}}  # fmt: skip
-
-        def denied() -> bool:
-            try:
-                world.apps.create_namespaced_deployment(world.ns, probe, dry_run="All")
-            except client.ApiException:
-                return True
-            return False
-
-        wait_for(denied, 30, 0.3, "the admission policy to deny")
+    # The API server compiles a new policy within a second or so: denying_policy waits until it denies.
+    probe = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "probe"},
+             "spec": {"replicas": 2, "selector": {"matchLabels": {"a": "b"}},
+                      "template": {"metadata": {"labels": {"a": "b"}},
+                                   "spec": {"containers": [{"name": "c", "image": "x"}]}}}}  # fmt: skip
+    with denying_policy(
+        kube,
+        world.ns,
+        "apps",
+        "deployments",
+        "object.spec.replicas <= 1",
+        "model servers may run one replica in this namespace; ask the platform team",
+        lambda: world.apps.create_namespaced_deployment(world.ns, probe, dry_run="All"),
+    ):
         world.serve("big", {"model": {"uri": "hf://org/tiny"}, "replicas": 2,
                             "rollout": {"smokeTest": {"maxNewTokens": 2}}})  # fmt: skip
         st = world.wait(
@@ -408,6 +373,3 @@ def test_a_child_refused_by_an_admission_policy_is_a_condition_quoting_it(world,
         )
         st = world.wait("big", ready(), "Ready after the fix", 90)
         assert world.cond("big", "Stalled")["status"] == "False" and st["observedGeneration"] == 2
-    finally:
-        admission.delete_validating_admission_policy_binding(policy_name)
-        admission.delete_validating_admission_policy(policy_name)

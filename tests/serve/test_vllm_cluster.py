@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from kubetune.render.modelserve_vllm import lora_modules_of
-from tests.operator.conftest import Operator, apply_crds, wait_for
+from tests.operator.conftest import wait_for
 
-from .test_cluster import GROUP, NS_PREFIX, VERSION, World
+from .test_cluster import GROUP, NS_PREFIX, VERSION, World, start_serve_operator
 
 pytestmark = [pytest.mark.kwok, pytest.mark.slow]
 
@@ -60,18 +60,12 @@ def vllm_pods(tiny_lm, pvcs, vllm_backend, pod_args):
 
 @pytest.fixture(scope="module")
 def vllm_operator(kube, vllm_pods, tmp_path_factory):
-    apply_crds(kube.api)
-    op = Operator(
-        kube.kubeconfig,
+    op = start_serve_operator(
+        kube,
         tmp_path_factory.mktemp("vllm-operator"),
-        namespaces=f"{NS_PREFIX}-*",
-        KUBETUNE_SERVE_ENDPOINT_OVERRIDE=vllm_pods.url,
+        vllm_pods.url,
         KUBETUNE_SERVE_POD_ADDRESS_OVERRIDE=vllm_pods.url + "/pods/{pod}",
-        KUBETUNE_REQUEUE_SECONDS="1",
-        HF_HUB_OFFLINE="0",
-        TRANSFORMERS_OFFLINE="0",
     )
-    op.start()
     yield op
     op.stop()
 

@@ -10,6 +10,7 @@ Fixtures
     ``kube.kwok``         True when pods are faked by kwok (Job pods complete; outcome labels work)
     ``kube.env()``        a copy of os.environ with KUBECONFIG set, for subprocesses (the operator, kubectl)
     ``kube.new_namespace(prefix)``  create a namespace and wait for its default ServiceAccount
+    ``kube.drop_pods(namespace)``   delete its pods now (no grace period, no Job finalizer)
     ``kube.restart_apiserver()``    local only: restart THE kube-apiserver process (same port, same etcd);
                                     this disturbs concurrent sessions sharing the cluster, so prefer
     ``kube.control_plane.extra_apiserver()``  (context manager) a second kube-apiserver on the same etcd
@@ -135,6 +136,20 @@ class KubeCluster:
                 if exc.status != 404 or time.monotonic() > deadline:
                     raise
             time.sleep(0.1)
+
+    def drop_pods(self, namespace: str) -> None:
+        """Delete NAMESPACE's pods now: no grace period, the Job controller's finalizer removed (it outlives
+        the Job). Fake pods that never finish would otherwise hold their GPUs through their grace period."""
+        from kubernetes import client
+
+        core = client.CoreV1Api(self.api)
+        with contextlib.suppress(client.ApiException):
+            core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
+            for pod in core.list_namespaced_pod(namespace).items:
+                if pod.metadata.finalizers:
+                    core.patch_namespaced_pod(
+                        pod.metadata.name, namespace, {"metadata": {"finalizers": None}}
+                    )
 
     def delete_namespace(self, name: str) -> None:
         from kubernetes import client
