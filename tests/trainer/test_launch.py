@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from kubetune.api.v1alpha1 import FineTuneJobSpec
 from kubetune_trainer import launch
 from kubetune_trainer.launch import EnvFacts, LaunchError, env_facts, plan_launch
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.trainer
 
@@ -357,13 +357,6 @@ LAUNCHER = textwrap.dedent(
 )
 
 
-def _wait_for(path: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.05)
-
-
 def _start_launcher(tmp_path: Path, child_args: list[str]) -> subprocess.Popen:
     root = Path(launch.__file__).parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "operator"), str(root / "trainer_image")])}
@@ -373,7 +366,7 @@ def _start_launcher(tmp_path: Path, child_args: list[str]) -> subprocess.Popen:
 def test_sigterm_is_forwarded_and_the_exit_code_propagates(tmp_path):
     record = tmp_path / "signals"
     launcher = _start_launcher(tmp_path, [sys.executable, "-c", CHILD, str(record), "7"])
-    _wait_for(Path(str(record) + ".ready"))
+    wait_for(Path(str(record) + ".ready").exists, 60, 0.05, "the child's ready file")
     child_pid = int(Path(str(record) + ".ready").read_text())
     assert os.getpgid(child_pid) == child_pid != os.getpgid(launcher.pid)  # its own process group
     launcher.send_signal(signal.SIGTERM)
@@ -394,7 +387,7 @@ def test_sigterm_goes_to_the_workers_not_the_agent(tmp_path):
     )
     launcher = _start_launcher(tmp_path, [sys.executable, "-c", agent])
     for i in range(2):
-        _wait_for(Path(f"{record}{i}.ready"))
+        wait_for(Path(f"{record}{i}.ready").exists, 60, 0.05, f"child {i}'s ready file")
     launcher.send_signal(signal.SIGTERM)
     assert launcher.wait(timeout=60) == 13
     for i in range(2):
