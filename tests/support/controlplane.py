@@ -377,6 +377,26 @@ def free_ports(n: int) -> list[int]:
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
+def spawn(argv: list[str], log_file: Path, cwd: Path, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    """Start ARGV in a session of its own (a signal to the tests never reaches it), its output appended to
+    LOG_FILE after a line that says when and what started; remembered as one of _CHILDREN."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as logf:
+        logf.write(f"\n==== {dt.datetime.now().isoformat()} starting: {' '.join(argv)}\n".encode())
+        logf.flush()
+        proc = subprocess.Popen(
+            argv,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            start_new_session=True,
+            pass_fds=pass_fds,
+        )
+    _CHILDREN[proc.pid] = proc
+    return proc
+
+
 def _proc_stat(pid: int) -> list[str] | None:
     """Fields of /proc/PID/stat after the command name (state is [0], starttime is [19])."""
     try:
@@ -667,19 +687,7 @@ class ControlPlane:
         )
 
     def _spawn(self, component: str, argv: list[str]) -> int:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file(component), "ab") as logf:
-            logf.write(f"\n==== {dt.datetime.now().isoformat()} starting: {' '.join(argv)}\n".encode())
-            logf.flush()
-            proc = subprocess.Popen(
-                argv,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.dir,
-                start_new_session=True,
-            )
-        _CHILDREN[proc.pid] = proc
+        proc = spawn(argv, self.log_file(component), self.dir)
         self.state.setdefault("components", {})[component] = {
             "pid": proc.pid,
             "start": proc_start_time(proc.pid),
@@ -996,19 +1004,7 @@ class ExtraApiServer:
         return self.cp._get_ok(self.server + "/readyz", self.cp._ssl())
 
     def start(self, timeout: float = 60.0) -> None:
-        log_path = self.cp.logs / f"{self.name}.log"
-        with open(log_path, "ab") as logf:
-            logf.write(f"\n==== {dt.datetime.now().isoformat()} starting: {' '.join(self.argv)}\n".encode())
-            logf.flush()
-            proc = subprocess.Popen(
-                self.argv,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.cp.dir,
-                start_new_session=True,
-            )
-        _CHILDREN[proc.pid] = proc
+        proc = spawn(self.argv, self.cp.log_file(self.name), self.cp.dir)
         self.pid, self.start_time = proc.pid, proc_start_time(proc.pid)
         self._record(proc.pid)
         deadline = time.monotonic() + timeout

@@ -309,20 +309,7 @@ class RealNode:
         return True
 
     def _spawn(self, info: dict, name: str, argv: list[str], lock_fd: int) -> None:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file(name), "ab") as logf:
-            logf.write(f"\n==== {dt.datetime.now().isoformat()} starting: {' '.join(argv)}\n".encode())
-            logf.flush()
-            proc = subprocess.Popen(
-                argv,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.dir,
-                start_new_session=True,
-                pass_fds=(lock_fd,),
-            )
-        cpmod._CHILDREN[proc.pid] = proc
+        proc = cpmod.spawn(argv, self.log_file(name), self.dir, pass_fds=(lock_fd,))
         info["processes"][name] = {"pid": proc.pid, "start": cpmod.proc_start_time(proc.pid), "argv": argv}
         self._save(info)
 
