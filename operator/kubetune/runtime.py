@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -49,6 +50,8 @@ class Runtime:
     queues: dict[str, WorkQueue] = field(default_factory=dict)
     own_writes: OwnWrites = field(default_factory=OwnWrites)
     """Versions the FineTuneJob reconcile's own writes made (their events queue nothing)."""
+    pools: list[Executor] = field(default_factory=list)
+    """Thread pools the reconcilers write with (shut down on stop)."""
 
     async def start(self) -> None:
         for q in self.queues.values():
@@ -57,6 +60,8 @@ class Runtime:
     async def stop(self) -> None:
         for q in self.queues.values():
             await q.stop()
+        for pool in self.pools:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def work_queue(controller: str, reconcile: Callable[[Key], Outcome], settings: Settings) -> WorkQueue:
@@ -91,14 +96,16 @@ def outcome(controller: str, requeue_after: float | None, problem: bool, gone: b
     return Outcome(requeue_after=requeue_after, backoff=problem, forget=gone)
 
 
-def finetunejob_controller(kube: Kube, settings: Settings, own_writes: OwnWrites) -> WorkQueue:
+def finetunejob_controller(
+    kube: Kube, settings: Settings, own_writes: OwnWrites, writers: Executor | None = None
+) -> WorkQueue:
     opts = RenderOptions(
         trainer_image=settings.trainer_image,
         image_pull_policy=settings.trainer_image_pull_policy,
         termination_grace_seconds=settings.termination_grace_seconds,
     )
     reconciler = FineTuneJobReconciler(
-        kube, opts, AppliedCache(max_age=settings.resync_seconds), own_writes=own_writes
+        kube, opts, AppliedCache(max_age=settings.resync_seconds), own_writes=own_writes, writers=writers
     )
     phases = metrics.PhaseTracker()
 
@@ -154,7 +161,11 @@ def build_runtime(settings: Settings, kube: Kube | None = None) -> Runtime:
         kube = Kube.from_environment(settings.field_manager, pool_size=max(16, settings.workers * 4))
     kube.on_write = lambda verb, kind: metrics.API_WRITES.labels(verb, kind).inc()
     rt = Runtime(settings=settings, kube=kube)
-    rt.queues[FINETUNEJOB] = finetunejob_controller(kube, settings, rt.own_writes)
+    # A first reconcile applies its RBAC and ConfigMap at once (reconcile/finetunejob.py: execute): up to
+    # four requests per reconcile; with every worker busy (a burst) the API server is the bottleneck anyway.
+    writers = ThreadPoolExecutor(settings.workers * 2, thread_name_prefix="apply-finetunejob")
+    rt.pools.append(writers)
+    rt.queues[FINETUNEJOB] = finetunejob_controller(kube, settings, rt.own_writes, writers)
     rt.queues[MODELSERVE] = modelserve_controller(kube, settings)
     return rt
 
