@@ -50,8 +50,6 @@ class Runtime:
     queues: dict[str, WorkQueue] = field(default_factory=dict)
     own_writes: OwnWrites = field(default_factory=OwnWrites)
     """Versions the FineTuneJob reconcile's own writes made (their events queue nothing)."""
-    pools: list[Executor] = field(default_factory=list)
-    """Thread pools the reconcilers write with (shut down on stop)."""
 
     async def start(self) -> None:
         for q in self.queues.values():
@@ -60,8 +58,6 @@ class Runtime:
     async def stop(self) -> None:
         for q in self.queues.values():
             await q.stop()
-        for pool in self.pools:
-            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def work_queue(controller: str, reconcile: Callable[[Key], Outcome], settings: Settings) -> WorkQueue:
@@ -163,8 +159,9 @@ def build_runtime(settings: Settings, kube: Kube | None = None) -> Runtime:
     rt = Runtime(settings=settings, kube=kube)
     # A first reconcile applies its RBAC and ConfigMap at once (reconcile/finetunejob.py: execute): up to
     # four requests per reconcile; with every worker busy (a burst) the API server is the bottleneck anyway.
+    # Not shut down on stop: reconciles still running then (manager.drain_reconciles waits for them) still
+    # apply through it; its idle threads end with the process.
     writers = ThreadPoolExecutor(settings.workers * 2, thread_name_prefix="apply-finetunejob")
-    rt.pools.append(writers)
     rt.queues[FINETUNEJOB] = finetunejob_controller(kube, settings, rt.own_writes, writers)
     rt.queues[MODELSERVE] = modelserve_controller(kube, settings)
     return rt
