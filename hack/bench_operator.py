@@ -516,6 +516,20 @@ def main() -> int:
     return 0
 
 
+def replace_operator_table(doc: str, text: str) -> str:
+    """DOC with its operator section's heading, command and table replaced by TEXT; the notes written by
+    hand after the table (what bounds a figure, what changed) are kept."""
+    start = doc.find("## Operator: FineTuneJob controller")
+    if start < 0:
+        return doc.rstrip("\n") + "\n\n" + text
+    end = doc.find("\n## ", start + 1)
+    end = len(doc) if end < 0 else end + 1
+    lines = doc[start:end].splitlines(keepends=True)
+    rows = [i for i, line in enumerate(lines) if line.startswith("|")]
+    notes = "".join(lines[rows[-1] + 1 :]) if rows else ""
+    return doc[:start] + text + notes + doc[end:]
+
+
 def write_docs(r: dict[str, Any], args: argparse.Namespace) -> None:
     """Replace the operator section of docs/benchmarks.md with these figures."""
     path = REPO / "docs" / "benchmarks.md"
@@ -562,13 +576,7 @@ pods). Floor and burst: the same client, {r["client_threads"]} threads; rounds a
 | Operator RSS with {r["objects"]} FineTuneJobs (+ their Jobs) watched | {r["rss_mib"]} MiB steady; {r["rss_after_resync_mib"]} MiB after a restart and full resync | <= 200 MiB, both | {ok(rss_ok)} |
 """
     old = path.read_text() if path.exists() else "# Benchmarks\n\nFigures with the command that made them.\n"
-    start = old.find("## Operator: FineTuneJob controller")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + 1)
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
-    path.write_text(new)
+    path.write_text(replace_operator_table(old, text))
     print(f"wrote the operator section of {path}")
 
 

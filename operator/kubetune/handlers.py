@@ -53,10 +53,8 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     )
 
 
-@kopf.on.startup(id="kubetune-startup")
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    # The settings `kubetune operator` was started with (kubetune.manager passes them as kopf's memo).
-    cfg = memo.get("settings") or load_settings()
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """kopf's settings for this operator (called by the startup handler)."""
     # kopf's own bookkeeping goes to annotations (never into the user's status), and it only logs.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -64,7 +62,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     settings.posting.level = logging.WARNING
     settings.posting.enabled = False  # the reconcile writes its own Events
-    settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+    settings.queueing.error_delays = [1, 2, 5, 10, 30, 60]
+    # kopf's per-object worker holds the last event it handled (the object's whole body) until no event came
+    # for idle_timeout (kopf's default: 5 s). A (re)start lists every FineTuneJob and trainer Job within a
+    # few seconds, so with the default all their bodies were alive at once (about 60 MiB of small objects at
+    # 1,100 FineTuneJobs); Python's allocator cannot return an arena while any object in it lives, so RSS
+    # stayed ~60 MiB higher after the restart than before it (docs/benchmarks.md, "Memory after a
+    # restart"). The handlers only enqueue a key and kopf makes no patches, so a worker has nothing to wait
+    # for; events of one object within half a second still share a worker.
+    settings.queueing.idle_timeout = 0.5
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.reconnect_backoff = 1.0
@@ -72,6 +78,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # restart among thousands of objects does not hold every object's JSON at once.
     settings.watching.chunk_size = 100
     settings.networking.request_timeout = 60
+
+
+@kopf.on.startup(id="kubetune-startup")
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # The settings `kubetune operator` was started with (kubetune.manager passes them as kopf's memo).
+    cfg = memo.get("settings") or load_settings()
+    configure_kopf(settings)
     # kopf retries a 429 (API Priority and Fairness) after Retry-After; it is a WARNING, not an ERROR.
     lower_throttled_retries()
     await runtime.start(cfg)

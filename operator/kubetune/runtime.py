@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -91,14 +92,16 @@ def outcome(controller: str, requeue_after: float | None, problem: bool, gone: b
     return Outcome(requeue_after=requeue_after, backoff=problem, forget=gone)
 
 
-def finetunejob_controller(kube: Kube, settings: Settings, own_writes: OwnWrites) -> WorkQueue:
+def finetunejob_controller(
+    kube: Kube, settings: Settings, own_writes: OwnWrites, writers: Executor | None = None
+) -> WorkQueue:
     opts = RenderOptions(
         trainer_image=settings.trainer_image,
         image_pull_policy=settings.trainer_image_pull_policy,
         termination_grace_seconds=settings.termination_grace_seconds,
     )
     reconciler = FineTuneJobReconciler(
-        kube, opts, AppliedCache(max_age=settings.resync_seconds), own_writes=own_writes
+        kube, opts, AppliedCache(max_age=settings.resync_seconds), own_writes=own_writes, writers=writers
     )
     phases = metrics.PhaseTracker()
 
@@ -154,7 +157,12 @@ def build_runtime(settings: Settings, kube: Kube | None = None) -> Runtime:
         kube = Kube.from_environment(settings.field_manager, pool_size=max(16, settings.workers * 4))
     kube.on_write = lambda verb, kind: metrics.API_WRITES.labels(verb, kind).inc()
     rt = Runtime(settings=settings, kube=kube)
-    rt.queues[FINETUNEJOB] = finetunejob_controller(kube, settings, rt.own_writes)
+    # A first reconcile applies its RBAC and ConfigMap at once (reconcile/finetunejob.py: execute): up to
+    # four requests per reconcile; with every worker busy (a burst) the API server is the bottleneck anyway.
+    # Not shut down on stop: reconciles still running then (manager.drain_reconciles waits for them) still
+    # apply through it; its idle threads end with the process.
+    writers = ThreadPoolExecutor(settings.workers * 2, thread_name_prefix="apply-finetunejob")
+    rt.queues[FINETUNEJOB] = finetunejob_controller(kube, settings, rt.own_writes, writers)
     rt.queues[MODELSERVE] = modelserve_controller(kube, settings)
     return rt
 
