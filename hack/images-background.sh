@@ -24,10 +24,10 @@ LOG=$STATE/build.log
 
 log() { printf '[images-background] %s\n' "$*" >&2; }
 
-running() { # the PID of a background build still running, if any
+running() { # the PID of a background build still running, if any (not another process given its PID since)
   local pid
   pid=$(cat "$STATE/pid" 2>/dev/null) || return 1
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+  [[ -n $pid && -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$STATE/rc" && echo "$pid"
 }
 
 why_not() { # why the e2e tests will not build images here (empty when they will)
