@@ -19,8 +19,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 ## test: lint, then the whole suite (sets itself up first; prepares the real node where the host can run
 ## containers); the end-to-end tests in real pods last (`make e2e`; they skip, saying why, where the host cannot).
-## The e2e images build in the background meanwhile (hack/images-background.sh): the network-bound image build
-## overlaps the CPU-bound Go builds, and is waited for before pytest, so it never competes with the tests
+## The e2e images build in the background meanwhile (hack/images-background.sh): the image build (downloads,
+## pip installs, disk) overlaps the Go builds, and is waited for before pytest, so it never competes with the tests
 test: images-background setup testbin realnode-prepare lint images-wait
 	$(PY) -m pytest -m "not e2e"
 	$(MAKE) e2e

@@ -13,7 +13,8 @@
 # - promtool: github.com/prometheus/prometheus/cmd/promtool, `go install`ed at a pinned version with the
 #   build tag remove_all_sd: Prometheus' plugins/plugin_*.go (`//go:build !remove_all_sd || enable_*_sd`) then
 #   leave out every service-discovery SDK (AWS, Azure, GCP, Kubernetes, ...), which the tests never use (they
-#   run only `promtool check rules` and `promtool test rules`). From empty Go caches: 102 s instead of 478 s (docs/testing.md).
+#   run only `promtool check rules` and `promtool test rules`). From empty Go caches: 102 s instead of
+#   478 s (docs/testing.md).
 #   Cached as promtool-<version>-nosd, so a cache holding the full build does not satisfy it.
 # - coredns: the real node's cluster DNS (tests/support/realnode.py), built only when named; it runs as a
 #   host process serving the cluster domain to the real node's pods. hack/coredns: CoreDNS' coremain with

@@ -6,9 +6,10 @@
 #   hack/images-background.sh wait    wait for the build `start` began; exit 1, with the end of its log, when
 #                                     it failed (nothing to wait for: exit 0 at once)
 #
-# Why: on a new machine the image build (debootstrap, then pip downloading ~4 GB inside `docker build`) is
-# about 13 minutes spent mostly waiting on the network, and the Go builds of testbin and the real node are
-# about as long on the CPUs; one after the other they added up. `make test` starts the build first and waits
+# Why: on a new machine the image build (debootstrap, then pip downloading and installing ~4 GB inside
+# `docker build`) takes about 13 minutes, much of it waiting on the network and the disk (pip installing one
+# wheel at a time), and the Go builds of testbin, gotools and the real node take about as long on both cores;
+# one after the other they added up. `make test` starts the build first and waits
 # for it after lint, before pytest: it never overlaps the timing-sensitive cluster tests. When nothing
 # changed the build is a few seconds, so a warm `make test` loses nothing.
 #
