@@ -10,6 +10,8 @@
 #   hack/images.sh ids               print "IMAGE ID SIZE" of the built images (from the last build)
 #   hack/images.sh dockerd-up        start dockerd if no Docker engine answers (see below), leave it running
 #   hack/images.sh dockerd-down      stop the dockerd this script started (by its PID)
+#   hack/images.sh tools             install what a build needs (docker.io, debootstrap) when no engine answers
+#                                    (hack/images-background.sh: apt-get before, not beside, the real node's)
 #
 # No image registry is needed. The base is Debian bookworm with python3 made with debootstrap from Debian's
 # package mirror and `docker import`ed as kubetune-base:bookworm ($KUBETUNE_BASE_IMAGE names another base,
@@ -272,6 +274,11 @@ kind_load() {
 }
 
 # ------------------------------------------------------------------------------------------- main
+if [[ ${1:-} == tools ]]; then # no lock: another worktree's build may hold it for minutes
+  pick_docker
+  docker_answers || install_tools
+  exit 0
+fi
 exec 9>"$CACHE/images.lock"
 flock 9
 cmd=${1:-build}
@@ -291,5 +298,5 @@ case $cmd in
   ids) cat "$IDS_FILE" ;;
   dockerd-up) dockerd_up ;;
   dockerd-down) dockerd_down ;;
-  *) echo "usage: $0 [build|load [SOCKET]|kind-load [NAME]|ids|dockerd-up|dockerd-down]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|load [SOCKET]|kind-load [NAME]|ids|dockerd-up|dockerd-down|tools]" >&2; exit 2 ;;
 esac

@@ -57,10 +57,11 @@ install() {
   command -v apt-get >/dev/null || { log "missing packages ${missing[*]} and no apt-get to install them"; return 1; }
   log "installing ${missing[*]} (apt-get)"
   # A package's postinst may try to start its service; there is no init system to do so here, and the
-  # node runs its own containerd anyway.
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2; then
-    DEBIAN_FRONTEND=noninteractive apt-get update >&2 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2 \
+  # node runs its own containerd anyway. The lock timeout: another apt-get (hack/images.sh's) may be running.
+  local apt=(apt-get -o DPkg::Lock::Timeout=600)
+  if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "${missing[@]}" >&2; then
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" update >&2 || true
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "${missing[@]}" >&2 \
       || { log "apt-get install ${missing[*]} failed"; return 1; }
   fi
 }
