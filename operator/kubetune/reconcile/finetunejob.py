@@ -141,6 +141,21 @@ class FineTuneJobReconciler:
         return _Shell(self, obj).run()
 
 
+# Applied only once the other static children were: the API server checks a RoleBinding against the rules
+# of the Role it names (RBAC's escalation check) unless the writer may `bind` that Role, which the chart's
+# ClusterRole deliberately does not grant; a RoleBinding sent beside its Role is refused with a 404 while
+# the Role does not exist yet (seen with the chart's RBAC in tests/reliability/test_control_plane_faults.py).
+AFTER_THE_OTHER_CHILDREN = frozenset({"RoleBinding"})
+
+
+def static_waves(objs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """OBJS (static children, in the decision's order) split into the waves they are applied in: first all
+    that depend on nothing, then those of AFTER_THE_OTHER_CHILDREN; empty waves left out."""
+    first = [o for o in objs if o["kind"] not in AFTER_THE_OTHER_CHILDREN]
+    then = [o for o in objs if o["kind"] in AFTER_THE_OTHER_CHILDREN]
+    return [wave for wave in (first, then) if wave]
+
+
 class _Shell:
     """Reads and writes of one reconcile."""
 
@@ -273,19 +288,19 @@ class _Shell:
         """Make D's child writes (skipping those already made in this reconcile); stop at the first the
         API server refuses and return it.
 
-        The static children (RBAC, ConfigMap, Service) do not depend on each other: they are applied at once
-        (a refusal of one does not stop the others); a new trainer Job only after all of them, since its pods
-        need the ServiceAccount and the ConfigMap. On a first reconcile that takes the Job's creation from
-        five sequential round trips to two."""
+        The static children (RBAC, ConfigMap, Service) are applied in waves (static_waves): the objects of a
+        wave at once (a refusal of one does not stop the others), the RoleBinding after its Role; a new
+        trainer Job only after all of them, since its pods need the ServiceAccount and the ConfigMap. On a
+        first reconcile that takes the Job's creation from five sequential round trips to three."""
         todo = [o for o in d.apply if ("apply", o["kind"], o["metadata"]["name"]) not in self.done]
-        static = [o for o in todo if o["kind"] != "Job"]
-        refusals = self.apply_statics(static)
-        for obj, refusal in zip(static, refusals, strict=True):
-            if refusal is None:
-                self.done.add(("apply", obj["kind"], obj["metadata"]["name"]))
-        for refusal in refusals:
-            if refusal is not None:
-                return refusal
+        for wave in static_waves([o for o in todo if o["kind"] != "Job"]):
+            refusals = self.apply_statics(wave)
+            for obj, refusal in zip(wave, refusals, strict=True):
+                if refusal is None:
+                    self.done.add(("apply", obj["kind"], obj["metadata"]["name"]))
+            for refusal in refusals:
+                if refusal is not None:
+                    return refusal
         for obj in todo:
             if obj["kind"] != "Job":
                 continue
