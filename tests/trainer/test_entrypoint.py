@@ -73,8 +73,16 @@ def image_venv(tmp_path_factory) -> Path:
         if not (theirs / entry.name).exists():
             (theirs / entry.name).symlink_to(entry)
     # As in the Dockerfile, offline: it fails if a constraint or a requirement is not met by what is there.
-    run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "--no-index",
-         "--find-links", str(wheels), "-c", str(context / "constraints.txt"), "kubetune[trainer]"])  # fmt: skip
+    # From the temporary folder and without PYTHONPATH: a checkout on the target's path (its
+    # kubetune.egg-info) looks like an installed kubetune to pip, which then installs nothing and exits 0.
+    pip = run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-index",
+               "--find-links", str(wheels), "-c", str(context / "constraints.txt"), "kubetune[trainer]"],
+              cwd=tmp, env=clean_env())  # fmt: skip
+    # pip once exited 0 in a full `make test` without installing kubetune (no entry point afterwards): say
+    # what it did, here, rather than fail the tests that use the venv without a reason.
+    assert (venv / "bin" / "kubetune-trainer").exists(), (
+        f"pip did not install kubetune:\n{pip.stdout[-3000:]}\n{pip.stderr[-3000:]}"
+    )
     return venv
 
 
