@@ -157,8 +157,9 @@ def build_runtime(settings: Settings, kube: Kube | None = None) -> Runtime:
         kube = Kube.from_environment(settings.field_manager, pool_size=max(16, settings.workers * 4))
     kube.on_write = lambda verb, kind: metrics.API_WRITES.labels(verb, kind).inc()
     rt = Runtime(settings=settings, kube=kube)
-    # A first reconcile applies its RBAC and ConfigMap at once (reconcile/finetunejob.py: execute): up to
-    # four requests per reconcile; with every worker busy (a burst) the API server is the bottleneck anyway.
+    # A first reconcile applies its static children in waves, each wave's at once (reconcile/finetunejob.py:
+    # execute, static_waves): up to four requests per reconcile; with every worker busy (a burst) the API
+    # server is the bottleneck anyway.
     # Not shut down on stop: reconciles still running then (manager.drain_reconciles waits for them) still
     # apply through it; its idle threads end with the process.
     writers = ThreadPoolExecutor(settings.workers * 2, thread_name_prefix="apply-finetunejob")
