@@ -18,6 +18,7 @@ Starts (or reuses) the local control plane, applies the CRDs, runs `kubetune ope
    FineTuneJob: the API server's own ``apiserver_request_total`` before and after each side, by verb and
    resource (every client's: the operator's, the benchmark's creates, the controller-manager's), and the
    operator's writes by its own counter. The machine's load average is recorded beside every figure;
+   each side starts once the control plane is idle (the garbage collector done with the last round's);
 3. writes during a full resync of the unchanged objects: the operator is restarted (it lists and
    reconciles everything again); writes counted by the operator's own counter and by comparing every
    object's resourceVersion before and after;
@@ -248,6 +249,24 @@ def cpu_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, fl
     return {k: round(after[k] - before[k], 1) for k in after if k in before}
 
 
+def wait_control_plane_idle(
+    op: Operator, window: float = 2.0, cores: float = 0.15, timeout: float = 180
+) -> float:
+    """Wait until the API server, etcd and controller-manager together use less than CORES of CPU over
+    WINDOW seconds; the seconds waited. After a round's namespaces are gone, the controller-manager's
+    garbage collector still works through their children for a while (GETs of each, answered 404), and
+    that work would otherwise land in the next round's figures on either side."""
+    control_plane = ("kube-apiserver", "etcd", "kube-controller-manager")
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        before = cpu_seconds(op)
+        time.sleep(window)
+        used = cpu_delta(cpu_seconds(op), before)
+        if sum(used.get(name, 0.0) for name in control_plane) < cores * window:
+            break
+    return round(time.monotonic() - start, 1)
+
+
 def load() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -426,6 +445,7 @@ def main() -> int:
                 ns = new_ns(core, f"{'plain' if side == 'floor' else 'bench-burst'}-{tag}-{r}")
                 namespaces.append(ns)
                 settle(op, 1.0)
+                figures[f"{side}_waited_for_idle_s"] = wait_control_plane_idle(op)
                 if side == "floor":
                     figures["floor"] = run_floor(api, op, ns, args)
                 else:
