@@ -30,6 +30,8 @@ def test_startup_freezes_what_lives_then(unfrozen, monkeypatch):
         started.append(cfg)
 
     monkeypatch.setattr(runtime, "start", start)
+    # It adds a filter to the root logger's handlers: pytest's, here.
+    monkeypatch.setattr(handlers, "lower_throttled_retries", lambda: None)
     cfg = load_settings(metrics_port=0)
     asyncio.run(handlers.startup(settings=kopf.OperatorSettings(), memo=kopf.Memo(settings=cfg)))
     assert started == [cfg]
