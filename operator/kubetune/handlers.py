@@ -16,7 +16,6 @@ neither imports the other. kubetune.manager loads both and runs kopf.
 
 from __future__ import annotations
 
-import gc
 import logging
 from typing import Any
 
@@ -81,19 +80,6 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.networking.request_timeout = 60
 
 
-def freeze_startup_objects() -> int:
-    """Move every object alive now (after imports and the runtime's start) out of the garbage collector's
-    sight; returns how many. They live as long as the process: the modules of the kubernetes client (its
-    hundreds of model classes), kopf, pydantic and kubetune, about 170,000 objects. Python's full
-    (generation 2) collection walks them all, about 95 ms on a 2-core machine, and holds the GIL while it
-    does: those pauses, landing in a reconcile, were the slowest apply -> Job figures of the benchmark
-    (docs/benchmarks.md, "The tail of apply -> Job"). Frozen, a full collection walks only the objects made
-    since (a few ms). The collection first frees what is garbage already, so no garbage is frozen."""
-    gc.collect()
-    gc.freeze()
-    return gc.get_freeze_count()
-
-
 @kopf.on.startup(id="kubetune-startup")
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # The settings `kubetune operator` was started with (kubetune.manager passes them as kopf's memo).
@@ -104,12 +90,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     await runtime.start(cfg)
     if cfg.metrics_port:
         metrics.serve(cfg.metrics_port)
-    frozen = freeze_startup_objects()
-    log.info(
-        "kubetune operator started (namespaces: %s; %d objects of the startup frozen for the garbage collector)",
-        ", ".join(cfg.namespaces) or "all",
-        frozen,
-    )
+    log.info("kubetune operator started (namespaces: %s)", ", ".join(cfg.namespaces) or "all")
 
 
 @kopf.on.cleanup(id="kubetune-cleanup")
