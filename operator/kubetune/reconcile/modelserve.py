@@ -18,7 +18,8 @@ from kubetune.render import modelserve as r
 from kubetune.render import modelserve_vllm
 from kubetune.render.common import MODELSERVE_LABEL
 
-from .client import ApiException, Kube, now
+from .client import ApiException, Kube
+from .clock import now
 from .modelserve_decision import (
     Decision,
     Observed,

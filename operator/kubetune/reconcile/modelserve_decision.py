@@ -42,7 +42,7 @@ from kubetune.render import modelserve_vllm
 from kubetune.render.common import applied_hash, with_hash
 from kubetune.settings import DEFAULT_VLLM_IMAGE
 
-from .client import fmt_time, parse_time
+from .clock import fmt_time, parse_time
 from .conditions import load_conditions, set_condition
 from .smoketest import DEFAULT_TIMEOUT_SECONDS, SmokeTestResult
 from .status import strip_none
