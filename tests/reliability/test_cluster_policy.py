@@ -9,8 +9,9 @@ import pytest
 from kubernetes import client
 
 from kubetune.api.v1alpha1 import validate_document
+from kubetune.reconcile.sources import resolve_sources
 from kubetune.render.finetunejob import RenderOptions, render_job
-from kubetune.render.modelserve import render_pod_template, resolve_sources
+from kubetune.render.modelserve import render_pod_template
 from kubetune.settings import DEFAULT_TGI_IMAGE, DEFAULT_TRAINER_IMAGE, DEFAULT_VLLM_IMAGE
 from tests.support.objects import FTJ, tiny_job
 from tests.support.waiting import wait_for
