@@ -123,7 +123,9 @@ def _logged(op: Operator) -> list[str]:
 
 
 # kopf's own line for a watch request that failed and is retried (the API server or etcd away).
-KOPF_WATCH_RETRY = re.compile(r" ERROR kopf\._cogs\.clients\.watching: Request attempt #\d+/\d+ failed; will retry: GET ")
+KOPF_WATCH_RETRY = re.compile(
+    r" ERROR kopf\._cogs\.clients\.watching: Request attempt #\d+/\d+ failed; will retry: GET "
+)
 
 
 def error_lines(op: Operator) -> list[str]:
