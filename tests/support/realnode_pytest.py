@@ -61,7 +61,9 @@ def real_node(kube):
     if problem := realnode.host_problem():
         pytest.skip(f"this host cannot run containers, so no real node: {problem}")
     if _prepare_error is not None:
-        pytest.fail(f"this host can run containers, but the real node cannot start: {_prepare_error}", pytrace=False)
+        pytest.fail(
+            f"this host can run containers, but the real node cannot start: {_prepare_error}", pytrace=False
+        )
     cp = kube.control_plane
     node = realnode.RealNode(cp)
     # Every session using the node holds a shared lock on users.lock: the last one out stops it (when the
