@@ -209,6 +209,7 @@ def engine_serve_args(pvcs: PVCs) -> tuple[list[str], dict[str, str]]:
     model with LoRA adapters (on a pod without GPUs), the model's pod path mapped to this machine. The pods'
     adapters are loaded at run time through the proxy (each "pod" its own), so none at start."""
     from kubetune.api.v1alpha1 import ModelServe
+    from kubetune.reconcile.sources import resolve_sources
     from kubetune.render import modelserve as r
 
     ms = ModelServe.model_validate({
@@ -219,7 +220,7 @@ def engine_serve_args(pvcs: PVCs) -> tuple[list[str], dict[str, str]]:
                  "vllm": {"dtype": "float32", "maxModelLen": 256, "maxLoraRank": MAX_LORA_RANK, "maxLoras": 4,
                           "maxCpuLoras": 16}},
     })  # fmt: skip
-    res = r.resolve_sources(ms, {})
+    res = resolve_sources(ms, {})
     tpl = r.render_pod_template(
         ms, res, image="vllm", trainer_image="trainer", revision_hash_="test", lora_modules=[]
     )

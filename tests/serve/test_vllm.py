@@ -19,9 +19,10 @@ from contextlib import contextmanager
 import openai
 import pytest
 
+from kubetune.engines.vllm import VLLM
+from kubetune.reconcile import adapter_admin
+from kubetune.reconcile.live_adapters import AdapterChange, DesiredAdapter, plan
 from kubetune.reconcile.openai_check import client, run_openai_smoke_test
-from kubetune.reconcile.vllm_adapters import AdapterChange, DesiredAdapter, plan
-from kubetune.reconcile.vllm_admin import apply_change, observe_pod
 
 from .conftest import B1, BROKEN, SAYS_TOKENS, V1, V2, WIDE
 
@@ -83,6 +84,14 @@ class Traffic:
 
     def said(self, model: str) -> set[str]:
         return {text for m, text in self.answers if m == model}
+
+
+def observe_pod(name: str, address: str, timeout: float):
+    return adapter_admin.observe_pod(name, address, timeout, ops=VLLM.live_adapters)
+
+
+def apply_change(change: AdapterChange, **kwargs):
+    return adapter_admin.apply_change(change, ops=VLLM.live_adapters, **kwargs)
 
 
 def desired(name: str, path: str, digest: str) -> DesiredAdapter:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.loopback import LoopbackServer
+from tests.support.ports import free_port
 
 VLLM_VERSION = "0.32.0"
 REPO = Path(__file__).resolve().parents[2]
@@ -66,12 +67,6 @@ def vllm_python() -> Path:
     if proc.returncode != 0:
         raise VLLMUnavailable(f"hack/vllm-venv.sh build failed:\n{proc.stderr[-3000:]}")
     return Path(proc.stdout.strip().splitlines()[-1]) / "bin" / "python"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def loopback_args(serve_args: Sequence[str], port: int) -> list[str]:
