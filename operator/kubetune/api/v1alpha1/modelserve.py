@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, JsonValue, ValidationInfo, model_validator
 
 from .common import (
     DNS_LABEL,
@@ -40,24 +40,25 @@ def _check_regex(value: str | None) -> str | None:
     return value
 
 
+MODEL_SOURCE_CEL: list[JsonValue] = [
+    {
+        "rule": "has(self.fineTuneJobRef) != has(self.uri)",
+        "message": "set exactly one of fineTuneJobRef and uri",
+    },
+    {
+        "rule": "!has(self.secretRef) || has(self.uri)",
+        "message": "secretRef goes with uri; a fineTuneJobRef uses the job's own secrets",
+        "fieldPath": ".secretRef",
+    },
+]
+
+
 class ModelSource(KubeModel):
     """Exactly one of fineTuneJobRef or uri."""
 
-    model_config = KubeModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.fineTuneJobRef) != has(self.uri)",
-                    "message": "set exactly one of fineTuneJobRef and uri",
-                },
-                {
-                    "rule": "!has(self.secretRef) || has(self.uri)",
-                    "message": "secretRef goes with uri; a fineTuneJobRef uses the job's own secrets",
-                    "fieldPath": ".secretRef",
-                },
-            ]
-        }
-    }
+    model_config = ConfigDict(
+        **KubeModel.model_config, json_schema_extra={"x-kubernetes-validations": MODEL_SOURCE_CEL}
+    )
 
     fine_tune_job_ref: LocalObjectReference | None = None
     """Serve this FineTuneJob's result (its full or merged model); follows each new result."""
@@ -80,22 +81,28 @@ class ModelSource(KubeModel):
         return self
 
 
+COMMA_MESSAGE = (
+    "an adapter's uri cannot contain ',': both engines read their adapter lists comma separated (TGI's "
+    "LORA_ADAPTERS, vLLM's --lora-modules); rename the folder"
+)
+
+
 class AdapterSource(ModelSource):
     """A LoRA adapter served on top of the model."""
 
-    model_config = ModelSource.model_config | {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        **KubeModel.model_config,
+        json_schema_extra={
             "x-kubernetes-validations": [
-                *ModelSource.model_config["json_schema_extra"]["x-kubernetes-validations"],  # type: ignore[index]
+                *MODEL_SOURCE_CEL,
                 {
                     "rule": "!has(self.uri) || !self.uri.contains(',')",
-                    "message": "an adapter's uri cannot contain ',': both engines read their adapter lists "
-                    "comma separated (TGI's LORA_ADAPTERS, vLLM's --lora-modules); rename the folder",
+                    "message": COMMA_MESSAGE,
                     "fieldPath": ".uri",
                 },
             ]
-        }
-    }
+        },
+    )
 
     name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
     """Adapter name clients pass as the model/adapter id."""
@@ -105,12 +112,6 @@ class AdapterSource(ModelSource):
         if self.uri is not None and "," in self.uri:
             raise_problems([Problem("uri", COMMA_MESSAGE)])
         return self
-
-
-COMMA_MESSAGE = (
-    "an adapter's uri cannot contain ',': both engines read their adapter lists comma separated (TGI's "
-    "LORA_ADAPTERS, vLLM's --lora-modules); rename the folder"
-)
 
 
 class ServeResources(KubeModel):
@@ -162,7 +163,7 @@ VLLM_RESERVED_FLAGS = (
 )  # fmt: skip
 
 
-def _reserved_rule(field: str, flags: tuple[str, ...], engine: str, spec: str) -> dict[str, str]:
+def _reserved_rule(field: str, flags: tuple[str, ...], engine: str, spec: str) -> JsonValue:
     alternatives = "|".join(f.removeprefix("--") for f in flags)
     return {
         "rule": f"!has(self.{field}) || self.{field}.extraArgs.all(a, !a.matches('^--({alternatives})(=.*)?$'))",
@@ -281,8 +282,9 @@ TGI_DTYPE_QUANTIZE_MESSAGE = (
 class ModelServeSpec(KubeModel):
     """What to serve and how."""
 
-    model_config = KubeModel.model_config | {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        **KubeModel.model_config,
+        json_schema_extra={
             "x-kubernetes-validations": [
                 {
                     "rule": "!has(self.vllm) || !has(self.vllm.tensorParallelSize) || self.resources.gpus == 0"
@@ -323,8 +325,8 @@ class ModelServeSpec(KubeModel):
                 _reserved_rule("tgi", TGI_RESERVED_FLAGS, "TGI", "spec.tgi"),
                 _reserved_rule("vllm", VLLM_RESERVED_FLAGS, "vLLM", "spec.vllm"),
             ]
-        }
-    }
+        },
+    )
 
     engine: Literal["tgi", "vllm"] = "tgi"
     """Serving engine: tgi (Text Generation Inference; adapters load at pod start) or vllm (adapters load
@@ -404,6 +406,14 @@ class ModelServeSpec(KubeModel):
                         f"set it through spec.{field} instead",
                     )
                 )
+        flags = [a.split("=", 1)[0] for a in self.tgi.extra_args if a.startswith("-")]
+        if twice := sorted({f for f in flags if flags.count(f) > 1}):
+            problems.append(
+                Problem(
+                    "tgi.extraArgs",
+                    f"{', '.join(twice)} given twice: TGI's launcher refuses a repeated argument",
+                )
+            )
         names = [a.name for a in self.adapters]
         for name in sorted({n for n in names if names.count(n) > 1}):
             problems.append(
@@ -491,8 +501,9 @@ ADAPTER_NAMED_LIKE_MODEL = (  # engine vllm
 class ModelServe(KubeModel):
     """A model (and LoRA adapters) served by TGI or vLLM with smoke-tested rollouts."""
 
-    model_config = KubeModel.model_config | {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        **KubeModel.model_config,
+        json_schema_extra={
             "x-kubernetes-validations": [
                 {
                     "rule": "!has(self.spec.engine) || self.spec.engine != 'vllm' || !has(self.spec.adapters)"
@@ -501,8 +512,8 @@ class ModelServe(KubeModel):
                     "fieldPath": ".spec.adapters",
                 },
             ]
-        }
-    }
+        },
+    )
 
     api_version: Literal["kubetune.io/v1alpha1"] = "kubetune.io/v1alpha1"
     """kubetune.io/v1alpha1"""
