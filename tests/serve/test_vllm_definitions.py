@@ -156,3 +156,19 @@ def test_every_flag_the_operator_renders_is_reserved_from_extra_args():
     _, args = rendered(SPECS["everything"])
     rendered_flags = {a for a in args if a.startswith("--")} - {"--seed"}  # --seed came from extraArgs
     assert rendered_flags <= set(VLLM_RESERVED_FLAGS), rendered_flags - set(VLLM_RESERVED_FLAGS)
+
+
+def test_a_service_named_vllm_would_stop_vllm_so_pods_get_no_service_links():
+    """The kubelet gives every container <SERVICE>_PORT=tcp://IP:PORT for each Service of the namespace: a
+    Service named "vllm" sets VLLM_PORT, which vLLM refuses to start with. The pods turn service links off."""
+    proc = subprocess.run(
+        [str(vllm_python()), "-c", "import vllm.envs as e; e.VLLM_PORT"],
+        env={**ENGINE_ENV, "PATH": "/usr/bin:/bin", "VLLM_PORT": "tcp://10.96.0.17:80"},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "appears to be a URI" in proc.stderr, proc.stderr[-2000:]
+    ms = ModelServe.model_validate(
+        {"metadata": {"name": "vllm"}, "spec": {"engine": "vllm", "model": {"uri": "hf://o/m"}}}
+    )
+    tpl = r.render_pod_template(ms, resolve_sources(ms, {}), image="v", trainer_image="t", revision_hash_="x")
+    assert tpl["spec"]["enableServiceLinks"] is False
