@@ -169,7 +169,8 @@ def test_a_new_version_is_switched_in_while_clients_keep_asking(vllm, said):
         outcome = apply_change(todo.changes[0], prompt="hello", max_tokens=6, expect="kubetune", timeout=60)
     assert outcome.error is None
     assert traffic.errors == [] and traffic.said("support") and traffic.said("bot")
-    assert vllm.loaded("p1") == {"support": V2}  # the staging name is gone
+    # The new version under the served name and under its version name.
+    assert vllm.loaded("p1") == {"support": V2, "support@d2": V2}
     assert says(client(vllm.pod_url("p1")), "support") == said["v2"]  # the answer changed
     steps = [(r["path"], r["body"].get("lora_name") or r["body"].get("model"), r["body"].get("load_inplace"))
              for r in vllm.requests if r["pod"] == "p1" and (r["path"].endswith("lora_adapter")
@@ -178,13 +179,52 @@ def test_a_new_version_is_switched_in_while_clients_keep_asking(vllm, said):
         ("/v1/load_lora_adapter", "support@d2", None),
         ("/v1/completions", "support@d2", None),
         ("/v1/load_lora_adapter", "support", True),
-        ("/v1/unload_lora_adapter", "support@d2", None),
     ]
     # Nothing left to do.
     assert (
         plan([desired("support", V2, "d2")], [observe_pod("p1", vllm.pod_url("p1"), 30)], failed={}).changes
         == []
     )
+
+
+def test_a_rerun_to_the_same_path_is_a_new_version_and_is_served(vllm, said, pvcs, tiny_llama):
+    """A FineTuneJob's second run writes its adapter where the first one did: the path does not change, the
+    version (digest) does, and the pod must serve the new weights under the same name."""
+    path = "/mnt/pvc/models/rerun/out"
+    pvcs.put("models/rerun/out", tiny_llama.v1)
+    pod = observe_pod("p1", vllm.pod_url("p1"), 30)
+    for change in plan([desired("rerun", path, "run1")], [pod], failed={}).changes:
+        assert apply_change(change, prompt="hello", max_tokens=4, expect=None, timeout=60).error is None
+    api = client(vllm.pod_url("p1"))
+    assert says(api, "rerun") == said["v1"]
+    pvcs.put("models/rerun/out", tiny_llama.v2)  # the second run, same output URI
+    pod = observe_pod("p1", vllm.pod_url("p1"), 30)
+    changes = [
+        c for c in plan([desired("rerun", path, "run2")], [pod], failed={}).changes if c.name == "rerun"
+    ]
+    assert [(c.kind, c.path, c.staging) for c in changes] == [("replace", path, "rerun@run2")]
+    assert apply_change(changes[0], prompt="hello", max_tokens=4, expect=None, timeout=60).error is None
+    assert says(api, "rerun") == said["v2"] and says(api, "rerun@run2") == said["v2"]
+    # The next pass retires the first run's version name.
+    pod = observe_pod("p1", vllm.pod_url("p1"), 30)
+    todo = plan([desired("rerun", path, "run2")], [pod], failed={}).changes
+    assert [(c.kind, c.name) for c in todo if c.name.startswith("rerun")] == [("unload", "rerun@run1")]
+
+
+def test_a_version_name_gives_one_version_per_request_during_a_switch(vllm, said):
+    """What docs/operations.md promises: requests to a version name (NAME@DIGEST) are answered by that version
+    only, also while the served name switches to the next version; the served name never fails."""
+    pod = observe_pod("p1", vllm.pod_url("p1"), 30)
+    (pin,) = plan([desired("support", V1, "d1")], [pod], failed={}).changes
+    assert apply_change(pin, prompt="hello", max_tokens=4, expect=None, timeout=60).error is None
+    pod = observe_pod("p1", vllm.pod_url("p1"), 30)
+    (switch,) = plan([desired("support", V2, "d2")], [pod], failed={}).changes
+    traffic = Traffic(vllm.pod_url("p1"), ["support@d1", "support"], threads=3)
+    with traffic.running():
+        assert apply_change(switch, prompt="hello", max_tokens=4, expect=None, timeout=60).error is None
+    assert traffic.errors == []
+    assert traffic.said("support@d1") == {said["v1"]}  # one version, every request
+    assert says(client(vllm.pod_url("p1")), "support") == said["v2"]
 
 
 def test_a_version_that_does_not_load_leaves_the_served_one(vllm, said):
@@ -225,7 +265,7 @@ def test_removal_and_addition_while_clients_keep_asking(vllm, said):
                 is None
             )
     assert traffic.errors == [] and traffic.said("bot")
-    assert vllm.loaded("p1") == {"support-b": B1}
+    assert vllm.loaded("p1") == {"support-b": B1, "support-b@b1": B1}
     api = client(vllm.pod_url("p1"))
     assert says(api, "support-b") == said["b"]
     with pytest.raises(openai.NotFoundError):

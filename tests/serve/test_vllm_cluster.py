@@ -132,6 +132,11 @@ def serving_pods(world: World) -> dict[str, str]:
     }
 
 
+def names(proxy, pod: str) -> dict[str, str]:
+    """Served name -> path of what POD has loaded, without the version names (NAME@DIGEST)."""
+    return {k: v for k, v in proxy.loaded(pod).items() if "@" not in k}
+
+
 def served(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {a["name"]: a for a in st.get("servedAdapters") or []}
 
@@ -172,7 +177,7 @@ def test_vllm_adapters_are_added_updated_and_removed_on_running_pods(world, vllm
     }.items()
     pods = serving_pods(world)
     assert len(pods) == 2 and all(
-        vllm_pods.loaded(p) == {"support": "/mnt/pvc/models/support/v1"} for p in pods
+        names(vllm_pods, p) == {"support": "/mnt/pvc/models/support/v1"} for p in pods
     )
     generation, template = dep.metadata.generation, dep.spec.template.to_dict()
 
@@ -184,7 +189,10 @@ def test_vllm_adapters_are_added_updated_and_removed_on_running_pods(world, vllm
     # A new result of the adapter's FineTuneJob: the new version is served on both pods, the old one is gone.
     report(world, "support", "support/v2", "s2")
     st = world.wait("bot", on_all("support", "pvc://models/support/v2"), "support v2 on both pods", 60)
-    assert all(vllm_pods.loaded(p) == {"support": "/mnt/pvc/models/support/v2"} for p in pods)
+    assert all(names(vllm_pods, p) == {"support": "/mnt/pvc/models/support/v2"} for p in pods)
+    # Each pod says which version it serves: the version name of the digest in the status.
+    digest = served(st)["support"]["digest"]
+    assert all(vllm_pods.loaded(p).get(f"support@{digest}") == "/mnt/pvc/models/support/v2" for p in pods)
     assert st["phase"] == "Ready"
     assert any(why == "AdapterUpdated" for _, why, _ in world.events("bot"))
     unchanged()
@@ -195,7 +203,7 @@ def test_vllm_adapters_are_added_updated_and_removed_on_running_pods(world, vllm
         {"name": "support-b", "fineTuneJobRef": {"name": "support-b"}},
     ]}})  # fmt: skip
     st = world.wait("bot", on_all("support-b", "pvc://models/support-b/v1"), "support-b on both pods", 60)
-    assert all(set(vllm_pods.loaded(p)) == {"support", "support-b"} for p in pods)
+    assert all(set(names(vllm_pods, p)) == {"support", "support-b"} for p in pods)
     unchanged()
 
     # A version that does not load: the previous one stays served, Degraded says why, one Event.
@@ -227,6 +235,6 @@ def test_vllm_adapters_are_added_updated_and_removed_on_running_pods(world, vllm
         "support only, Ready again",
         60,
     )
-    wait_for(lambda: all(vllm_pods.loaded(p) == {"support": "/mnt/pvc/models/support/v1"} for p in pods), 30, 0.3,
+    wait_for(lambda: all(names(vllm_pods, p) == {"support": "/mnt/pvc/models/support/v1"} for p in pods), 30, 0.3,
              "support-b unloaded from both pods")  # fmt: skip
     unchanged()
