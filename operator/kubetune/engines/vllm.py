@@ -60,9 +60,11 @@ def rank_problem(ms: ModelServe, names_and_ranks: Sequence[tuple[str, int | None
     return f"adapters {', '.join(too_big)} have a LoRA rank above {top}, the most vLLM loads; train with r <= {top}"
 
 
-def max_loras(ms: ModelServe) -> int:
-    """--max-loras (adapters in one batch): spec.vllm.maxLoras, else the number of adapters."""
-    return ms.spec.vllm.max_loras or max(1, len(ms.spec.adapters))
+def max_loras(ms: ModelServe, started: int) -> int:
+    """--max-loras (adapters in one batch): spec.vllm.maxLoras, else the number of adapters the revision's
+    pods start with (STARTED: their --lora-modules), so an adapter added later loads live (no new pod
+    template), sharing batches with up to that many others."""
+    return ms.spec.vllm.max_loras or max(1, started)
 
 
 def tensor_parallel_size(ms: ModelServe) -> int:
@@ -94,9 +96,10 @@ def args(
     if ms.spec.adapters:
         out += ["--enable-lora", "--max-lora-rank", str(max_lora_rank(ms, ranks))]
         # vLLM's own default is 1: two adapters would never share a batch.
-        out += ["--max-loras", str(max_loras(ms))]
-        if v.max_cpu_loras is not None:
-            out += ["--max-cpu-loras", str(v.max_cpu_loras)]
+        batch = max_loras(ms, len(lora_modules))
+        # Each adapter is loaded twice on a pod, under its served name and its version name (reconcile/
+        # live_adapters.py): by default both stay in CPU memory (vLLM's default, max_loras, holds half).
+        out += ["--max-loras", str(batch), "--max-cpu-loras", str(v.max_cpu_loras or 2 * batch)]
         if lora_modules:
             out += ["--lora-modules", *lora_modules]
     return out + list(v.extra_args)

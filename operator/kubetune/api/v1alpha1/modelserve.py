@@ -225,12 +225,13 @@ class VLLMSpec(KubeModel):
     enforce_eager: bool = False
     """--enforce-eager: no CUDA graphs (less memory, slower decoding)."""
     max_loras: Annotated[int | None, Field(ge=1)] = None
-    """--max-loras: adapters in one batch; defaults to the number of adapters (at least 1)."""
+    """--max-loras: adapters in one batch; defaults to the number of adapters the pods start with (at least 1)."""
     max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] | None = None
     """--max-lora-rank; defaults to the smallest vLLM accepts that fits the adapters' LoRA rank (their
     FineTuneJobs' method.lora.r; 64 for adapters given by uri)."""
     max_cpu_loras: Annotated[int | None, Field(ge=1)] = None
-    """--max-cpu-loras: adapters kept in CPU memory."""
+    """--max-cpu-loras: adapters kept in CPU memory; defaults to twice maxLoras (each adapter is loaded under its
+    served name and its version name NAME@DIGEST)."""
     extra_args: ExtraArgs = Field(default_factory=list)
     """More `vllm serve` arguments, as is."""
 
@@ -309,6 +310,12 @@ class ModelServeSpec(KubeModel):
                     "fieldPath": ".tgi.dtype",
                 },
                 {
+                    "rule": "!has(self.tgi) || !has(self.tgi.quantize) || self.tgi.quantize != 'exl2'"
+                    " || !has(self.tgi.numShard) || self.tgi.numShard <= 1",
+                    "message": "tgi.quantize exl2 cannot be sharded (TGI's launcher refuses exl2 with numShard > 1)",
+                    "fieldPath": ".tgi.numShard",
+                },
+                {
                     "rule": "!has(self.tgi) || !has(self.tgi.maxInputTokens) || !has(self.tgi.maxTotalTokens)"
                     " || self.tgi.maxInputTokens < self.tgi.maxTotalTokens",
                     "message": "tgi.maxInputTokens must be below tgi.maxTotalTokens (TGI's launcher refuses "
@@ -376,6 +383,12 @@ class ModelServeSpec(KubeModel):
             )
         if self.tgi.dtype is not None and self.tgi.quantize not in TGI_DTYPE_WITH_QUANTIZE:
             problems.append(Problem("tgi.dtype", TGI_DTYPE_QUANTIZE_MESSAGE))
+        if self.tgi.quantize == "exl2" and (self.tgi.num_shard or 1) > 1:
+            problems.append(
+                Problem(
+                    "tgi.numShard", "exl2 cannot be sharded: TGI's launcher refuses exl2 with numShard > 1"
+                )
+            )
         tin, ttotal = self.tgi.max_input_tokens, self.tgi.max_total_tokens
         if tin is not None and ttotal is not None and tin >= ttotal:
             problems.append(
@@ -406,8 +419,8 @@ class ModelServeSpec(KubeModel):
                         f"set it through spec.{field} instead",
                     )
                 )
-        flags = [a.split("=", 1)[0] for a in self.tgi.extra_args if a.startswith("-")]
-        if twice := sorted({f for f in flags if flags.count(f) > 1}):
+        given = [a.split("=", 1)[0] for a in self.tgi.extra_args if a.startswith("-")]
+        if twice := sorted({f for f in given if given.count(f) > 1}):
             problems.append(
                 Problem(
                     "tgi.extraArgs",
