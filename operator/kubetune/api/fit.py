@@ -477,7 +477,8 @@ def alternatives(shape_: ModelShape, s: Settings, available: int, limit: int = 3
         if 1 <= batch < s.batch_size and fits(replace(ckpt, batch_size=batch)) is not None:
             accumulate = math.ceil(s.batch_size / batch)
             add(
-                f"batchSize {batch} with gradientAccumulationSteps {accumulate} and gradient checkpointing",
+                f"batchSize {batch} with gradient checkpointing (gradientAccumulationSteps x{accumulate} keeps "
+                "the effective batch)",
                 replace(ckpt, batch_size=batch),
             )
             break

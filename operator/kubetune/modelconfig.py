@@ -1,0 +1,84 @@
+"""Read a model's config.json (never its weights) for the fit check: the I/O beside kubetune.api.fit.
+
+Who reads what (docs/fit-and-evaluation.md): ``kubetune validate`` and ``kubetune train --dry-run`` read
+file:// models and hf:// models in the local Hugging Face cache (the Hub itself only when asked); the
+operator reads hf:// models from the Hub (huggingface_hub, with the model's token Secret) and takes a chained
+job's model from that job's status.estimate. pvc:// and s3:// models are read where they are mounted:
+by the trainer, before it loads any weight.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.v1alpha1 import parse_uri
+
+CONFIG_FILE = "config.json"
+
+
+class ConfigUnavailable(Exception):
+    """config.json cannot be read from here (the message says why and what would help)."""
+
+
+def _parse(text: str, where: str) -> dict[str, Any]:
+    try:
+        config = json.loads(text)
+    except ValueError as error:
+        raise ConfigUnavailable(f"{where} is not JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise ConfigUnavailable(f"{where} is not a JSON object")
+    return config
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """config.json from a file, or from a model folder."""
+    target = Path(path)
+    if target.is_dir():
+        target = target / CONFIG_FILE
+    try:
+        return _parse(target.read_text(), str(target))
+    except OSError as error:
+        raise ConfigUnavailable(f"cannot read {target}: {error.strerror or error}") from None
+
+
+def read_hub(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    token: str | None = None,
+    cached_only: bool = False,
+    timeout: float = 10.0,
+) -> dict[str, Any]:
+    """config.json of a Hub model (one small file, through huggingface_hub and its cache)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    if cached_only:
+        found = try_to_load_from_cache(repo_id, CONFIG_FILE, revision=revision)
+        if not isinstance(found, str):
+            raise ConfigUnavailable(
+                f"hf://{repo_id}: config.json is not in the local Hugging Face cache "
+                "(--fetch-config reads it from the Hub; --model-config FILE gives it)"
+            )
+        return read_file(found)
+    try:
+        path = hf_hub_download(repo_id, CONFIG_FILE, revision=revision, token=token, etag_timeout=timeout)
+    except Exception as error:  # noqa: BLE001 - offline, gated, missing: all mean "unknown"
+        reason = " ".join(str(error).split())[:300]
+        raise ConfigUnavailable(f"hf://{repo_id}: cannot read config.json from the Hub: {reason}") from None
+    return read_file(path)
+
+
+def read_local(uri: str, revision: str | None = None, *, fetch: bool = False) -> dict[str, Any]:
+    """config.json of a model URI as a command on this machine can read it: file:// directly, hf:// from the
+    local cache (or the Hub when FETCH); pvc:// and s3:// are not readable here."""
+    parsed = parse_uri(uri)
+    if parsed.scheme == "file":
+        return read_file(parsed.path)
+    if parsed.scheme == "hf":
+        return read_hub(parsed.hf_repo_id, revision, cached_only=not fetch)
+    raise ConfigUnavailable(
+        f"{uri}: a {parsed.scheme}:// model's config.json is read where it is mounted (the trainer checks the fit "
+        "before loading weights); give it here with --model-config FILE"
+    )
