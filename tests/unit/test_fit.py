@@ -187,7 +187,10 @@ def test_a_job_that_cannot_fit_says_the_numbers_and_what_would():
     assert message.startswith(f"needs ~{round(result.estimate.total / GIB, 2):g} GiB per GPU (weights ")
     assert "24 GiB available (nvidia.com/gpu.memory=24576): use " in message
     # the activations of 8 x 2048 tokens are what does not fit: a smaller batch with checkpointing does
-    assert "use batchSize 2 with gradient checkpointing (gradientAccumulationSteps x4 keeps the effective " in message
+    assert (
+        "use batchSize 2 with gradient checkpointing (gradientAccumulationSteps x4 keeps the effective "
+        in message
+    )
     # every alternative named fits, and says by how much
     assert result.alternatives and all("GiB)" in a for a in result.alternatives)
     for text in result.alternatives:
