@@ -227,11 +227,6 @@ EVALUATION_CEL: list[JsonValue] = [
 ]
 
 
-def better(metric: str, result: float, than: float) -> bool:
-    """Whether RESULT is at least as good as THAN for METRIC (lower is better for perplexity and loss)."""
-    return result <= than if lower_is_better(metric) else result >= than
-
-
 def lower_is_better(metric: str) -> bool:
     name = metric.rsplit("/", 1)[-1]
     return bool(re.search(r"(perplexity|loss|bits_per_byte)$", name))
