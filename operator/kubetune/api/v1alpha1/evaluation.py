@@ -142,6 +142,7 @@ def evaluation_problems(
     objective: str,
     formats: tuple[str, ...],
     in_cluster: bool,
+    method: str = "lora",
 ) -> list[tuple[bool, str, str]]:
     """(broken, path, message) checks of spec.evaluation, in the shape FineTuneJobSpec.problems uses
     (FORMATS: the values of dataset.format; IN_CLUSTER: file:// URIs are refused)."""
@@ -158,6 +159,14 @@ def evaluation_problems(
          f"lm-evaluation-harness tasks evaluate text generators (causal-lm, seq2seq), not {task}"),
         (objective == "reward", "evaluation",
          "a reward model is not evaluated by these metrics; remove evaluation"),
+        (bool(spec.metrics) and task == "question-answering", "evaluation.metrics",
+         "question-answering results are not evaluated by the gate yet (training.metrics reports exact-match and "
+         "f1); remove evaluation.metrics"),
+        (bool(spec.metrics) and not spec.datasets and objective in ("dpo", "kto", "grpo", "rloo"), "evaluation.datasets",
+         f"the job's own evaluation split holds {objective} data, not text to measure: set evaluation.datasets "
+         "(text, prompt-completion, instruction or messages) or use lmEval"),
+        (bool(tasks) and method in ("prefix-tuning", "prompt-tuning"), "evaluation.lmEval",
+         f"lm-eval drives the model without {method}'s virtual tokens; use evaluation.metrics"),
         (len({d.name for d in spec.datasets}) != len(spec.datasets), "evaluation.datasets",
          "dataset names must be unique"),
     ]  # fmt: skip

@@ -727,6 +727,7 @@ class FineTuneJobSpec(KubeModel):
                 self.objective.type,
                 tuple(get_args(DatasetFormat)),
                 target == TARGET_CLUSTER,
+                method.type,
             )
         problems = [Problem(path, message) for broken, path, message in checks if broken]
         problems += objective_problems(
