@@ -115,3 +115,52 @@ def test_a_local_lm_eval_task_runs_on_the_result_and_gates_it(assets, datasets_d
         metric["result"] >= 0.5 and metric["result"] > metric["base"]
     )  # it learned the capitals (chance: 1/3)
     assert lineage["passed"] is True and outcome.result["promoted"] is True
+
+
+def test_kubetune_eval_judges_an_existing_result(assets, datasets_dir, tmp_path, capsys):
+    import yaml
+
+    from kubetune import cli
+
+    out = tmp_path / "result"
+    job = {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "capitals"},
+        "spec": {
+            "model": {"uri": f"file://{assets['llama']}"},
+            "dataset": {
+                "uri": f"file://{datasets_dir / 'text.jsonl'}",
+                "evalFraction": 0.25,
+                "maxLength": 48,
+            },
+            "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
+            "training": {"maxSteps": 24, "learningRate": 5e-3, "batchSize": 8},
+            "resources": {"gpusPerNode": 0},
+            "output": {"uri": f"file://{out}"},
+            "evaluation": GATED,
+        },
+    }
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump(job))
+    with pytest.raises(SystemExit) as trained:
+        cli.main(["train", "-f", str(manifest), "--local"])
+    assert trained.value.code == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as evaluated:
+        cli.main(["eval", "-f", str(manifest), "--local"])
+    printed = capsys.readouterr().out
+    assert evaluated.value.code == 0, printed
+    report = json.loads(printed.strip().splitlines()[-1])["evaluation"]
+    trained_with = json.loads((out / "lineage.json").read_text())["evaluation"]
+    # the same data and model: the same figures as the evaluation after training
+    assert report["metrics"][0]["result"] == pytest.approx(trained_with["metrics"][0]["result"], rel=1e-4)
+    assert report["metrics"][0]["base"] == pytest.approx(trained_with["metrics"][0]["base"], rel=1e-4)
+    assert "gate perplexity: passed: perplexity " in printed
+    # a gate the result cannot pass: exit 1, saying so
+    job["spec"]["evaluation"] = {**GATED, "gates": [{"metric": "perplexity", "max": 1.0}]}
+    manifest.write_text(yaml.safe_dump(job))
+    with pytest.raises(SystemExit) as failed:
+        cli.main(["eval", "-f", str(manifest), "--local", "--result", str(out)])
+    assert failed.value.code == 1
+    assert "above the maximum 1" in capsys.readouterr().out
