@@ -219,6 +219,24 @@ def _dry_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate an existing result against the FineTuneJob's spec.evaluation on this machine."""
+    if not args.local:
+        print("kubetune eval runs on this machine only: add --local (in a cluster the trainer evaluates "
+              "after training)", file=sys.stderr)  # fmt: skip
+        return 2
+    _, failed = validate_files([args.file], local=True, out=sys.stderr)
+    if failed:
+        return 1
+    if importlib.util.find_spec("torch") is None:
+        print("kubetune eval --local needs the trainer's dependencies: pip install 'kubetune[trainer]'",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    from kubetune_trainer.eval_local import run_eval
+
+    return run_eval(args.file, args.result)
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     """Run the operator (kopf) against the current kubeconfig or in-cluster."""
     from kubetune.leader_election import ElectionError
@@ -340,6 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _fit_arguments(train)
     train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser(
+        "eval", help="evaluate an existing result against a FineTuneJob's spec.evaluation on this machine"
+    )
+    evaluate.add_argument(
+        "-f", "--filename", dest="file", required=True, metavar="FILE", help="the FineTuneJob manifest"
+    )
+    evaluate.add_argument("--local", action="store_true", help="evaluate here, not in a cluster (required)")
+    evaluate.add_argument(
+        "--result",
+        metavar="DIR",
+        default=None,
+        help="the result to evaluate (default: where train --local wrote it)",
+    )
+    evaluate.set_defaults(func=cmd_eval)
 
     operator = sub.add_parser(
         "operator", help="run the operator against the current kubeconfig or in-cluster"
