@@ -49,25 +49,33 @@ def read_hub(
     *,
     token: str | None = None,
     cached_only: bool = False,
-    timeout: float = 10.0,
+    timeout: float = 5.0,
 ) -> dict[str, Any]:
-    """config.json of a Hub model (one small file, through huggingface_hub and its cache)."""
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    """config.json of a Hub model: from the local Hugging Face cache, else (unless CACHED_ONLY) one GET of that
+    one small file through huggingface_hub's session (its headers, token and endpoint; no retries: an
+    unreachable Hub is an answer, "unknown", not a wait)."""
+    from huggingface_hub import constants, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-    if cached_only:
-        found = try_to_load_from_cache(repo_id, CONFIG_FILE, revision=revision)
-        if not isinstance(found, str):
-            raise ConfigUnavailable(
-                f"hf://{repo_id}: config.json is not in the local Hugging Face cache "
-                "(--fetch-config reads it from the Hub; --model-config FILE gives it)"
-            )
+    found = try_to_load_from_cache(repo_id, CONFIG_FILE, revision=revision)
+    if isinstance(found, str):
         return read_file(found)
+    if cached_only or constants.HF_HUB_OFFLINE:
+        raise ConfigUnavailable(
+            f"hf://{repo_id}: config.json is not in the local Hugging Face cache "
+            + ("(HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else
+               "(--fetch-config reads it from the Hub; --model-config FILE gives it)")
+        )  # fmt: skip
+    url = hf_hub_url(repo_id, CONFIG_FILE, revision=revision)
     try:
-        path = hf_hub_download(repo_id, CONFIG_FILE, revision=revision, token=token, etag_timeout=timeout)
+        response = get_session().get(
+            url, headers=build_hf_headers(token=token), timeout=timeout, follow_redirects=True
+        )
+        hf_raise_for_status(response)
     except Exception as error:  # noqa: BLE001 - offline, gated, missing: all mean "unknown"
         reason = " ".join(str(error).split())[:300]
         raise ConfigUnavailable(f"hf://{repo_id}: cannot read config.json from the Hub: {reason}") from None
-    return read_file(path)
+    return _parse(response.text, url)
 
 
 def read_local(uri: str, revision: str | None = None, *, fetch: bool = False) -> dict[str, Any]:
