@@ -90,3 +90,56 @@ def read_local(uri: str, revision: str | None = None, *, fetch: bool = False) ->
         f"{uri}: a {parsed.scheme}:// model's config.json is read where it is mounted (the trainer checks the fit "
         "before loading weights); give it here with --model-config FILE"
     )
+
+
+class ConfigCache:
+    """The operator's reads of config.json and of the GPU nodes, kept for a while: a burst of FineTuneJobs of
+    one model reads its config once, and an unreachable Hub is asked again only after FAILURE_TTL seconds.
+    Thread-safe (the work queue decides on several threads)."""
+
+    def __init__(self, ttl: float = 3600.0, failure_ttl: float = 60.0, nodes_ttl: float = 30.0, clock=None):
+        import threading
+        import time
+
+        self.ttl, self.failure_ttl, self.nodes_ttl = ttl, failure_ttl, nodes_ttl
+        self.clock = clock or time.monotonic
+        self._lock = threading.Lock()
+        self._configs: dict[tuple[str, str | None], tuple[float, dict[str, Any] | None, str | None]] = {}
+        self._nodes: tuple[float, list[dict[str, Any]]] | None = None
+
+    def config(
+        self, uri: str, revision: str | None, token: str | None = None
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """(config.json, None) or (None, why it cannot be read) for the model at URI, as the operator reads it:
+        hf:// from the Hub; pvc:// and s3:// are read where they are mounted (not by the operator)."""
+        key = (uri, revision)
+        with self._lock:
+            hit = self._configs.get(key)
+        if hit is not None and self.clock() < hit[0]:
+            return hit[1], hit[2]
+        parsed = parse_uri(uri)
+        config: dict[str, Any] | None = None
+        why: str | None = None
+        if parsed.scheme == "hf":
+            try:
+                config = read_hub(parsed.hf_repo_id, revision, token=token)
+            except ConfigUnavailable as error:
+                why = str(error)
+        else:
+            why = (f"{uri}: the operator does not mount {parsed.scheme}:// models; the estimate is made for hf:// "
+                   "models (and chains of them)")  # fmt: skip
+        ttl = self.ttl if config is not None else self.failure_ttl
+        with self._lock:
+            self._configs[key] = (self.clock() + ttl, config, why)
+        return config, why
+
+    def nodes(self, list_nodes) -> list[dict[str, Any]]:
+        """The cluster's nodes (LIST_NODES() reads them), at most NODES_TTL seconds old."""
+        with self._lock:
+            cached = self._nodes
+        if cached is not None and self.clock() < cached[0]:
+            return cached[1]
+        found = list_nodes()
+        with self._lock:
+            self._nodes = (self.clock() + self.nodes_ttl, found)
+        return found

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -501,3 +501,80 @@ def alternatives(shape_: ModelShape, s: Settings, available: int, limit: int = 3
                 add(f"{gpus} GPUs per node", candidate)
                 break
     return found
+
+
+# ------------------------------------------------------------------------------------------ the operator's check
+
+
+REASON_DOES_NOT_FIT = "DoesNotFit"
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    """What the operator knows of the GPUs a run may land on."""
+
+    available: int | None = None
+    """Bytes of one GPU (the smallest of the node types the pods may be scheduled to); None: unknown."""
+    source: str | None = None
+    """Where that figure comes from, for the message (a node label, resources.nodeSelector)."""
+
+
+def gpu_memory_of_nodes(
+    node_selector: Mapping[str, str], gpu_resource: str, nodes: Sequence[Mapping[str, Any]]
+) -> GpuMemory:
+    """The GPU memory of the node types the run's pods may use: NODE_SELECTOR's own GPU labels when it names
+    them, else the smallest GPU among NODES (as the API returns them) that match it and offer GPU_RESOURCE."""
+    own = gpu_memory_from_labels(node_selector)
+    if own is not None:
+        return GpuMemory(own, "resources.nodeSelector")
+    found: list[tuple[int, str]] = []
+    for node in nodes:
+        meta, status = node.get("metadata") or {}, node.get("status") or {}
+        labels = meta.get("labels") or {}
+        if any(labels.get(k) != v for k, v in node_selector.items()):
+            continue
+        offered = (status.get("allocatable") or status.get("capacity") or {}).get(gpu_resource)
+        if offered in (None, "0", 0):
+            continue
+        memory = gpu_memory_from_labels(labels)
+        if memory is not None:
+            label = GPU_MEMORY_LABEL if labels.get(GPU_MEMORY_LABEL) else GPU_PRODUCT_LABEL
+            found.append((memory, f"node {meta.get('name')}'s {label}"))
+    if not found:
+        return GpuMemory()
+    return GpuMemory(*min(found))
+
+
+def estimate_status(
+    spec: FineTuneJobSpec,
+    config: Mapping[str, Any] | None,
+    why_unknown: str | None,
+    gpus: GpuMemory,
+    run_id: str,
+) -> tuple[dict[str, Any], bool]:
+    """status.estimate of SPEC's run RUN_ID from the model's CONFIG (None: unread, WHY_UNKNOWN says why) on
+    GPUS, and whether the run must not start (it cannot fit and does not skip the check)."""
+    base: dict[str, Any] = {"configHash": run_id}
+    if config is None:
+        return {**base, "message": f"not estimated: {why_unknown}"}, False
+    try:
+        found = verdict(spec, config, gpus.available, gpus.source)
+    except ValueError as error:  # ShapeError: the config lacks a dimension
+        return {**base, "message": f"not estimated: {error}"}, False
+    e = found.estimate
+    status = {
+        **base,
+        "perGpuGiB": _gib(e.total),
+        "breakdown": e.gib(),
+        "fits": found.fits,
+        "params": e.params,
+        "trainableParams": e.trainable,
+        "modelType": str(config.get("model_type") or "unknown"),
+        "message": found.message(),
+    }
+    if gpus.available is not None:
+        status.update(availableGiB=_gib(gpus.available), availableFrom=gpus.source)
+    refuse = found.fits is False and not spec.resources.skip_fit_check
+    if found.fits is False and spec.resources.skip_fit_check:
+        status["message"] += " (resources.skipFitCheck: started anyway)"
+    return status, refuse
