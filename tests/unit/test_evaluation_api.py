@@ -20,7 +20,7 @@ RULES = [
     ("held-out data", finetunejob(evaluation=PPL), "spec.evaluation.datasets"),
     ("relative gate needs the base",
      finetunejob(dataset=EVAL, evaluation={"metrics": ["perplexity"], "gates": [{"metric": "perplexity", "maxRegression": 0.1}]}),
-     "spec.evaluation.gates[0].metric"),
+     "spec.evaluation.gates"),
     ("gate on an unmeasured metric",
      finetunejob(dataset=EVAL, evaluation={"metrics": ["perplexity"], "gates": [{"metric": "bleu", "min": 1}]}),
      "spec.evaluation.gates[0].metric"),

@@ -191,8 +191,9 @@ def evaluation_problems(
         bounded = any(v is not None for v in (gate.min, gate.max, gate.max_regression, gate.min_improvement))
         checks += [
             (not bounded, where, "a gate needs a bound: set min, max, maxRegression or minImprovement"),
-            (relative and not spec.compare_with_base, f"{where}.metric",
-             "maxRegression and minImprovement compare with the base model: set evaluation.compareWithBase"),
+            (relative and not spec.compare_with_base, "evaluation.gates",
+             f"gates[{i}] ({gate.metric}): maxRegression and minImprovement compare with the base model: set "
+             "evaluation.compareWithBase"),
             (not known, f"{where}.metric",
              f"{gate.metric} is not measured; use one of {', '.join(offered) or 'the metrics you set'}"),
             (gate.min is not None and gate.max is not None and gate.min > gate.max, f"{where}.min",
