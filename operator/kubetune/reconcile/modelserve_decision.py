@@ -399,7 +399,8 @@ class _Decider:
         else:
             self.set("Degraded", False, "NoRevision", "nothing is served yet")
             self.phase = "Failed" if reason == r.REASON_UNSUPPORTED else "Pending"
-        if reason == r.REASON_UNSUPPORTED:
+        if reason in (r.REASON_UNSUPPORTED, r.REASON_NOT_PROMOTED):
+            # nothing changes until the spec does or the job brings a new (promoted) result
             self.stalled(reason, message)
             self.event_on_change("Warning", reason, message, "Ready")
         else:

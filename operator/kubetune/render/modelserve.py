@@ -82,6 +82,8 @@ PROBE_PERIOD_SECONDS = 10
 
 REASON_UNSUPPORTED = "UnsupportedByEngine"
 REASON_WAITING = "WaitingForResult"
+# A followed FineTuneJob's latest result failed its evaluation gate (status.result.promoted false).
+REASON_NOT_PROMOTED = "ResultNotPromoted"
 ENGINE_NAMES = {"tgi": "TGI", "vllm": "vLLM"}
 # Results that are not text generators (reward models score, masked LMs fill in, QA models extract).
 UNSERVABLE_MODEL_KINDS = ("reward-model", "masked-lm", "question-answering")
@@ -196,22 +198,26 @@ class Resolution:
     """Messages: the engine cannot serve this; each says what would work."""
     waiting: list[str] = field(default_factory=list)
     """Messages: a referenced job has no result yet."""
+    not_promoted: list[str] = field(default_factory=list)
+    """Messages: a referenced job's latest result failed its evaluation gate (it is not served)."""
 
     @property
     def ok(self) -> bool:
-        return not self.unsupported and not self.waiting and self.model is not None
+        return not self.unsupported and not self.waiting and not self.not_promoted and self.model is not None
 
     @property
     def reason(self) -> str | None:
         if self.unsupported:
             return REASON_UNSUPPORTED
+        if self.not_promoted:
+            return REASON_NOT_PROMOTED
         if self.waiting:
             return REASON_WAITING
         return None
 
     @property
     def message(self) -> str:
-        return "; ".join(self.unsupported + self.waiting)
+        return "; ".join(self.unsupported + self.not_promoted + self.waiting)
 
     @property
     def sources(self) -> list[str]:
@@ -265,6 +271,19 @@ def _source_id(name: str, job: FineTuneJob, uid: str) -> str:
     return f"FineTuneJob/{name}@{config_hash}" + (f"#{uid[:8]}" if uid else "")
 
 
+def _not_promoted(where: str, ref: str, job: FineTuneJob) -> str | None:
+    """Why JOB's latest result is not served: it failed its evaluation gate (None: it is promoted)."""
+    result = job.status.result if job.status else None
+    if result is None or result.promoted is not False:
+        return None
+    evaluation = job.status.evaluation if job.status else None
+    why = evaluation.message if evaluation and evaluation.message else "see its status.evaluation"
+    return (
+        f"{where}: the latest result of FineTuneJob {ref!r} ({result.uri}) failed its evaluation gate and is not "
+        f"served: {why}"
+    )
+
+
 def resolve_sources(ms: ModelServe, jobs: Mapping[str, FineTuneJob | Mapping[str, Any] | None]) -> Resolution:
     """Where the model and each adapter are, given the referenced FineTuneJobs (name -> object or None).
 
@@ -284,7 +303,10 @@ def resolve_sources(ms: ModelServe, jobs: Mapping[str, FineTuneJob | Mapping[str
         raw = jobs.get(ref)
         where = "model.fineTuneJobRef"
         job = _load_job(res, where, ref, raw)
-        if job is not None:
+        held = _not_promoted(where, ref, job) if job is not None else None
+        if held is not None:
+            res.not_promoted.append(held)
+        elif job is not None:
             task = job.spec.model.task
             result = job.status.result if job.status else None
             phase = job.status.phase if job.status else None
@@ -339,6 +361,10 @@ def resolve_sources(ms: ModelServe, jobs: Mapping[str, FineTuneJob | Mapping[str
         raw = jobs.get(ref)
         job = _load_job(res, where, ref, raw)
         if job is None:
+            continue
+        held = _not_promoted(where, ref, job)
+        if held is not None:
+            res.not_promoted.append(held)
             continue
         result = job.status.result if job.status else None
         phase = job.status.phase if job.status else None
