@@ -101,4 +101,6 @@ def test_a_model_the_operator_does_not_read_is_not_estimated_and_starts(ftj):
     ftj.create(tiny_job("s3", model={"uri": "s3://models-bucket/llama"}))
     wait_for(lambda: ftj.jobs("s3"), 30, what="the trainer Job")
     estimate = wait_for(lambda: ftj.status("s3").get("estimate"), 10, what="status.estimate")
-    assert estimate["message"].startswith("not estimated: s3://models-bucket/llama: the operator does not mount")
+    assert estimate["message"].startswith(
+        "not estimated: s3://models-bucket/llama: the operator does not mount"
+    )

@@ -131,6 +131,35 @@ def test_a_result_that_failed_its_gate_ends_failed_quoting_the_numbers():
     assert later.status["phase"] == "Failed" and all(o["kind"] != "Job" for o in later.apply)
 
 
+def test_a_passed_gate_is_said_once():
+    obj, d = finished_with(
+        {"passed": True, "message": "passed every gate: perplexity 12 (base 20): better"}, **EVAL
+    )
+    assert d.status["phase"] == "Succeeded"
+    assert ("Normal", "EvaluationPassed") in events(d)
+    passed = next(e for e in d.events if e.reason == "EvaluationPassed")
+    assert passed.message == (
+        "the result passed its evaluation gate and is promoted: passed every gate: perplexity 12 (base 20): better"
+    )
+    later = decide_all(with_status(obj, d), at(500))
+    assert ("Normal", "EvaluationPassed") not in events(later)
+
+
+def test_the_events_are_counted_for_prometheus():
+    from prometheus_client import REGISTRY
+
+    from kubetune import metrics_judge
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (value("kubetune_finetunejob_fit_refusals_total"),
+              value("kubetune_finetunejob_evaluations_total", verdict="failed"))  # fmt: skip
+    metrics_judge.count(["JobCreated", "DoesNotFit", "EvaluationGateFailed", "EvaluationGateFailed"])
+    assert value("kubetune_finetunejob_fit_refusals_total") == before[0] + 1
+    assert value("kubetune_finetunejob_evaluations_total", verdict="failed") == before[1] + 2
+
+
 def test_a_passed_gate_an_older_verdict_or_no_verdict_succeed():
     for evaluation in (
         {"passed": True, "message": "passed every gate"},

@@ -20,6 +20,7 @@ from concurrent.futures import Executor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetune import metrics_judge
 from kubetune.api.fit import GpuMemory, gpu_memory_of_nodes
 from kubetune.modelconfig import ConfigCache
 from kubetune.render.common import FINETUNEJOB_LABEL, RUN_ID_LABEL, applied_hash
@@ -231,6 +232,7 @@ class _Shell:
         # Events before the status: whoever sees the new status finds its Events (a failed status write
         # retries the pass, and the recorder drops the repeated Events).
         self.r.events.emit(self.obj, d.events)
+        metrics_judge.count([e.reason for e in d.events])  # fit refusals, gate verdicts
         self.write(d)
         self.result.requeue_after = d.requeue_after
         self.result.problem = d.problem

@@ -425,6 +425,19 @@ class _Decider:
         )
         return f"the result failed its evaluation gate: {evaluation.get('message') or 'see status.evaluation'}{where}"
 
+    def _gate_passed(self, rid: str | None) -> str | None:
+        """The trainer's message when this run's result passed its gate (and is promoted)."""
+        evaluation = (self.obj.get("status") or {}).get("evaluation") or {}
+        if (
+            not self.spec.get("evaluation")
+            or evaluation.get("configHash") != rid
+            or evaluation.get("passed") is not True
+        ):
+            return None
+        return f"the result passed its evaluation gate and is promoted: {evaluation.get('message') or ''}".rstrip(
+            ": "
+        )
+
     def _held_by_chain(self, ftj: FineTuneJob) -> bool:
         """No trainer Job while a referenced job has not Succeeded (WaitingForModel) or the chain is broken."""
         verdict = self.chain_verdict
@@ -666,6 +679,9 @@ class _Decider:
                 self.set("Succeeded", False, "EvaluationGateFailed", gate)
                 self._default("Suspended", "NotSuspended", "")
                 return
+            passed = self._gate_passed(rid)
+            if passed is not None and not self.is_true("Succeeded"):
+                self.event("Normal", "EvaluationPassed", passed)
             self.set(
                 "Succeeded",
                 True,
