@@ -167,7 +167,7 @@ def test_dpo_with_full_fine_tuning_loads_a_reference_model():
     ("labels", "gib"),
     [
         ({"nvidia.com/gpu.memory": "81559"}, 79.65),
-        ({"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}, 37.25),
+        ({"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}, 40.0),
         ({"nvidia.com/gpu.product": "NVIDIA-L4"}, 22.49),
         ({"nvidia.com/gpu.product": "Tesla-T4"}, 15.0),
         ({"nvidia.com/gpu.product": "some-accelerator"}, None),

@@ -405,8 +405,8 @@ def gpu_memory_from_labels(labels: Mapping[str, str]) -> int | None:
     if not product:
         return None
     found = re.search(r"(\d+)\s*GB", product, re.IGNORECASE)
-    if found:
-        return int(found.group(1)) * 10**9 // MIB * MIB
+    if found:  # GPU makers' "80GB" is 80 GiB of HBM (GPU feature discovery reports 81559 MiB usable of it)
+        return int(found.group(1)) * 1024 * MIB
     upper = product.upper()
     for name, mib in sorted(KNOWN_GPUS.items(), key=lambda kv: -len(kv[0])):
         if re.search(rf"(^|[-_ ]){re.escape(name)}($|[-_ ])", upper):
