@@ -14,7 +14,8 @@ from kubernetes import client
 
 from kubetune.api.v1alpha1 import CLASSIFICATION_TASKS, GROUP, OBJECTIVES, VERSION, validate_document
 from kubetune.api.v1alpha1.finetunejob import Task
-from tests.operator.conftest import apply_crds, wait_served
+from tests.support.crds import apply_crds, wait_served
+from tests.support.objects import Objects
 from tests.unit.helpers import finetunejob
 
 pytestmark = pytest.mark.cluster
@@ -26,24 +27,21 @@ FIELD = re.compile(r"(spec\.[A-Za-z.]+): (?:Invalid|Required|Unsupported)")
 @pytest.fixture(scope="module")
 def dry_run(kube):
     apply_crds(kube.api)
-    ns = kube.new_namespace("objectives")
-    wait_served(kube.api, ns)
-    custom = client.CustomObjectsApi(kube.api)
+    jobs = Objects(kube.api, kube.new_namespace("objectives"))
+    wait_served(kube.api, jobs.ns)
 
     def run(doc: dict) -> tuple[dict | None, set[str] | None]:
-        """(the object as the server would store it, None) when it accepts DOC, else (None, the fields its
-        message names)."""
+        """(DOC as the server would store it, None) when it accepts DOC, else (None, the fields it names)."""
         try:
-            created = custom.create_namespaced_custom_object(
-                GROUP, VERSION, ns, "finetunejobs", doc, dry_run="All"
-            )
-            return created, None
+            return jobs.co.create_namespaced_custom_object(
+                GROUP, VERSION, jobs.ns, jobs.plural, doc, dry_run="All"
+            ), None
         except client.ApiException as exc:
             assert exc.status == 422, exc.body
             return None, set(FIELD.findall(json.loads(exc.body)["message"]))
 
     yield run
-    kube.delete_namespace(ns)
+    kube.delete_namespace(jobs.ns)
 
 
 def manifest(objective: str, task: str | None, fmt: str, method: str = "lora") -> dict:
