@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from kubetune.api.fit import GpuMemory
-from kubetune.reconcile.client import fmt_time
+from kubetune.reconcile.clock import fmt_time
 from kubetune.reconcile.conditions import KSTATUS_TYPES
 from kubetune.reconcile.finetunejob_decision import (
     STALL_GRACE_SECONDS,

@@ -80,7 +80,7 @@ def eval_sets(
                 "secret_ref": spec.dataset.secret_ref,
             }
         )  # fmt: skip
-        prepared = data_mod.prepare(dataset, model_spec, tokenizer, spec.training.seed, "sft")
+        prepared = data_mod.prepare(dataset, model_spec, tokenizer, spec.training.seed)  # the task's own rows
         out.append(EvalSet(item.name, prepared.train, prepared.samples))
     return out
 
@@ -182,7 +182,7 @@ def task_metrics(config: TrainerConfig, model, tokenizer, sets: list[EvalSet]) -
             )
         if any(n in metric_fns.TEXT for n in names):
             if task == "causal-lm":
-                from .train import generation_scores
+                from .objectives.sft import generation_scores
 
                 text = {
                     k.removeprefix("eval_"): v
