@@ -40,7 +40,7 @@ def run_eval(manifest_path: str, result_dir: str | None = None) -> int:
 
 
 def _evaluate(config) -> int:
-    from . import chain, evaluation
+    from . import chain, evaluation, objectives
     from . import data as data_mod
     from . import model as model_mod
 
@@ -50,14 +50,13 @@ def _evaluate(config) -> int:
         raise TrainerError(
             f"{folder} holds no result (no config.json or {ADAPTER_FILE}); give it with --result DIR"
         )
-    model_spec = chain.base_model_spec(config)
+    objective = objectives.for_spec(spec)
+    model_spec = objective.model_spec(chain.base_model_spec(config))
     source = model_mod.resolve_source(model_spec)
     tokenizer = model_mod.load_tokenizer(model_spec, source)
     prepared = None
     if spec.evaluation.metrics and not spec.evaluation.datasets:
-        prepared = data_mod.prepare(
-            spec.dataset, model_spec, tokenizer, spec.training.seed, spec.objective.type
-        )
+        prepared = data_mod.prepare(spec.dataset, model_spec, tokenizer, spec.training.seed, objective)
     sets = evaluation.eval_sets(
         config,
         model_spec,
