@@ -173,3 +173,15 @@ def test_a_passed_gate_an_older_verdict_or_no_verdict_succeed():
 def test_a_job_without_evaluation_ignores_a_verdict():
     _, d = finished_with(FAILED)
     assert d.status["phase"] == "Succeeded"
+
+
+def test_a_chain_does_not_start_from_a_result_that_was_not_promoted():
+    from kubetune.reconcile import chains
+
+    parent = ftj("sft", **EVAL)
+    parent["status"] = {"phase": "Failed", "observedGeneration": 1,
+                        "result": {"uri": "s3://bucket/out/rejected/abc", "kind": "full", "promoted": False}}  # fmt: skip
+    child = ftj("dpo", model={"fineTuneJobRef": {"name": "sft"}})
+    verdict = chains.resolve(validate_document(child).obj, {"sft": parent}, started=True)
+    assert (verdict.state, verdict.reason) == ("failed", "ReferenceNotPromoted")
+    assert "failed its evaluation gate and is not promoted" in verdict.message
