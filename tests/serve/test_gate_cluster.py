@@ -40,7 +40,8 @@ def trained(tmp_path_factory):
     """Two real runs of the trainer on CPU: (result, evaluation) of the good one and of the diverging one."""
     root = tmp_path_factory.mktemp("gate")
     tokenizer = tiny.build_tokenizer(corpus(), root / "tokenizer", vocab_size=400)
-    model = tiny.build_model("llama", tokenizer, root / "llama")
+    tiny.build_model("llama", tokenizer, root / "llama")
+    model = root / "llama"
     data = root / "text.jsonl"
     write_jsonl(data, [{"text": r["prompt"] + r["completion"] + "."} for r in capitals_rows()])
     out = {}
@@ -101,7 +102,7 @@ def ftj(world: World, name: str) -> dict:
 
 
 def test_a_promoted_result_rolls_out_and_a_failed_gate_keeps_the_previous_one(
-    kube, serve_operator, tgi, trained
+    kube, gate_operator, tgi, trained
 ):
     world = World(kube, kube.new_namespace("ms"), gate_operator)
     good_result, good_eval = trained["good"]
