@@ -106,11 +106,20 @@ def parse_request(body: Any) -> JobCreateRequest:
     try:
         request = JobCreateRequest.model_validate(body)
     except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("literal[", "function-")))
-        if first["type"] == "extra_forbidden":
+        problems = error.errors(include_url=False)
+
+        def where(item: Any) -> str:  # union members (int, 'auto', ...) say nothing to a user
+            return ".".join(
+                str(p)
+                for p in item["loc"]
+                if not re.match(r"^(literal\[|function-|constrained-|int$|float$|str$)", str(p))
+            )
+
+        param = where(problems[0])
+        if problems[0]["type"] == "extra_forbidden":
             raise bad_request(f"Unrecognized request argument supplied: {param}", param) from None
-        raise bad_request(f"{param}: {first['msg']}", param) from None
+        said = [item["msg"] for item in problems if where(item) == param]
+        raise bad_request(f"{param}: {'; or '.join(dict.fromkeys(said))}", param) from None
     if request.integrations:
         raise bad_request(
             "integrations are not supported by kubetune's gateway: a FineTuneJob reports to Weights & Biases, "
