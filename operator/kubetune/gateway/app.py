@@ -14,11 +14,10 @@ the target namespace before it reads or writes anything:
 | POST /v1/fine_tuning/jobs/{id}/cancel, .../pause, .../resume | patch |
 | GET /v1/models, GET /v1/models/{id} | list modelserves.kubetune.io |
 
+(No ``from __future__ import annotations`` here: FastAPI reads the routes' annotations, and ``Ctx`` is local.)
 The routes that talk to the API server are plain functions (FastAPI runs them on its thread pool, the client
 is synchronous and thread-safe); the upload is async so that its body is counted while it arrives.
 """
-
-from __future__ import annotations
 
 import logging
 import time
