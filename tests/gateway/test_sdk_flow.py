@@ -217,3 +217,21 @@ def test_file_checks_name_the_line_and_the_field_and_big_files_get_413(kube, tea
     # Nothing of the refused uploads stays on the volume.
     folder = claims / "kubetune-files" / team.namespace
     assert not folder.exists() or sorted(os.listdir(folder)) == []
+
+
+def test_the_sdk_example_runs_against_the_gateway(kube, team):
+    """examples/openai_sdk_finetune.py, configured through the SDK's own environment variables."""
+    import subprocess
+    import sys
+
+    from tests.gateway.conftest import REPO
+
+    env = dict(os.environ, OPENAI_BASE_URL=f"{team.gateway.url}/v1", OPENAI_API_KEY=team.token,
+               OPENAI_PROJECT_ID=team.namespace)  # fmt: skip
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "openai_sdk_finetune.py"), "--model", "tiny"],
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (job,) = list_finetunejobs(kube, team.namespace)
+    assert f"created {job['metadata']['name']}: validating_files" in proc.stdout
+    assert job["metadata"]["annotations"][create.ANN_SUFFIX] == "capitals"
+    assert job["spec"]["training"]["epochs"] == 3
