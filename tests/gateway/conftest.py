@@ -23,7 +23,6 @@ import pytest
 import yaml
 
 from tests.operator.conftest import apply_crds, free_port, wait_served
-from tests.support.cluster import kubeconfig_ca_and_server
 from tests.support.controlplane import ensure_testbin
 from tests.support.waiting import wait_for
 
@@ -64,9 +63,23 @@ def service_account_token(api, namespace: str, name: str, seconds: int = 7200) -
     )
 
 
+def kubeconfig_server_and_ca(kubeconfig: str) -> tuple[str, bytes | None]:
+    """(server URL, CA bundle) of a kubeconfig's current context."""
+    import base64
+
+    cfg = yaml.safe_load(Path(kubeconfig).read_text())
+    context = next(c["context"] for c in cfg["contexts"] if c["name"] == cfg.get("current-context"))
+    cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == context["cluster"])
+    if "certificate-authority-data" in cluster:
+        return cluster["server"], base64.b64decode(cluster["certificate-authority-data"])
+    if "certificate-authority" in cluster:
+        return cluster["server"], Path(cluster["certificate-authority"]).read_bytes()
+    return cluster["server"], None
+
+
 def token_kubeconfig(kubeconfig: str, token: str, path: Path) -> Path:
     """A kubeconfig that authenticates with TOKEN against KUBECONFIG's API server."""
-    server, ca = kubeconfig_ca_and_server(kubeconfig)
+    server, ca = kubeconfig_server_and_ca(kubeconfig)
     cluster: dict[str, Any] = {"server": server}
     if ca is not None:
         ca_file = path.with_suffix(".ca.crt")
@@ -176,8 +189,8 @@ class Gateway:
             KUBETUNE_API_MAX_FILE_BYTES=str(MAX_FILE_BYTES),
             KUBETUNE_API_BASE_MODELS=json.dumps({"tiny": "pvc://models/tiny"}),
             KUBETUNE_API_JOB_DEFAULTS=json.dumps(JOB_DEFAULTS),
-            **self.extra_env,
         )
+        env.update(self.extra_env)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "a")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
