@@ -15,7 +15,7 @@ time over a kept-alive connection, in alternating rounds:
   fine_tuned_model), and the floor: a direct get.
 
 Reported: p50 and p99 of each (best round), the gateways' overhead over the floor, and each gateway's RSS
-at start, after the runs, its peak (VmHWM), and around a 20 MiB upload (streamed to the volume, not held).
+at start, after the runs, its peak (VmHWM), and around a 20 MB upload (streamed to the volume, not held).
 """
 
 from __future__ import annotations
