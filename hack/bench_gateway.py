@@ -40,7 +40,7 @@ import psutil  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 
 from kubetune.gateway import create as mapping  # noqa: E402
-from tests.gateway.conftest import (  # noqa: E402
+from tests.gateway.helpers import (  # noqa: E402
     FULL_ACCESS,
     Gateway,
     chart_docs,
@@ -50,8 +50,8 @@ from tests.gateway.conftest import (  # noqa: E402
     service_account_token,
     token_kubeconfig,
 )
-from tests.operator.conftest import apply_crds, wait_served  # noqa: E402
 from tests.support import controlplane as cpmod  # noqa: E402
+from tests.support.crds import apply_crds, wait_served  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -114,7 +114,8 @@ def main() -> int:
     rbac.create_cluster_role_binding(docs["ClusterRoleBinding"])
     work = Path(tempfile.mkdtemp(prefix="gwbench-"))
     gw_token = service_account_token(api, system, docs["ServiceAccount"]["metadata"]["name"])
-    kubeconfig = token_kubeconfig(str(cp.kubeconfig), gw_token, work / "gateway-kubeconfig")
+    ca = Path(api.configuration.ssl_ca_cert).read_bytes() if api.configuration.ssl_ca_cert else None
+    kubeconfig = token_kubeconfig(api.configuration.host, ca, gw_token, work / "gateway-kubeconfig")
     (work / "files").mkdir()
     gateways = {
         "cached": Gateway(kubeconfig, work / "cached", work / "files", KUBETUNE_API_MAX_FILE_BYTES=str(64 * 2**20)),

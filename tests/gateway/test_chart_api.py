@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.gateway.conftest import CHART
+from tests.gateway.helpers import CHART
 from tests.support.controlplane import ensure_testbin
 
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from kubetune.gateway import create
-from tests.gateway.conftest import GROUP, VERSION, chat_lines, list_finetunejobs
+from tests.gateway.helpers import GROUP, VERSION, chat_lines, list_finetunejobs
 from tests.gateway.lossy_proxy import LossyProxy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from kubetune.gateway import create
-from tests.gateway.conftest import GROUP, VERSION, chat_lines, list_finetunejobs
+from tests.gateway.helpers import GROUP, VERSION, chat_lines, list_finetunejobs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -224,7 +224,7 @@ def test_the_sdk_example_runs_against_the_gateway(kube, team):
     import subprocess
     import sys
 
-    from tests.gateway.conftest import REPO
+    from tests.gateway.helpers import REPO
 
     env = dict(os.environ, OPENAI_BASE_URL=f"{team.gateway.url}/v1", OPENAI_API_KEY=team.token,
                OPENAI_PROJECT_ID=team.namespace)  # fmt: skip

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from kubetune.gateway import create
-from tests.gateway.conftest import (
+from tests.gateway.helpers import (
     GROUP,
     VERSION,
     chat_lines,

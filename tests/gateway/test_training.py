@@ -20,15 +20,17 @@ import yaml
 from kubetune.api.v1alpha1 import TrainerConfig, pvc_local_path
 from kubetune.api.v1alpha1 import trainerconfig as trainerconfig_module
 from kubetune.render.finetunejob import configmap_name, serviceaccount_name
-from tests.gateway.conftest import (
+from tests.gateway.conftest import make_team
+from tests.gateway.helpers import (
     GROUP,
     VERSION,
     chat_lines,
-    make_team,
     service_account_token,
     token_kubeconfig,
 )
-from tests.operator.conftest import Operator, free_port
+from tests.support.cluster import kubeconfig_ca_and_server
+from tests.support.operator import Operator
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok, pytest.mark.slow, pytest.mark.trainer]
@@ -96,7 +98,12 @@ def test_a_job_made_through_the_api_trains_and_its_result_is_listed_once_served(
         # The pod, here: its claims mounted at CLAIMS, its ServiceAccount's token, reporting on.
         monkeypatch.setattr(trainerconfig_module, "PVC_MOUNT_ROOT", str(claims))
         monkeypatch.setenv(
-            "KUBECONFIG", str(token_kubeconfig(kube.kubeconfig, token, tmp_path / "trainer-kubeconfig"))
+            "KUBECONFIG",
+            str(
+                token_kubeconfig(
+                    *kubeconfig_ca_and_server(kube.kubeconfig), token, tmp_path / "trainer-kubeconfig"
+                )
+            ),
         )
         monkeypatch.setenv("KUBETUNE_REPORT_INTERVAL", "0")
         for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):

@@ -14,7 +14,7 @@ from kubetune.api.v1alpha1 import trainerconfig as trainerconfig_module
 from kubetune.gateway import create
 from kubetune.gateway.settings import GatewaySettings
 from kubetune.gateway.store import FileStore
-from tests.gateway.conftest import JOB_DEFAULTS, chat_lines
+from tests.gateway.helpers import JOB_DEFAULTS, chat_lines
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
 
