@@ -303,7 +303,10 @@ def create_app(
         name = mapping.job_name(ctx.namespace, user, idempotency_key)
         digest = mapping.request_digest(request)
         if idempotency_key is not None:  # a retry of a create that went through: answer with that job
-            existing = kube.get("FineTuneJob", ctx.namespace, name)
+            try:
+                existing = kube.get("FineTuneJob", ctx.namespace, name)
+            except ApiException as error:
+                raise kube_error(error, f"read FineTuneJob {name}") from None
             if existing is not None:
                 return replay(ctx, existing, digest)
         seed = request.seed if request.seed is not None else int(name[-8:], 16) % mapping.MAX_SEED
@@ -325,10 +328,13 @@ def create_app(
         try:
             created = kube.request("POST", _path("FineTuneJob", ctx.namespace), body=manifest)
         except ApiException as error:
-            if error.status == 409:
-                existing = kube.get("FineTuneJob", ctx.namespace, name)
-                if existing is not None:
-                    return replay(ctx, existing, digest)
+            if error.status == 409:  # made meanwhile (a concurrent retry), or the name is taken
+                try:
+                    return replay(ctx, get_job(ctx, name), digest)
+                except ApiError:
+                    if made_folder:  # the folder was made for this request, and it made no job
+                        store.drop_job_data(ctx.namespace, name)
+                    raise
             if made_folder:
                 store.drop_job_data(ctx.namespace, name)
             raise kube_error(error, f"create FineTuneJob {name}") from None

@@ -131,12 +131,26 @@ class FileStore:
     def job_folder(self, namespace: str, job: str) -> Path:
         return self._dir(namespace) / JOBS / job
 
+    def _holds(self, folder: Path, namespace: str, splits: dict[str, str]) -> bool:
+        """Whether FOLDER holds exactly SPLITS' files (the same inodes: hard links to them)."""
+        try:
+            names = {p.name for p in folder.iterdir()}
+            return names == {f"{split}.jsonl" for split in splits} and all(
+                os.path.samefile(folder / f"{split}.jsonl", self._dir(namespace) / f"{file_id}.train.jsonl")
+                for split, file_id in splits.items()
+            )
+        except OSError:
+            return False
+
     def link_job_data(self, namespace: str, job: str, splits: dict[str, str]) -> bool:
         """The folder of JOB with SPLITS {split name: file id} as SPLIT.jsonl (hard links where the volume
-        has them, else copies). False when the folder was there already (a replay of the same create)."""
+        has them, else copies). False when it was there already with these files (a replay of the same
+        create); a folder left by an earlier job of that name with other files is replaced."""
         final = self.job_folder(namespace, job)
         if final.is_dir():
-            return False
+            if self._holds(final, namespace, splits):
+                return False
+            shutil.rmtree(final, ignore_errors=True)
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{job}-"))
         for split, file_id in splits.items():
