@@ -485,7 +485,7 @@ class _Decider:
                 prompt=test.prompt,
                 max_new_tokens=test.max_new_tokens,
                 expect=test.expect,
-                adapters=tuple(a.name for a in ms.spec.adapters),
+                adapters=engine_of(ms).adapter_ids(ms),
                 engine=ms.spec.engine,
                 served_model=engine_of(ms).served_model(ms),
             )
