@@ -22,10 +22,23 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 ## The e2e images build in the background meanwhile (hack/images-background.sh): the image build (downloads,
 ## pip installs, disk) overlaps the Go builds, and is waited for before pytest, so it never competes with the tests.
 ## The vLLM venv of the serving tests (hack/vllm-venv.sh: downloads and pip installs, ~6.3 GB) builds in the
-## background beside them the same way, and is waited for before pytest too
-test: vllm-background images-background setup testbin realnode-prepare lint images-wait vllm-wait
-	$(PY) -m pytest -m "not e2e"
-	$(MAKE) e2e
+## background beside them the same way, and is waited for before pytest too.
+## Each phase says how long it took ([phase] lines, hack/phase.sh), and the end sums them up, also after a failure.
+PHASE := bash hack/phase.sh
+PHASE_END := { bash hack/phase.sh --summary; exit 1; }
+test:
+	@$(PHASE) --reset
+	@$(PHASE) vllm-background $(MAKE) --no-print-directory vllm-background || $(PHASE_END)
+	@$(PHASE) images-background $(MAKE) --no-print-directory images-background || $(PHASE_END)
+	@$(PHASE) setup $(MAKE) --no-print-directory setup || $(PHASE_END)
+	@$(PHASE) testbin $(MAKE) --no-print-directory testbin || $(PHASE_END)
+	@$(PHASE) realnode-prepare $(MAKE) --no-print-directory realnode-prepare || $(PHASE_END)
+	@$(PHASE) lint $(MAKE) --no-print-directory lint || $(PHASE_END)
+	@$(PHASE) images-wait $(MAKE) --no-print-directory images-wait || $(PHASE_END)
+	@$(PHASE) vllm-wait $(MAKE) --no-print-directory vllm-wait || $(PHASE_END)
+	@$(PHASE) pytest $(PY) -m pytest -m "not e2e" || $(PHASE_END)
+	@$(PHASE) e2e $(MAKE) --no-print-directory e2e || $(PHASE_END)
+	@$(PHASE) --summary
 
 images-background:
 	bash hack/images-background.sh start

@@ -372,7 +372,8 @@ class ResourcesSpec(KubeModel):
     """Where and on what the trainer pods run."""
 
     nodes: PositiveInt = 1
-    """Number of nodes (one trainer pod each)."""
+    """Number of nodes (one trainer pod each). Several CPU nodes (gpusPerNode 0) train with DDP over gloo,
+    one process per pod."""
     gpus_per_node: NonNegativeInt = 1
     """GPUs per pod; 0 trains on CPU."""
     gpu_resource: Annotated[str, Field(min_length=1)] = "nvidia.com/gpu"
@@ -463,8 +464,11 @@ FINETUNEJOB_SPEC_CEL: list[JsonValue] = [
         "fieldPath": ".dataset.evalFraction",
     },
     {
-        "rule": "self.resources.nodes == 1 || self.resources.gpusPerNode >= 1",
-        "message": "resources.nodes > 1 needs resources.gpusPerNode >= 1",
+        "rule": "self.resources.nodes == 1 || self.resources.gpusPerNode >= 1"
+        " || !has(self.distributed) || !has(self.distributed.strategy)"
+        " || self.distributed.strategy in ['auto', 'ddp']",
+        "message": "resources.nodes > 1 on CPU (gpusPerNode 0) trains with DDP over gloo:"
+        " set distributed.strategy auto or ddp, or gpusPerNode >= 1",
         "fieldPath": ".resources.nodes",
     },
     {
@@ -686,8 +690,10 @@ class FineTuneJobSpec(KubeModel):
              f"method {method.type} has no adapter to merge (only lora, qlora and ia3 do); set it to false"),
             (data.eval_split is not None and data.eval_fraction > 0, "dataset.evalFraction",
              "evalSplit and evalFraction are exclusive: set one of them"),
-            (resources.nodes > 1 and resources.gpus_per_node < 1, "resources.nodes",
-             "more than one node needs GPUs: set resources.gpusPerNode >= 1"),
+            (resources.nodes > 1 and resources.gpus_per_node < 1 and self.distributed.strategy not in ("auto", "ddp"),
+             "resources.nodes",
+             f"several CPU nodes (gpusPerNode 0) train with DDP over gloo, not {self.distributed.strategy}: "
+             "set distributed.strategy auto or ddp, or gpusPerNode >= 1"),
             (data.format == "classification" and model.task != "sequence-classification", "dataset.format",
              "classification data needs model.task sequence-classification"),
             (data.format == "token-tags" and model.task != "token-classification", "dataset.format",
