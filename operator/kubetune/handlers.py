@@ -29,7 +29,8 @@ from kubetune.settings import load_settings
 
 log = logging.getLogger("kubetune.handlers")
 
-# Chains: which FineTuneJobs refer to which, from the watch events (used on the event loop only).
+# Chains: which FineTuneJobs refer to which, and what they read of each other, from the watch events (used
+# on the event loop only).
 _dependents = Dependents()
 
 
@@ -104,19 +105,41 @@ def queue_probe(**_: Any) -> dict[str, Any]:
     return {name: q.stats() for name, q in (rt.queues.items() if rt else [])}
 
 
+# ------------------------------------------------------------------------------------------------
+# The watch index (reconcile/index.py): what the reconciles read instead of GETs. kopf calls index handlers
+# before the event handlers of the same event, and no event handler before every indexed kind was listed.
+
+
+@kopf.index("kubetune.io", "v1alpha1", "finetunejobs", id="finetunejob-index")
+def finetunejob_index(body: kopf.Body, **_: Any) -> None:
+    runtime.indexed("FineTuneJob", body)
+
+
+@kopf.index("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="trainer-job-index")
+def trainer_job_index(body: kopf.Body, **_: Any) -> None:
+    runtime.indexed("Job", body)
+
+
+@kopf.index("", "v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="trainer-pod-index")
+def trainer_pod_index(body: kopf.Body, **_: Any) -> None:
+    runtime.indexed("Pod", body)
+
+
+# ------------------------------------------------------------------------------------------------
+# Events -> keys
+
+
 @kopf.on.event("kubetune.io", "v1alpha1", "finetunejobs", id="finetunejob-event")
 async def finetunejob_event(
     namespace: str | None, name: str | None, body: kopf.Body, type: str | None = None, **_: Any
 ) -> None:
-    # The event of the reconcile's own status write shows what that reconcile decided: nothing to do.
-    version = body.get("metadata", {}).get("resourceVersion")
-    if type == "DELETED" or not runtime.caused_by_us("FineTuneJob", namespace, name, version):
-        runtime.enqueue(runtime.FINETUNEJOB, namespace, name)
-    # Chains: a change of this job (its result, its phase) may let the jobs that start from it, or use it as
-    # a reward model, go on.
+    runtime.object_event(runtime.FINETUNEJOB, "FineTuneJob", namespace, name, body.get("metadata", {}), type)
+    # Chains: a change of what the jobs that start from this one (or use it as a reward model) read of it (its
+    # existence, spec, phase, result) may let them go on, or show a cycle.
     if namespace and name:
-        _dependents.note(namespace, name, None if type == "DELETED" else dict(body))
-        for dependent in _dependents.of(namespace, name):
+        current = None if type == "DELETED" else dict(body)
+        _dependents.note(namespace, name, current)
+        for dependent in _dependents.woken(namespace, name, current):
             runtime.enqueue(runtime.FINETUNEJOB, namespace, dependent)
 
 
@@ -124,16 +147,15 @@ async def finetunejob_event(
 async def trainer_job_event(
     namespace: str | None, name: str | None, meta: kopf.Meta, type: str | None = None, **_: Any
 ) -> None:
-    # A Job as the reconcile created or patched it: that reconcile already decided from it.
-    if type != "DELETED" and runtime.caused_by_us("Job", namespace, name, meta.get("resourceVersion")):
-        return
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("kind") == "FineTuneJob" and ref.get("controller"):
-            runtime.enqueue(runtime.FINETUNEJOB, namespace, ref.get("name"))
+    runtime.child_event(runtime.FINETUNEJOB, "Job", "FineTuneJob", namespace, name, meta, type)
 
 
 @kopf.on.event("", "v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="trainer-pod-event")
-async def trainer_pod_event(namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
+async def trainer_pod_event(
+    namespace: str | None, name: str | None, meta: kopf.Meta, type: str | None = None, **_: Any
+) -> None:
+    if type == "DELETED":
+        runtime.deleted("Pod", namespace, name)
     # The label value is cut for long names; the annotation keeps the whole name.
     owner = (meta.get("annotations") or {}).get(FINETUNEJOB_LABEL) or (meta.get("labels") or {}).get(
         FINETUNEJOB_LABEL

@@ -10,20 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kubetune import metrics
 from kubetune import metrics_modelserve as serve_metrics
 from kubetune.reconcile.client import Kube
 from kubetune.reconcile.finetunejob import CONTROLLER as FINETUNEJOB
-from kubetune.reconcile.finetunejob import AppliedCache, FineTuneJobReconciler
+from kubetune.reconcile.finetunejob import FineTuneJobReconciler
+from kubetune.reconcile.index import WatchIndex
 from kubetune.reconcile.modelserve import CONTROLLER as MODELSERVE
 from kubetune.reconcile.modelserve import ModelServeReconciler, ServeOptions
 from kubetune.reconcile.own_writes import OwnWrites
 from kubetune.reconcile.queue import Key, Outcome, WorkQueue
+from kubetune.reconcile.writes import Children, Expiring, Writer
 from kubetune.render.finetunejob import RenderOptions
 from kubetune.settings import Settings
 
@@ -36,9 +38,13 @@ __all__ = [
     "Runtime",
     "build_runtime",
     "caused_by_us",
+    "child_event",
     "current",
     "enqueue",
     "start",
+    "deleted",
+    "indexed",
+    "object_event",
     "stop",
 ]
 
@@ -47,9 +53,18 @@ __all__ = [
 class Runtime:
     settings: Settings
     kube: Kube
+    writer: Writer
     queues: dict[str, WorkQueue] = field(default_factory=dict)
-    own_writes: OwnWrites = field(default_factory=OwnWrites)
-    """Versions the FineTuneJob reconcile's own writes made (their events queue nothing)."""
+
+    @property
+    def index(self) -> WatchIndex:
+        """The objects the watches delivered (both controllers read them from here)."""
+        return self.writer.index
+
+    @property
+    def own_writes(self) -> OwnWrites:
+        """Versions the reconciles' own writes made (their events queue nothing)."""
+        return self.writer.own_writes
 
     async def start(self) -> None:
         for q in self.queues.values():
@@ -93,7 +108,7 @@ def outcome(controller: str, requeue_after: float | None, problem: bool, gone: b
 
 
 def finetunejob_controller(
-    kube: Kube, settings: Settings, own_writes: OwnWrites, writers: Executor | None = None
+    kube: Kube, settings: Settings, writer: Writer, writers: Executor | None = None
 ) -> WorkQueue:
     opts = RenderOptions(
         trainer_image=settings.trainer_image,
@@ -101,7 +116,7 @@ def finetunejob_controller(
         termination_grace_seconds=settings.termination_grace_seconds,
     )
     reconciler = FineTuneJobReconciler(
-        kube, opts, AppliedCache(max_age=settings.resync_seconds), own_writes=own_writes, writers=writers
+        kube, opts, writer=writer, signatures=Expiring(settings.resync_seconds), writers=writers
     )
     phases = metrics.PhaseTracker()
 
@@ -117,12 +132,12 @@ def finetunejob_controller(
             metrics.RUN_DURATION.labels("succeeded" if result.phase == "Succeeded" else "failed").observe(
                 result.run_seconds
             )
-        return outcome(FINETUNEJOB, result.requeue_after, result.problem, gone=result.phase is None)
+        return outcome(FINETUNEJOB, result.requeue_after, result.problem, gone=result.gone)
 
     return work_queue(FINETUNEJOB, reconcile, settings)
 
 
-def modelserve_controller(kube: Kube, settings: Settings) -> WorkQueue:
+def modelserve_controller(kube: Kube, settings: Settings, writer: Writer) -> WorkQueue:
     opts = ServeOptions(
         tgi_image=settings.tgi_image,
         vllm_image=settings.vllm_image,
@@ -131,7 +146,7 @@ def modelserve_controller(kube: Kube, settings: Settings) -> WorkQueue:
         pod_address_override=settings.serve_pod_address_override,
         requeue_seconds=settings.requeue_seconds,
     )
-    reconciler = ModelServeReconciler(kube, opts)
+    reconciler = ModelServeReconciler(kube, opts, writer=writer)
 
     def reconcile(key: Key) -> Outcome:  # runs in a worker thread: touches no queue state
         result = measured(MODELSERVE, lambda: reconciler.reconcile(*key))
@@ -146,7 +161,7 @@ def modelserve_controller(kube: Kube, settings: Settings) -> WorkQueue:
             serve_metrics.ROLLOUTS.labels(result.rollout).inc()
         if result.result_to_ready_seconds is not None:
             serve_metrics.RESULT_TO_READY.observe(result.result_to_ready_seconds)
-        return outcome(MODELSERVE, result.requeue_after, result.problem, gone=result.phase is None)
+        return outcome(MODELSERVE, result.requeue_after, result.problem, gone=result.gone)
 
     return work_queue(MODELSERVE, reconcile, settings)
 
@@ -156,15 +171,19 @@ def build_runtime(settings: Settings, kube: Kube | None = None) -> Runtime:
     if kube is None:
         kube = Kube.from_environment(settings.field_manager, pool_size=max(16, settings.workers * 4))
     kube.on_write = lambda verb, kind: metrics.API_WRITES.labels(verb, kind).inc()
-    rt = Runtime(settings=settings, kube=kube)
+    kube.on_read = lambda verb, kind: metrics.API_READS.labels(verb, kind).inc()
+    # One write path for both controllers: one index of what the watches deliver, one record of the own
+    # writes, one Event recorder, one memory of the unwatched children.
+    writer = Writer(kube, children=Children(max_age=settings.resync_seconds))
+    rt = Runtime(settings=settings, kube=kube, writer=writer)
     # A first reconcile applies its static children in waves, each wave's at once (reconcile/finetunejob.py:
     # execute, static_waves): up to four requests per reconcile; with every worker busy (a burst) the API
     # server is the bottleneck anyway.
     # Not shut down on stop: reconciles still running then (manager.drain_reconciles waits for them) still
     # apply through it; its idle threads end with the process.
     writers = ThreadPoolExecutor(settings.workers * 2, thread_name_prefix="apply-finetunejob")
-    rt.queues[FINETUNEJOB] = finetunejob_controller(kube, settings, rt.own_writes, writers)
-    rt.queues[MODELSERVE] = modelserve_controller(kube, settings)
+    rt.queues[FINETUNEJOB] = finetunejob_controller(kube, settings, writer, writers)
+    rt.queues[MODELSERVE] = modelserve_controller(kube, settings, writer)
     return rt
 
 
@@ -199,6 +218,47 @@ def caused_by_us(kind: str, namespace: str | None, name: str | None, resource_ve
     """Whether a watch event shows exactly what the operator's own write made (reconcile/own_writes.py)."""
     rt = _current
     return rt is not None and rt.own_writes.caused_by_us(kind, namespace, name, resource_version)
+
+
+def indexed(kind: str, body: Mapping[str, Any]) -> None:
+    """A watched object as kopf delivered it: kept in the index the reconciles read. Called by the kopf
+    index handlers: kopf runs them before any event handler for the same event, and runs no event handler
+    at all until every watched kind was listed and indexed (controller-runtime's cache sync), so a
+    reconcile never sees less than what queued it, nor a half-filled index after a restart."""
+    rt = _current
+    if rt is not None:
+        rt.index.put(body, kind)
+
+
+def deleted(kind: str, namespace: str | None, name: str | None) -> None:
+    """A watched object was deleted (kopf calls no index handler for that): it leaves the index."""
+    rt = _current
+    if rt is not None:
+        rt.index.remove(kind, namespace, name)
+
+
+def object_event(controller: str, kind: str, namespace: str | None, name: str | None, meta: Mapping[str, Any],
+                 type_: str | None) -> None:  # fmt: skip
+    """A watch event of a controller's own object (KIND): reconcile it, unless the event shows exactly what
+    its reconcile's own write made (that reconcile already decided from it)."""
+    if type_ == "DELETED":
+        deleted(kind, namespace, name)
+    elif caused_by_us(kind, namespace, name, meta.get("resourceVersion")):
+        return
+    enqueue(controller, namespace, name)
+
+
+def child_event(controller: str, kind: str, owner_kind: str, namespace: str | None, name: str | None,
+                meta: Mapping[str, Any], type_: str | None) -> None:  # fmt: skip
+    """A watch event of a child (KIND) of a controller's object (OWNER_KIND, its controller reference):
+    reconcile the owner, unless the event shows exactly what the owner's reconcile wrote."""
+    if type_ == "DELETED":
+        deleted(kind, namespace, name)
+    elif caused_by_us(kind, namespace, name, meta.get("resourceVersion")):
+        return
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == owner_kind and ref.get("controller"):
+            enqueue(controller, namespace, ref.get("name"))
 
 
 def enqueue(controller: str, namespace: str | None, name: str | None) -> None:

@@ -37,6 +37,7 @@ from kubernetes import config as k8s_config
 from kubernetes.config import kube_config
 
 from .clock import fmt_time, now
+from .refusals import server_message
 
 log = logging.getLogger("kubetune.client")
 
@@ -77,13 +78,8 @@ class ApiException(Exception):
 
     @property
     def message(self) -> str:
-        try:
-            status = json.loads(self.body or "")
-        except ValueError:
-            status = None
-        if isinstance(status, dict) and status.get("message"):
-            return str(status["message"])
-        return (self.body or "").strip() or self.reason or f"HTTP {self.status}"
+        """The API server's own words (refusals.server_message, the one parser of its answers)."""
+        return server_message(self.body, (self.body or "").strip() or self.reason or f"HTTP {self.status}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -247,6 +243,7 @@ class Kube:
         self.reads: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
         self.on_write: Callable[[str, str], None] | None = None
+        self.on_read: Callable[[str, str], None] | None = None
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
 
     @classmethod
@@ -303,8 +300,9 @@ class Kube:
     def _count(self, table: Counter[tuple[str, str]], verb: str, kind: str) -> None:
         with self._lock:
             table[(verb, kind)] += 1
-        if table is self.writes and self.on_write is not None:
-            self.on_write(verb, kind)
+        hook = self.on_write if table is self.writes else self.on_read
+        if hook is not None:
+            hook(verb, kind)
 
     # -----------------------------------------------------------------------------------------------
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
