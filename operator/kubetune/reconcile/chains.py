@@ -3,9 +3,15 @@ against another job's reward model (objective.rl.rewards[].model.fineTuneJobRef)
 
 Pure: ``resolve`` takes the job and the FineTuneJobs of its chain by name (raw objects as read from the API
 server, None when missing) and returns a Verdict: ready (with the resolved URIs for the TrainerConfig and
-the parents for status.result.parents), waiting (WaitingForModel: a referenced job has not succeeded yet)
-or failed (a referenced job failed, is missing, does not produce what is needed, or the chain has a cycle).
-``read_chain`` collects those objects through an injected getter, following the references transitively.
+the parents for status.result.parents), waiting (WaitingForModel: a referenced job does not exist yet,
+reason ReferenceNotFound, or has not succeeded yet) or failed (a referenced job failed or does not produce
+what is needed, or the chain has a cycle). ``read_chain`` collects those objects through an injected
+getter, following the references transitively.
+
+Chains converge in any order of creation: a job applied before the job it refers to waits for it (Argo CD
+and Flux apply a commit's manifests in any order), and a cycle is a cycle whichever of its jobs came
+first. A failed verdict is never final: it is decided again whenever a referenced job changes (the
+dependents index wakes the job), and clears once the reference is fixed.
 
 How a result becomes the next job's base model:
 - a full model (method full or head-only) or a merged model (output.mergeAdapter) is loaded as it is;
@@ -33,7 +39,8 @@ from kubetune.reconcile.references import ReferenceIndex
 from kubetune.reconcile.results import readiness
 
 WAITING_CONDITION = "WaitingForModel"
-# Reasons of a failed verdict (the FineTuneJob's Failed condition); they clear once the chain resolves.
+# Reasons of a verdict that holds the job back (ReferenceNotFound waits; the others are a Failed condition
+# that clears once the reference is fixed).
 REFERENCE_REASONS = ("ReferenceNotFound", "ReferenceFailed", "ReferenceCycle", "ReferenceIncompatible")
 MAX_DEPTH = 32
 
@@ -143,9 +150,10 @@ def _succeeded(ref: Reference, jobs: Mapping[str, Raw | None], via: str, started
     found = readiness(obj, follow=started)
     if found.state == "missing":
         raise _Stop(
-            "failed",
+            "waiting",
             "ReferenceNotFound",
-            f"{via}: FineTuneJob {ref.name!r} not found in this namespace: create it or fix the name",
+            f"{via}: FineTuneJob {ref.name!r} not found in this namespace: waiting for it to be created "
+            "(or fix the name)",
         )
     if found.state == "failed":
         raise _Stop(
@@ -284,8 +292,8 @@ def conditions(verdict: Verdict) -> list[tuple[str, bool, str, str]]:
     """The FineTuneJob conditions (type, status, reason, message) for a verdict that holds the run back."""
     if verdict.state == "waiting":
         return [
-            (WAITING_CONDITION, True, WAITING_CONDITION, verdict.message),
-            ("Running", False, WAITING_CONDITION, verdict.message),
+            (WAITING_CONDITION, True, verdict.reason, verdict.message),
+            ("Running", False, verdict.reason, verdict.message),
         ]
     return [
         (WAITING_CONDITION, False, verdict.reason, verdict.message),
@@ -295,8 +303,8 @@ def conditions(verdict: Verdict) -> list[tuple[str, bool, str, str]]:
 
 
 class Dependents(ReferenceIndex):
-    """Which FineTuneJobs refer to which (their base model or a reward model): an event of a job wakes the
-    jobs that wait on it."""
+    """Which FineTuneJobs refer to which (their base model or a reward model): a change of a job that its
+    dependents read (``references.Readings``) wakes the jobs that refer to it."""
 
     def __init__(self) -> None:
         super().__init__(referenced_names)

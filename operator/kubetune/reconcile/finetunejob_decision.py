@@ -145,6 +145,8 @@ def terminal(d: FineTuneJobDraft, ftj: FineTuneJob) -> bool:
     if not d.is_true("Failed"):
         return False
     reason = d.reason("Failed")
+    if reason in chains.REFERENCE_REASONS:
+        return False  # the chain is decided again every time (resolve_chain, held_by_chain)
     if reason == "InvalidSpec":
         d.set("Failed", False, "Valid", "the spec is valid again")
         return False
@@ -176,17 +178,18 @@ def ttl_expired(d: FineTuneJobDraft) -> bool:
 
 
 def resolve_chain(d: FineTuneJobDraft, ftj: FineTuneJob) -> None:
-    """Resolve the referenced FineTuneJobs; a broken chain that is whole again clears its Failed."""
+    """Resolve the referenced FineTuneJobs. A broken reference that is fixed clears its Failed: the job is
+    then ready, or waits again (WaitingForModel)."""
     if not chains.references(ftj):
         return
     started = d.st["jobName"] is not None  # a started run keeps the results it began with
-    d.chain_verdict = chains.resolve(ftj, d.o.chain_jobs, started=started)
-    if d.chain_verdict.ready:
-        d.chain = d.chain_verdict.chain
-        if d.reason("Failed") in chains.REFERENCE_REASONS and d.is_true("Failed"):
-            d.set("Failed", False, "ModelReady", d.chain_verdict.message)
+    verdict = d.chain_verdict = chains.resolve(ftj, d.o.chain_jobs, started=started)
+    if verdict.state != "failed" and d.reason("Failed") in chains.REFERENCE_REASONS and d.is_true("Failed"):
+        d.set("Failed", False, "ModelReady" if verdict.ready else verdict.reason, verdict.message)
+    if verdict.ready:
+        d.chain = verdict.chain
         if chains.WAITING_CONDITION in d.conds:
-            d.set(chains.WAITING_CONDITION, False, "ModelReady", d.chain_verdict.message)
+            d.set(chains.WAITING_CONDITION, False, "ModelReady", verdict.message)
 
 
 def held_by_chain(d: FineTuneJobDraft, ftj: FineTuneJob) -> bool:
