@@ -10,7 +10,7 @@ import pytest
 
 from kubetune.reconcile.client import Kube, api_client, load_configuration
 from kubetune.reconcile.writes import Conflict, Writer
-from tests.operator.conftest import FTJ, tiny_job
+from tests.support.objects import FTJ, tiny_job
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
