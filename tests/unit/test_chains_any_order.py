@@ -134,3 +134,27 @@ def test_the_dependents_index_wakes_referrers_only_for_relevant_changes():
     assert index.woken("team", "sft", succeeded(sft, "s3://b/sft")) == ["dpo"]
     index.note("team", "dpo", ftj("dpo"))  # dpo no longer refers to sft
     assert index.woken("team", "sft", None) == []
+
+
+def test_a_reward_model_stored_without_a_task_is_not_a_base_model():
+    """objective reward implies model.task sequence-classification (the job may leave it out): as a chain's
+    base model it is a classifier, refused as such."""
+    from kubetune.reconcile import chains
+
+    rm = ftj(
+        "rm",
+        model={"uri": "hf://org/base"},
+        dataset={"uri": "pvc://data/prefs.jsonl", "format": "preference"},
+        objective={"type": "reward"},
+    )
+    assert "task" not in rm["spec"]["model"]
+    verdict = chains.resolve(chains_model(chained("next", "rm")), {"rm": succeeded(rm, "s3://bucket/rm")})
+    assert verdict.reason == "ReferenceIncompatible" and "classifier" in verdict.message, verdict
+
+
+def chains_model(doc: dict[str, Any]):
+    from kubetune.api.v1alpha1 import validate_document
+
+    result = validate_document(doc)
+    assert result.ok, result.problems
+    return result.obj

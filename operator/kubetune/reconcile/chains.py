@@ -30,10 +30,12 @@ from typing import Any, Literal
 from kubetune.api.v1alpha1 import (
     ADAPTER_METHODS,
     CLASSIFICATION_TASKS,
+    RL_OBJECTIVES,
     ChainResolution,
     FineTuneJob,
     ParentResult,
     ResolvedModel,
+    implied_task,
 )
 from kubetune.reconcile.references import ReferenceIndex
 from kubetune.reconcile.results import readiness
@@ -89,7 +91,7 @@ def references(spec: FineTuneJob | Raw) -> list[Reference]:
     if ref:
         found.append(Reference(ref, "model", "spec.model.fineTuneJobRef"))
     objective = raw.get("objective") or {}
-    if isinstance(objective, Mapping) and objective.get("type") in ("grpo", "rloo"):
+    if isinstance(objective, Mapping) and objective.get("type") in RL_OBJECTIVES:
         for i, reward in enumerate(((objective.get("rl") or {}).get("rewards")) or []):
             name = (((reward or {}).get("model") or {}).get("fineTuneJobRef") or {}).get("name")
             if name:
@@ -207,10 +209,18 @@ def _base_of(name: str, jobs: Mapping[str, Raw | None], via: str, depth: int) ->
     return _resolved_result(parent, jobs, via, depth)
 
 
+def _implied_task(objective: str) -> str:
+    try:
+        return implied_task(objective)
+    except KeyError:  # not an objective of this version: its own validation says so
+        return "causal-lm"
+
+
 def _check_kind(ref: Reference, obj: Raw, task: str) -> None:
     spec = _spec(obj)
-    parent_task = (spec.get("model") or {}).get("task", "causal-lm")
     objective = (spec.get("objective") or {}).get("type", "sft")
+    # A job stored without model.task trains the task its objective implies (reward: a classifier).
+    parent_task = (spec.get("model") or {}).get("task") or _implied_task(objective)
     if ref.role == "reward-model":
         if objective != "reward":
             raise _Stop(
