@@ -106,34 +106,16 @@ def queue_probe(**_: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------
-# The watch index (reconcile/index.py): what the reconciles read instead of GETs. kopf calls index handlers
-# before the event handlers of the same event, and no event handler before every indexed kind was listed.
-
-
-@kopf.index("kubetune.io", "v1alpha1", "finetunejobs", id="finetunejob-index")
-def finetunejob_index(body: kopf.Body, **_: Any) -> None:
-    runtime.indexed("FineTuneJob", body)
-
-
-@kopf.index("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="trainer-job-index")
-def trainer_job_index(body: kopf.Body, **_: Any) -> None:
-    runtime.indexed("Job", body)
-
-
-@kopf.index("", "v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="trainer-pod-index")
-def trainer_pod_index(body: kopf.Body, **_: Any) -> None:
-    runtime.indexed("Pod", body)
-
-
-# ------------------------------------------------------------------------------------------------
-# Events -> keys
+# Events -> the watch index (reconcile/index.py) and keys. Every handler keeps the event's object in the index
+# before it queues a key, so a reconcile never sees less than what queued it (the runtime primed the index
+# with a list of every watched kind before kopf started: see runtime.prime_index).
 
 
 @kopf.on.event("kubetune.io", "v1alpha1", "finetunejobs", id="finetunejob-event")
 async def finetunejob_event(
     namespace: str | None, name: str | None, body: kopf.Body, type: str | None = None, **_: Any
 ) -> None:
-    runtime.object_event(runtime.FINETUNEJOB, "FineTuneJob", namespace, name, body.get("metadata", {}), type)
+    runtime.object_event(runtime.FINETUNEJOB, "FineTuneJob", body, type)
     # Chains: a change of what the jobs that start from this one (or use it as a reward model) read of it (its
     # existence, spec, phase, result) may let them go on, or show a cycle.
     if namespace and name:
@@ -144,18 +126,15 @@ async def finetunejob_event(
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="trainer-job-event")
-async def trainer_job_event(
-    namespace: str | None, name: str | None, meta: kopf.Meta, type: str | None = None, **_: Any
-) -> None:
-    runtime.child_event(runtime.FINETUNEJOB, "Job", "FineTuneJob", namespace, name, meta, type)
+async def trainer_job_event(body: kopf.Body, type: str | None = None, **_: Any) -> None:
+    runtime.child_event(runtime.FINETUNEJOB, "Job", "FineTuneJob", body, type)
 
 
 @kopf.on.event("", "v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="trainer-pod-event")
 async def trainer_pod_event(
-    namespace: str | None, name: str | None, meta: kopf.Meta, type: str | None = None, **_: Any
+    namespace: str | None, meta: kopf.Meta, body: kopf.Body, type: str | None = None, **_: Any
 ) -> None:
-    if type == "DELETED":
-        runtime.deleted("Pod", namespace, name)
+    runtime.observed("Pod", body, type)
     # The label value is cut for long names; the annotation keeps the whole name.
     owner = (meta.get("annotations") or {}).get(FINETUNEJOB_LABEL) or (meta.get("labels") or {}).get(
         FINETUNEJOB_LABEL

@@ -25,37 +25,20 @@ log = logging.getLogger("kubetune.handlers.modelserve")
 INDEX = ReferenceIndex(referenced_jobs)  # FineTuneJob name -> the ModelServes that reference it
 
 
-# The watch index (reconcile/index.py; FineTuneJobs are indexed by kubetune.handlers).
-
-
-@kopf.index("kubetune.io", "v1alpha1", "modelserves", id="modelserve-index")
-def modelserve_index(body: kopf.Body, **_: Any) -> None:
-    runtime.indexed("ModelServe", body)
-
-
-@kopf.index(
-    "apps", "v1", "deployments", labels={MODELSERVE_LABEL: kopf.PRESENT}, id="modelserve-deployment-index"
-)
-def modelserve_deployment_index(body: kopf.Body, **_: Any) -> None:
-    runtime.indexed("Deployment", body)
-
-
 @kopf.on.event("kubetune.io", "v1alpha1", "modelserves", id="modelserve-event")
 async def modelserve_event(
     type: str | None, namespace: str | None, name: str | None, body: kopf.Body, **_: Any
 ) -> None:
     if namespace and name:
         INDEX.note(namespace, name, None if type == "DELETED" else dict(body))
-    runtime.object_event(runtime.MODELSERVE, "ModelServe", namespace, name, body.get("metadata", {}), type)
+    runtime.object_event(runtime.MODELSERVE, "ModelServe", body, type)
 
 
 @kopf.on.event(
     "apps", "v1", "deployments", labels={MODELSERVE_LABEL: kopf.PRESENT}, id="modelserve-deployment-event"
 )
-async def modelserve_deployment_event(
-    namespace: str | None, name: str | None, meta: kopf.Meta, type: str | None = None, **_: Any
-) -> None:
-    runtime.child_event(runtime.MODELSERVE, "Deployment", "ModelServe", namespace, name, meta, type)
+async def modelserve_deployment_event(body: kopf.Body, type: str | None = None, **_: Any) -> None:
+    runtime.child_event(runtime.MODELSERVE, "Deployment", "ModelServe", body, type)
 
 
 @kopf.on.event("kubetune.io", "v1alpha1", "finetunejobs", id="modelserve-finetunejob-event")
@@ -64,5 +47,6 @@ async def modelserve_finetunejob_event(
 ) -> None:
     if not namespace or not name:
         return
+    runtime.observed("FineTuneJob", body, type)  # kept once: the same version from two handlers
     for ms in INDEX.woken(namespace, name, None if type == "DELETED" else dict(body)):
         runtime.enqueue(runtime.MODELSERVE, namespace, ms)

@@ -17,15 +17,17 @@ from typing import Any, TypeVar
 
 from kubetune import metrics
 from kubetune import metrics_modelserve as serve_metrics
-from kubetune.reconcile.client import Kube
+from kubetune.api.v1alpha1 import API_VERSION
+from kubetune.reconcile.client import ApiException, Kube
 from kubetune.reconcile.finetunejob import CONTROLLER as FINETUNEJOB
 from kubetune.reconcile.finetunejob import FineTuneJobReconciler
-from kubetune.reconcile.index import WatchIndex
+from kubetune.reconcile.index import WatchIndex, is_glob, match_namespace
 from kubetune.reconcile.modelserve import CONTROLLER as MODELSERVE
 from kubetune.reconcile.modelserve import ModelServeReconciler, ServeOptions
 from kubetune.reconcile.own_writes import OwnWrites
 from kubetune.reconcile.queue import Key, Outcome, WorkQueue
 from kubetune.reconcile.writes import Children, Expiring, Writer
+from kubetune.render.common import FINETUNEJOB_LABEL, MODELSERVE_LABEL
 from kubetune.render.finetunejob import RenderOptions
 from kubetune.settings import Settings
 
@@ -35,16 +37,17 @@ T = TypeVar("T")
 __all__ = [
     "FINETUNEJOB",
     "MODELSERVE",
+    "WATCHED",
     "Runtime",
     "build_runtime",
     "caused_by_us",
     "child_event",
     "current",
     "enqueue",
-    "start",
-    "deleted",
-    "indexed",
     "object_event",
+    "observed",
+    "prime_index",
+    "start",
     "stop",
 ]
 
@@ -198,10 +201,53 @@ def current() -> Runtime | None:
     return _current
 
 
+# What kopf's handlers watch (kubetune.handlers, kubetune.handlers_modelserve): kind, API version, the label
+# every watched object of the kind carries (None: all of them).
+WATCHED = (
+    ("FineTuneJob", API_VERSION, None),
+    ("ModelServe", API_VERSION, None),
+    ("Job", "batch/v1", FINETUNEJOB_LABEL),
+    ("Pod", "v1", FINETUNEJOB_LABEL),
+    ("Deployment", "apps/v1", MODELSERVE_LABEL),
+)
+
+
+def watched_namespaces(kube: Kube, patterns: list[str]) -> list[str | None]:
+    """The namespaces kopf watches for PATTERNS (None: every namespace, one cluster-wide list)."""
+    if not patterns:
+        return [None]
+    if not any(is_glob(p) for p in patterns):
+        return list(dict.fromkeys(patterns))
+    names = [ns["metadata"]["name"] for ns in kube.list("Namespace", None)]
+    return [n for n in names if any(match_namespace(n, p) for p in patterns)]
+
+
+def prime_index(kube: Kube, index: WatchIndex, patterns: list[str]) -> int:
+    """Fill the watch index with one list of every watched kind, before kopf starts watching (controller-
+    runtime's cache sync): kopf lists them too, but delivers its kinds' objects in no particular order, so a
+    restarted operator's first reconcile of a FineTuneJob could otherwise see no Job or pods yet and write a
+    status as if there were none. Returns how many objects it put."""
+    count = 0
+    for namespace in watched_namespaces(kube, patterns):
+        for kind, api_version, label in WATCHED:
+            for obj in kube.list(kind, namespace, label):
+                index.put({"apiVersion": api_version, "kind": kind, **obj}, kind)
+                count += 1
+    return count
+
+
 async def start(settings: Settings) -> Runtime:
-    """Build the runtime (loading credentials may run an exec plugin: off the event loop) and start it."""
+    """Build the runtime (loading credentials may run an exec plugin: off the event loop), fill its index,
+    and start it."""
     global _current
     rt = await asyncio.to_thread(build_runtime, settings)
+    try:
+        count = await asyncio.to_thread(prime_index, rt.kube, rt.index, settings.namespaces)
+        log.info("watch index primed with %d objects", count)
+    except ApiException as exc:  # e.g. no permission to list namespaces: kopf's lists fill it
+        log.warning(
+            "could not list the watched objects before starting (%s); kopf's lists fill the index", exc
+        )
     await rt.start()
     _current = rt
     return rt
@@ -220,41 +266,38 @@ def caused_by_us(kind: str, namespace: str | None, name: str | None, resource_ve
     return rt is not None and rt.own_writes.caused_by_us(kind, namespace, name, resource_version)
 
 
-def indexed(kind: str, body: Mapping[str, Any]) -> None:
-    """A watched object as kopf delivered it: kept in the index the reconciles read. Called by the kopf
-    index handlers: kopf runs them before any event handler for the same event, and runs no event handler
-    at all until every watched kind was listed and indexed (controller-runtime's cache sync), so a
-    reconcile never sees less than what queued it, nor a half-filled index after a restart."""
+def observed(kind: str, body: Mapping[str, Any], type_: str | None) -> None:
+    """A watch event's object: kept in the index the reconciles read (removed when it was deleted)."""
     rt = _current
-    if rt is not None:
+    if rt is None:
+        return
+    if type_ == "DELETED":
+        meta = body.get("metadata") or {}
+        rt.index.remove(kind, meta.get("namespace"), meta.get("name"))
+    else:
         rt.index.put(body, kind)
 
 
-def deleted(kind: str, namespace: str | None, name: str | None) -> None:
-    """A watched object was deleted (kopf calls no index handler for that): it leaves the index."""
-    rt = _current
-    if rt is not None:
-        rt.index.remove(kind, namespace, name)
-
-
-def object_event(controller: str, kind: str, namespace: str | None, name: str | None, meta: Mapping[str, Any],
-                 type_: str | None) -> None:  # fmt: skip
-    """A watch event of a controller's own object (KIND): reconcile it, unless the event shows exactly what
-    its reconcile's own write made (that reconcile already decided from it)."""
-    if type_ == "DELETED":
-        deleted(kind, namespace, name)
-    elif caused_by_us(kind, namespace, name, meta.get("resourceVersion")):
+def object_event(controller: str, kind: str, body: Mapping[str, Any], type_: str | None) -> None:
+    """A watch event of a controller's own object (KIND): into the index, and reconcile it, unless the event
+    shows exactly what its reconcile's own write made (that reconcile already decided from it)."""
+    observed(kind, body, type_)
+    meta = body.get("metadata") or {}
+    namespace, name = meta.get("namespace"), meta.get("name")
+    if type_ != "DELETED" and caused_by_us(kind, namespace, name, meta.get("resourceVersion")):
         return
     enqueue(controller, namespace, name)
 
 
-def child_event(controller: str, kind: str, owner_kind: str, namespace: str | None, name: str | None,
-                meta: Mapping[str, Any], type_: str | None) -> None:  # fmt: skip
-    """A watch event of a child (KIND) of a controller's object (OWNER_KIND, its controller reference):
-    reconcile the owner, unless the event shows exactly what the owner's reconcile wrote."""
-    if type_ == "DELETED":
-        deleted(kind, namespace, name)
-    elif caused_by_us(kind, namespace, name, meta.get("resourceVersion")):
+def child_event(
+    controller: str, kind: str, owner_kind: str, body: Mapping[str, Any], type_: str | None
+) -> None:
+    """A watch event of a child (KIND) of a controller's object (OWNER_KIND, its controller reference): into
+    the index, and reconcile the owner, unless the event shows exactly what the owner's reconcile wrote."""
+    observed(kind, body, type_)
+    meta = body.get("metadata") or {}
+    namespace = meta.get("namespace")
+    if type_ != "DELETED" and caused_by_us(kind, namespace, meta.get("name"), meta.get("resourceVersion")):
         return
     for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == owner_kind and ref.get("controller"):

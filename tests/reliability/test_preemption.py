@@ -185,8 +185,8 @@ def test_a_kubelet_eviction_is_reported_once_also_after_an_operator_restart(ftj:
     )
     time.sleep(1)  # let the restart's reconciles settle
     writes = rel_operator.metric("kubetune_api_writes_total", kind="FineTuneJob")
-    ftj.patch("pressure", {"metadata": {"annotations": {"touched": "after-restart"}}})  # and once more
     reconciled = rel_operator.metric("controller_runtime_reconcile_total", controller="finetunejob")
+    ftj.patch("pressure", {"metadata": {"annotations": {"touched": "after-restart"}}})  # and once more
     wait_for(
         lambda: (
             rel_operator.metric("controller_runtime_reconcile_total", controller="finetunejob") > reconciled

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from kubetune.reconcile.index import WatchIndex
+import pytest
+
+from kubetune.reconcile.index import WatchIndex, match_namespace
 
 
 def job(name: str, owner: str, rv: str, **status) -> dict:
@@ -54,3 +56,16 @@ def test_removing_by_uid_keeps_a_newer_object_of_the_same_name():
     assert index.get("Job", "ns", "a") is not None
     index.remove("Job", "ns", "a", uid="uid-a")
     assert index.get("Job", "ns", "a") is None
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["ftj-*", "team-a", "!kube-*", "myapp-*, !*-pr-*, *pr-123", "!*-pr-*, *pr-123", "a?c, !abc", "*"],
+)
+def test_the_watched_namespaces_are_kopfs(pattern):
+    """The index is primed in the namespaces kopf watches: the same matching as kopf's own."""
+    from kopf._cogs.structs.references import match_namespace as kopfs
+
+    names = ["ftj-1", "team-a", "team-b", "kube-system", "myapp-test", "myapp-pr-123", "myapp-pr-456",
+             "otherapp-pr-123", "abc", "axc", "default"]  # fmt: skip
+    assert [n for n in names if match_namespace(n, pattern)] == [n for n in names if kopfs(n, pattern)]

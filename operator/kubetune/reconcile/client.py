@@ -41,7 +41,7 @@ from .refusals import server_message
 
 log = logging.getLogger("kubetune.client")
 
-# kind -> (API prefix, plural); every kind here is namespaced
+# kind -> (API prefix, plural); every kind here is namespaced but Namespace
 RESOURCES: dict[str, tuple[str, str]] = {
     "ConfigMap": ("/api/v1", "configmaps"),
     "Service": ("/api/v1", "services"),
@@ -49,6 +49,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Secret": ("/api/v1", "secrets"),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "Pod": ("/api/v1", "pods"),
+    "Namespace": ("/api/v1", "namespaces"),
     "Event": ("/api/v1", "events"),
     "Deployment": ("/apis/apps/v1", "deployments"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
@@ -320,11 +321,13 @@ class Kube:
         self,
         kind: str,
         namespace: str | None,
-        labels: dict[str, str] | None = None,
+        labels: dict[str, str] | str | None = None,
         fields: dict[str, str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Every object of KIND (with LABELS and FIELDS: a field selector), fetched page by page."""
-        selector = [("labelSelector", label_selector(labels))] if labels else []
+        """Every object of KIND (with LABELS, a map or a selector such as "key" for "has the label", and
+        FIELDS: a field selector), fetched page by page; NAMESPACE None: in every namespace."""
+        labels = label_selector(labels) if isinstance(labels, dict) else labels
+        selector = [("labelSelector", labels)] if labels else []
         if fields:
             selector.append(("fieldSelector", label_selector(fields)))
         items: list[dict[str, Any]] = []

@@ -20,6 +20,7 @@ Thread-safe: the handlers write on kopf's event loop, the reconciles read in wor
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import threading
 from collections import defaultdict
@@ -79,7 +80,9 @@ class WatchIndex:
         with self._lock:
             if version is not None and self._versions.get(key) == version:
                 return  # the same version again (two handlers of one watch, or our own write's event)
-        text = json.dumps(_slim(kind, body), separators=(",", ":"))
+        slim = _slim(kind, body)
+        slim.setdefault("kind", kind)  # the items of a LIST have none
+        text = json.dumps(slim, separators=(",", ":"))
         owner = _controller_uid(meta)
         with self._lock:
             self._objects[key] = text
@@ -141,4 +144,24 @@ class WatchIndex:
             return len(self._objects)
 
 
-__all__ = ["WatchIndex"]
+def match_namespace(name: str, pattern: str) -> bool:
+    """Whether kopf watches namespace NAME for PATTERN (what ``kubetune operator --namespace`` takes): globs
+    (``*``, ``?``) separated by commas, ``!`` excluding; a pattern that starts with an exclusion starts from
+    everything; a later inclusion brings back only what the first glob matched (kopf's rules)."""
+    globs = [g.strip() for g in pattern.split(",") if g.strip()]
+    if not globs or globs[0].startswith("!"):
+        globs.insert(0, "*")
+    first = matched = fnmatch.fnmatchcase(name, globs[0])
+    for glob in globs[1:]:
+        if glob.startswith("!"):
+            matched = matched and not fnmatch.fnmatchcase(name, glob[1:])
+        else:
+            matched = matched or (first and fnmatch.fnmatchcase(name, glob))
+    return matched
+
+
+def is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?!,")
+
+
+__all__ = ["WatchIndex", "is_glob", "match_namespace"]
