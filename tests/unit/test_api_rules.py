@@ -133,6 +133,24 @@ RULES = [
     ("wandb online needs the API key",
      finetunejob(tracking={"wandb": {"project": "p"}}), "spec.tracking.wandb.secretRef",
      finetunejob(tracking={"wandb": {"project": "p", "secretRef": {"name": "wandb"}}})),
+    # spec.evaluation (the evaluation gate)
+    ("relative gates need the base model",
+     finetunejob(dataset=WIKI_EVAL, evaluation={"metrics": ["perplexity"], "gates": [{"metric": "perplexity", "maxRegression": 0.1}]}),
+     "spec.evaluation.gates",
+     finetunejob(dataset=WIKI_EVAL, evaluation={"metrics": ["perplexity"], "compareWithBase": True,
+                                                "gates": [{"metric": "perplexity", "maxRegression": 0.1}]})),
+    ("evaluation measures something",
+     finetunejob(dataset=WIKI_EVAL, evaluation={"compareWithBase": True}), "spec.evaluation.metrics",
+     finetunejob(dataset=WIKI_EVAL, evaluation={"metrics": ["perplexity"]})),
+    ("evaluation metrics need held-out data",
+     finetunejob(evaluation={"metrics": ["perplexity"]}), "spec.evaluation.datasets",
+     finetunejob(dataset=WIKI_EVAL, evaluation={"metrics": ["perplexity"]})),
+    ("lm-eval only for text generators",
+     finetunejob(model=BERT, evaluation={"lmEval": {"tasks": ["arc_easy"]}}), "spec.evaluation.lmEval",
+     finetunejob(evaluation={"lmEval": {"tasks": ["arc_easy"]}})),
+    ("lm-eval task folder not file:// in a cluster",
+     finetunejob(evaluation={"lmEval": {"tasks": ["mine"], "taskDir": "file:///tasks"}}), "spec.evaluation.lmEval.taskDir",
+     finetunejob(evaluation={"lmEval": {"tasks": ["mine"], "taskDir": "pvc://evals/tasks"}})),
 ]  # fmt: skip
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from kubetune.api.fit import GpuMemory
 from kubetune.reconcile.finetunejob_decision import Decision, Observed, decide
 from tests.unit.test_finetunejob_decision import OPTS, T0, at, cond, events, ftj, kstatus, with_status
 
@@ -32,7 +33,13 @@ def phase(doc: dict[str, Any], value: str, reason: str | None = None) -> dict[st
 
 def decide_in(obj: dict[str, Any], now, world: dict[str, dict[str, Any] | None]) -> Decision:
     """Decide OBJ with the FineTuneJobs of WORLD as its chain (None: it does not exist)."""
-    observed = Observed(obj=copy.deepcopy(obj), chain_jobs=world, secrets={}, pvcs={})
+    observed = Observed(
+        obj=copy.deepcopy(obj),
+        chain_jobs=world,
+        secrets={},
+        pvcs={},
+        fit=(None, "not read here", GpuMemory()),
+    )
     return decide(observed, OPTS, now)
 
 

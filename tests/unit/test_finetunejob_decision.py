@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kubetune.api.fit import GpuMemory
 from kubetune.reconcile.clock import fmt_time
 from kubetune.reconcile.conditions import KSTATUS_TYPES
 from kubetune.reconcile.finetunejob_decision import Decision, Observed, decide
@@ -51,8 +52,10 @@ def decide_all(
     refusals: list[Refusal] = (),  # type: ignore[assignment]
     static_signature: str | None = None,
     job_events: dict[str, list[dict[str, Any]]] | None = None,
+    fit: tuple[dict[str, Any] | None, str | None, GpuMemory] | None = None,
 ) -> Decision:
-    """Decide like the shell: everything the decision may read, from the given world."""
+    """Decide like the shell: everything the decision may read, from the given world (FIT: the fit check's
+    config.json and GPU memory; by default the config is unknown, so every run may start)."""
     observed = Observed(
         obj=copy.deepcopy(obj),
         jobs=tuple(jobs),
@@ -63,6 +66,7 @@ def decide_all(
         refusals=tuple(refusals),
         static_signature=static_signature,
         job_events=job_events or {},
+        fit=fit or (None, "not read in this test", GpuMemory()),
     )
     return decide(observed, OPTS, now)
 

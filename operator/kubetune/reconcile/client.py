@@ -41,8 +41,9 @@ from .refusals import server_message
 
 log = logging.getLogger("kubetune.client")
 
-# kind -> (API prefix, plural); every kind here is namespaced but Namespace
+# kind -> (API prefix, plural); every kind here is namespaced but Namespace and Node (read by the fit check)
 RESOURCES: dict[str, tuple[str, str]] = {
+    "Node": ("/api/v1", "nodes"),
     "ConfigMap": ("/api/v1", "configmaps"),
     "Service": ("/api/v1", "services"),
     "ServiceAccount": ("/api/v1", "serviceaccounts"),

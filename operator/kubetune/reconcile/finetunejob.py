@@ -18,6 +18,7 @@ timestamps and the Jobs' creationTimestamps, conditions keep their lastTransitio
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -25,11 +26,14 @@ from concurrent.futures import Executor, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
+from kubetune import metrics_judge
+from kubetune.api.fit import GpuMemory, gpu_memory_of_nodes
+from kubetune.modelconfig import ConfigCache
 from kubetune.render.common import RUN_ID_LABEL
 from kubetune.render.finetunejob import RenderOptions, configmap_name
 
 from . import chains
-from .client import Kube
+from .client import ApiException, Kube
 from .clock import now, parse_time
 from .finetunejob_decision import STATUS_FIELDS, Decision, Observed, decide
 from .finetunejob_observe import reads
@@ -88,8 +92,11 @@ class FineTuneJobReconciler:
         signatures: Expiring | None = None,
         clock: Callable[[], dt.datetime] = now,
         writers: Executor | None = None,
+        fit_cache: ConfigCache | None = None,
     ):
         self.kube = kube
+        self.fit_cache = fit_cache or ConfigCache()
+        """config.json and GPU nodes read for the fit check (kept a while: kubetune.modelconfig)."""
         self.opts = opts
         self.writer = writer or Writer(kube)
         self.index: WatchIndex = self.writer.index
@@ -155,6 +162,7 @@ class _Shell:
         # Events before the status: whoever sees the new status finds its Events (a failed status write
         # retries the reconcile, and the recorder drops the repeated Events).
         self.writer.emit(self.obj, d.events)
+        metrics_judge.count([e.reason for e in d.events])  # fit refusals, gate verdicts
         self.write_status(d)
         self.result.requeue_after = d.requeue_after
         self.result.problem = d.problem
@@ -192,7 +200,51 @@ class _Shell:
             static_signature=self.r.signatures.get((self.ns, self.name)),
             job_events=job_events,
             chain_jobs=chain_jobs,
+            fit=self.read_fit() if wanted.fit else None,
         )
+
+    def read_fit(self) -> tuple[dict[str, Any] | None, str | None, GpuMemory]:
+        """The fit check's inputs: the model's config.json (the root model of a chain) and the GPU nodes."""
+        spec = self.obj.get("spec") or {}
+        model, why = self.root_model(spec.get("model") or {})
+        config = None
+        if model is not None:
+            secret = model.get("secretRef") or {}
+            token = self.secret_value(secret.get("name"), secret.get("key") or "HF_TOKEN") if secret else None
+            config, why = self.r.fit_cache.config(str(model["uri"]), model.get("revision"), token)
+        resources = spec.get("resources") or {}
+        try:
+            nodes = self.r.fit_cache.nodes(lambda: self.r.kube.list("Node", None))
+        except ApiException as exc:  # e.g. an operator without the right to list nodes: memory unknown
+            log.info("cannot list nodes for the fit check: %s %s", exc.status, exc.reason)
+            nodes = []
+        gpus = gpu_memory_of_nodes(
+            resources.get("nodeSelector") or {}, resources.get("gpuResource") or "nvidia.com/gpu", nodes
+        )
+        return config, why, gpus
+
+    def root_model(self, model: dict[str, Any], hops: int = 8) -> tuple[dict[str, Any] | None, str | None]:
+        """The model spec with a uri at the root of a model.fineTuneJobRef chain (a fine-tune keeps its base's
+        architecture), or None and why. The FineTuneJobs of the chain come from the watch index."""
+        seen = [self.name]
+        while not model.get("uri"):
+            ref = (model.get("fineTuneJobRef") or {}).get("name")
+            parent = (
+                self.r.index.get("FineTuneJob", self.ns, ref)
+                if ref and hops > 0 and ref not in seen
+                else None
+            )
+            if parent is None or ref is None:
+                return None, f"the base model comes from FineTuneJob {ref!r}, whose model cannot be found"
+            seen.append(str(ref))
+            hops -= 1
+            model = (parent.get("spec") or {}).get("model") or {}
+        return model, None
+
+    def secret_value(self, name: str | None, key: str) -> str | None:
+        secret = self.r.kube.get("Secret", self.ns, name) if name else None
+        raw = ((secret or {}).get("data") or {}).get(key)
+        return base64.b64decode(raw).decode(errors="replace").strip() if raw else None
 
     def configmap_run(self) -> str | None:
         cm = self.writer.live(

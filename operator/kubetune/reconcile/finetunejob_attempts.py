@@ -118,8 +118,18 @@ def observe_job(d: FineTuneJobDraft, ftj: FineTuneJob, job: Raw, older: list[Raw
 
 
 def succeeded(d: FineTuneJobDraft, job: Raw, rid: str | None, run_gen: str, attempt: int, limit: int) -> None:
+    """The Job completed: Succeeded, unless the result failed its evaluation gate (status.evaluation)."""
     done_at = (job.get("status") or {}).get("completionTime") or fmt_time(d.now)
     d.st["completionTime"] = d.st["completionTime"] or done_at
+    gate = gate_failed(d, rid)
+    if gate is not None:  # the run worked, its result is not good enough: no retry would change that
+        d.fail("EvaluationGateFailed", gate)
+        d.set("Succeeded", False, "EvaluationGateFailed", gate)
+        d.default("Suspended", "NotSuspended", "")
+        return
+    passed = gate_passed(d, rid)
+    if passed is not None and not d.is_true("Succeeded"):
+        d.event("Normal", "EvaluationPassed", passed)
     d.set(
         "Succeeded",
         True,
@@ -133,6 +143,34 @@ def succeeded(d: FineTuneJobDraft, job: Raw, rid: str | None, run_gen: str, atte
     if start and end:
         d.out.run_seconds = max(0.0, (end - start).total_seconds())
     d.ttl_timer()
+
+
+def _evaluation(d: FineTuneJobDraft, rid: str | None) -> Mapping[str, Any] | None:
+    """The trainer's verdict on this run's result (status.evaluation), when the spec asks for one."""
+    evaluation = (d.obj.get("status") or {}).get("evaluation") or {}
+    if not d.spec.get("evaluation") or evaluation.get("configHash") != rid:
+        return None
+    return evaluation
+
+
+def gate_failed(d: FineTuneJobDraft, rid: str | None) -> str | None:
+    """The message when this run's result failed its evaluation gate."""
+    evaluation = _evaluation(d, rid)
+    if evaluation is None or evaluation.get("passed") is not False:
+        return None
+    kept = ((d.obj.get("status") or {}).get("result") or {}).get("uri")
+    where = f"; the result is kept at {kept}, not promoted" if kept else "; the result is kept, not promoted"
+    return f"the result failed its evaluation gate: {evaluation.get('message') or 'see status.evaluation'}{where}"
+
+
+def gate_passed(d: FineTuneJobDraft, rid: str | None) -> str | None:
+    """The trainer's message when this run's result passed its gate (and is promoted)."""
+    evaluation = _evaluation(d, rid)
+    if evaluation is None or evaluation.get("passed") is not True:
+        return None
+    return f"the result passed its evaluation gate and is promoted: {evaluation.get('message') or ''}".rstrip(
+        ": "
+    )
 
 
 def failed(d: FineTuneJobDraft, ftj: FineTuneJob, job: Raw, attempt: int, limit: int) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from kubetune.api.fit import REASON_DOES_NOT_FIT, estimate_status
 from kubetune.api.v1alpha1 import FineTuneJob, pvc_claims, validate_document
 from kubetune.render.common import RUN_ID_LABEL
 from kubetune.render.finetunejob import RenderOptions, SecretUse, run_id, secret_uses
@@ -50,6 +51,7 @@ PROBLEM_REASONS = {
     "InvalidSpec", "SecretNotFound", "SecretKeyMissing", "PVCNotFound", "PVCLost", "ImagePullFailed",
     "ContainerConfigError", "Unschedulable", "ChildConflict", "ChildRejected", "AttemptFailed", "PodsRefused",
     "BackoffLimitExceeded", "DeadlineExceeded", "PendingDeadlineExceeded", *chains.REFERENCE_REASONS,
+    REASON_DOES_NOT_FIT, "EvaluationGateFailed",
 }  # fmt: skip
 
 
@@ -99,6 +101,8 @@ def converge(d: FineTuneJobDraft) -> None:
         observe_job(d, ftj, cur, [j for j in current if j is not cur])
         return
     if held_by_chain(d, ftj) or held_by_references(d, ftj):
+        return
+    if d.st["jobName"] is None and does_not_fit(d, ftj, rid):
         return
     create_job(d, ftj, attempt)
 
@@ -235,6 +239,35 @@ def held_by_references(d: FineTuneJobDraft, ftj: FineTuneJob) -> bool:
     d.grace(reason, message)
     clock_start = d.st["startTime"] or d.meta.get("creationTimestamp")
     d.pending_deadline(ftj, None, clock_start, message)
+    return True
+
+
+def does_not_fit(d: FineTuneJobDraft, ftj: FineTuneJob, rid: str) -> bool:
+    """The fit check before a run's first Job: status.estimate, and no Job when it cannot fit (Validated
+    False, DoesNotFit, with the numbers and what would fit) unless resources.skipFitCheck."""
+    if ftj.spec.resources.gpus_per_node < 1:
+        d.st["estimate"] = None  # CPU runs are not checked
+        return False
+    estimate = d.st["estimate"] or {}
+    if estimate.get("configHash") == rid:  # estimated for this run before
+        refuse = estimate.get("fits") is False and not ftj.spec.resources.skip_fit_check
+    else:
+        if d.o.fit is None:
+            raise ValueError(
+                "the shell did not read the fit check's inputs a new run needs (finetunejob_observe)"
+            )
+        config, why, gpus = d.o.fit
+        estimate, refuse = estimate_status(ftj.spec, config, why, gpus, rid)
+        d.st["estimate"] = estimate
+    if not refuse:
+        return False
+    message = f"does not fit: {estimate.get('message')} (or set spec.resources.skipFitCheck)"
+    d.set("Validated", False, REASON_DOES_NOT_FIT, message)
+    d.set("Running", False, REASON_DOES_NOT_FIT, f"not started: the run {message}")
+    d.suspended_condition(ftj, None)
+    d.not_started_defaults()
+    d.out.problem = True
+    d.stall = (REASON_DOES_NOT_FIT, message)
     return True
 
 

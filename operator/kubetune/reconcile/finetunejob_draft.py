@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetune.api.fit import GpuMemory
 from kubetune.api.v1alpha1 import ChainResolution, FineTuneJob
 from kubetune.render.finetunejob import RenderOptions
 
@@ -36,6 +37,7 @@ STATUS_FIELDS = (
     "completionTime",
     "attempts",
     "preemptions",
+    "estimate",
 )
 # Problems that may resolve themselves for a while (a Secret created right after the FineTuneJob, a
 # registry that comes back): Reconciling during STALL_GRACE_SECONDS of not running, Stalled after.
@@ -76,6 +78,10 @@ class Observed:
     chain_jobs: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
     """Chains (model.fineTuneJobRef, reward models by fineTuneJobRef): the FineTuneJobs reachable through
     the references, by name (None value: missing)."""
+    fit: tuple[Mapping[str, Any] | None, str | None, GpuMemory] | None = None
+    """The fit check's inputs: the model's config.json (or None and why it could not be read) and the GPU
+    memory of the nodes the pods may use; None: not read (read before a run's first Job:
+    ``finetunejob_observe.reads``)."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,7 @@ class FineTuneJobDraft(Draft):
             "completionTime": old.get("completionTime"),
             "attempts": int(old.get("attempts") or 0),
             "preemptions": old.get("preemptions"),
+            "estimate": old.get("estimate"),
         }
         self.out = Decision()
         self.stall: tuple[str, str] | None = None  # set when the user must change something

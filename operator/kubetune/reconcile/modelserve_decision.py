@@ -56,7 +56,7 @@ from .live_adapters import (
     served_adapters,
 )
 from .refusals import Refusal
-from .sources import REASON_UNSUPPORTED, REASON_WAITING, Resolution, resolve_sources
+from .sources import REASON_NOT_PROMOTED, REASON_UNSUPPORTED, REASON_WAITING, Resolution, resolve_sources
 from .status import Event, strip_none
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Reconciling", "Stalled")
@@ -371,7 +371,8 @@ class _Decider(Draft):
         else:
             self.set("Degraded", False, "NoRevision", "nothing is served yet")
             self.phase = "Failed" if reason == REASON_UNSUPPORTED else "Pending"
-        if reason == REASON_UNSUPPORTED:
+        if reason in (REASON_UNSUPPORTED, REASON_NOT_PROMOTED):
+            # nothing changes until the spec does or the job brings a new (promoted) result
             self.stalled(reason, message)
             self.event_on_change("Warning", reason, message, "Ready")
         else:
@@ -450,7 +451,7 @@ class _Decider(Draft):
                 prompt=test.prompt,
                 max_new_tokens=test.max_new_tokens,
                 expect=test.expect,
-                adapters=tuple(a.name for a in ms.spec.adapters),
+                adapters=engine_of(ms).adapter_ids(ms),
                 engine=ms.spec.engine,
                 served_model=engine_of(ms).served_model(ms),
             )
