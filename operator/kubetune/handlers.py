@@ -55,12 +55,9 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
-    """kopf's settings for this operator (called by the startup handler)."""
-    # kopf's own bookkeeping goes to annotations (never into the user's status), and it only logs.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="kubetune.io", key="last-handled-configuration"
-    )
+    """kopf's settings for this operator (called by the startup handler). Its progress and diff-base storage
+    are left alone: they serve change-detecting handlers (create/update/resume), and this operator has only
+    event handlers, which store nothing on the object."""
     settings.posting.level = logging.WARNING
     settings.posting.enabled = False  # the reconcile writes its own Events
     settings.queueing.error_delays = [1, 2, 5, 10, 30, 60]
