@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -36,6 +37,7 @@ T = TypeVar("T")
 
 __all__ = [
     "FINETUNEJOB",
+    "IN_FLIGHT",
     "MODELSERVE",
     "WATCHED",
     "Runtime",
@@ -90,11 +92,43 @@ def work_queue(controller: str, reconcile: Callable[[Key], Outcome], settings: S
     )
 
 
+class InFlight:
+    """The reconciles running now, in any thread: a leader that stops waits for them before it lets go of
+    its lease (``drain``), so that it never writes next to its successor."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._idle = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._idle:
+            self._running += 1
+
+    def __exit__(self, *_: object) -> None:
+        with self._idle:
+            self._running -= 1
+            if not self._running:
+                self._idle.notify_all()
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to TIMEOUT seconds until no reconcile runs; whether none does."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._running, timeout)
+
+
+IN_FLIGHT = InFlight()
+
+
 def measured(controller: str, reconcile_once: Callable[[], T]) -> T:
     """Run one reconcile, timing it and counting its errors the way controller-runtime does."""
     started = time.perf_counter()
     try:
-        return reconcile_once()
+        with IN_FLIGHT:
+            return reconcile_once()
     except Exception:
         metrics.RECONCILE_ERRORS.labels(controller).inc()
         metrics.RECONCILE_TOTAL.labels(controller, "error").inc()
