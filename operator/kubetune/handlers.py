@@ -23,7 +23,7 @@ import kopf
 
 from kubetune import metrics, runtime
 from kubetune.reconcile.chains import Dependents
-from kubetune.reconcile.client import bearer_token, load_configuration, lower_throttled_retries
+from kubetune.reconcile.credentials import bearer_token, load_configuration
 from kubetune.render.common import FINETUNEJOB_LABEL
 from kubetune.settings import load_settings
 
@@ -32,6 +32,38 @@ log = logging.getLogger("kubetune.handlers")
 # Chains: which FineTuneJobs refer to which, and what they read of each other, from the watch events (used
 # on the event loop only).
 _dependents = Dependents()
+
+
+# ------------------------------------------------------------------------------------------------
+# kopf's logs
+
+
+class ThrottledRetryLevel(logging.Filter):
+    """kopf's log of a 429 it retries, as a WARNING rather than an ERROR (a handler filter: sees every logger).
+
+    kopf (``kopf/_cogs/clients/api.py``) retries a 429 with its ``networking.error_backoffs``, waiting at
+    least the server's Retry-After, and logs each retry at ERROR ("Request attempt #1/9 failed; will
+    retry"). A throttled operator is doing what the cluster's administrator asked, so a burst would fill the
+    log with ERROR lines that need nobody's attention. Only those records are lowered: kopf giving up
+    ("escalating") and every other error stay ERRORs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.name.startswith("kopf."):
+            message = record.getMessage()
+            if "will retry" in message and "APITooManyRequestsError" in message:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def lower_throttled_retries(root: logging.Logger | None = None) -> None:
+    """Install ThrottledRetryLevel on the handlers of ROOT (default: the root logger), once."""
+    for handler in (root or logging.getLogger()).handlers:
+        if not any(isinstance(f, ThrottledRetryLevel) for f in handler.filters):
+            handler.addFilter(ThrottledRetryLevel())
+
+
+# ------------------------------------------------------------------------------------------------
+# kopf's activities
 
 
 @kopf.on.login(id="kubetune-login")

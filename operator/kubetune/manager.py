@@ -35,7 +35,9 @@ from kubetune.leader_election import (
     default_namespace,
     new_identity,
 )
-from kubetune.reconcile.client import ApiException, api_client, load_configuration, throttled_retries
+from kubetune.reconcile.client import ApiException, api_client
+from kubetune.reconcile.credentials import load_configuration
+from kubetune.reconcile.throttling import throttled_retries
 from kubetune.settings import Settings, load_settings
 
 # The handler modules register themselves with kopf when imported; these names only say so.

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from kubetune.reconcile.client import Kube, api_client, load_configuration
+from kubetune.reconcile.client import Kube, api_client
+from kubetune.reconcile.credentials import load_configuration
 from kubetune.reconcile.writes import Conflict, Writer
 from tests.support.objects import FTJ, tiny_job
 from tests.support.operator import Operator
