@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api.v1alpha1 import ModelServe, validate_document
-from kubetune.engines import engine_of
+from kubetune.engines import ENGINES, engine_of
 from kubetune.engines.smoke import DEFAULT_TIMEOUT_SECONDS, SmokeTestResult
 from kubetune.render import modelserve as r
 from kubetune.render.common import applied_hash, with_hash
@@ -82,8 +82,10 @@ class ServeOptions:
     smoke_attempts: int = 3
 
     def image(self, engine: str) -> str:
-        """The image of ENGINE's pods when the ModelServe names none (the operator's settings)."""
-        return {"tgi": self.tgi_image, "vllm": self.vllm_image}[engine]
+        """The image of ENGINE's pods when the ModelServe names none: the operator's setting ``<engine>_image``
+        where there is one, else the engine's own default."""
+        configured: str | None = getattr(self, f"{engine}_image", None)
+        return configured or ENGINES[engine].default_image
 
 
 @dataclass(frozen=True)
