@@ -28,7 +28,7 @@ from kubetune.render.finetunejob import (
     RenderOptions,
     _volume_name,
     job_name,
-    render_children,
+    needs_service,
     render_configmap,
     render_job,
     render_rbac,
@@ -39,6 +39,19 @@ from kubetune.render.finetunejob import (
 from tests.support.objects import example_docs, tiny_job
 
 OPTS = RenderOptions(trainer_image="example.org/trainer:test", termination_grace_seconds=120)
+
+
+def render_children(job, opts, attempt: int = 1, chain=None) -> list[dict]:
+    """Every child of an attempt, in the order the operator applies them (the Job last; the Service only for
+    multi-node runs)."""
+    return [
+        *render_rbac(job),
+        render_configmap(job, opts, chain),
+        *([render_service(job, attempt)] if needs_service(job) else []),
+        render_job(job, opts, attempt, chain=chain),
+    ]
+
+
 EXAMPLES = example_docs()
 
 

@@ -167,9 +167,6 @@ def base_labels(job: FineTuneJob) -> dict[str, str]:
     return labels
 
 
-_label_value = label_value  # the name reconcile/finetunejob.py imports it by
-
-
 def _meta(job: FineTuneJob, owner: dict[str, Any], name: str, **extra: Any) -> dict[str, Any]:
     return child_metadata(owner, name, job.metadata.namespace, base_labels(job), **extra)
 
@@ -558,16 +555,3 @@ def render_job(
         },
     }
     return with_hash(body)
-
-
-def render_children(
-    job: FineTuneJob, opts: RenderOptions, attempt: int = 1, chain: ChainResolution | None = None
-) -> list[dict[str, Any]]:
-    """Everything a FineTuneJob's attempt needs, in the order it is applied (the Job last; the Service only
-    for multi-node runs)."""
-    return [
-        *render_rbac(job),
-        render_configmap(job, opts, chain),
-        *([render_service(job, attempt)] if needs_service(job) else []),
-        render_job(job, opts, attempt, chain=chain),
-    ]

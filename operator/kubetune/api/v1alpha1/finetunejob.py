@@ -882,7 +882,11 @@ class FineTuneJobStatus(KubeModel):
     observed_generation: int | None = None
     """The metadata.generation the status reflects."""
     conditions: list[Condition] = Field(default_factory=list)
-    """Validated, Running, Succeeded, Failed, Suspended."""
+    """Validated (the spec, and the fit check: DoesNotFit), Running (the trainer pods, or why they do not
+    run), Succeeded, Failed (with the reason: InvalidSpec, BackoffLimitExceeded, DeadlineExceeded,
+    EvaluationGateFailed, a broken reference...), Suspended (spec.suspend, Kueue admission), WaitingForModel
+    (a referenced FineTuneJob does not exist yet or has not succeeded), and Ready, Reconciling, Stalled as
+    kstatus (Flux, Argo CD) reads them."""
     job_name: str | None = None
     """The trainer batch/v1 Job."""
     start_time: datetime | None = None
