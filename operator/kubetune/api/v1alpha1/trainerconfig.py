@@ -46,7 +46,14 @@ def pvc_local_path(uri: str) -> str:
 def pvc_claims(job: FineTuneJob, extra_uris: tuple[str, ...] = ()) -> list[str]:
     """The distinct PersistentVolumeClaims a FineTuneJob reads or writes, in a stable order (EXTRA_URIS: what
     its FineTuneJob references resolved to, see ChainResolution.uris)."""
-    uris = [job.spec.model.uri or "", job.spec.dataset.uri, job.spec.output.uri or "", *extra_uris]
+    output = job.spec.output
+    uris = [
+        job.spec.model.uri or "",
+        job.spec.dataset.uri,
+        output.uri or "",
+        output.checkpoint_uri or "",
+        *extra_uris,
+    ]
     claims = [parse_uri(u, ("pvc",)).claim for u in uris if u.startswith("pvc://")]
     return sorted(set(claims))
 
@@ -97,7 +104,11 @@ class TrainerRuntime(KubeModel):
     output_dir: Annotated[str, Field(min_length=1)]
     """Local directory the trainer writes the result and checkpoints to (a mounted claim, or staging for s3)."""
     output_uri: str | None = None
-    """Where the result ends up as the user wrote it (pvc:// or s3://); None for local runs."""
+    """Where the result ends up as the user wrote it (pvc://, s3:// or oci://); None for local runs that write
+    to output_dir only."""
+    checkpoint_uri: str | None = None
+    """oci:// outputs: where the checkpoints and a copy of the result go (output.checkpointUri: pvc:// or s3://;
+    output_dir is its local side); None otherwise."""
     image: str | None = None
     """Trainer image, recorded in the lineage."""
     report_status: bool = False
