@@ -11,7 +11,19 @@ from typing import Any
 
 from kubetune.api.v1alpha1 import TrainerConfig
 
-from . import artifacts, chain, checkpoints, methods, objectives, remote, reporting, stall, tracking, world
+from . import (
+    artifacts,
+    chain,
+    checkpoints,
+    methods,
+    objectives,
+    publish,
+    remote,
+    reporting,
+    stall,
+    tracking,
+    world,
+)
 from . import data as data_mod
 from . import metrics as metric_fns
 from . import model as model_mod
@@ -145,7 +157,7 @@ def run_training(
 
     checkpoints.clean_foreign(runtime.output_dir, runtime.run_id)
     resume = checkpoints.latest_complete(runtime.output_dir, runtime.run_id)
-    store = remote.for_output(runtime.output_uri)  # s3://: checkpoints are mirrored there
+    store = remote.for_output(artifacts.storage_uri(config))  # s3://: checkpoints are mirrored there
     if resume is None and store is not None:
         resume = remote.restore(store, runtime.output_dir, runtime.run_id)
     if resume is not None:
@@ -235,5 +247,6 @@ def run_training(
             precision=precision,
             distributed=world_facts.to_dict(),
         )
+        result = publish.publish(config, result)  # oci:// output: push; output.register: model registry
         reporting.report_result(config, result)  # reporting: status.result
     return Outcome(result, metrics, trainer.model, tokenizer, prepared, trainer)

@@ -145,7 +145,7 @@ def publishing_problems(
         (oci and "@" in uri, "output.uri",
          "an oci:// output names the tag to push to (oci://REGISTRY/REPOSITORY:TAG), not a digest (the digest is "
          "known after the push: status.result.digest)"),
-        (oci and not checkpoint, "output.checkpointUri",
+        (cluster and oci and not checkpoint, "output.checkpointUri",
          "required with an oci:// output: set pvc://CLAIM/PATH or s3://BUCKET/PREFIX for the checkpoints (a copy "
          "of the result is kept there too)"),
         (bool(checkpoint) and not oci, "output.checkpointUri",
