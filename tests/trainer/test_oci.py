@@ -108,9 +108,13 @@ def test_a_local_run_pushes_its_adapter_as_a_modelpack_artifact(pushed, registry
     assert kinds["adapter_config.json"] == olot.MEDIATYPEMODELWEIGHTCONFIG
     assert kinds["tokenizer.json"] == olot.MEDIATYPEMODELWEIGHTCONFIG
     assert kinds["lineage.json"] == kinds["README.md"] == olot.MEDIATYPEMODELDOC
-    # every file of the result and nothing else: no checkpoints, no completion marker
+    # every file of the result and nothing else: no checkpoints, no completion marker, no record of the push
     on_storage = {p.relative_to(storage).as_posix() for p in storage.rglob("*") if p.is_file()}
-    assert set(by_path) == {f for f in on_storage if not f.startswith("checkpoints/") and f != "_SUCCESS"}
+    assert set(by_path) == {
+        f
+        for f in on_storage
+        if not f.startswith("checkpoints/") and f not in ("_SUCCESS", "publication.json")
+    }
 
     # The config is what the ModelPack schema allows (olot's model of it forbids anything else) and lists
     # the layers' DiffIDs (uncompressed tars: their digests).
@@ -134,8 +138,7 @@ def test_a_local_run_pushes_its_adapter_as_a_modelpack_artifact(pushed, registry
     assert notes["io.kubetune.run-id"] == config.runtime.run_id
     assert notes["io.kubetune.dataset.digest"] == result["datasetDigest"]
     assert notes["io.kubetune.result-kind"] == "adapter"
-    lineage = json.loads((storage / "lineage.json").read_text())
-    assert lineage["publication"]["oci"]["digest"] == digest
+    assert json.loads((storage / "publication.json").read_text())["oci"]["digest"] == digest
 
 
 def test_the_artifact_pulls_back_byte_for_byte_and_trains_a_next_model(
@@ -146,12 +149,8 @@ def test_the_artifact_pulls_back_byte_for_byte_and_trains_a_next_model(
     files = modelpack.result_files(storage)
     pulled = oci.pull(result["uri"], tmp_path / "pulled", auth_path=str(auth))
     assert pulled.digest == result["digest"]
-    same = [f for f in files if f != "lineage.json"]
-    assert file_hashes(tmp_path / "pulled", same) == file_hashes(storage, same)
-    # lineage.json on the storage gained the record of the push afterwards; the rest is the same
-    kept = json.loads((storage / "lineage.json").read_text())
-    assert kept.pop("publication")["oci"]["digest"] == result["digest"]
-    assert json.loads((tmp_path / "pulled" / "lineage.json").read_text()) == kept
+    assert "lineage.json" in files and "publication.json" not in files
+    assert file_hashes(tmp_path / "pulled", files) == file_hashes(storage, files)
     assert oci.pulled_digest(tmp_path / "pulled") == result["digest"]
 
     # A digest that is not the tag's: the registry has no such manifest.
@@ -191,9 +190,7 @@ def test_a_refused_push_keeps_the_result_and_says_what_to_change(
     assert "digest" not in result
     # nothing trained is lost: the result is complete on its storage
     assert (storage / "_SUCCESS").exists() and (storage / "adapter_model.safetensors").stat().st_size > 0
-    assert (
-        json.loads((storage / "lineage.json").read_text())["publication"]["error"]["reason"] == "PushRefused"
-    )
+    assert json.loads((storage / "publication.json").read_text())["error"]["reason"] == "PushRefused"
     # and the registry has no such tag
     tags = crane(registry.host, "ls", f"{registry.host}/{REPO}", auth=registry.docker_config(
         tmp_path / "good.json", USER, PASSWORD)).split()  # fmt: skip
@@ -218,9 +215,9 @@ def test_a_registry_that_denies_pushes_403(pushed, registry, tmp_path):
 def test_an_existing_tag_is_never_moved_unless_asked(pushed, registry, auth, oci_env):
     config, result = pushed
     ref = f"{registry.host}/{REPO}:v1"
-    # The same run again (a retried attempt): its own push is replaced, the tag stays this run's.
+    # The same run again (a retried attempt) may push again: the same folder is the same artifact.
     again = publish.publish(config, {**result, "uri": f"file://{config.runtime.output_dir}"})
-    assert "publishError" not in again and again["digest"].startswith("sha256:")
+    assert "publishError" not in again and again["digest"] == result["digest"]
     first = crane(registry.host, "digest", ref, auth=auth).strip()
     assert first == again["digest"]
 

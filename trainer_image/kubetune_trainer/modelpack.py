@@ -57,7 +57,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".h5
 DOC_NAMES = ("readme", "license", "licence", "notice", "lineage.json", "model_card")
 # Never part of a result artifact: training state and the trackers' files stay on the checkpoint storage.
 SKIPPED_TOP = ("checkpoints", "tensorboard", "wandb", "merged", "runs")
-SKIPPED_NAMES = ("_SUCCESS", "_SUCCESS.tmp", "training_args.bin")
+SKIPPED_NAMES = ("_SUCCESS", "_SUCCESS.tmp", "training_args.bin", "publication.json")
 TAR_MODE = 0o644
 TAR_TYPEFLAG_REGULAR = 48  # "0", as the File Metadata annotation writes a tar typeflag byte
 

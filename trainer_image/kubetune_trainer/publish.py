@@ -11,8 +11,9 @@ model registry (output.register). Nothing here can lose the result: it stays whe
   status.result.publishError {reason, message}; the message says what to change and where the result is.
   The trainer then ends normally: training succeeded, and another attempt would only train again.
 
-lineage.json on the storage records what happened (``publication``): the digest and URI of the push, the
-model version, or the error.
+publication.json beside lineage.json on the storage records what happened: the digest and URI of the push,
+the model version, or the error. lineage.json itself stays as it was pushed (an artifact cannot hold its own
+digest), so pushing the same folder again gives the same artifact, digest and model version.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from . import artifacts, oci, registration, sources
 log = logging.getLogger("kubetune_trainer.publish")
 
 MERGED_TAG_SUFFIX = "-merged"
+PUBLICATION = "publication.json"
 
 
 def is_oci(uri: str | None) -> bool:
@@ -55,21 +57,15 @@ def _fail(result: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
 
 
 def _record(config: TrainerConfig, publication: dict[str, Any]) -> None:
-    """Write what happened into lineage.json on the storage (uploaded again for an s3:// storage)."""
+    """Write what happened to publication.json beside lineage.json on the storage (uploaded for s3://)."""
     out = Path(config.runtime.output_dir)
-    path = out / artifacts.LINEAGE
-    try:
-        lineage = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    lineage["publication"] = publication
-    path.write_text(json.dumps(lineage, indent=2, sort_keys=True))
+    (out / PUBLICATION).write_text(json.dumps(publication, indent=2, sort_keys=True))
     storage = artifacts.storage_uri(config)
     if storage and storage.startswith("s3://"):
         try:
-            artifacts.upload_file(out, artifacts.LINEAGE, storage)
+            artifacts.upload_file(out, PUBLICATION, storage)
         except Exception as error:  # noqa: BLE001 - botocore errors of many kinds; the local copy stays
-            log.warning("could not upload the updated lineage.json to %s: %s", storage, error)
+            log.warning("could not upload %s to %s: %s", PUBLICATION, storage, error)
 
 
 def publish(config: TrainerConfig, result: dict[str, Any]) -> dict[str, Any]:
