@@ -50,8 +50,11 @@ sys.path[:0] = [str(REPO), str(REPO / "operator")]
 import psutil  # noqa: E402
 from kubernetes import client, config, watch  # noqa: E402
 
-from tests.operator.conftest import Operator, apply_crds, tiny_job, wait_for  # noqa: E402
 from tests.support import controlplane as cpmod  # noqa: E402
+from tests.support.crds import apply_crds  # noqa: E402
+from tests.support.objects import tiny_job  # noqa: E402
+from tests.support.operator import Operator  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:

@@ -31,8 +31,11 @@ import psutil  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 
 from hack.bench_operator import new_ns, settle  # noqa: E402
-from tests.operator.conftest import Operator, apply_crds, tiny_job, wait_for  # noqa: E402
 from tests.support import controlplane as cpmod  # noqa: E402
+from tests.support.crds import apply_crds  # noqa: E402
+from tests.support.objects import tiny_job  # noqa: E402
+from tests.support.operator import Operator  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
 SELECTOR = "kubetune.io/finetunejob"
 

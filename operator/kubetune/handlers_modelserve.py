@@ -18,8 +18,8 @@ import kopf
 from kubetune import runtime
 from kubetune.reconcile.queue import Key
 from kubetune.reconcile.references import ReferenceIndex
+from kubetune.reconcile.sources import referenced_jobs
 from kubetune.render.common import MODELSERVE_LABEL
-from kubetune.render.modelserve import referenced_jobs
 
 log = logging.getLogger("kubetune.handlers.modelserve")
 

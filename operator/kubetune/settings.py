@@ -14,10 +14,12 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from kubetune.engines import ENGINES
+
 DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/kubetune-trainer:0.1.0"
-DEFAULT_TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.4"
-# Runtime LoRA updates with load_inplace (the switch to a new adapter version) need vLLM >= 0.11.
-DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+# Each serving engine's default image is declared by its module (kubetune/engines/).
+DEFAULT_TGI_IMAGE = ENGINES["tgi"].default_image
+DEFAULT_VLLM_IMAGE = ENGINES["vllm"].default_image
 
 
 class Settings(BaseSettings):

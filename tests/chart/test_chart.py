@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from kubernetes import client
 
 from kubetune import crdgen
 from tests.support.controlplane import ensure_testbin
+from tests.support.waiting import wait_for
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "kubetune"
 KUBE_VERSION = "1.36.3"
@@ -179,14 +179,11 @@ def test_helm_install_on_the_real_api_server(helm, kube, namespace):
         assert status["info"]["status"] == "deployed"
     finally:
         run_helm(helm, "uninstall", release, "--namespace", namespace, "--wait", env=kube.env())
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            names = [
-                r.metadata.name for r in client.RbacAuthorizationV1Api(kube.api).list_cluster_role().items
-            ]
-            if not any(n.startswith(release) for n in names):
-                break
-            time.sleep(0.5)
+        rbac = client.RbacAuthorizationV1Api(kube.api)
+        wait_for(
+            lambda: not [r.metadata.name for r in rbac.list_cluster_role().items if r.metadata.name.startswith(release)],
+            30, 0.5, f"the ClusterRoles of release {release} gone after helm uninstall",
+        )  # fmt: skip
 
 
 def test_chart_crd_templates_are_current():

@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.api.v1alpha1 import TrainerConfig
 from kubetune_trainer.reporting import Metrics
-from tests.operator.conftest import Operator
 from tests.support.controlplane import ensure_testbin
+from tests.support.operator import Operator
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubetune"
@@ -141,7 +141,7 @@ def scrape(url: str) -> str:
 
 
 def test_every_metric_of_the_dashboard_and_rules_is_exported(helm, kube, tmp_path):
-    from tests.operator.conftest import apply_crds
+    from tests.support.crds import apply_crds
 
     used = set(METRIC.findall(DASHBOARD.read_text()))
     used |= set(METRIC.findall(json.dumps(rules(helm))))

@@ -13,6 +13,7 @@ from kubernetes import client, watch
 
 from tests.support import controlplane as cpmod
 from tests.support.cluster import KubeCluster, token_client
+from tests.support.crds import apply_crds
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -420,42 +421,9 @@ def _watch_across_a_restart(apiserver, core: client.CoreV1Api, namespace: str) -
 # The project's CRDs (crds/*.yaml, written by `kubetune crds`)
 
 
-def _crd_docs() -> list[dict]:
-    docs = []
-    for path in sorted((REPO / "crds").glob("*.yaml")):
-        docs += [
-            d
-            for d in yaml.safe_load_all(path.read_text())
-            if d and d.get("kind") == "CustomResourceDefinition"
-        ]
-    return docs
-
-
-def _apply_crd(kube: KubeCluster, doc: dict) -> None:
-    ext = client.ApiextensionsV1Api(kube.api)
-    name = doc["metadata"]["name"]
-    try:
-        ext.create_custom_resource_definition(doc)
-    except client.ApiException as exc:
-        if exc.status != 409:
-            raise
-        current = ext.read_custom_resource_definition(name)
-        ext.replace_custom_resource_definition(
-            name,
-            {**doc, "metadata": {**doc["metadata"], "resourceVersion": current.metadata.resource_version}},
-        )
-    wait_for(
-        lambda: condition(ext.read_custom_resource_definition(name), "Established") == "True",
-        timeout=30,
-        what=f"CRD {name} Established",
-    )
-
-
 def test_the_crds_are_accepted_and_a_cel_rule_rejects_a_bad_object(kube: KubeCluster, namespace: str):
-    docs = _crd_docs()
-    assert {d["metadata"]["name"] for d in docs} >= {"finetunejobs.kubetune.io", "modelserves.kubetune.io"}
-    for doc in docs:
-        _apply_crd(kube, doc)  # a structural-schema or CEL compile error would be rejected here
+    applied = apply_crds(kube.api)  # a structural-schema or CEL compile error would be rejected here
+    assert set(applied) >= {"finetunejobs.kubetune.io", "modelserves.kubetune.io"}
 
     good = yaml.safe_load((REPO / "examples" / "bert-imdb-full.yaml").read_text())
     good["metadata"]["namespace"] = namespace

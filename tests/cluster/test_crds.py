@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,8 @@ from kubernetes import client
 
 from kubetune import crdgen
 from kubetune.api.v1alpha1 import GROUP, VERSION
-from tests.operator.conftest import wait_served
+from tests.support.crds import apply_crds, wait_served
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -33,33 +33,6 @@ def server_header(path: Path) -> str:
 
 def docs(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-
-def apply_crds(api: client.ApiClient) -> None:
-    ext = client.ApiextensionsV1Api(api)
-    for path in sorted((REPO / "crds").glob("*.yaml")):
-        body = yaml.safe_load(path.read_text())
-        name = body["metadata"]["name"]
-        try:
-            ext.create_custom_resource_definition(body)
-        except client.ApiException as exc:
-            if exc.status != 409:
-                raise AssertionError(f"{path.name} rejected by the API server: {exc.body}") from None
-            current = ext.read_custom_resource_definition(name)
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            ext.replace_custom_resource_definition(name, body)
-    deadline = time.monotonic() + 60
-    for path in sorted((REPO / "crds").glob("*.yaml")):
-        name = yaml.safe_load(path.read_text())["metadata"]["name"]
-        while True:
-            crd = ext.read_custom_resource_definition(name)
-            conditions = {c.type: c for c in (crd.status.conditions or [])}
-            if conditions.get("Established") and conditions["Established"].status == "True":
-                break
-            if conditions.get("NamesAccepted") and conditions["NamesAccepted"].status == "False":
-                raise AssertionError(f"{name}: {conditions['NamesAccepted'].message}")
-            assert time.monotonic() < deadline, f"{name} not Established: {conditions}"
-            time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -175,16 +148,16 @@ def test_status_subresource_and_printer_columns(crds, ns):
 def test_published_openapi_describes_spec_fields(crds):
     """What `kubectl explain finetunejob.spec.method` prints comes from here."""
     path = f"/openapi/v3/apis/{GROUP}/{VERSION}"
-    deadline = time.monotonic() + 30
-    while True:
+
+    def published() -> tuple[dict, str] | None:
         document = crds.api.call_api(path, "GET", response_types_map={200: "object"}, auth_settings=["BearerToken"],
                                      _return_http_data_only=True)  # fmt: skip
         schemas = document.get("components", {}).get("schemas", {})
         key = next((k for k in schemas if k.endswith(f"{VERSION}.FineTuneJob")), None)
-        if key or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert key, sorted(schemas)
+        return (schemas, key) if key else None
+
+    schemas, key = wait_for(published, 30, 0.5, f"the FineTuneJob schema published at {path}")
+    assert key
     spec = schemas[key]["properties"]["spec"]
     method = spec["properties"]["method"]
     if "allOf" in method:  # the published document may wrap defaults around a $ref

@@ -19,6 +19,7 @@ import pytest
 from kubernetes import client
 
 from tests.support import e2e
+from tests.support.objects import Objects, condition
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -131,13 +132,12 @@ def test_the_operator_runs_in_the_cluster_from_the_chart(kube, e2e_target, opera
 @pytest.mark.timeout(900)
 def test_a_finetunejob_trains_in_a_trainer_pod(kube, e2e_target, e2e_namespace, operator_release, data_claim):
     api = kube.api
-    e2e.create_object(
-        api, e2e_namespace, finetunejob(FIRST, e2e_target, max_steps=120, output=f"runs/{FIRST}")
-    )
+    jobs = Objects(api, e2e_namespace, "FineTuneJob")
+    jobs.create(finetunejob(FIRST, e2e_target, max_steps=120, output=f"runs/{FIRST}"))
 
     # Live progress while the pod trains: step and loss in the status before the end.
     def live():
-        obj = e2e.get_object(api, e2e_namespace, "finetunejobs", FIRST)
+        obj = jobs.get(FIRST)
         progress = (obj.get("status") or {}).get("progress") or {}
         step, total = progress.get("step") or 0, progress.get("totalSteps") or 0
         if obj["status"].get("phase") == "Running" and 0 < step < total and progress.get("loss") is not None:
@@ -157,8 +157,7 @@ def test_a_finetunejob_trains_in_a_trainer_pod(kube, e2e_target, e2e_namespace, 
     }
     assert status_writers - {OPERATOR_MANAGER}, f"progress written only by {status_writers}"
 
-    done = e2e.wait_phase(api, e2e_namespace, "finetunejobs", FIRST, ("Succeeded", "Failed"), 600)
-    status = done["status"]
+    status = jobs.wait_phase(FIRST, ("Succeeded", "Failed"), 600)
     assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
     assert status["progress"]["step"] == 120
     assert status["attempts"] == 1
@@ -180,12 +179,11 @@ def test_a_finetunejob_trains_in_a_trainer_pod(kube, e2e_target, e2e_namespace, 
 def test_a_pod_stopped_by_the_kubelet_checkpoints_and_the_next_resumes(kube, e2e_target, e2e_namespace,
                                                                        operator_release, data_claim):  # fmt: skip
     api, core = kube.api, client.CoreV1Api(kube.api)
-    e2e.create_object(
-        api, e2e_namespace, finetunejob(RESUMED, e2e_target, max_steps=400, output=f"runs/{RESUMED}")
-    )
+    jobs = Objects(api, e2e_namespace, "FineTuneJob")
+    jobs.create(finetunejob(RESUMED, e2e_target, max_steps=400, output=f"runs/{RESUMED}"))
 
     def training():
-        obj = e2e.get_object(api, e2e_namespace, "finetunejobs", RESUMED)
+        obj = jobs.get(RESUMED)
         step = ((obj.get("status") or {}).get("progress") or {}).get("step") or 0
         pods = [p for p in trainer_pods(kube, e2e_namespace, RESUMED) if p.status.phase == "Running"]
         return pods[0] if 5 <= step < 200 and pods else None
@@ -195,7 +193,7 @@ def test_a_pod_stopped_by_the_kubelet_checkpoints_and_the_next_resumes(kube, e2e
     core.delete_namespaced_pod(first_pod.metadata.name, e2e_namespace)
 
     def checkpointed():
-        obj = e2e.get_object(api, e2e_namespace, "finetunejobs", RESUMED)
+        obj = jobs.get(RESUMED)
         return obj if ((obj.get("status") or {}).get("checkpoint") or {}).get("step") else None
 
     saved = wait_for(checkpointed, 300, 0.5, f"{RESUMED}: the checkpoint written on SIGTERM")["status"][
@@ -221,8 +219,7 @@ def test_a_pod_stopped_by_the_kubelet_checkpoints_and_the_next_resumes(kube, e2e
         event.message
     )
 
-    done = e2e.wait_phase(api, e2e_namespace, "finetunejobs", RESUMED, ("Succeeded", "Failed"), 600)
-    status = done["status"]
+    status = jobs.wait_phase(RESUMED, ("Succeeded", "Failed"), 600)
     assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
     assert status["attempts"] == 2
     assert status["progress"]["step"] == 400
@@ -245,12 +242,11 @@ def test_a_modelserve_of_the_result_is_served_and_smoke_tested(
     kube, e2e_target, e2e_namespace, operator_release
 ):
     api = kube.api
-    job = e2e.get_object(api, e2e_namespace, "finetunejobs", FIRST)
+    job = Objects(api, e2e_namespace, "FineTuneJob").get(FIRST)
     assert job["status"]["phase"] == "Succeeded", "needs the FineTuneJob of the training test"
+    serves = Objects(api, e2e_namespace, "ModelServe")
     prompt = "The capital of France"
-    e2e.create_object(
-        api,
-        e2e_namespace,
+    serves.create(
         {
             "apiVersion": "kubetune.io/v1alpha1",
             "kind": "ModelServe",
@@ -268,10 +264,9 @@ def test_a_modelserve_of_the_result_is_served_and_smoke_tested(
         },
     )
 
-    obj = e2e.wait_phase(api, e2e_namespace, "modelserves", SERVE, ("Ready", "Failed", "Degraded"), 600)
-    status = obj["status"]
+    status = serves.wait_phase(SERVE, ("Ready", "Failed", "Degraded"), 600)
     assert status["phase"] == "Ready", json.dumps(status, indent=1)
-    ready = e2e.condition(obj, "Ready")
+    ready = condition({"status": status}, "Ready")
     assert ready["status"] == "True" and ready["reason"] == "SmokeTestPassed", ready
     service = f"{SERVE}.{e2e_namespace}.svc"
     assert f"http://{service}" in ready["message"]  # the operator went through the Service's DNS name

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.operator.conftest import apply_crds
+from tests.support.crds import apply_crds
 
 from . import states
 

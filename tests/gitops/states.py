@@ -8,14 +8,12 @@ returns the object as the API server has it (what Flux, Argo CD and kubectl read
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client
+from tests.support.objects import GROUP, VERSION, Objects
+from tests.support.waiting import wait_for
 
-GROUP, VERSION = "kubetune.io", "v1alpha1"
-PLURALS = {"FineTuneJob": "finetunejobs", "ModelServe": "modelserves"}
 T0 = "2026-11-30T03:00:00Z"
 T1 = "2026-11-30T03:20:00Z"
 
@@ -207,10 +205,6 @@ def ms_unsupported(gen: int = 1) -> dict[str, Any]:
 # --------------------------------------------------------------------------------- on the server
 
 
-def custom(api) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(api)
-
-
 def create(api, namespace: str, kind: str, name: str, status: dict[str, Any] | None,
            finalizers: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Create KIND/NAME, write STATUS through the status subresource, return the object as stored."""
@@ -218,29 +212,27 @@ def create(api, namespace: str, kind: str, name: str, status: dict[str, Any] | N
             "spec": spec_of(kind, name)}  # fmt: skip
     if finalizers:
         body["metadata"]["finalizers"] = finalizers
-    api_ = custom(api)
-    api_.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], body)
+    objects = Objects(api, namespace, kind)
+    objects.create(body)
     if status is not None:
-        write_status(api, namespace, kind, name, status)
-    return get(api, namespace, kind, name)
+        objects.patch_status(name, status)
+    return objects.get(name)
 
 
 def write_status(api, namespace: str, kind: str, name: str, status: dict[str, Any]) -> None:
-    custom(api).patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURALS[kind], name, {"status": status},
-        _content_type="application/merge-patch+json",
-    )  # fmt: skip
+    Objects(api, namespace, kind).patch_status(name, status)
 
 
 def get(api, namespace: str, kind: str, name: str) -> dict[str, Any]:
-    return custom(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], name)
+    return Objects(api, namespace, kind).get(name)
 
 
 def bump_generation(api, namespace: str, kind: str, name: str) -> dict[str, Any]:
     """A spec change the operator has not seen yet: generation + 1, status untouched."""
     patch = {"spec": {"backoffLimit": 5}} if kind == "FineTuneJob" else {"spec": {"replicas": 2}}
-    custom(api).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], name, patch)
-    obj = get(api, namespace, kind, name)
+    objects = Objects(api, namespace, kind)
+    objects.patch(name, patch)
+    obj = objects.get(name)
     assert obj["metadata"]["generation"] == obj["status"]["observedGeneration"] + 1
     return obj
 
@@ -248,22 +240,14 @@ def bump_generation(api, namespace: str, kind: str, name: str) -> dict[str, Any]
 def deleting(api, namespace: str, kind: str, name: str, status: dict[str, Any]) -> tuple[dict, Callable]:
     """An object being deleted (held by a finalizer) and the function that lets it go."""
     create(api, namespace, kind, name, status, finalizers=["kubetune.io/test-hold"])
-    custom(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], name)
-    obj = get(api, namespace, kind, name)
+    objects = Objects(api, namespace, kind)
+    objects.delete(name)
+    obj = objects.get(name)
     assert obj["metadata"].get("deletionTimestamp")
 
     def release() -> None:
-        custom(api).patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURALS[kind], name, {"metadata": {"finalizers": None}}
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                get(api, namespace, kind, name)
-            except client.ApiException as exc:
-                if exc.status == 404:
-                    return
-            time.sleep(0.2)
+        objects.patch(name, {"metadata": {"finalizers": None}})
+        wait_for(lambda: not objects.exists(name), 20, 0.2, f"{kind} {name} deleted once released")
 
     return obj, release
 

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from kubernetes import client
 
 from kubetune.cli_status import COMPLETION_INDEX, JOB_NAME_LABEL, progress_bar, select_pods
 from tests.support.controlplane import ensure_testbin
+from tests.support.waiting import process_exited, wait_for
 
 from . import states
 
@@ -68,10 +68,10 @@ def test_status_watch_follows_until_the_run_ends(kube, namespace, final, code):
     reader.start()
 
     def shown(text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in list(lines)):
-            assert time.monotonic() < deadline and proc.poll() is None, (lines, proc.stderr.read())
-            time.sleep(0.1)
+        wait_for(
+            lambda: any(text in line for line in list(lines)), timeout, 0.1, f"{text!r} in the output {lines}",
+            fail_if=process_exited(proc, "kubetune status -w", proc.stderr.read),
+        )  # fmt: skip
 
     try:
         shown("40/100 steps")  # the first view

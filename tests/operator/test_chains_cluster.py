@@ -12,8 +12,8 @@ import yaml
 
 from kubetune.api.v1alpha1 import pvc_claims, validate_document
 from kubetune.reconcile.chains import referenced_names
-from tests.operator.conftest import FTJ, example_docs, tiny_job
 from tests.operator.test_finetunejob_cluster import _prepare_references, test_pvs  # noqa: F401 - a fixture
+from tests.support.objects import FTJ, example_docs, tiny_job
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok]

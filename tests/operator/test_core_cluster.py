@@ -15,8 +15,9 @@ import yaml
 from kubernetes import client
 
 from kubetune.render.finetunejob import configmap_name, job_name, service_name, serviceaccount_name
-from tests.operator.conftest import FTJ, Operator, tiny_job
 from tests.support.controlplane import OUTCOME_LABEL
+from tests.support.objects import FTJ, tiny_job
+from tests.support.operator import Operator
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster

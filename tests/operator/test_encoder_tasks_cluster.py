@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from kubetune.api.v1alpha1 import TrainerConfig
-from tests.operator.conftest import FTJ, tiny_job
+from tests.support.objects import FTJ, tiny_job
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster

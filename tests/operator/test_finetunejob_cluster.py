@@ -15,8 +15,8 @@ from kubernetes import client
 from kubetune.api.v1alpha1 import pvc_claims, validate_document
 from kubetune.reconcile.chains import referenced_names
 from kubetune.render.finetunejob import secret_uses
-from tests.operator.conftest import FTJ, example_docs, tiny_job
 from tests.support.cluster import token_client
+from tests.support.objects import FTJ, example_docs, tiny_job
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster

@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from kubetune.reconcile.finetunejob_decision import STALL_GRACE_SECONDS
-from tests.operator.conftest import FTJ, tiny_job
+from tests.support.objects import FTJ, tiny_job
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster

@@ -10,8 +10,8 @@ import time
 import pytest
 from kubernetes import client
 
-from tests.operator.conftest import FTJ, tiny_job
 from tests.support.admission import denying_policy
+from tests.support.objects import FTJ, tiny_job
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster

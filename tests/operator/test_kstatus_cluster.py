@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 
 from tests.gitops.test_kstatus import kstatus, kstatus_bin  # noqa: F401 - the fixture is used by name
-from tests.operator.conftest import FTJ, tiny_job
+from tests.support.objects import FTJ, tiny_job
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok]

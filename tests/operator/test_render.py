@@ -32,7 +32,7 @@ from kubetune.render.finetunejob import (
     run_id,
     secret_uses,
 )
-from tests.operator.conftest import example_docs, tiny_job
+from tests.support.objects import example_docs, tiny_job
 
 OPTS = RenderOptions(trainer_image="example.org/trainer:test", termination_grace_seconds=120)
 EXAMPLES = example_docs()

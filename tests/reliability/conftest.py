@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
-from tests.operator.conftest import FTJ, Operator, apply_crds
+from tests.support.crds import apply_crds
+from tests.support.objects import FTJ
+from tests.support.operator import Operator
 
 NS_PREFIX = "rel"  # the session operator's namespaces
 OWN_NS_PREFIX = "relown"  # namespaces of tests that run their own operator: not rel-*

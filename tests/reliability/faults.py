@@ -11,7 +11,8 @@ from typing import Any
 
 from kubernetes import client
 
-from tests.operator.conftest import Operator, tiny_job
+from tests.support.objects import tiny_job
+from tests.support.operator import Operator
 from tests.support.waiting import wait_for
 
 GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
@@ -116,11 +117,8 @@ def resource_versions(kube, ns: str) -> dict[str, str]:
 
 
 def _logged(op: Operator) -> list[str]:
-    """Every line the operator logged, over all its (re)starts."""
-    lines: list[str] = []
-    for path in sorted(op.log_dir.glob("operator-*.log")):
-        lines += path.read_text(errors="replace").splitlines()
-    return lines
+    """Every line the operator logged, over all its (re)starts (the test harness's reconcile trace left out)."""
+    return op.logged_lines()
 
 
 def error_lines(op: Operator) -> list[str]:

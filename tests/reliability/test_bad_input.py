@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, note, settings
 from kubernetes import client
 
 from kubetune.api.v1alpha1 import GROUP, VERSION, validate_document
-from tests.operator.conftest import apply_crds, wait_served
 from tests.reliability.manifests import manifests
+from tests.support.crds import apply_crds, wait_served
 
 pytestmark = pytest.mark.cluster
 

@@ -9,10 +9,11 @@ import pytest
 from kubernetes import client
 
 from kubetune.api.v1alpha1 import validate_document
+from kubetune.reconcile.sources import resolve_sources
 from kubetune.render.finetunejob import RenderOptions, render_job
-from kubetune.render.modelserve import render_pod_template, resolve_sources
+from kubetune.render.modelserve import render_pod_template
 from kubetune.settings import DEFAULT_TGI_IMAGE, DEFAULT_TRAINER_IMAGE, DEFAULT_VLLM_IMAGE
-from tests.operator.conftest import FTJ, tiny_job
+from tests.support.objects import FTJ, tiny_job
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]

@@ -22,8 +22,10 @@ import urllib.request
 import pytest
 from kubernetes import client
 
-from tests.operator.conftest import FTJ, Operator, apply_crds, tiny_job
 from tests.support.chart import operator_kubeconfig
+from tests.support.crds import apply_crds
+from tests.support.objects import FTJ, tiny_job
+from tests.support.operator import Operator
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok]

@@ -17,9 +17,9 @@ from kubernetes import client
 
 from kubetune.render.common import RUN_ID_LABEL
 from kubetune.render.finetunejob import COMPLETION_INDEX_ANNOTATION, TRAINER_CONTAINER, configmap_name
-from tests.operator.conftest import FTJ, tiny_job
 from tests.reliability.conftest import PodRecorder
 from tests.support.controlplane import KWOK_NODES, TERMINATE_AFTER_SECONDS
+from tests.support.objects import FTJ, tiny_job
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok, pytest.mark.timeout(180)]

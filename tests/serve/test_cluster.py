@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.operator.conftest import Operator, apply_crds
 from tests.support.admission import denying_policy
+from tests.support.crds import apply_crds
+from tests.support.operator import Operator
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.kwok, pytest.mark.slow]

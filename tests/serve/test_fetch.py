@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kubetune.api.v1alpha1 import ModelServe
+from kubetune.reconcile import sources
 from kubetune.render import modelserve as r
 
 
@@ -47,7 +48,7 @@ def test_the_rendered_init_container_fetches_the_model_prefix(s3_env, tmp_path):
             "spec": {"model": {"uri": "s3://models/sft/c1", "secretRef": {"name": "s3"}}},
         }
     )
-    res = r.resolve_sources(ms, {})
+    res = sources.resolve_sources(ms, {})
     tpl = r.render_pod_template(ms, res, image="tgi", trainer_image="trainer", revision_hash_="x")
     (init,) = tpl["spec"]["initContainers"]
     assert init["command"][:2] == ["kubetune-trainer", "fetch"]

@@ -7,6 +7,7 @@ import copy
 import pytest
 
 from kubetune.api.v1alpha1 import FineTuneJob, ModelServe
+from kubetune.reconcile import sources
 from kubetune.render import modelserve as r
 
 TGI = "ghcr.io/huggingface/text-generation-inference:3.3.4"
@@ -55,8 +56,8 @@ def job(
     }
 
 
-def pod_of(ms: ModelServe, jobs: dict | None = None) -> tuple[dict, r.Resolution, str]:
-    res = r.resolve_sources(ms, jobs or {})
+def pod_of(ms: ModelServe, jobs: dict | None = None) -> tuple[dict, sources.Resolution, str]:
+    res = sources.resolve_sources(ms, jobs or {})
     assert res.ok, res.message
     rev = r.revision_hash(ms, res, TGI)
     tpl = r.render_pod_template(ms, res, image=TGI, trainer_image=TRAINER, revision_hash_=rev)
@@ -284,16 +285,16 @@ def test_adapters_by_uri_and_by_job_ref():
 def test_revision_follows_results_settings_and_image_only():
     ms = serve({"model": {"fineTuneJobRef": {"name": "sft"}}})
     done = job("sft", method="full", result={"uri": "pvc://models/sft", "kind": "full", "configHash": "h1"})
-    h1 = r.revision_hash(ms, r.resolve_sources(ms, {"sft": done}), TGI)
-    assert h1 == r.revision_hash(ms, r.resolve_sources(ms, {"sft": copy.deepcopy(done)}), TGI)  # stable
+    h1 = r.revision_hash(ms, sources.resolve_sources(ms, {"sft": done}), TGI)
+    assert h1 == r.revision_hash(ms, sources.resolve_sources(ms, {"sft": copy.deepcopy(done)}), TGI)  # stable
     rerun = copy.deepcopy(done)
     rerun["status"]["result"]["configHash"] = "h2"  # a new run wrote a new result to the same place
-    assert r.revision_hash(ms, r.resolve_sources(ms, {"sft": rerun}), TGI) != h1
-    assert r.revision_hash(ms, r.resolve_sources(ms, {"sft": done}), TGI + "-next") != h1
+    assert r.revision_hash(ms, sources.resolve_sources(ms, {"sft": rerun}), TGI) != h1
+    assert r.revision_hash(ms, sources.resolve_sources(ms, {"sft": done}), TGI + "-next") != h1
     tuned = serve({"model": {"fineTuneJobRef": {"name": "sft"}}, "tgi": {"maxTotalTokens": 2048}})
-    assert r.revision_hash(tuned, r.resolve_sources(tuned, {"sft": done}), TGI) != h1
+    assert r.revision_hash(tuned, sources.resolve_sources(tuned, {"sft": done}), TGI) != h1
     scaled = serve({"model": {"fineTuneJobRef": {"name": "sft"}}, "replicas": 4})
-    assert r.revision_hash(scaled, r.resolve_sources(scaled, {"sft": done}), TGI) == h1
+    assert r.revision_hash(scaled, sources.resolve_sources(scaled, {"sft": done}), TGI) == h1
 
 
 @pytest.mark.parametrize(
@@ -412,9 +413,9 @@ def test_revision_follows_results_settings_and_image_only():
     ],
 )
 def test_unsupported_by_engine(spec, jobs, needle):
-    res = r.resolve_sources(serve(spec), jobs)
+    res = sources.resolve_sources(serve(spec), jobs)
     assert not res.ok
-    assert res.reason == r.REASON_UNSUPPORTED
+    assert res.reason == sources.REASON_UNSUPPORTED
     assert needle in res.message
 
 
@@ -431,22 +432,22 @@ def test_unsupported_by_engine(spec, jobs, needle):
     ids=["missing", "running", "failed"],
 )
 def test_waiting_for_a_result(jobs, needle):
-    res = r.resolve_sources(serve({"model": {"fineTuneJobRef": {"name": "sft"}}}), jobs)
-    assert not res.ok and res.reason == r.REASON_WAITING
+    res = sources.resolve_sources(serve({"model": {"fineTuneJobRef": {"name": "sft"}}}), jobs)
+    assert not res.ok and res.reason == sources.REASON_WAITING
     assert needle in res.message
 
 
 def test_running_job_with_an_earlier_result_keeps_serving_it():
     running = job("sft", method="full", phase="Running", result={"uri": "pvc://m/sft", "kind": "full"})
-    assert r.resolve_sources(serve({"model": {"fineTuneJobRef": {"name": "sft"}}}), {"sft": running}).ok
+    assert sources.resolve_sources(serve({"model": {"fineTuneJobRef": {"name": "sft"}}}), {"sft": running}).ok
 
 
 def test_job_objects_and_dicts_resolve_alike():
     raw = job("sft", method="full", result={"uri": "pvc://m/sft", "kind": "full", "configHash": "x"})
     raw["status"].pop("kopf")
     ms = serve({"model": {"fineTuneJobRef": {"name": "sft"}}})
-    from_dict = r.resolve_sources(ms, {"sft": raw})
-    from_model = r.resolve_sources(ms, {"sft": FineTuneJob.model_validate(raw)})
+    from_dict = sources.resolve_sources(ms, {"sft": raw})
+    from_model = sources.resolve_sources(ms, {"sft": FineTuneJob.model_validate(raw)})
     assert from_dict.model == from_model.model
 
 
@@ -463,8 +464,8 @@ def test_long_names_fit_and_referenced_jobs():
         name="n" * 120,
     )
     assert len(r.deployment_name(ms)) <= 63 and len(r.service_name(ms)) <= 63
-    assert r.referenced_jobs(ms) == ["a", "b"]
-    assert r.referenced_jobs({"spec": ms.spec.to_dict()}) == ["a", "b"]
+    assert sources.referenced_jobs(ms) == ["a", "b"]
+    assert sources.referenced_jobs({"spec": ms.spec.to_dict()}) == ["a", "b"]
     digit = serve({"model": {"uri": "hf://gpt2"}}, name="1st.serve")
     assert r.service_name(digit)[0].isalpha() and "." not in r.service_name(digit)
 
@@ -494,7 +495,7 @@ def test_vllm_pod_from_spec_vllm():
     )  # fmt: skip
     jobs = {"ja": job("ja", result={"uri": "pvc://models/ja/c1", "kind": "adapter", "configHash": "c1"})}
     jobs["ja"]["spec"]["method"]["lora"] = {"r": 32}
-    res = r.resolve_sources(ms, jobs)
+    res = sources.resolve_sources(ms, jobs)
     assert res.ok, res.message
     rev = r.revision_hash(ms, res, VLLM)
     tpl = r.render_pod_template(ms, res, image=VLLM, trainer_image=TRAINER, revision_hash_=rev)
@@ -533,12 +534,12 @@ def test_vllm_pod_from_spec_vllm():
     # A new result of a pvc:// adapter on the same claim is not a new revision (it loads live) ...
     jobs2 = {"ja": job("ja", result={"uri": "pvc://models/ja/c2", "kind": "adapter", "configHash": "c2"})}
     jobs2["ja"]["spec"]["method"]["lora"] = {"r": 32}
-    assert r.revision_hash(ms, r.resolve_sources(ms, jobs2), VLLM) == rev
+    assert r.revision_hash(ms, sources.resolve_sources(ms, jobs2), VLLM) == rev
     # ... a higher rank than the pods started with is.
     jobs2["ja"]["spec"]["method"]["lora"] = {"r": 128}
-    assert r.revision_hash(ms, r.resolve_sources(ms, jobs2), VLLM) != rev
+    assert r.revision_hash(ms, sources.resolve_sources(ms, jobs2), VLLM) != rev
     # The first set stays in the template when the decision passes the live one.
-    again = r.render_pod_template(ms, r.resolve_sources(ms, jobs2), image=VLLM, trainer_image=TRAINER,
+    again = r.render_pod_template(ms, sources.resolve_sources(ms, jobs2), image=VLLM, trainer_image=TRAINER,
                                   revision_hash_=rev, lora_modules=lora)  # fmt: skip
     assert (
         again["spec"]["containers"][0]["args"][args.index("--lora-modules") + 1] == "a=/mnt/pvc/models/ja/c1"
@@ -563,5 +564,5 @@ def test_vllm_unsupported_by_engine(method, task, kind, needle):
     jobs = {
         "j": job("j", method=method, task=task, result={"uri": "pvc://m/j", "kind": kind, "configHash": "h"})
     }
-    res = r.resolve_sources(serve(spec), jobs)
+    res = sources.resolve_sources(serve(spec), jobs)
     assert res.reason == "UnsupportedByEngine" and needle in res.message, res.message

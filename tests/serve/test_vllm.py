@@ -14,9 +14,10 @@ import urllib.request
 import openai
 import pytest
 
+from kubetune.engines.vllm import VLLM
+from kubetune.reconcile.adapter_admin import apply_change, observe_pod
+from kubetune.reconcile.live_adapters import AdapterChange, DesiredAdapter, plan
 from kubetune.reconcile.openai_check import client, run_openai_smoke_test
-from kubetune.reconcile.vllm_adapters import AdapterChange, DesiredAdapter, plan
-from kubetune.reconcile.vllm_admin import apply_change, observe_pod
 
 V1 = "/mnt/pvc/models/support/v1"
 V2 = "/mnt/pvc/models/support/v2"
@@ -109,7 +110,7 @@ def desired(path: str, digest: str) -> DesiredAdapter:
 
 
 def test_a_new_version_is_switched_in_without_a_failed_request(vllm):
-    pod = observe_pod("p1", vllm.pod_url("p1"), 10)
+    pod = observe_pod("p1", vllm.pod_url("p1"), 10, ops=VLLM.live_adapters)
     assert pod.loaded == {"support": V1}
     todo = plan([desired(V2, "d2")], [pod], failed={})
     assert todo.changes == [
@@ -134,7 +135,14 @@ def test_a_new_version_is_switched_in_without_a_failed_request(vllm):
     worker = threading.Thread(target=hammer)
     worker.start()
     try:
-        outcome = apply_change(todo.changes[0], prompt="hello", max_tokens=6, expect="kubetune", timeout=30)
+        outcome = apply_change(
+            todo.changes[0],
+            ops=VLLM.live_adapters,
+            prompt="hello",
+            max_tokens=6,
+            expect="kubetune",
+            timeout=30,
+        )
     finally:
         stop.set()
         worker.join()
@@ -151,13 +159,22 @@ def test_a_new_version_is_switched_in_without_a_failed_request(vllm):
         ("/v1/unload_lora_adapter", "support@d2", None),
     ]
     # Nothing left to do.
-    assert plan([desired(V2, "d2")], [observe_pod("p1", vllm.pod_url("p1"), 10)], failed={}).changes == []
+    assert (
+        plan(
+            [desired(V2, "d2")],
+            [observe_pod("p1", vllm.pod_url("p1"), 10, ops=VLLM.live_adapters)],
+            failed={},
+        ).changes
+        == []
+    )
 
 
 def test_a_version_that_does_not_load_leaves_the_served_one(vllm):
-    pod = observe_pod("p1", vllm.pod_url("p1"), 10)
+    pod = observe_pod("p1", vllm.pod_url("p1"), 10, ops=VLLM.live_adapters)
     (change,) = plan([desired(BROKEN, "bad")], [pod], failed={}).changes
-    outcome = apply_change(change, prompt="hello", max_tokens=4, expect=None, timeout=30)
+    outcome = apply_change(
+        change, ops=VLLM.live_adapters, prompt="hello", max_tokens=4, expect=None, timeout=30
+    )
     assert outcome.error is not None and "InternalServerError (HTTP 500)" in outcome.error
     assert BROKEN in outcome.error
     assert vllm.loaded("p1") == {"support": V1}
@@ -166,10 +183,15 @@ def test_a_version_that_does_not_load_leaves_the_served_one(vllm):
 
 
 def test_removal_and_addition(vllm):
-    pod = observe_pod("p1", vllm.pod_url("p1"), 10)
+    pod = observe_pod("p1", vllm.pod_url("p1"), 10, ops=VLLM.live_adapters)
     other = DesiredAdapter("support-b", "/mnt/pvc/models/support-b/v1", "pvc://models/support-b/v1", "b1")
     todo = plan([other], [pod], failed={})
     assert sorted((c.kind, c.name) for c in todo.changes) == [("load", "support-b"), ("unload", "support")]
     for change in todo.changes:
-        assert apply_change(change, prompt="hello", max_tokens=4, expect="kubetune", timeout=30).error is None
+        assert (
+            apply_change(
+                change, ops=VLLM.live_adapters, prompt="hello", max_tokens=4, expect="kubetune", timeout=30
+            ).error
+            is None
+        )
     assert vllm.loaded("p1") == {"support-b": "/mnt/pvc/models/support-b/v1"}

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from kubetune.render.modelserve_vllm import lora_modules_of
+from kubetune.engines.vllm import lora_modules_of
 from tests.support.waiting import wait_for
 
 from .test_cluster import GROUP, NS_PREFIX, VERSION, World, start_serve_operator

@@ -51,7 +51,6 @@ import fcntl
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +58,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import controlplane as cpmod
+from tests.support.waiting import wait_for
 
 FIXTURE = "kube"
 _build_error: Exception | None = None
@@ -127,15 +127,14 @@ class KubeCluster:
         core.create_namespace(
             client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"kubetune.io/test": "true"}))
         )
-        deadline = time.monotonic() + timeout
-        while True:  # pods cannot be created before the ServiceAccount controller made "default"
-            try:
-                core.read_namespaced_service_account("default", name)
-                return name
-            except client.ApiException as exc:
-                if exc.status != 404 or time.monotonic() > deadline:
-                    raise
-            time.sleep(0.1)
+        # Pods cannot be created before the ServiceAccount controller made "default".
+        wait_for(
+            lambda: core.read_namespaced_service_account("default", name),
+            timeout,
+            0.1,
+            f"the default ServiceAccount of namespace {name}",
+        )
+        return name
 
     def drop_pods(self, namespace: str) -> None:
         """Delete NAMESPACE's pods now: no grace period, the Job controller's finalizer removed (it outlives

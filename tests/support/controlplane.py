@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -54,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from tests.support.ports import free_port, free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_DIR = Path(os.environ.get("KUBETUNE_CLUSTER_DIR", REPO / ".cluster"))
@@ -352,24 +353,6 @@ def write_kubeconfig(path: Path, server: str, pki: Path, user: str) -> None:
 
 # --------------------------------------------------------------------------------------------
 # Processes
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def free_ports(n: int) -> list[int]:
-    """N distinct free loopback ports (all held open while picking, so none is handed out twice)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(s)
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 # Processes this Python process started: poll() them instead of guessing from /proc (and never

@@ -151,38 +151,6 @@ def pod_log(api, namespace: str, name: str) -> str:
     return response.data.decode()
 
 
-def custom(api):
-    from kubernetes import client
-
-    return client.CustomObjectsApi(api)
-
-
-def get_object(api, namespace: str, plural: str, name: str) -> dict[str, Any]:
-    return custom(api).get_namespaced_custom_object("kubetune.io", "v1alpha1", namespace, plural, name)
-
-
-def wait_phase(
-    api, namespace: str, plural: str, name: str, phases: tuple[str, ...], timeout: float
-) -> dict[str, Any]:
-    """The kubetune object once its status.phase is one of PHASES (the final ones: the test says which it
-    expects, with the status in the failure message)."""
-
-    def reached() -> dict[str, Any] | None:
-        obj = get_object(api, namespace, plural, name)
-        return obj if (obj.get("status") or {}).get("phase") in phases else None
-
-    return wait_for(reached, timeout, 0.5, f"{plural}/{name} to reach phase {' or '.join(phases)}")
-
-
-def create_object(api, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-    plural = {"FineTuneJob": "finetunejobs", "ModelServe": "modelserves"}[body["kind"]]
-    return custom(api).create_namespaced_custom_object("kubetune.io", "v1alpha1", namespace, plural, body)
-
-
-def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == kind), None)
-
-
 def pods_of(api, namespace: str, selector: str) -> list:
     from kubernetes import client
 

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.ports import free_port
+from tests.support.waiting import process_exited, wait_for
 
 
 class MLflowServer:
@@ -32,20 +27,19 @@ class MLflowServer:
                "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                "--artifacts-destination", str(self.root / "artifacts")]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=self.root)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited ({self.proc.returncode}): {self.log.read_text()[-3000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        return self
-            except OSError:
-                time.sleep(1)
-        self.stop()
-        raise RuntimeError(f"mlflow server not healthy after {timeout:.0f}s: {self.log.read_text()[-3000:]}")
+        try:
+            wait_for(
+                self._healthy, timeout, 1.0, f"the MLflow server's /health at {self.uri}",
+                fail_if=process_exited(self.proc, "mlflow server", lambda: self.log.read_text()[-3000:]),
+            )  # fmt: skip
+        except AssertionError:
+            self.stop()
+            raise
+        return self
+
+    def _healthy(self) -> bool:
+        with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as resp:
+            return resp.status == 200
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

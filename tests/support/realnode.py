@@ -53,6 +53,7 @@ import yaml
 
 from tests.support import controlplane as cpmod
 from tests.support import imagetar
+from tests.support.ports import free_ports
 from tests.support.realnode_config import (
     BRIDGE,
     CLUSTER_DOMAIN,
@@ -336,7 +337,7 @@ class RealNode:
         for sub in ("logs", "volumes", "pod-logs", "kubelet", "cni/net.d", "cni/ipam", "containerd"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         IMAGE_STORE.mkdir(parents=True, exist_ok=True)
-        kubelet_port, kubelet_healthz, proxy_healthz, proxy_metrics, dns_ready = cpmod.free_ports(5)
+        kubelet_port, kubelet_healthz, proxy_healthz, proxy_metrics, dns_ready = free_ports(5)
         info: dict[str, Any] = {
             "node_name": NODE_NAME,
             "containerd_socket": str(self.socket),

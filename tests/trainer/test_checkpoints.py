@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from transformers import TrainerCallback
 from kubetune_trainer import checkpoints
 from kubetune_trainer.config import load_manifest, local_config
 from kubetune_trainer.train import run_training
+from tests.support.waiting import process_exited, wait_for
 
 pytestmark = pytest.mark.trainer
 REPO = Path(__file__).resolve().parents[2]
@@ -89,11 +89,10 @@ def test_sigterm_saves_then_restart_resumes(assets, datasets_dir, tmp_path):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 240
-        while not (out / "checkpoints" / "checkpoint-20" / checkpoints.MARKER).exists():
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.05)
+        wait_for(
+            (out / "checkpoints" / "checkpoint-20" / checkpoints.MARKER).exists, 240, 0.05, "checkpoint 20",
+            fail_if=process_exited(proc, "the trainer", proc.stdout.read),
+        )  # fmt: skip
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=120)
     finally:

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,9 @@ import yaml
 
 from kubetune_trainer import checkpoints, stall, termination
 from kubetune_trainer.config import load_manifest, local_config
+from tests.support.crds import apply_crds
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -75,12 +77,6 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def kubetune_train(path: Path, out: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "kubetune.cli", "train", "-f", str(path), "--local", "--processes", "2",
            "--output", str(out)]  # fmt: skip
@@ -98,13 +94,14 @@ def finish(proc: subprocess.Popen, timeout: float = LAUNCH_TIMEOUT) -> tuple[int
     return proc.returncode, output
 
 
-def wait_for(predicate, procs: list[subprocess.Popen], what: str, timeout: float = LAUNCH_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        for proc in procs:
-            assert proc.poll() is None, f"exited with {proc.returncode} before {what}:\n{proc.stdout.read()}"
-        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
-        time.sleep(0.05)
+def until(predicate, procs: list[subprocess.Popen], what: str, timeout: float = LAUNCH_TIMEOUT) -> None:
+    """wait_for PREDICATE, giving up at once when one of PROCS exits first (with its output)."""
+
+    def exited() -> str | None:
+        gone = next((proc for proc in procs if proc.poll() is not None), None)
+        return None if gone is None else f"exited with {gone.returncode}:\n{gone.stdout.read()}"
+
+    wait_for(predicate, timeout, 0.05, what, fail_if=exited)
 
 
 def complete_checkpoint(out: Path, step: int) -> bool:
@@ -191,7 +188,7 @@ def test_local_processes_sigkill_of_a_rank_ends_the_launch_and_the_next_resumes(
     out = tmp_path / "out"
     proc = kubetune_train(path, out)
     try:
-        wait_for(lambda: complete_checkpoint(out, 10), [proc], "checkpoint 10")
+        until(lambda: complete_checkpoint(out, 10), [proc], "checkpoint 10")
         ranks = training_ranks(proc.pid)
         assert sorted(ranks) == [0, 1], ranks
         os.kill(ranks[1], signal.SIGKILL)
@@ -250,7 +247,7 @@ def test_two_nodes_sigterm_stops_every_rank_and_the_relaunch_resumes(assets, dat
     port = free_port()
     nodes = [node(config_file, i, port, tmp_path) for i in (0, 1)]
     try:
-        wait_for(lambda: complete_checkpoint(out, 10), nodes, "checkpoint 10")
+        until(lambda: complete_checkpoint(out, 10), nodes, "checkpoint 10")
         # The kubelet's SIGTERM reaches node 1 only: rank 0 must stop at the same step and save.
         nodes[1].send_signal(signal.SIGTERM)
         results = [finish(n, timeout=180) for n in nodes]
@@ -296,11 +293,10 @@ def test_a_hung_rank_ends_the_attempt_as_stalled(assets, datasets_dir, tmp_path,
         PLURAL,
         VERSION,
         finetunejob,
-        install_crds,
         trainer_identity,
     )
 
-    install_crds(kube.api)
+    apply_crds(kube.api)
     custom = client.CustomObjectsApi(kube.api)
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, finetunejob("stall"))
     _token, identity = trainer_identity(kube.api, namespace, "stall", tmp_path, kube.kubeconfig)
@@ -319,7 +315,7 @@ def test_a_hung_rank_ends_the_attempt_as_stalled(assets, datasets_dir, tmp_path,
     )
     proc = kubetune_train(path, out, env)
     try:
-        wait_for(lambda: complete_checkpoint(out, 10), [proc], "checkpoint 10")
+        until(lambda: complete_checkpoint(out, 10), [proc], "checkpoint 10")
         hung_since = time.monotonic()
         code, output = finish(proc, timeout=150)
     finally:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -13,40 +12,13 @@ from kubetune.api.v1alpha1 import TrainerConfig
 from kubetune_trainer import reporting
 from kubetune_trainer.reporting import StatusWriter, make_callbacks
 from tests.support.cluster import kubeconfig_ca_and_server, token_client
+from tests.support.crds import apply_crds
 from tests.trainer.test_reporting import tiny_training
 
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
-
-
-def install_crds(api) -> None:
-    from kubernetes import client
-
-    ext = client.ApiextensionsV1Api(api)
-    paths = sorted((REPO / "crds").glob("*.yaml"))
-    docs = [
-        d
-        for p in paths
-        for d in yaml.safe_load_all(p.read_text())
-        if d and d.get("kind") == "CustomResourceDefinition"
-    ]
-    if not any(d["spec"]["names"]["plural"] == PLURAL for d in docs):
-        pytest.fail("crds/ has no FineTuneJob CRD: run `kubetune crds`")
-    for doc in docs:
-        ext.patch_custom_resource_definition(
-            doc["metadata"]["name"], doc, field_manager="kubetune-tests", force=True,
-            _content_type="application/apply-patch+yaml",
-        )  # fmt: skip
-    deadline = time.monotonic() + 60
-    for doc in docs:
-        while True:
-            crd = ext.read_custom_resource_definition(doc["metadata"]["name"])
-            if any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or [])):
-                break
-            assert time.monotonic() < deadline, f"CRD {doc['metadata']['name']} not Established"
-            time.sleep(0.2)
 
 
 def finetunejob(name: str) -> dict:
@@ -114,7 +86,7 @@ def config_for(obj: dict, tmp_path: Path, uid: str | None = None) -> TrainerConf
 def test_trainer_reports_to_its_own_finetunejob_only(kube, namespace, tmp_path, monkeypatch):
     from kubernetes import client
 
-    install_crds(kube.api)
+    apply_crds(kube.api)
     custom = client.CustomObjectsApi(kube.api)
     mine = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, finetunejob("mine"))
     other = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, finetunejob("other"))

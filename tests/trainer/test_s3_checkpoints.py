@@ -18,6 +18,7 @@ import yaml
 from kubetune_trainer import checkpoints, remote, sources
 from kubetune_trainer.config import load_manifest, local_config
 from kubetune_trainer.train import run_training
+from tests.support.waiting import process_exited, wait_for
 
 from .test_checkpoints import FirstStep
 
@@ -151,12 +152,18 @@ def test_sigterm_then_fresh_pod_resumes_from_s3(assets, datasets_dir, fs, s3_env
         text=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while not fs.exists(f"{BUCKET}/run/checkpoints/checkpoint-{every}/{checkpoints.MARKER}"):
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "no checkpoint in S3 within 180 s"
-            time.sleep(0.1)
+
+        def in_s3() -> bool:
             fs.invalidate_cache()
+            return fs.exists(f"{BUCKET}/run/checkpoints/checkpoint-{every}/{checkpoints.MARKER}")
+
+        wait_for(
+            in_s3,
+            180,
+            0.1,
+            f"checkpoint {every} in S3",
+            fail_if=process_exited(proc, "the trainer", proc.stdout.read),
+        )
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=120)
     finally:

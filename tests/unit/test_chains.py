@@ -245,7 +245,7 @@ def test_dependents_index_wakes_the_jobs_that_refer_to_a_job():
 def test_a_reward_model_result_is_not_served():
     """ModelServe (owned by the serve controller) refuses a reward model: it is a classifier, not a generator."""
     from kubetune.api.v1alpha1 import ModelServe
-    from kubetune.render.modelserve import resolve_sources
+    from kubetune.reconcile.sources import resolve_sources
 
     from .helpers import modelserve
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from kubetune.reconcile.client import fmt_time
+from kubetune.reconcile.clock import fmt_time
 from kubetune.reconcile.conditions import KSTATUS_TYPES
 from kubetune.reconcile.finetunejob_decision import (
     STALL_GRACE_SECONDS,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune.reconcile.client import fmt_time
+from kubetune.reconcile.clock import fmt_time
 from kubetune.reconcile.finetunejob_readings import disruptions
 from tests.unit.test_finetunejob_decision import at, cond, decide_all, ftj, pod, started, with_status
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from kubetune.engines.smoke import SmokeTestResult, TargetResult
+from kubetune.reconcile.live_adapters import ChangeOutcome, PodState
 from kubetune.reconcile.modelserve_decision import (
     Decision,
     Observed,
@@ -22,8 +24,6 @@ from kubetune.reconcile.modelserve_decision import (
     refused,
     server_message,
 )
-from kubetune.reconcile.smoketest import SmokeTestResult, TargetResult
-from kubetune.reconcile.vllm_adapters import ChangeOutcome, PodState
 from kubetune.render import modelserve as r
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)

@@ -4,7 +4,7 @@ for FineTuneJob chains (chains.Dependents) and for the ModelServes that serve a 
 from __future__ import annotations
 
 from kubetune.reconcile.references import ReferenceIndex
-from kubetune.render.modelserve import referenced_jobs
+from kubetune.reconcile.sources import referenced_jobs
 
 from .helpers import modelserve
 

@@ -13,7 +13,8 @@ from kubetune.reconcile.conditions import (
     set_condition,
     set_kstatus,
 )
-from kubetune.reconcile.status import EventRecorder, merge_patch, status_patch
+from kubetune.reconcile.status import merge_patch, status_patch
+from kubetune.reconcile.writes import EventRecorder
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 FIELDS = ("phase", "conditions", "startTime", "lastRollout")

@@ -30,6 +30,7 @@ from kubetune.api.v1alpha1 import (
     ResolvedModel,
 )
 from kubetune.reconcile.references import ReferenceIndex
+from kubetune.reconcile.results import readiness
 
 WAITING_CONDITION = "WaitingForModel"
 # Reasons of a failed verdict (the FineTuneJob's Failed condition); they clear once the chain resolves.
@@ -122,16 +123,6 @@ def _spec(obj: Raw) -> Raw:
     return obj.get("spec") or {}
 
 
-def _phase(obj: Raw) -> str:
-    status = _status(obj)
-    phase = status.get("phase") or "Pending"
-    generation = (obj.get("metadata") or {}).get("generation")
-    observed = status.get("observedGeneration")
-    if phase == "Succeeded" and generation is not None and observed is not None and observed != generation:
-        return "Pending"  # its spec changed: a new run is about to start
-    return phase
-
-
 def _cycle(name: str, jobs: Mapping[str, Raw | None], path: tuple[str, ...]) -> tuple[str, ...] | None:
     if name in path:
         return (*path[path.index(name) :], name)
@@ -146,33 +137,32 @@ def _cycle(name: str, jobs: Mapping[str, Raw | None], path: tuple[str, ...]) -> 
 
 
 def _succeeded(ref: Reference, jobs: Mapping[str, Raw | None], via: str, started: bool = False) -> Raw:
-    """The referenced job when its result can be used; else stop with the verdict. STARTED: this job's run has
-    begun, so a result the referenced job still shows (it may be running again) keeps being used."""
+    """The referenced job when its result can be used (results.py); else stop with the verdict. STARTED: this
+    job's run has begun, so it follows the referenced job's result (keeps the one it began with)."""
     obj = jobs.get(ref.name)
-    if obj is None:
+    found = readiness(obj, follow=started)
+    if found.state == "missing":
         raise _Stop(
             "failed",
             "ReferenceNotFound",
             f"{via}: FineTuneJob {ref.name!r} not found in this namespace: create it or fix the name",
         )
-    phase = _phase(obj)
-    if phase == "Failed":
+    if found.state == "failed":
         raise _Stop(
             "failed",
             "ReferenceFailed",
             f"{via}: FineTuneJob {ref.name!r} failed, so its result cannot be used: fix and re-run it "
             "(this job starts once it has Succeeded)",
         )
-    result = _status(obj).get("result") or {}
-    if started and result.get("uri"):
-        return obj
-    if phase != "Succeeded" or not result.get("uri"):
+    if found.state == "waiting":
         what = "the base model" if ref.role == "model" else "a reward model"
         raise _Stop(
             "waiting",
             WAITING_CONDITION,
-            f"waiting for FineTuneJob {ref.name!r} (phase {phase}) to succeed: its result is {what} of this job",
+            f"waiting for FineTuneJob {ref.name!r} (phase {found.phase}) to succeed: its result is {what} "
+            "of this job",
         )
+    assert obj is not None
     return obj
 
 

@@ -20,7 +20,6 @@ request is counted (``reads``/``writes``), so "an unchanged object makes no writ
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
@@ -36,6 +35,8 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.config import kube_config
+
+from .clock import fmt_time, now
 
 log = logging.getLogger("kubetune.client")
 
@@ -59,20 +60,6 @@ RESOURCES: dict[str, tuple[str, str]] = {
 
 COMPONENT = "kubetune-operator"
 LIST_PAGE_SIZE = 500  # items per list request; the API server's own default page is unbounded
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def fmt_time(t: dt.datetime | None) -> str | None:
-    return None if t is None else t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 class ApiException(Exception):
@@ -455,10 +442,7 @@ __all__ = [
     "ThrottledRetryLevel",
     "api_client",
     "bearer_token",
-    "fmt_time",
     "load_configuration",
     "lower_throttled_retries",
-    "now",
-    "parse_time",
     "throttled_retries",
 ]

@@ -27,7 +27,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.reconcile.client import fmt_time, parse_time
+from kubetune.reconcile.clock import fmt_time, parse_time
 
 MAX_MESSAGE = 2000
 KSTATUS_TYPES = ("Ready", "Reconciling", "Stalled")

@@ -24,7 +24,8 @@ from kubetune.render.finetunejob import RenderOptions, configmap_name, job_name
 from kubetune.render.finetunejob import _label_value as label_value
 
 from . import chains
-from .client import ApiException, Kube, now, parse_time
+from .client import ApiException, Kube
+from .clock import now, parse_time
 from .finetunejob_decision import (
     REFUSAL_CODES,
     STATUS_FIELDS,
@@ -35,7 +36,7 @@ from .finetunejob_decision import (
     decide,
 )
 from .own_writes import OwnWrites
-from .status import EventRecorder, write_status
+from .writes import EventRecorder, write_status
 
 log = logging.getLogger("kubetune.finetunejob")
 

@@ -40,7 +40,7 @@ from kubetune.render.finetunejob import (
 from kubetune.render.tracking import tracking_secrets
 
 from . import chains
-from .client import fmt_time, parse_time
+from .clock import fmt_time, parse_time
 from .conditions import (
     KStatus,
     is_true,

@@ -14,11 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from kubetune.engines import ENGINES, Engine
+from kubetune.engines.smoke import SmokeTestResult
 from kubetune.render import modelserve as r
-from kubetune.render import modelserve_vllm
 from kubetune.render.common import MODELSERVE_LABEL
 
-from .client import ApiException, Kube, now
+from .adapter_admin import apply_change, observe_pod
+from .client import ApiException, Kube
+from .clock import now
+from .live_adapters import PodState
 from .modelserve_decision import (
     Decision,
     Observed,
@@ -30,10 +34,9 @@ from .modelserve_decision import (
     server_message,
 )
 from .openai_check import run_openai_smoke_test
-from .smoketest import SmokeTestResult, SmokeTestUnavailable, run_smoke_test
+from .smoketest import SmokeTestUnavailable, run_smoke_test
+from .sources import referenced_jobs
 from .status import merge_patch
-from .vllm_adapters import PodState
-from .vllm_admin import apply_change, observe_pod
 
 log = logging.getLogger("kubetune.modelserve")
 
@@ -83,11 +86,12 @@ class ModelServeReconciler:
         if decision.smoke_request is not None:
             observed = replace(observed, smoke=self.run_smoke_test(decision.smoke_request))
             decision = decide(observed, self.opts, self.clock())
-        if decision.adapter_changes and decision.adapter_check is not None:
+        ops = _engine(obj).live_adapters
+        if decision.adapter_changes and decision.adapter_check is not None and ops is not None:
             check = decision.adapter_check
             outcomes = tuple(
-                apply_change(change, prompt=check.prompt, max_tokens=check.max_new_tokens, expect=check.expect,
-                             timeout=self.opts.smoke_timeout_seconds)
+                apply_change(change, ops=ops, prompt=check.prompt, max_tokens=check.max_new_tokens,
+                             expect=check.expect, timeout=self.opts.smoke_timeout_seconds)
                 for change in decision.adapter_changes
             )  # fmt: skip
             for outcome in outcomes:
@@ -112,7 +116,7 @@ class ModelServeReconciler:
         """Everything the decision reads. Children are read by the names the spec gives them."""
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         spec = obj.get("spec") or {}
-        jobs = {ref: self.kube.get("FineTuneJob", ns, ref) for ref in r.referenced_jobs({"spec": spec})}
+        jobs = {ref: self.kube.get("FineTuneJob", ns, ref) for ref in referenced_jobs({"spec": spec})}
         return Observed(
             obj=obj,
             deployment=self.kube.get("Deployment", ns, r.deployment_name_of(name)),
@@ -123,10 +127,12 @@ class ModelServeReconciler:
         )
 
     def observe_pods(self, obj: dict[str, Any]) -> tuple[PodState, ...]:
-        """vllm: the ready pods of the revision status names, and what each has loaded (GET /v1/models)."""
+        """Engines with live adapters: the ready pods of the revision status names, and what each has loaded."""
         spec, status = obj.get("spec") or {}, obj.get("status") or {}
         rev = (status.get("revision") or {}).get("hash")
-        if spec.get("engine") != "vllm" or not spec.get("adapters") or not rev:
+        engine = _engine(obj)
+        ops = engine.live_adapters
+        if ops is None or not spec.get("adapters") or not rev:
             return ()
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         labels = {MODELSERVE_LABEL: r.deployment_name_of(name), r.LABEL_REVISION: rev}
@@ -134,19 +140,22 @@ class ModelServeReconciler:
         for pod in sorted(self.kube.list("Pod", ns, labels), key=lambda p: p["metadata"]["name"]):
             if pod["metadata"].get("deletionTimestamp") or not _ready(pod):
                 continue
-            address = self.pod_address(pod)
-            pods.append(observe_pod(pod["metadata"]["name"], address, self.opts.smoke_timeout_seconds))
+            address = self.pod_address(pod, engine.port)
+            pods.append(
+                observe_pod(pod["metadata"]["name"], address, self.opts.smoke_timeout_seconds, ops=ops)
+            )
         return tuple(pods)
 
-    def pod_address(self, pod: dict[str, Any]) -> str:
+    def pod_address(self, pod: dict[str, Any], port: int) -> str:
         ip = (pod.get("status") or {}).get("podIP") or ""
-        port = modelserve_vllm.CONTAINER_PORT
         template = self.opts.pod_address_override or "http://{ip}:{port}"
         meta = pod["metadata"]
         return template.format(pod=meta["name"], namespace=meta["namespace"], ip=ip, port=port).rstrip("/")
 
     def run_smoke_test(self, request: SmokeRequest) -> SmokeOutcome:
-        if request.engine == "vllm":
+        """The smoke test in the protocol the engine speaks: OpenAI's (a model list, then completions) or
+        TGI's generate API."""
+        if ENGINES[request.engine].smoke_protocol == "openai":
             result = self.openai_smoke_test(
                 request.endpoint, served_model=request.served_model, prompt=request.prompt,
                 max_new_tokens=request.max_new_tokens, expect=request.expect, adapters=list(request.adapters),
@@ -181,6 +190,10 @@ class ModelServeReconciler:
             )
             return refused(decision, obj, kind, name, message, self.clock())
         return decision
+
+
+def _engine(obj: dict[str, Any]) -> Engine:
+    return ENGINES[(obj.get("spec") or {}).get("engine") or "tgi"]
 
 
 def _ready(pod: dict[str, Any]) -> bool:

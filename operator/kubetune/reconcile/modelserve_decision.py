@@ -37,16 +37,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api.v1alpha1 import ModelServe, validate_document
+from kubetune.engines import engine_of
+from kubetune.engines.smoke import DEFAULT_TIMEOUT_SECONDS, SmokeTestResult
 from kubetune.render import modelserve as r
-from kubetune.render import modelserve_vllm
 from kubetune.render.common import applied_hash, with_hash
 from kubetune.settings import DEFAULT_VLLM_IMAGE
 
-from .client import fmt_time, parse_time
+from .clock import fmt_time, parse_time
 from .conditions import load_conditions, set_condition
-from .smoketest import DEFAULT_TIMEOUT_SECONDS, SmokeTestResult
-from .status import strip_none
-from .vllm_adapters import (
+from .live_adapters import (
     AdapterChange,
     ChangeOutcome,
     PodState,
@@ -55,6 +54,8 @@ from .vllm_adapters import (
     plan,
     served_adapters,
 )
+from .sources import REASON_UNSUPPORTED, REASON_WAITING, Resolution, resolve_sources
+from .status import strip_none
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Reconciling", "Stalled")
 OWN_STATUS_FIELDS = (
@@ -77,6 +78,10 @@ class ServeOptions:
     requeue_seconds: float = 30.0
     smoke_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     smoke_attempts: int = 3
+
+    def image(self, engine: str) -> str:
+        """The image of ENGINE's pods when the ModelServe names none (the operator's settings)."""
+        return {"tgi": self.tgi_image, "vllm": self.vllm_image}[engine]
 
 
 @dataclass(frozen=True)
@@ -333,7 +338,7 @@ class _Decider:
         self.st["endpoint"] = r.endpoint(ms)
         self.service_and_pdb(ms)
 
-        res = r.resolve_sources(ms, self.jobs)
+        res = resolve_sources(ms, self.jobs)
         dep = self.observed.deployment
         self.observe_replicas(dep)
         if not res.ok:
@@ -341,14 +346,15 @@ class _Decider:
             return
 
         self.res = res
-        image = ms.spec.image or (self.opts.vllm_image if ms.spec.engine == "vllm" else self.opts.tgi_image)
+        engine = engine_of(ms)
+        image = ms.spec.image or self.opts.image(engine.name)
         desired = r.revision(ms, res, image)
         rev = desired.hash or ""
         current = (self.st.get("revision") or {}).get("hash")
         lora_modules = None
-        if ms.spec.engine == "vllm" and dep is not None and current == rev:
+        if engine.live_adapters is not None and dep is not None and current == rev:
             # The revision's pods keep the adapters they started with; later versions load at run time.
-            lora_modules = modelserve_vllm.lora_modules_of(dep["spec"].get("template"))
+            lora_modules = engine.started_adapters(dep["spec"].get("template"))
         template = r.render_pod_template(
             ms, res, image=image, trainer_image=self.opts.trainer_image, revision_hash_=rev,
             lora_modules=lora_modules,
@@ -388,9 +394,9 @@ class _Decider:
         self.st["replicas"] = int(st.get("replicas") or 0)
         self.st["readyReplicas"] = int(st.get("readyReplicas") or 0)
 
-    def cannot_serve(self, res: r.Resolution, dep: dict[str, Any] | None) -> None:
+    def cannot_serve(self, res: Resolution, dep: dict[str, Any] | None) -> None:
         serving = dep is not None and (self.st.get("revision") or {}).get("hash")
-        reason, message = res.reason or r.REASON_WAITING, res.message
+        reason, message = res.reason or REASON_WAITING, res.message
         self.set("Ready", False, reason, message)
         self.set("Progressing", False, reason, "no rollout until this is resolved")
         if serving:
@@ -398,8 +404,8 @@ class _Decider:
             self.phase = "Degraded"
         else:
             self.set("Degraded", False, "NoRevision", "nothing is served yet")
-            self.phase = "Failed" if reason == r.REASON_UNSUPPORTED else "Pending"
-        if reason == r.REASON_UNSUPPORTED:
+            self.phase = "Failed" if reason == REASON_UNSUPPORTED else "Pending"
+        if reason == REASON_UNSUPPORTED:
             self.stalled(reason, message)
             self.event_on_change("Warning", reason, message, "Ready")
         else:
@@ -480,7 +486,7 @@ class _Decider:
                 expect=test.expect,
                 adapters=tuple(a.name for a in ms.spec.adapters),
                 engine=ms.spec.engine,
-                served_model=ms.metadata.name or "",
+                served_model=engine_of(ms).served_model(ms),
             )
             words = f"revision {rev} is available; running the smoke test"
             self.set("Ready", False, "SmokeTesting", words)
@@ -513,7 +519,7 @@ class _Decider:
         self.out.rollout = "succeeded"
         self.out.result_to_ready_seconds = self._since_result(last)
         self.event("Normal", reason, message)
-        if ms.spec.engine == "vllm" and ms.spec.adapters:
+        if engine_of(ms).live_adapters is not None and ms.spec.adapters:
             self.live_adapters(ms, degraded=False)
 
     def _since_result(self, last: dict[str, Any]) -> float | None:
@@ -606,12 +612,12 @@ class _Decider:
         else:
             # Kubernetes replaces lost pods by itself: in progress, not stuck.
             self.reconciling("NoAvailableReplicas", self.conds["Ready"]["message"])
-        if ms.spec.engine == "vllm" and ms.spec.adapters:
+        if engine_of(ms).live_adapters is not None and ms.spec.adapters:
             self.live_adapters(ms, degraded)
 
     def live_adapters(self, ms: ModelServe, degraded: bool) -> None:
         """vLLM: bring every ready pod of the current revision to the adapters wanted now, without
-        touching the pod template (reconcile/vllm_adapters.py has the scheme)."""
+        touching the pod template (reconcile/live_adapters.py has the scheme)."""
         desired = desired_adapters(self.res)
         pods = self.observed.pods
         previous = list(self.st.get("servedAdapters") or [])

@@ -11,13 +11,18 @@ rollouts are gated and rolled back alike.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 
 import openai
 
-from .smoketest import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, SmokeTestResult, TargetResult, show
+from kubetune.engines.smoke import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_TIMEOUT_SECONDS,
+    SmokeTestResult,
+    TargetResult,
+    judge,
+)
 
 
 def client(
@@ -55,14 +60,7 @@ def complete_once(
     seconds = time.monotonic() - started
     text = out.choices[0].text if out.choices else ""
     tokens = out.usage.completion_tokens if out.usage else None
-    if expect is not None and not re.search(expect, text):
-        mismatch = f"output {show(text)} does not match expect {expect!r}"
-        return TargetResult(
-            target, False, output=text, error=mismatch, seconds=seconds, generated_tokens=tokens
-        )
-    if not text and not tokens:
-        return TargetResult(target, False, output=text, error="generated no tokens", seconds=seconds)
-    return TargetResult(target, True, output=text, seconds=seconds, generated_tokens=tokens)
+    return judge(target, text, tokens, expect, seconds)
 
 
 def run_openai_smoke_test(

@@ -8,76 +8,30 @@ base model and every LoRA adapter.
 
 One generate per target: the base model (``adapter_id`` unset) and each adapter by name. Greedy
 decoding, so the output is deterministic and ``expect`` (a regular expression, ``re.search``) is a fair
-check. Connection errors and 5xx overload answers are retried a few times (a pod that just became
-Ready may still be warming up); a wrong output is not retried.
+check (engines/smoke.py judges every engine's answers alike). Connection errors and 5xx overload answers
+are retried a few times (a pod that just became Ready may still be warming up); a wrong output is not
+retried.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from huggingface_hub import InferenceClient, constants
 from huggingface_hub.errors import InferenceTimeoutError, OverloadedError, TextGenerationError
 
-DEFAULT_TIMEOUT_SECONDS = 60.0
-DEFAULT_ATTEMPTS = 3
-MAX_SHOWN_OUTPUT = 200
+from kubetune.engines.smoke import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_TIMEOUT_SECONDS,
+    SmokeTestResult,
+    TargetResult,
+    judge,
+)
 
 
 class SmokeTestUnavailable(RuntimeError):
     """The smoke test cannot run at all from this process (a setting of the operator, not the model)."""
-
-
-@dataclass
-class TargetResult:
-    """The outcome of one generate call."""
-
-    target: str
-    """"base model" or "adapter NAME"."""
-    ok: bool
-    output: str | None = None
-    error: str | None = None
-    seconds: float = 0.0
-    generated_tokens: int | None = None
-
-    def describe(self) -> str:
-        if self.error:
-            return f"{self.target}: {self.error}"
-        return f"{self.target}: generated {show(self.output)}"
-
-
-@dataclass
-class SmokeTestResult:
-    """All generate calls of one smoke test."""
-
-    endpoint: str
-    results: list[TargetResult] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.results) and all(r.ok for r in self.results)
-
-    @property
-    def seconds(self) -> float:
-        return sum(r.seconds for r in self.results)
-
-    @property
-    def message(self) -> str:
-        """One line for a condition/Event: the failures first, or what passed."""
-        failed = [r for r in self.results if not r.ok]
-        if failed:
-            return f"smoke test against {self.endpoint} failed: " + "; ".join(r.describe() for r in failed)
-        return f"smoke test against {self.endpoint} passed: " + "; ".join(r.describe() for r in self.results)
-
-
-def show(text: str | None) -> str:
-    text = text or ""
-    if len(text) > MAX_SHOWN_OUTPUT:
-        text = text[:MAX_SHOWN_OUTPUT] + "..."
-    return repr(text)
 
 
 def _describe_error(error: BaseException) -> str:
@@ -133,20 +87,8 @@ def generate_once(
                 continue
             break
         seconds = time.monotonic() - started
-        text = out.generated_text
         tokens = out.details.generated_tokens if out.details else None
-        if expect is not None and not re.search(expect, text):
-            return TargetResult(
-                target,
-                False,
-                output=text,
-                error=f"output {show(text)} does not match expect {expect!r}",
-                seconds=seconds,
-                generated_tokens=tokens,
-            )
-        if not text and tokens == 0:
-            return TargetResult(target, False, output=text, error="generated no tokens", seconds=seconds)
-        return TargetResult(target, True, output=text, seconds=seconds, generated_tokens=tokens)
+        return judge(target, out.generated_text, tokens, expect, seconds)
     assert last_error is not None
     return TargetResult(target, False, error=_describe_error(last_error), seconds=time.monotonic() - started)
 

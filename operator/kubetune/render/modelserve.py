@@ -1,14 +1,12 @@
-"""ModelServe -> TGI or vLLM Deployment, Service and PodDisruptionBudget (pure functions, no client, no kopf).
+"""ModelServe -> Deployment, Service and PodDisruptionBudget (pure functions, no client, no kopf).
 
-The vLLM command line is in render/modelserve_vllm.py.
+Engine-agnostic: the serving container (command, arguments, environment, port, health path) comes from the
+ModelServe's engine (kubetune/engines/); everything around it is rendered here the same way for every
+engine. Which sources a ModelServe serves is decided in reconcile/sources.py and passed in.
 
-The reconcile layer reads the referenced FineTuneJobs and passes them in; everything here is a
-function of its arguments:
-
-- :func:`resolve_sources` turns ``spec.model`` / ``spec.adapters`` (URIs or FineTuneJob references)
-  into locations TGI can load, or says why it cannot (UnsupportedByEngine) or what it waits for.
-- :func:`revision_hash` names what a rollout serves (model, adapters, TGI settings, image).
-- :func:`render_deployment`, :func:`render_service`, :func:`render_pdb` build the children.
+- :func:`revision_hash` names what a rollout serves (what the engine says its pods depend on).
+- :func:`render_pod_template`, :func:`render_deployment`, :func:`render_service`, :func:`render_pdb` build
+  the children.
 
 Serving pods use the trainer's mount convention: a claim is mounted read-only at ``/mnt/pvc/CLAIM``
 (``pvc_local_path``); s3:// sources are copied by an init container (the kubetune trainer image)
@@ -24,22 +22,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
-from kubetune.api.v1alpha1 import (
-    API_VERSION,
-    CLASSIFICATION_TASKS,
-    ENCODER_TASKS,
-    FineTuneJob,
-    FineTuneJobStatus,
-    ModelServe,
-    Revision,
-    SecretKeyRef,
-    parse_uri,
-    pvc_local_path,
-)
+from kubetune.api.v1alpha1 import API_VERSION, ModelServe, Revision, parse_uri, pvc_local_path
 from kubetune.api.v1alpha1.trainerconfig import PVC_MOUNT_ROOT
-from kubetune.render import modelserve_vllm as vllm
+from kubetune.engines import engine_of
+from kubetune.engines.base import (
+    HF_CACHE_DIR,
+    HOME_DIR,
+    MODELS_DIR,
+    PORT_NAME,
+    Placement,
+    Source,
+    Sources,
+)
 from kubetune.render.common import (
     COMPONENT,
     MANAGED_BY,
@@ -62,29 +56,13 @@ ANNOTATION_REVISION = "kubetune.io/revision"
 ANNOTATION_PREVIOUS_TEMPLATE = "kubetune.io/previous-template"
 ANNOTATION_FAILED_REVISION = "kubetune.io/failed-revision"
 
-CONTAINER_NAME = "tgi"
-# The TGI image sets PORT=80; a non-root process without capabilities cannot bind a port below 1024 (on
-# most container runtimes), so the pods listen on 8080 (PORT is set explicitly; the Service keeps its port).
-CONTAINER_PORT = 8080
-PORT_NAME = "http"
-MODELS_DIR = "/mnt/kubetune/models"  # emptyDir: s3:// downloads
-HF_CACHE_DIR = "/data"  # the TGI image's HUGGINGFACE_HUB_CACHE
 # PodSecurity "restricted": the TGI and vLLM images run as root by default and have no user of their own;
 # their pods run as this uid/gid (the trainer's, whose image the download init containers use), and every
 # place they write is an emptyDir: the Hub cache (/data), /tmp (TGI's shard sockets, torch's compile
 # caches) and a HOME (Triton, FlashInfer, vLLM and numba caches under ~/.cache, ~/.triton, ~/.config).
 SERVE_UID = 1000
-HOME_DIR = "/home/kubetune"
-SERVE_USER = (
-    "kubetune"  # $USER: getpass.getuser() (torch's cache paths) needs a name; the uid has no passwd entry
-)
 PROBE_PERIOD_SECONDS = 10
 
-REASON_UNSUPPORTED = "UnsupportedByEngine"
-REASON_WAITING = "WaitingForResult"
-ENGINE_NAMES = {"tgi": "TGI", "vllm": "vLLM"}
-# Results that are not text generators (reward models score, masked LMs fill in, QA models extract).
-UNSERVABLE_MODEL_KINDS = ("reward-model", "masked-lm", "question-answering")
 DNS_1035 = r"[a-z]([-a-z0-9]*[a-z0-9])?"
 
 
@@ -166,284 +144,7 @@ def endpoint(ms: ModelServe, override: str | None = None) -> str:
     return f"http://{svc}.{ns}.svc:{port}"
 
 
-# ---- sources ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ResolvedSource:
-    """One thing to load: the model (name None) or an adapter."""
-
-    name: str | None
-    uri: str
-    """Where it is (hf://, pvc:// or s3://)."""
-    source: str | None = None
-    """FineTuneJob/NAME@CONFIGHASH#UID when it came from a job's result."""
-    s3_secret: str | None = None
-    """Secret with S3 credentials (a job's output.secretRef) for the download init container."""
-    hf_token: tuple[str, str] | None = None
-    """(Secret, key) with a Hub token for a private hf:// source."""
-    rank: int | None = None
-    """An adapter's LoRA rank (its FineTuneJob's method.lora.r; None when given by URI)."""
-
-
-@dataclass
-class Resolution:
-    """What resolve_sources found: the sources, or why they cannot be served (yet)."""
-
-    model: ResolvedSource | None = None
-    adapters: list[ResolvedSource] = field(default_factory=list)
-    unsupported: list[str] = field(default_factory=list)
-    """Messages: the engine cannot serve this; each says what would work."""
-    waiting: list[str] = field(default_factory=list)
-    """Messages: a referenced job has no result yet."""
-
-    @property
-    def ok(self) -> bool:
-        return not self.unsupported and not self.waiting and self.model is not None
-
-    @property
-    def reason(self) -> str | None:
-        if self.unsupported:
-            return REASON_UNSUPPORTED
-        if self.waiting:
-            return REASON_WAITING
-        return None
-
-    @property
-    def message(self) -> str:
-        return "; ".join(self.unsupported + self.waiting)
-
-    @property
-    def sources(self) -> list[str]:
-        items = [self.model] if self.model else []
-        return [s.source for s in items + self.adapters if s.source]
-
-
-class InvalidJob(ValueError):
-    """A referenced FineTuneJob that does not parse (its own status says why)."""
-
-
-def _as_job(obj: FineTuneJob | Mapping[str, Any] | None) -> FineTuneJob | None:
-    if obj is None or isinstance(obj, FineTuneJob):
-        return obj
-    body = {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec") if obj.get(k) is not None}
-    status = dict(obj.get("status") or {})
-    # Status is written by the operator and the trainer; read only the fields this version knows.
-    known = {f.alias or n for n, f in FineTuneJobStatus.model_fields.items()}
-    body["status"] = {k: v for k, v in status.items() if k in known}
-    try:
-        return FineTuneJob.model_validate(body, context={"target": "cluster"})
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise InvalidJob(f"{where}: {first.get('msg')}") from None
-
-
-def _load_job(res: Resolution, where: str, ref: str, raw: Any) -> FineTuneJob | None:
-    """The job, or None after recording why it cannot be used (missing or invalid)."""
-    try:
-        job = _as_job(raw)
-    except InvalidJob as error:
-        res.waiting.append(f"{where}: FineTuneJob {ref!r} is not valid ({error}); fix it first")
-        return None
-    if job is None:
-        res.waiting.append(f"{where}: FineTuneJob {ref!r} does not exist (yet); create it or fix the name")
-    return job
-
-
-def _job_uid(obj: FineTuneJob | Mapping[str, Any] | None) -> str:
-    if obj is None:
-        return ""
-    if isinstance(obj, FineTuneJob):
-        return str((obj.metadata.model_extra or {}).get("uid") or "")
-    return str((obj.get("metadata") or {}).get("uid") or "")
-
-
-def _source_id(name: str, job: FineTuneJob, uid: str) -> str:
-    result = job.status.result if job.status else None
-    config_hash = (result.config_hash if result else None) or "unknown"
-    return f"FineTuneJob/{name}@{config_hash}" + (f"#{uid[:8]}" if uid else "")
-
-
-def resolve_sources(ms: ModelServe, jobs: Mapping[str, FineTuneJob | Mapping[str, Any] | None]) -> Resolution:
-    """Where the model and each adapter are, given the referenced FineTuneJobs (name -> object or None).
-
-    Classifiers, prefix/prompt-tuned results and non-LoRA adapters are UnsupportedByEngine; a job
-    without a result is waited for. A job that is running again but has a result from an earlier run
-    keeps serving that result until the new one arrives.
-    """
-    res = Resolution()
-    spec = ms.spec
-    engine = ENGINE_NAMES[spec.engine]
-
-    # The model.
-    if spec.model.uri:
-        res.model = _uri_source(None, spec.model.uri, spec.model.secret_ref)
-    else:
-        ref = spec.model.fine_tune_job_ref.name  # type: ignore[union-attr]
-        raw = jobs.get(ref)
-        where = "model.fineTuneJobRef"
-        job = _load_job(res, where, ref, raw)
-        if job is not None:
-            task = job.spec.model.task
-            result = job.status.result if job.status else None
-            phase = job.status.phase if job.status else None
-            if task in CLASSIFICATION_TASKS:
-                res.unsupported.append(
-                    f"{where}: FineTuneJob {ref!r} trains a {task} model and {engine} serves only text "
-                    "generation here; serve a causal-lm or seq2seq FineTuneJob, or run the classifier with your "
-                    "own Deployment"
-                )
-            elif task in ENCODER_TASKS:
-                res.unsupported.append(
-                    _encoder_message(where, ref, task, engine, result.uri if result else None)
-                )
-            elif result is None or not result.uri:
-                res.waiting.append(_waiting_message(where, ref, phase))
-            elif result.kind in UNSERVABLE_MODEL_KINDS:
-                res.unsupported.append(
-                    f"{where}: FineTuneJob {ref!r} produced a {result.kind} model, which is not a text "
-                    f"generator {engine} can serve; serve a causal-lm result (SFT, DPO, KTO, GRPO, RLOO)"
-                )
-            elif result.kind in ("prefix", "prompt"):
-                res.unsupported.append(
-                    f"{where}: FineTuneJob {ref!r} produced a {result.kind}-tuning result, which {engine} "
-                    "cannot load; train with method lora (served under adapters) or full (served as model)"
-                )
-            elif result.merged_uri:
-                res.model = ResolvedSource(
-                    None,
-                    result.merged_uri,
-                    _source_id(ref, job, _job_uid(raw)),
-                    _s3_secret(job, result.merged_uri),
-                )
-            elif result.kind == "full":
-                res.model = ResolvedSource(
-                    None, result.uri, _source_id(ref, job, _job_uid(raw)), _s3_secret(job, result.uri)
-                )
-            else:  # an adapter without a merged copy
-                res.unsupported.append(
-                    f"{where}: FineTuneJob {ref!r} produced a LoRA adapter without a merged model; set "
-                    "spec.output.mergeAdapter: true on the job, or serve its base model "
-                    f"(model.uri: {job.spec.model.uri}) with the adapter under adapters: "
-                    f"[{{name: ..., fineTuneJobRef: {{name: {ref}}}}}]"
-                )
-
-    # The adapters.
-    for index, adapter in enumerate(spec.adapters):
-        where = f"adapters[{index}] ({adapter.name})"
-        if adapter.uri:
-            res.adapters.append(_uri_source(adapter.name, adapter.uri, adapter.secret_ref))
-            continue
-        ref = adapter.fine_tune_job_ref.name  # type: ignore[union-attr]
-        raw = jobs.get(ref)
-        job = _load_job(res, where, ref, raw)
-        if job is None:
-            continue
-        result = job.status.result if job.status else None
-        phase = job.status.phase if job.status else None
-        method = job.spec.method.type
-        if job.spec.model.task in CLASSIFICATION_TASKS:
-            res.unsupported.append(
-                f"{where}: FineTuneJob {ref!r} trains a {job.spec.model.task} model; {engine} serves "
-                "adapters of text-generation models only"
-            )
-        elif job.spec.model.task in ENCODER_TASKS:
-            res.unsupported.append(
-                _encoder_message(where, ref, job.spec.model.task, engine, result.uri if result else None)
-            )
-        elif method in ("prefix-tuning", "prompt-tuning") or (result and result.kind in ("prefix", "prompt")):
-            res.unsupported.append(
-                f"{where}: FineTuneJob {ref!r} uses {method}, which {engine} cannot load as an adapter; "
-                "train with method lora or qlora"
-            )
-        elif method == "ia3":
-            res.unsupported.append(
-                f"{where}: FineTuneJob {ref!r} trains an IA3 adapter and {engine} loads only LoRA adapters; "
-                "train with method lora or qlora, or set output.mergeAdapter: true and serve the merged "
-                "model under model.fineTuneJobRef"
-            )
-        elif method in ("full", "head-only") or (result and result.kind == "full"):
-            res.unsupported.append(
-                f"{where}: FineTuneJob {ref!r} produces a full model, not an adapter; serve it under "
-                f"model.fineTuneJobRef: {{name: {ref}}}"
-            )
-        elif result is None or not result.uri:
-            res.waiting.append(_waiting_message(where, ref, phase))
-        elif result.kind in UNSERVABLE_MODEL_KINDS:
-            res.unsupported.append(
-                f"{where}: FineTuneJob {ref!r} produced a {result.kind} model, not a LoRA adapter {engine} "
-                "can serve; serve a causal-lm LoRA result"
-            )
-        else:
-            lora = job.spec.method.lora
-            res.adapters.append(
-                ResolvedSource(
-                    adapter.name,
-                    result.uri,
-                    _source_id(ref, job, _job_uid(raw)),
-                    _s3_secret(job, result.uri),
-                    rank=lora.r if lora is not None else None,
-                )
-            )
-        # An adapter trained on another Hub model than the one served does not load.
-        served, trained_on = spec.model.uri or "", job.spec.model.uri or ""  # a chained job has no model.uri
-        if (
-            served.startswith("hf://")
-            and trained_on.startswith("hf://")
-            and served.rstrip("/") != trained_on.rstrip("/")
-        ):
-            res.unsupported.append(
-                f"{where}: FineTuneJob {ref!r} trained its adapter on {job.spec.model.uri} but model.uri is "
-                f"{served}; serve model.uri: {job.spec.model.uri}"
-            )
-    if spec.engine == "vllm":
-        problem = vllm.rank_problem(ms, [(a.name or "", a.rank) for a in res.adapters])  # adapters are named
-        if problem:
-            res.unsupported.append(problem)
-    return res
-
-
-def _encoder_message(where: str, ref: str, task: str, engine: str, result_uri: str | None) -> str:
-    """Why a masked-lm or extractive question-answering job's result cannot be served for text generation."""
-    if task == "masked-lm":
-        base = f" (model.uri: {result_uri})" if result_uri else ""
-        return (
-            f"{where}: FineTuneJob {ref!r} trains a masked-lm model (fill-mask, not text generation), which "
-            f"{engine} cannot serve; use its result as the base of a sequence- or token-classification "
-            f"FineTuneJob{base}, or serve it with your own Deployment (a transformers fill-mask pipeline)"
-        )
-    return (
-        f"{where}: FineTuneJob {ref!r} trains an extractive question-answering model (it returns answer spans, "
-        f"not generated text), which {engine} cannot serve; run it with your own Deployment (a transformers "
-        "question-answering pipeline)"
-    )
-
-
-def _waiting_message(where: str, ref: str, phase: str | None) -> str:
-    if phase == "Failed":
-        return f"{where}: FineTuneJob {ref!r} failed and has no result; fix and rerun it (see its conditions)"
-    return f"{where}: waiting for FineTuneJob {ref!r} to succeed (phase {phase or 'Pending'})"
-
-
-def _uri_source(name: str | None, uri: str, secret: SecretKeyRef | None) -> ResolvedSource:
-    """A source named by URI, with its secret where the scheme needs one."""
-    if secret is None:
-        return ResolvedSource(name, uri)
-    if uri.startswith("s3://"):
-        return ResolvedSource(name, uri, s3_secret=secret.name)
-    if uri.startswith("hf://"):
-        return ResolvedSource(name, uri, hf_token=(secret.name, secret.key))
-    return ResolvedSource(name, uri)
-
-
-def _s3_secret(job: FineTuneJob, uri: str) -> str | None:
-    if uri.startswith("s3://") and job.spec.output.secret_ref:
-        return job.spec.output.secret_ref.name
-    return None
-
-
-def adapter_path_in_pod(src: ResolvedSource) -> str:
+def adapter_path_in_pod(src: Source) -> str:
     """Where a serving pod finds adapter SRC: a mounted claim's path, a Hub id, or the init container's copy."""
     parsed = parse_uri(src.uri, ("hf", "pvc", "s3"))
     if parsed.scheme == "hf":
@@ -456,59 +157,18 @@ def adapter_path_in_pod(src: ResolvedSource) -> str:
 # ---- revision --------------------------------------------------------------------------------
 
 
-def _tgi_settings(ms: ModelServe) -> dict[str, Any]:
-    return ms.spec.tgi.to_dict()
+def revision_hash(ms: ModelServe, sources: Sources, image: str) -> str:
+    """A short stable hash over what the pods serve and need at start (the engine says what that is)."""
+    return short_hash(engine_of(ms).revision_inputs(ms, sources, image), 16)
 
 
-def revision_hash(ms: ModelServe, resolution: Resolution, image: str) -> str:
-    """A short stable hash over what the pods serve: model, adapters, their sources, settings, image.
-
-    vLLM loads adapters on running pods, so there only what the pod itself needs counts: the claims
-    its adapters live on (mounts), adapters copied from S3 at start, whether LoRA is on and its rank.
-    """
-    if ms.spec.engine == "vllm":
-        model_source = resolution.model.source if resolution.model else None
-        return short_hash(
-            {
-                "model": resolution.model.uri if resolution.model else None,
-                "sources": [model_source] if model_source else [],
-                "adapters": vllm_pod_needs(ms, resolution),
-                "vllm": ms.spec.vllm.to_dict(),
-                "gpus": ms.spec.resources.gpus,
-                "image": image,
-            },
-            16,
-        )
-    return short_hash(
-        {
-            "model": resolution.model.uri if resolution.model else None,
-            "adapters": [f"{a.name}={a.uri}" for a in resolution.adapters],
-            "sources": resolution.sources,
-            "tgi": _tgi_settings(ms),
-            "image": image,
-        },
-        16,
-    )
-
-
-def vllm_pod_needs(ms: ModelServe, resolution: Resolution) -> dict[str, Any]:
-    """What a vLLM pod must have at start for its adapters (a change here is a rollout, not a live load)."""
-    claims = sorted({parse_uri(a.uri).claim for a in resolution.adapters if a.uri.startswith("pvc://")})
-    return {
-        "lora": bool(ms.spec.adapters),
-        "rank": vllm.max_lora_rank(ms, [a.rank for a in resolution.adapters]),
-        "claims": claims,
-        "downloaded": [f"{a.name}={a.uri}" for a in resolution.adapters if a.uri.startswith("s3://")],
-    }
-
-
-def revision(ms: ModelServe, resolution: Resolution, image: str) -> Revision:
-    """The status.revision record of RESOLUTION."""
+def revision(ms: ModelServe, sources: Sources, image: str) -> Revision:
+    """The status.revision record of SOURCES."""
     return Revision(
-        hash=revision_hash(ms, resolution, image),
-        model=resolution.model.uri if resolution.model else None,
-        adapters=[f"{a.name}={a.uri}" for a in resolution.adapters],
-        sources=resolution.sources,
+        hash=revision_hash(ms, sources, image),
+        model=sources.model.uri if sources.model else None,
+        adapters=[f"{a.name}={a.uri}" for a in sources.adapters],
+        sources=sources.sources,
     )
 
 
@@ -522,8 +182,8 @@ class _Volumes:
     claims: set[str] = field(default_factory=set)
     downloads: list[tuple[str, str, str | None]] = field(default_factory=list)  # (uri, dest, secret)
 
-    def local_path(self, src: ResolvedSource, slot: str) -> str:
-        """Where SRC is inside the TGI container; hf:// ids are returned as is (TGI downloads them)."""
+    def local_path(self, src: Source, slot: str) -> str:
+        """Where SRC is inside the serving container; hf:// ids are returned as is (the engine downloads them)."""
         parsed = parse_uri(src.uri, ("hf", "pvc", "s3"))
         if parsed.scheme == "hf":
             return parsed.hf_repo_id
@@ -541,23 +201,6 @@ class _Volumes:
         dest = f"{MODELS_DIR}/{slot}"
         self.downloads.append((src.uri, dest, src.s3_secret))
         return dest
-
-
-def _tgi_args(ms: ModelServe) -> list[str]:
-    tgi = ms.spec.tgi
-    args = ["--json-output"]
-    for flag, value in (
-        ("--quantize", tgi.quantize),
-        ("--num-shard", tgi.num_shard),
-        ("--dtype", tgi.dtype),
-        ("--max-input-tokens", tgi.max_input_tokens),
-        ("--max-total-tokens", tgi.max_total_tokens),
-        ("--max-batch-prefill-tokens", tgi.max_batch_prefill_tokens),
-        ("--max-concurrent-requests", tgi.max_concurrent_requests),
-    ):
-        if value is not None:
-            args += [flag, str(value)]
-    return args + list(tgi.extra_args)
 
 
 def pod_security_context() -> dict[str, Any]:
@@ -590,49 +233,35 @@ def _probe(path: str, period: int, failures: int, timeout: int) -> dict[str, Any
     }
 
 
-def _home_env() -> list[dict[str, Any]]:
-    return [{"name": "HOME", "value": HOME_DIR}, {"name": "USER", "value": SERVE_USER}]
-
-
 def render_pod_template(
     ms: ModelServe,
-    resolution: Resolution,
+    sources: Sources,
     *,
     image: str,
     trainer_image: str,
     revision_hash_: str,
     lora_modules: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The TGI or vLLM pod template of one revision (RESOLUTION must be ok).
+    """The pod template of one revision: the engine's container around SOURCES (which must have a model).
 
-    LORA_MODULES (vLLM): the ``--lora-modules`` the revision's pods start with; None means the adapters
-    of RESOLUTION (a new revision). The decision passes the live Deployment's own while the revision
-    stays, so later adapter versions, loaded at run time, never change the pod template.
+    LORA_MODULES (engines with live adapters): the adapters the revision's pods start with; None means those
+    of SOURCES (a new revision). The decision passes the live Deployment's own while the revision stays, so
+    later adapter versions, loaded at run time, never change the pod template.
     """
-    if resolution.model is None:
-        raise ValueError(f"nothing to serve: {resolution.message or 'no model resolved'}")
+    if sources.model is None:
+        raise ValueError("nothing to serve: no model was resolved")
     spec = ms.spec
+    engine = engine_of(ms)
     vols = _Volumes()
-    model_id = vols.local_path(resolution.model, "model")
-    adapters = [f"{a.name}={vols.local_path(a, f'adapter-{a.name}')}" for a in resolution.adapters]
-    # Hub token: the model's, else the first adapter's (both engines take one).
-    token = next((src.hf_token for src in (resolution.model, *resolution.adapters) if src.hf_token), None)
-    token_env = (
-        [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token[0], "key": token[1]}}}]
-        if token
-        else []
+    model_path = vols.local_path(sources.model, "model")
+    adapters = tuple((a.name or "", vols.local_path(a, f"adapter-{a.name}")) for a in sources.adapters)
+    placement = Placement(
+        model=model_path,
+        adapters=adapters,
+        ranks=tuple(a.rank for a in sources.adapters),
+        # Hub token: the model's, else the first adapter's (both engines take one).
+        hf_token=next((src.hf_token for src in (sources.model, *sources.adapters) if src.hf_token), None),
     )
-
-    env: list[dict[str, Any]] = [
-        {"name": "MODEL_ID", "value": model_id},
-        {"name": "PORT", "value": str(CONTAINER_PORT)},
-        {"name": "HOSTNAME", "value": "0.0.0.0"},
-        {"name": "HUGGINGFACE_HUB_CACHE", "value": HF_CACHE_DIR},
-        *_home_env(),
-    ]
-    if adapters:
-        env.append({"name": "LORA_ADAPTERS", "value": ",".join(adapters)})
-    env += token_env
 
     resources: dict[str, dict[str, Any]] = {"requests": {}, "limits": {}}
     res = spec.resources
@@ -682,30 +311,14 @@ def render_pod_template(
                 init["envFrom"] = [{"secretRef": {"name": secret}}]
             init_containers.append(init)
 
-    container: dict[str, Any] = {
-        "name": CONTAINER_NAME,
-        "image": image,
-        "args": _tgi_args(ms),
-        "env": env,
-        "ports": [{"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
-    }
-    if spec.engine == "vllm":
-        modules = adapters if lora_modules is None else list(lora_modules)
-        ranks = [a.rank for a in resolution.adapters]
-        container = {
-            "name": vllm.CONTAINER_NAME,
-            "image": image,
-            "command": ["vllm", "serve"],
-            "args": vllm.args(ms, model_id, modules, ranks),
-            "env": vllm.env() + _home_env() + token_env,
-            "ports": [{"name": PORT_NAME, "containerPort": vllm.CONTAINER_PORT, "protocol": "TCP"}],
-        }
+    container = engine.container(ms, placement, image, live_modules=lora_modules)
+    health = engine.health_path
     container |= {
         "volumeMounts": mounts,
         "securityContext": container_security_context(),
-        "startupProbe": _probe("/health", PROBE_PERIOD_SECONDS, startup_failures, 5),
-        "readinessProbe": _probe("/health", PROBE_PERIOD_SECONDS, 3, 5),
-        "livenessProbe": _probe("/health", 30, 6, 10),
+        "startupProbe": _probe(health, PROBE_PERIOD_SECONDS, startup_failures, 5),
+        "readinessProbe": _probe(health, PROBE_PERIOD_SECONDS, 3, 5),
+        "livenessProbe": _probe(health, 30, 6, 10),
     }
     if resources:
         container["resources"] = resources
@@ -806,14 +419,3 @@ def render_pdb(ms: ModelServe, uid: str) -> dict[str, Any]:
         "metadata": _meta(ms, uid, pdb_name(ms)),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(ms)}},
     }
-
-
-def referenced_jobs(ms: ModelServe | Mapping[str, Any]) -> list[str]:
-    """Names of the FineTuneJobs a ModelServe reads (for the index that re-triggers it)."""
-    spec = ms.spec.to_dict() if isinstance(ms, ModelServe) else dict(ms.get("spec") or {})
-    names = []
-    for src in [spec.get("model") or {}, *(spec.get("adapters") or [])]:
-        ref = (src or {}).get("fineTuneJobRef") or {}
-        if ref.get("name") and ref["name"] not in names:
-            names.append(ref["name"])
-    return names

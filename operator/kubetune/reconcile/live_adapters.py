@@ -1,8 +1,10 @@
-"""Live LoRA adapters on vLLM pods: what each ready pod should change, and what status says (pure).
+"""Live LoRA adapters (engines that load them on running servers: vLLM): what each ready pod should
+change, and what status says (pure).
 
 The operator reads what each ready pod of the current revision has loaded (``GET /v1/models``: every
 adapter's ``id`` and ``root``, the path it was loaded from), compares it with the adapters the spec
-wants now, and plans changes per pod. reconcile/vllm_admin.py carries them out.
+wants now, and plans changes per pod. reconcile/adapter_admin.py carries them out with the requests the
+engine declares (``Engine.live_adapters``; vLLM's are described below).
 
 The switch to a new version under the same served name (requests to it never fail):
 
@@ -25,8 +27,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from kubetune.render import modelserve as r
+from kubetune.engines.base import Source, Sources
 from kubetune.render.common import short_hash
+from kubetune.render.modelserve import adapter_path_in_pod
 
 STAGING_SEPARATOR = "@"
 
@@ -89,9 +92,9 @@ def digest_of(uri: str, source: str | None) -> str:
     return short_hash({"uri": uri, "source": source}, 10)
 
 
-def desired_adapters(resolution: r.Resolution) -> list[DesiredAdapter]:
+def desired_adapters(resolution: Sources) -> list[DesiredAdapter]:
     return [
-        DesiredAdapter(a.name or "", r.adapter_path_in_pod(a), a.uri, digest_of(a.uri, a.source))
+        DesiredAdapter(a.name or "", adapter_path_in_pod(a), a.uri, digest_of(a.uri, a.source))
         for a in resolution.adapters
     ]
 
@@ -143,7 +146,7 @@ def served_adapters(
         entry: dict[str, Any] = {"name": d.name, "uri": d.uri, "digest": d.digest, "loadedOnPods": on_new,
                                  "desiredPods": len(pods)}  # fmt: skip
         if on_new == 0 and old.get("uri") and old.get("digest") != d.digest:
-            old_path = r.adapter_path_in_pod(r.ResolvedSource(d.name, old["uri"]))
+            old_path = adapter_path_in_pod(Source(d.name, old["uri"]))
             on_old = sum(1 for p in asked if (p.loaded or {}).get(d.name) == old_path)
             if on_old:
                 entry.update(uri=old["uri"], digest=old["digest"], loadedOnPods=on_old)

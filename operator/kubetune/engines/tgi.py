@@ -1,0 +1,91 @@
+"""Text Generation Inference (``engine: tgi``, the default): the launcher's environment and flags, and the
+smoke test through TGI's own generate API.
+
+- The model: ``MODEL_ID`` (a path inside the pod, or a Hub id the launcher downloads to
+  HUGGINGFACE_HUB_CACHE, an emptyDir).
+- Adapters: ``LORA_ADAPTERS``, ``NAME=PATH`` per adapter, loaded when the server starts (a change of the
+  adapters is a new revision: a rolling update).
+- The server listens on ``PORT`` 8080: the image's default (80) needs a capability the non-root pod does
+  not have. ``/health`` answers once the model is loaded.
+- ``spec.tgi`` maps to launcher flags (``--quantize``, ``--num-shard``, ...), then ``extraArgs`` as is.
+- Smoke test: ``POST /`` with ``adapter_id`` per adapter (huggingface_hub's InferenceClient,
+  reconcile/smoketest.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from kubetune.api.v1alpha1 import ModelServe
+from kubetune.api.v1alpha1.modelserve import TGISpec
+
+from .base import HF_CACHE_DIR, PORT_NAME, Engine, Placement, Sources, hf_token_env, home_env
+
+CONTAINER_NAME = "tgi"
+# The TGI image sets PORT=80; a non-root process without capabilities cannot bind a port below 1024 (on
+# most container runtimes), so the pods listen on 8080 (PORT is set explicitly; the Service keeps its port).
+CONTAINER_PORT = 8080
+DEFAULT_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.4"
+
+
+def args(ms: ModelServe) -> list[str]:
+    """The launcher's flags: JSON logs, then spec.tgi's settings, then spec.tgi.extraArgs."""
+    tgi = ms.spec.tgi
+    out = ["--json-output"]
+    for flag, value in (
+        ("--quantize", tgi.quantize),
+        ("--num-shard", tgi.num_shard),
+        ("--dtype", tgi.dtype),
+        ("--max-input-tokens", tgi.max_input_tokens),
+        ("--max-total-tokens", tgi.max_total_tokens),
+        ("--max-batch-prefill-tokens", tgi.max_batch_prefill_tokens),
+        ("--max-concurrent-requests", tgi.max_concurrent_requests),
+    ):
+        if value is not None:
+            out += [flag, str(value)]
+    return out + list(tgi.extra_args)
+
+
+def env(placement: Placement) -> list[dict[str, Any]]:
+    """The launcher's environment: the model, where to listen, the Hub cache, the adapters, a Hub token."""
+    out: list[dict[str, Any]] = [
+        {"name": "MODEL_ID", "value": placement.model},
+        {"name": "PORT", "value": str(CONTAINER_PORT)},
+        {"name": "HOSTNAME", "value": "0.0.0.0"},
+        {"name": "HUGGINGFACE_HUB_CACHE", "value": HF_CACHE_DIR},
+        *home_env(),
+    ]
+    if placement.adapters:
+        out.append({"name": "LORA_ADAPTERS", "value": ",".join(placement.adapter_pairs)})
+    return out + hf_token_env(placement)
+
+
+class TGI(Engine):
+    name = "tgi"
+    title = "TGI"
+    default_image = DEFAULT_IMAGE
+    settings_model: ClassVar[type[TGISpec]] = TGISpec
+    container_name = CONTAINER_NAME
+    port = CONTAINER_PORT
+    smoke_protocol = "tgi"
+
+    def container(
+        self, ms: ModelServe, placement: Placement, image: str, *, live_modules: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        return {
+            "name": CONTAINER_NAME,
+            "image": image,
+            "args": args(ms),
+            "env": env(placement),
+            "ports": [{"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+        }
+
+    def revision_inputs(self, ms: ModelServe, sources: Sources, image: str) -> dict[str, Any]:
+        return {
+            "model": sources.model.uri if sources.model else None,
+            "adapters": [f"{a.name}={a.uri}" for a in sources.adapters],
+            "sources": sources.sources,
+            "tgi": ms.spec.tgi.to_dict(),
+            "image": image,
+        }
