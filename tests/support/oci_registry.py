@@ -23,12 +23,14 @@ import os
 import socket
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import yaml
+
+from tests.support import ports
+from tests.support.waiting import process_exited, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 GOTOOLS = REPO / "hack" / "gotools.sh"
@@ -47,6 +49,10 @@ def tool(name: str) -> Path:
 
 
 def free_port(address: str = "127.0.0.1") -> int:
+    """A free port on ADDRESS (loopback: tests.support.ports; another address, e.g. the real node's bridge,
+    is asked directly)."""
+    if address == "127.0.0.1":
+        return ports.free_port()
     with socket.socket() as s:
         s.bind((address, 0))
         return s.getsockname()[1]
@@ -107,23 +113,21 @@ class OCIRegistry:
             [str(binary), "serve", str(self.root / "config.yml")],
             stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=self.root,
         )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"the registry exited ({self.proc.returncode}): {self.log.read_text()[-3000:]}"
-                )
+
+        def answers() -> bool:
             try:
                 with urllib.request.urlopen(f"{self.url}/v2/", timeout=2):
-                    return self
+                    return True
             except urllib.error.HTTPError as error:
-                if error.code == 401:  # up, asking for credentials
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"the registry did not answer on {self.url} within {timeout:.0f}s")
+                return error.code == 401  # up, asking for credentials
+
+        exited = process_exited(self.proc, "the registry", lambda: self.log.read_text()[-3000:])
+        try:
+            wait_for(answers, timeout, 0.2, f"the registry on {self.url}", fail_if=exited)
+        except AssertionError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -16,8 +16,9 @@ import pytest
 from kubetune.api.v1alpha1.publishing import RegisterSpec
 from kubetune_trainer import oci, publish, registration
 from kubetune_trainer.train import run_training
-from tests.support.mlflow_server import MLflowServer, free_port
+from tests.support.mlflow_server import MLflowServer
 from tests.support.oci_registry import OCIRegistry
+from tests.support.ports import free_port
 
 from .toy import job_config
 
