@@ -35,6 +35,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kubetune.api.v1alpha1 import ParsedURI, parse_uri
+from kubetune.api.v1alpha1.trainerconfig import (
+    ENV_MODEL_REGISTRY_AUTH,
+    ENV_OCI_PLAIN_HTTP,
+    ENV_OUTPUT_REGISTRY_AUTH,
+)
 from kubetune.api.v1alpha1.uris import oci_uri
 
 from . import modelpack
@@ -42,10 +47,10 @@ from .errors import TrainerError
 
 log = logging.getLogger("kubetune_trainer.oci")
 
-ENV_PLAIN_HTTP = "KUBETUNE_OCI_PLAIN_HTTP"
+ENV_PLAIN_HTTP = ENV_OCI_PLAIN_HTTP
 # The docker config file with a role's registry credentials (the operator mounts the role's Secret there);
 # else $DOCKER_CONFIG/config.json, else ~/.docker/config.json.
-ENV_AUTH_FILE = {"output": "KUBETUNE_OUTPUT_REGISTRY_AUTH", "model": "KUBETUNE_MODEL_REGISTRY_AUTH"}
+ENV_AUTH_FILE = {"output": ENV_OUTPUT_REGISTRY_AUTH, "model": ENV_MODEL_REGISTRY_AUTH}
 MANIFEST_ACCEPT = ", ".join(
     (modelpack.MANIFEST_MEDIA_TYPE, "application/vnd.oci.image.index.v1+json",
      "application/vnd.docker.distribution.manifest.v2+json")

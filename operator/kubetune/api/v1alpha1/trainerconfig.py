@@ -35,6 +35,13 @@ ENV_MASTER_ADDR = "KUBETUNE_MASTER_ADDR"  # stable DNS name of pod 0 behind the 
 ENV_MASTER_PORT = "KUBETUNE_MASTER_PORT"
 ENV_POD_NAME = "KUBETUNE_POD_NAME"
 ENV_REPORT_STATUS = "KUBETUNE_REPORT_STATUS"  # "true" in a cluster: patch the FineTuneJob's status
+# OCI registries (kubetune_trainer.oci): the ones spoken to over plain HTTP (comma-separated host[:port], an
+# operator setting), and the docker config files with a role's registry credentials (a mounted
+# kubernetes.io/dockerconfigjson Secret under REGISTRY_AUTH_DIR/ROLE/config.json).
+ENV_OCI_PLAIN_HTTP = "KUBETUNE_OCI_PLAIN_HTTP"
+ENV_OUTPUT_REGISTRY_AUTH = "KUBETUNE_OUTPUT_REGISTRY_AUTH"
+ENV_MODEL_REGISTRY_AUTH = "KUBETUNE_MODEL_REGISTRY_AUTH"
+REGISTRY_AUTH_DIR = "/etc/kubetune/registry"
 
 
 def pvc_local_path(uri: str) -> str:
