@@ -99,6 +99,7 @@ def finetunejob_controller(
         trainer_image=settings.trainer_image,
         image_pull_policy=settings.trainer_image_pull_policy,
         termination_grace_seconds=settings.termination_grace_seconds,
+        oci_plain_http=tuple(settings.oci_plain_http_registries),
     )
     reconciler = FineTuneJobReconciler(
         kube, opts, AppliedCache(max_age=settings.resync_seconds), own_writes=own_writes, writers=writers
@@ -127,6 +128,7 @@ def modelserve_controller(kube: Kube, settings: Settings) -> WorkQueue:
         tgi_image=settings.tgi_image,
         vllm_image=settings.vllm_image,
         trainer_image=settings.trainer_image,
+        oci_plain_http=tuple(settings.oci_plain_http_registries),
         endpoint_override=settings.serve_endpoint_override,
         pod_address_override=settings.serve_pod_address_override,
         requeue_seconds=settings.requeue_seconds,
