@@ -607,6 +607,15 @@ class _Decider:
         if condition_true(job, "Complete") or condition_true(job, "SuccessCriteriaMet"):
             done_at = (job.get("status") or {}).get("completionTime") or fmt_time(self.now)
             self.st["completionTime"] = self.st["completionTime"] or done_at
+            refused = self._publish_error(rid)
+            if refused is not None:  # trained, but the registry refused the result: say what to change
+                reason, message = refused
+                if not (self.is_true("Failed") and self.reason("Failed") == reason):
+                    self.event("Warning", reason, message)
+                self.set("Succeeded", False, reason, f"run {rid} trained in attempt {attempt}, but: {message}")
+                self._fail(reason, message)
+                self._default("Suspended", "NotSuspended", "")
+                return
             self.set(
                 "Succeeded",
                 True,
@@ -851,6 +860,15 @@ class _Decider:
         if start:
             self.out.run_seconds = max(0.0, (self.now - start).total_seconds())
         self._ttl_timer()
+
+    def _publish_error(self, rid: str | None) -> tuple[str, str] | None:
+        """(reason, message) when this run's trainer reported that its result did not reach its oci://
+        output or model registry (status.result.publishError; the result stays on its storage)."""
+        result = (self.obj.get("status") or {}).get("result") or {}
+        error = result.get("publishError") or {}
+        if not error or (rid and result.get("configHash") not in (None, rid)):
+            return None
+        return str(error.get("reason") or "PublishFailed"), str(error.get("message") or "")
 
     def _failure_reason(self, job: dict[str, Any]) -> str:
         return failure_reason(job, self._pods(job))
