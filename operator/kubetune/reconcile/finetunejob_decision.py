@@ -612,7 +612,9 @@ class _Decider:
                 reason, message = refused
                 if not (self.is_true("Failed") and self.reason("Failed") == reason):
                     self.event("Warning", reason, message)
-                self.set("Succeeded", False, reason, f"run {rid} trained in attempt {attempt}, but: {message}")
+                self.set(
+                    "Succeeded", False, reason, f"run {rid} trained in attempt {attempt}, but: {message}"
+                )
                 self._fail(reason, message)
                 self._default("Suspended", "NotSuspended", "")
                 return
