@@ -607,9 +607,9 @@ class _Decider:
         if condition_true(job, "Complete") or condition_true(job, "SuccessCriteriaMet"):
             done_at = (job.get("status") or {}).get("completionTime") or fmt_time(self.now)
             self.st["completionTime"] = self.st["completionTime"] or done_at
-            refused = self._publish_error(rid)
-            if refused is not None:  # trained, but the registry refused the result: say what to change
-                reason, message = refused
+            unpublished = self._publish_error(rid)
+            if unpublished is not None:  # trained, but the registry refused the result: say what to change
+                reason, message = unpublished
                 if not (self.is_true("Failed") and self.reason("Failed") == reason):
                     self.event("Warning", reason, message)
                 self.set(
