@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from kubetune.api.v1alpha1 import TrainerConfig, pvc_claims, validate_document
+from kubetune.render.publishing import registry_secrets
 from kubetune.api.v1alpha1.trainerconfig import (
     CACHE_DIR,
     CONFIG_DIR,
@@ -147,7 +148,8 @@ def test_example_children(doc):
     for claim in claims:
         m = mounts[f"/mnt/pvc/{claim}"]
         assert vols[m["name"]]["persistentVolumeClaim"]["claimName"] == claim
-    assert len(vols) == 5 + len(claims)
+    # ... and one per registry Secret of an oci:// output or model (mounted as a file)
+    assert len(vols) == 5 + len(claims) + len(registry_secrets(ftj))
     # env: rank from the completion index, world, rendezvous; secrets only as secretKeyRef
     env = env_of(job)
     assert env[ENV_NODE_RANK]["valueFrom"]["fieldRef"]["fieldPath"] == (
@@ -156,6 +158,9 @@ def test_example_children(doc):
     assert env[ENV_NUM_NODES]["value"] == str(spec.resources.nodes)
     assert env[ENV_MASTER_ADDR]["value"] == f"{name}-trainer-0.{svc['metadata']['name']}"
     for use in secret_uses(ftj):
+        if use.required_keys == (".dockerconfigjson",):  # registry credentials: a file, never env
+            assert any((v.get("secret") or {}).get("secretName") == use.name for v in vols.values())
+            continue
         refs = [
             e["valueFrom"]["secretKeyRef"] for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})
         ]
