@@ -228,10 +228,11 @@ def connect(parsed: ParsedURI, auth_path: str | None, field: str, secret_field: 
     has_credentials = _credentials(host, auth_path, refused, secret_field)
     if has_credentials:
         registry.auth.load_configs(container, configs=[auth_path])
-        if (
-            backend == "basic"
-        ):  # sent up front: a large upload is not sent twice (once to learn it needs auth)
-            registry.set_header("Authorization", registry.auth.get_auth_header()["Authorization"])
+        if backend == "basic":
+            # Basic auth goes with every request of the session, as docker sends it: no request is sent twice
+            # (first to learn that it needs auth), a large upload included. requests drops the header on a
+            # redirect to another host (a blob store's signed URL).
+            registry.session.headers["Authorization"] = registry.auth.get_auth_header()["Authorization"]
     elif response.status_code == 401 and backend == "basic":
         raise OCIError(
             refused,
