@@ -124,7 +124,7 @@ class OCIRegistry:
         exited = process_exited(self.proc, "the registry", lambda: self.log.read_text()[-3000:])
         try:
             wait_for(answers, timeout, 0.2, f"the registry on {self.url}", fail_if=exited)
-        except AssertionError:
+        except BaseException:  # never leave the process behind, whatever stopped the wait
             self.stop()
             raise
         return self
