@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from kubetune.api.v1alpha1 import TrainerConfig, pvc_claims, validate_document
-from kubetune.render.publishing import registry_secrets
 from kubetune.api.v1alpha1.trainerconfig import (
     CACHE_DIR,
     CONFIG_DIR,
@@ -33,6 +32,7 @@ from kubetune.render.finetunejob import (
     run_id,
     secret_uses,
 )
+from kubetune.render.publishing import registry_secrets
 from tests.support.objects import example_docs, tiny_job
 
 OPTS = RenderOptions(trainer_image="example.org/trainer:test", termination_grace_seconds=120)

@@ -9,6 +9,8 @@ results, a FineTuneJob that starts from another's result (chains.py) and a Model
   used, even while the job runs again or after a later run failed; a new result replaces it when it comes.
 - Otherwise only the result of a job that has Succeeded is used; a Failed job is ``failed``, any other
   is ``waiting``.
+- A result that failed its evaluation gate (``status.result.promoted: false``) is never used: ``waiting``
+  (for a run that passes), also when following.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def readiness(obj: Raw | None, *, follow: bool) -> Readiness:
         return Readiness("missing")
     phase = phase_of(obj)
     result = (obj.get("status") or {}).get("result") or {}
+    if result.get("promoted") is False:  # kept, not promoted: nothing follows it
+        return Readiness("waiting", phase, result)
     if follow and result.get("uri"):
         return Readiness("ready", phase, result)
     if phase == "Failed":

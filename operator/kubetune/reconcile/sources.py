@@ -125,10 +125,16 @@ def _referenced(res: Resolution, where: str, ref: str, found: Job | None) -> _Re
     ready = readiness(raw, follow=True)
     result = job.status.result if ready.ready and job.status else None
     uid = str((raw.get("metadata") or {}).get("uid") or "")
-    return _Referenced(job, result, ready.phase, uid)
+    phase = "NotPromoted" if ready.result.get("promoted") is False else ready.phase
+    return _Referenced(job, result, phase, uid)
 
 
 def _waiting_message(where: str, ref: str, phase: str) -> str:
+    if phase == "NotPromoted":
+        return (
+            f"{where}: FineTuneJob {ref!r}'s result failed its evaluation gate (status.result.promoted: false) "
+            "and is not served; waiting for a run that passes (see its status.evaluation)"
+        )
     if phase == "Failed":
         return f"{where}: FineTuneJob {ref!r} failed and has no result; fix and rerun it (see its conditions)"
     return f"{where}: waiting for FineTuneJob {ref!r} to succeed (phase {phase})"
