@@ -99,22 +99,29 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="bench-oci-", dir=os.environ.get("BENCH_OCI_DIR")) as tmp:
         root = Path(tmp)
-        registry = OCIRegistry(root / "registry", users={USER: PASSWORD}).start()
-        try:
-            os.environ[oci.ENV_PLAIN_HTTP] = registry.host
-            auth = str(registry.docker_config(root / "auth.json", USER, PASSWORD))
-            work = root / "work"
-            work.mkdir()
-            artifacts = {
-                "tiny-llama": tiny_model(root / "demo"),
-                f"{args.gib:g}gib": big_model(root / "big", args.gib),
-            }
-            figures = [bench(n, f, registry, auth, work, args.rounds) for n, f in artifacts.items()]
-        finally:
-            registry.stop()
+        work = root / "work"
+        work.mkdir()
+        artifacts = {
+            "tiny-llama": tiny_model(root / "demo"),
+            f"{args.gib:g}gib": big_model(root / "big", args.gib),
+        }
+        figures = []
+        for kind, users in (("no accounts", None), ("htpasswd", {USER: PASSWORD})):
+            registry = OCIRegistry(root / f"registry-{len(figures)}", users=users).start()
+            try:
+                os.environ[oci.ENV_PLAIN_HTTP] = registry.host
+                auth = str(registry.docker_config(root / "auth.json", USER, PASSWORD)) if users else None
+                for name, folder in artifacts.items():
+                    figures.append(
+                        {"registry": kind, **bench(name, folder, registry, auth, work, args.rounds)}
+                    )
+            finally:
+                registry.stop()
     for f in figures:
         best, rate, ratio = f["best_seconds"], f["best_MiB_per_s"], f["ratio_to_copy"]
-        print(f"{f['artifact']} ({f['bytes'] / 1024**2:.1f} MiB), best of {args.rounds}:")
+        print(
+            f"{f['artifact']} ({f['bytes'] / 1024**2:.1f} MiB), registry {f['registry']}, best of {args.rounds}:"
+        )
         for key in ("copy", "push", "push_unchanged", "pull"):
             print(f"  {key:15s} {best[key]:8.3f} s  {rate[key]:8.1f} MiB/s  {ratio[key]:6.2f}x the copy")
     if args.json:
