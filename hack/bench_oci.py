@@ -105,7 +105,7 @@ def main() -> int:
             "tiny-llama": tiny_model(root / "demo"),
             f"{args.gib:g}gib": big_model(root / "big", args.gib),
         }
-        figures = []
+        figures: list[dict] = []
         for kind, users in (("no accounts", None), ("htpasswd", {USER: PASSWORD})):
             registry = OCIRegistry(root / f"registry-{len(figures)}", users=users).start()
             try:
