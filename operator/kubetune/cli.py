@@ -1,4 +1,4 @@
-"""The `kubetune` command: crds, validate, train --local, operator.
+"""The `kubetune` command: crds, validate, train --local, operator, api.
 
 One function per subcommand. ``train`` and ``operator`` import their implementations when they run, so
 ``kubetune validate`` and ``kubetune crds`` start fast and need neither torch nor kopf loaded.
@@ -185,6 +185,22 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return cli_status.run("logs", args)
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    """Run the OpenAI-compatible fine-tuning gateway (kubetune.gateway; docs/openai-api.md)."""
+    from pydantic import ValidationError
+
+    from kubetune.gateway.server import run
+    from kubetune.gateway.settings import GatewaySettings
+
+    try:
+        settings = GatewaySettings(**({"port": args.port} if args.port else {}))
+    except ValidationError as error:
+        print(f"kubetune api: bad KUBETUNE_API_* setting: {error}", file=sys.stderr)
+        return 2
+    run(settings, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubetune", description="Fine-tune and serve language models on Kubernetes, declaratively."
@@ -278,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace of the leader Lease (default: the pod's namespace; required outside a cluster)",
     )
     operator.set_defaults(func=cmd_operator)
+
+    api = sub.add_parser(
+        "api", help="serve the OpenAI-compatible fine-tuning API (files, fine_tuning.jobs, models)"
+    )
+    api.add_argument("--port", type=int, default=None, help="port (default: $KUBETUNE_API_PORT, else 8000)")
+    api.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    api.set_defaults(func=cmd_api)
 
     from kubetune.cli_status import add_arguments
 

@@ -10,7 +10,7 @@ import pytest
 
 from kubetune.api.v1alpha1 import DatasetSpec, ModelSpec
 from kubetune_trainer import data as data_mod
-from kubetune_trainer import sources
+from kubetune_trainer import objectives, sources
 from kubetune_trainer.errors import DataError
 
 from .toy import write_jsonl
@@ -28,7 +28,7 @@ def tokenizer(assets):
 def prep(path, tokenizer, task="causal-lm", objective="sft", model=None, **dataset):
     spec = DatasetSpec.model_validate({"uri": f"file://{path}", "maxLength": 64, **dataset})
     model_spec = ModelSpec.model_validate({"uri": "file:///m", "task": task, **(model or {})})
-    return data_mod.prepare(spec, model_spec, tokenizer, 0, objective)
+    return data_mod.prepare(spec, model_spec, tokenizer, 0, objectives.get(objective))
 
 
 def test_prompt_completion_trains_on_the_completion_only(datasets_dir, tokenizer):

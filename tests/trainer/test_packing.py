@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kubetune_trainer import objectives
+from kubetune_trainer.objectives import sft
 from kubetune_trainer.packing import RowPackedCollator, packs_rows
 from kubetune_trainer.train import run_training
 
@@ -114,11 +114,11 @@ def test_families_without_position_id_packing_are_refused_without_flash_attentio
     assert not packs_rows(bloom)  # ALiBi: its mask ignores position ids
     trainer = fake_trainer()
     with pytest.raises(ConfigError, match=r"dataset.packing: .*BloomForCausalLM.*packing: false"):
-        objectives.use_packed_rows(trainer, bloom)
+        sft.use_packed_rows(trainer, bloom)
 
     llama = load(assets["llama"])
     trainer = fake_trainer()
-    assert objectives.use_packed_rows(trainer, llama)
+    assert sft.use_packed_rows(trainer, llama)
     assert isinstance(trainer.data_collator, RowPackedCollator)
 
 
@@ -126,7 +126,7 @@ def test_flash_attention_keeps_the_flattened_path():
     flash = types.SimpleNamespace(config=types.SimpleNamespace(_attn_implementation="flash_attention_2"))
     assert not packs_rows(flash)
     trainer = fake_trainer()
-    assert not objectives.use_packed_rows(trainer, flash)
+    assert not sft.use_packed_rows(trainer, flash)
     assert trainer.data_collator.padding_free
 
 

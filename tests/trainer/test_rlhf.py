@@ -16,6 +16,7 @@ import yaml
 from kubetune.api.v1alpha1 import ChainResolution, ParentResult, ResolvedModel
 from kubetune_trainer.train import run_training
 
+from .test_objectives import missing_metrics
 from .toy import CAPITALS, NEGATIVE, POSITIVE, job_config, logged_losses, write_jsonl
 
 pytestmark = pytest.mark.trainer
@@ -98,6 +99,20 @@ def test_reward_model_learns_which_answer_is_preferred(reward_run):
     out = Path(outcome.result["uri"].removeprefix("file://"))
     assert (out / "adapter_config.json").exists()  # LoRA on the classifier (the score head saved with it)
     assert json.loads((out / "lineage.json").read_text())["resultKind"] == "reward-model"
+    assert not missing_metrics(outcome.trainer, "reward")
+
+
+def test_a_reward_model_without_model_task_is_a_one_output_classifier(assets, rl_data, tmp_path):
+    """objective reward on a model whose task is left out: the API implies sequence-classification, the
+    objective one output."""
+    config = job_config(
+        tmp_path, assets["llama"], rl_data / "reviews.jsonl", dataset={"format": "preference"},
+        objective={"type": "reward"}, training={"maxSteps": 2},
+    )  # fmt: skip
+    assert config.job.spec.model.task == "sequence-classification"
+    outcome = run_training(config)
+    assert type(outcome.model.base_model.model).__name__ == "LlamaForSequenceClassification"
+    assert outcome.model.config.num_labels == 1 and outcome.result["kind"] == "reward-model"
 
 
 # ---------------------------------------------------------------- GRPO / RLOO with a built-in reward function
@@ -124,6 +139,7 @@ def test_online_rl_raises_a_reachable_reward(assets, rl_data, tmp_path, kind):
     logged = {k for e in outcome.trainer.state.log_history for k in e}
     assert {"reward", "reward_std", "rewards/regex_match/mean"} <= logged
     assert outcome.result["kind"] == "full"
+    assert not missing_metrics(outcome.trainer, kind)
 
 
 def test_rl_reports_reward_and_kl_to_the_progress(assets, rl_data, tmp_path):
@@ -172,6 +188,7 @@ def test_kto_loss_falls_on_unpaired_preferences(assets, rl_data, tmp_path):
     margins = [e["rewards/margins"] for e in outcome.trainer.state.log_history if "rewards/margins" in e]
     assert margins[-1] > 0, margins  # desirable completions now score above undesirable ones
     assert outcome.result["kind"] == "adapter"
+    assert not missing_metrics(outcome.trainer, "kto")
 
 
 # ---------------------------------------------------------------- the seed's RLHF pipeline as a chain

@@ -10,6 +10,7 @@ import torch
 
 from kubetune_trainer.train import run_training
 
+from .test_objectives import missing_metrics
 from .toy import CAPITALS, job_config, logged_losses
 
 pytestmark = pytest.mark.trainer
@@ -209,6 +210,7 @@ def test_dpo_moves_the_preference_margin(assets, datasets_dir, tmp_path):
     assert after > before + 0.2, (before, after)
     assert outcome.result["kind"] == "adapter"
     assert "rewards/margins" in " ".join(k for e in outcome.trainer.state.log_history for k in e)
+    assert not missing_metrics(outcome.trainer, "dpo")
 
 
 # ---------------------------------------------------------------- seq2seq

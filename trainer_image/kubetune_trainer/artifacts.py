@@ -156,6 +156,7 @@ def save(
     tokenizer,
     *,
     kind: str,
+    result_kind: str | None = None,
     metrics: dict[str, float],
     base_revision: str | None,
     dataset_digest: str,
@@ -164,7 +165,9 @@ def save(
     precision: str | None = None,
     distributed: dict | None = None,
 ) -> dict:
-    """Write the rest of the result beside the saved weights (main process) and return it as ResultStatus JSON."""
+    """Write the rest of the result beside the saved weights (main process) and return it as ResultStatus JSON.
+    KIND: what the weights are (adapter, full, ...); RESULT_KIND: status.result.kind when the objective says
+    otherwise (reward-model)."""
     spec = config.job.spec
     out = Path(config.runtime.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +186,7 @@ def save(
     chain = config.runtime.chain
     result = ResultStatus(
         uri=result_uri(config),
-        kind="reward-model" if spec.objective.type == "reward" else kind,
+        kind=result_kind or kind,
         parents=chain.parents if chain else [],
         merged_uri=merged_uri,
         metrics=metrics,

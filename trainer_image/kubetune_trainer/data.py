@@ -3,24 +3,27 @@
 Every format ends as tokenized columns the trainer of the task consumes as is:
 causal-lm -> input_ids + labels (-100 on prompt / non-assistant tokens); seq2seq -> input_ids + labels;
 sequence-classification -> input_ids + labels (ids); token-classification -> input_ids + labels (aligned to
-the first sub-word of each word); preference -> prompt/chosen/rejected text for TRL's DPOTrainer;
-masked-lm -> input_ids windows (the collator masks them: mlm.py); question-answering -> context windows with
-start/end positions, plus the offsets that map evaluation logits back to answers (qa.py).
-Bad data fails with a DataError naming the file, split and column.
+the first sub-word of each word); masked-lm -> input_ids windows (the collator masks them: mlm.py);
+question-answering -> context windows with start/end positions, plus the offsets that map evaluation logits back
+to answers (qa.py). An objective that reads other rows (preference pairs, prompts: the API's table says which
+formats) gives them through its ``rows`` (kubetune_trainer/objectives). Bad data fails with a DataError naming
+the file, split and column.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from kubetune.api.v1alpha1 import DatasetSpec, ModelSpec, parse_uri
+from kubetune.api.v1alpha1 import OBJECTIVES, TASK_FORMATS, DatasetSpec, ModelSpec, format_readers, parse_uri
 from kubetune.api.v1alpha1.finetunejob import ColumnKey
+from kubetune.api.v1alpha1.objective import FORMAT_OBJECTIVES
 
-from . import mlm, objective_data, qa, sources
+from . import mlm, qa, sources
 from .errors import DataError
 
 # Required and optional columns of each format (kubetune's names; dataset.columns maps them).
@@ -34,15 +37,8 @@ FORMAT_COLUMNS: dict[str, tuple[tuple[ColumnKey, ...], tuple[ColumnKey, ...]]] =
     "preference": (("chosen", "rejected"), ("prompt",)),
     "token-tags": (("tokens", "tags"), ()),
     "question-answering": (("question", "context", "answers"), ()),
-    **objective_data.FORMAT_COLUMNS,  # prompt, unpaired-preference (kto, grpo, rloo)
-}
-TASK_FORMATS = {
-    "causal-lm": ("messages", "preference", "instruction", "prompt-completion", "text"),
-    "seq2seq": ("seq2seq", "instruction", "prompt-completion"),
-    "sequence-classification": ("classification",),
-    "token-classification": ("token-tags",),
-    "masked-lm": ("text",),
-    "question-answering": ("question-answering",),
+    "prompt": (("prompt",), ()),
+    "unpaired-preference": (("prompt", "completion", "label"), ()),
 }
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 INSTRUCTION_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
@@ -58,6 +54,15 @@ class Sample:
     prompt_ids: list[int] | None = None
     reference: Any = None
     context: str | None = None  # question-answering: the passage the answer is cut from
+
+
+class Reader(Protocol):
+    """What data preparation needs of an objective (kubetune_trainer.objectives.base.Objective is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def rows(self, fmt: str, spec: DatasetSpec, tokenizer) -> Callable[[Any, str], Any] | None: ...
 
 
 @dataclass
@@ -220,13 +225,42 @@ def detect_format(
 ) -> str:
     formats = formats or TASK_FORMATS[task]
     for fmt in formats:
-        if all(c in columns for c in FORMAT_COLUMNS[fmt][0]):
+        if _has_columns(columns, fmt):
             return fmt
     wanted = "; ".join(f"{fmt}: {', '.join(FORMAT_COLUMNS[fmt][0])}" for fmt in formats)
     raise DataError(
         f"{uri}: cannot tell the dataset format from its columns ({', '.join(columns)}) for task {task}; "
         f"expected columns for {wanted}. Set dataset.format, or map your columns with dataset.columns"
     )
+
+
+def _has_columns(columns: list[str], fmt: str) -> bool:
+    return all(c in columns for c in FORMAT_COLUMNS[fmt][0])
+
+
+def resolve_format(spec: DatasetSpec, task: str, columns: list[str], objective: str | None = None) -> str:
+    """dataset.format, detected from COLUMNS when auto, among the formats OBJECTIVE reads (the API's table; its
+    task's when it names none, or when OBJECTIVE is None)."""
+    own = OBJECTIVES[objective].formats if objective else None
+    formats = own or TASK_FORMATS[task]
+    fmt: str = spec.format
+    if fmt == "auto":
+        # data that only other objectives read says which objective fits (the format with most columns first)
+        others = sorted(FORMAT_OBJECTIVES, key=lambda f: -len(FORMAT_COLUMNS[f][0]))
+        fmt = next((f for f in (*formats, *others) if _has_columns(columns, f)), None) or detect_format(
+            columns, task, spec.uri, formats
+        )
+    if fmt in formats:
+        return fmt
+    readers = format_readers(fmt)
+    if readers:
+        raise DataError(
+            f"{spec.uri} holds {fmt} data ({', '.join(FORMAT_COLUMNS[fmt][0])}), which objective.type "
+            f"{' or '.join(readers)} reads: set objective.type {' or '.join(readers)}"
+        )
+    if own:
+        raise DataError(f"dataset.format {fmt} does not fit objective {objective}; use {' or '.join(own)}")
+    raise DataError(f"dataset.format {fmt} does not fit model.task {task}; use one of {', '.join(formats)}")
 
 
 def check_columns(ds, fmt: str, spec: DatasetSpec, split: str) -> None:
@@ -504,9 +538,10 @@ def _samples(ds, fmt: str, spec: DatasetSpec, tokenizer) -> list[Sample]:
 
 
 def prepare(
-    spec: DatasetSpec, model: ModelSpec, tokenizer, seed: int = 42, objective: str = "sft"
+    spec: DatasetSpec, model: ModelSpec, tokenizer, seed: int = 42, objective: Reader | None = None
 ) -> PreparedData:
-    """Load, check, split and tokenize the dataset for the model's task."""
+    """Load, check, split and tokenize the dataset for the model's task, or into the rows OBJECTIVE's trainer
+    reads (None: the task's own formats and tokenization)."""
     train, evaluation = load_splits(spec)
     data_digest = digest(train, evaluation)
     train = rename_columns(train, spec, spec.train_split)
@@ -514,24 +549,7 @@ def prepare(
         evaluation = rename_columns(evaluation, spec, spec.eval_split)
 
     task = model.task
-    fmt: str = spec.format
-    allowed = objective_data.formats_for(objective)  # kto, reward, grpo, rloo read their own formats
-    if fmt == "auto":
-        fmt = detect_format(train.column_names, task, spec.uri, allowed)
-    elif allowed is not None and fmt not in allowed:
-        raise DataError(
-            f"dataset.format {fmt} does not fit objective {objective}; use {' or '.join(allowed)}"
-        )
-    elif allowed is None and fmt not in TASK_FORMATS[task]:
-        raise DataError(
-            f"dataset.format {fmt} does not fit model.task {task}; use one of {', '.join(TASK_FORMATS[task])}"
-        )
-    if objective == "dpo" and fmt != "preference":
-        raise DataError(
-            f"objective dpo needs preference data (prompt, chosen, rejected), but {spec.uri} is {fmt}"
-        )
-    if fmt == "preference" and objective not in ("dpo", "reward"):
-        raise DataError(f"{spec.uri} holds preference pairs (chosen/rejected): set objective.type dpo")
+    fmt = resolve_format(spec, task, train.column_names, objective.name if objective else None)
 
     for name, ds in ((spec.train_split, train), (spec.eval_split, evaluation)):
         if ds is None or name is None:
@@ -556,13 +574,11 @@ def prepare(
     # chain.base_model_spec resolves a model.fineTuneJobRef to its uri before this; named in error messages
     model_uri = model.uri or "the base model"
     label_names = None
-    if objective in objective_data.PREFERENCE_OBJECTIVES:
-        tokenize = lambda ds, split: objective_data.rows_for(ds, fmt, objective, spec.uri, split)  # noqa: E731
-    elif task == "causal-lm" and fmt != "preference":
+    rows = objective.rows(fmt, spec, tokenizer) if objective else None
+    if rows is not None:
+        tokenize = rows
+    elif task == "causal-lm":
         tokenize = lambda ds, split: _tokenize_causal(ds, fmt, spec, tokenizer, split)  # noqa: E731
-    elif fmt == "preference":
-        keep = [c for c in ("prompt", "chosen", "rejected") if c in train.column_names]
-        tokenize = lambda ds, split: ds.select_columns(keep)  # noqa: E731
     elif task == "seq2seq":
         tokenize = lambda ds, split: _tokenize_seq2seq(ds, fmt, spec, tokenizer, split)  # noqa: E731
     elif task == "masked-lm":
@@ -592,11 +608,11 @@ def prepare(
         else:
             tokenize = lambda ds, split: _tokenize_token_tags(ds, spec, tokenizer, mapping, split)  # noqa: E731
 
-    rows = len(train)
+    count = len(train)
     train = tokenize(train, spec.train_split)
     eval_index = None
     if evaluation is not None and task == "question-answering":  # windows plus what maps them back to answers
         evaluation, eval_index = qa.eval_features(evaluation, spec, tokenizer, spec.eval_split or "eval")
     elif evaluation is not None:
         evaluation = tokenize(evaluation, spec.eval_split or "eval")
-    return PreparedData(train, evaluation, fmt, data_digest, label_names, samples, rows, eval_index)
+    return PreparedData(train, evaluation, fmt, data_digest, label_names, samples, count, eval_index)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
-from kubetune.api.v1alpha1 import TARGET_LOCAL, FineTuneJobSpec, TrainerConfig
+from kubetune.api.v1alpha1 import PEFT_METHODS, TARGET_LOCAL, FineTuneJobSpec, TrainerConfig
 from kubetune.api.v1alpha1.trainerconfig import (
     CONFIG_PATH,
     ENV_CONFIG,
@@ -63,8 +63,6 @@ ENV_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
 # Optional overrides (not set by the operator; for operations and debugging).
 ENV_RDZV_BACKEND = "KUBETUNE_RDZV_BACKEND"  # static (default) | c10d
 ENV_LAUNCH_DIR = "KUBETUNE_LAUNCH_DIR"  # where the generated accelerate/DeepSpeed configs go
-
-ADAPTER_METHODS = ("lora", "qlora", "ia3", "prefix-tuning", "prompt-tuning")
 
 
 class LaunchError(Exception):
@@ -255,7 +253,7 @@ def deepspeed_config(spec: FineTuneJobSpec) -> dict[str, Any]:
 def fsdp_config(spec: FineTuneJobSpec) -> dict[str, Any]:
     """accelerate's fsdp_config (FSDP1 keys): full sharding, one FSDP unit per transformer block (the
     model's ``_no_split_modules``), weights loaded on rank 0 only and broadcast."""
-    adapters = spec.method.type in ADAPTER_METHODS
+    adapters = spec.method.type in PEFT_METHODS
     return {
         "fsdp_version": 1,
         "fsdp_sharding_strategy": "FULL_SHARD",

@@ -1,40 +1,20 @@
-"""Rows for the preference and RL objectives, in the columns TRL's trainers read:
+"""Rows in the columns TRL's preference and RL trainers read, for the objectives whose data is not the task's
+tokenization (each objective's module says which it uses):
 
-- reward (RewardTrainer): prompt (optional), chosen, rejected -- format preference;
-- kto (KTOTrainer): prompt, completion, label (bool) -- format unpaired-preference;
-- grpo / rloo (GRPOTrainer, RLOOTrainer): prompt -- format prompt, messages (the conversation up to its last
+- preference pairs (DPOTrainer, RewardTrainer): prompt (optional), chosen, rejected -- format preference;
+- unpaired preferences (KTOTrainer): prompt, completion, label (bool) -- format unpaired-preference;
+- prompts (GRPOTrainer, RLOOTrainer): prompt -- format prompt, messages (the conversation up to its last
   assistant turn, as chat messages) or prompt-completion (the prompt only). Other columns stay: TRL hands them
   to the reward functions (e.g. `solution` for the accuracy reward).
-data.prepare calls ``formats_for`` (auto detection and the allowed formats) and ``rows_for`` (the columns).
+Text is left as text (or chat messages): TRL tokenizes.
 """
 
 from __future__ import annotations
 
-from kubetune.api.v1alpha1.finetunejob import ColumnKey
-
 from .errors import DataError
 
-PREFERENCE_OBJECTIVES = ("reward", "kto", "grpo", "rloo")
-RL = ("grpo", "rloo")
-# (required, optional) columns of the formats added for these objectives
-FORMAT_COLUMNS: dict[str, tuple[tuple[ColumnKey, ...], tuple[ColumnKey, ...]]] = {
-    "prompt": (("prompt",), ()),
-    "unpaired-preference": (("prompt", "completion", "label"), ()),
-}
-# The formats each objective reads, in the order auto detection tries them.
-OBJECTIVE_FORMATS: dict[str, tuple[str, ...]] = {
-    "reward": ("preference",),
-    "kto": ("unpaired-preference",),
-    "grpo": ("messages", "prompt-completion", "prompt"),
-    "rloo": ("messages", "prompt-completion", "prompt"),
-}
 TRUE = {"true", "yes", "1", "good", "desirable"}
 FALSE = {"false", "no", "0", "bad", "undesirable"}
-
-
-def formats_for(objective: str) -> tuple[str, ...] | None:
-    """The dataset formats OBJECTIVE reads (None: the task's usual formats)."""
-    return OBJECTIVE_FORMATS.get(objective)
 
 
 def _label(value, index: int, split: str, uri: str) -> bool:
@@ -63,40 +43,42 @@ def _text(example: dict, column: str, index: int, split: str, uri: str) -> str |
     )
 
 
-def rows_for(ds, fmt: str, objective: str, uri: str, split: str):
-    """The dataset with the columns OBJECTIVE's TRL trainer reads (text; TRL tokenizes)."""
-    if objective == "reward":
-        keep = [c for c in ("prompt", "chosen", "rejected") if c in ds.column_names]
-
-        def check(example: dict, index: int) -> None:
-            for column in ("chosen", "rejected"):
-                _text(example, column, index, split, uri)
-
-        ds.map(check, with_indices=True, desc=f"Checking {split}")
-        return ds.select_columns(keep)
-    if objective == "kto":
-
-        def unpaired(example: dict, index: int) -> dict:
-            return {
-                "prompt": _text(example, "prompt", index, split, uri),
-                "completion": _text(example, "completion", index, split, uri),
-                "label": _label(example.get("label"), index, split, uri),
-            }
-
-        out = ds.map(unpaired, with_indices=True, desc=f"Checking {split}")
-        labels = set(out["label"])
-        if labels != {True, False}:
-            only = "desirable" if True in labels else "undesirable"
-            raise DataError(
-                f"{uri}: split '{split}' has only {only} completions; KTO needs both labels (true and false)"
-            )
-        return out.select_columns(["prompt", "completion", "label"])
-    if objective in RL:
-        return _prompts(ds, fmt, uri, split)
-    raise DataError(f"objective {objective} has no preference or prompt rows")
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
 
-def _prompts(ds, fmt: str, uri: str, split: str):
+def preference_rows(ds, fmt: str, uri: str, split: str):
+    """The prompt (where there is one), chosen and rejected columns; each answer is text or messages."""
+
+    def check(example: dict, index: int) -> None:
+        for column in ("chosen", "rejected"):
+            _text(example, column, index, split, uri)
+
+    ds.map(check, with_indices=True, desc=f"Checking {split}")
+    return ds.select_columns([c for c in PAIR_COLUMNS if c in ds.column_names])
+
+
+def unpaired_rows(ds, fmt: str, uri: str, split: str):
+    """prompt, completion and a boolean label; both labels must occur."""
+
+    def unpaired(example: dict, index: int) -> dict:
+        return {
+            "prompt": _text(example, "prompt", index, split, uri),
+            "completion": _text(example, "completion", index, split, uri),
+            "label": _label(example.get("label"), index, split, uri),
+        }
+
+    out = ds.map(unpaired, with_indices=True, desc=f"Checking {split}")
+    labels = set(out["label"])
+    if labels != {True, False}:
+        only = "desirable" if True in labels else "undesirable"
+        raise DataError(
+            f"{uri}: split '{split}' has only {only} completions; KTO needs both labels (true and false)"
+        )
+    return out.select_columns(["prompt", "completion", "label"])
+
+
+def prompt_rows(ds, fmt: str, uri: str, split: str):
+    """The prompts of a split (format prompt, messages or prompt-completion) for the policy to answer."""
     if fmt == "messages":
 
         def conversation(example: dict, index: int) -> dict:

@@ -1,4 +1,7 @@
-"""One training run from a TrainerConfig: data, model, method, objective, checkpoints, artifacts, reporting."""
+"""One training run from a TrainerConfig: data, model, method, objective, checkpoints, artifacts, reporting.
+
+What differs between objectives is asked of the spec's objective (kubetune_trainer/objectives): this module
+names none."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.v1alpha1 import TrainerConfig
+from kubetune.api.v1alpha1 import PEFT_METHODS, TrainerConfig
 
 from . import (
     artifacts,
@@ -48,39 +51,12 @@ def _dtype_for(spec, precision: str):
 
     if spec.method.type == "qlora":
         return methods.torch_dtype(spec.method.quantization.compute_dtype)
-    adapter = spec.method.type in ("lora", "ia3", "prefix-tuning", "prompt-tuning")
+    adapter = spec.method.type in PEFT_METHODS
     if adapter and precision == "bf16" and torch.cuda.is_available():
         return torch.bfloat16
     if adapter and precision == "fp16":
         return torch.float16
     return torch.float32  # full fine-tuning keeps fp32 master weights; bf16/fp16 come from autocast
-
-
-def generation_scores(model, tokenizer, samples, names, max_new_tokens: int = 64) -> dict[str, float]:
-    """Greedy generations for held-out prompts scored against the references (causal-lm text metrics)."""
-    import torch
-
-    predictions, references = [], []
-    device = next(model.parameters()).device
-    model.eval()
-    for sample in samples[:32]:
-        if not isinstance(sample.reference, str) or not sample.prompt:
-            continue
-        ids = sample.prompt_ids or tokenizer(sample.prompt, add_special_tokens=True)["input_ids"]
-        want = len(tokenizer(sample.reference, add_special_tokens=False)["input_ids"]) + 4
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=torch.tensor([ids], device=device),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
-                max_new_tokens=min(max_new_tokens, want),
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        predictions.append(tokenizer.decode(out[0][len(ids) :], skip_special_tokens=True))
-        references.append(sample.reference)
-    if not predictions:
-        return {}
-    return {f"eval_{k}": v for k, v in metric_fns.text_scores(predictions, references, names).items()}
 
 
 def run(config: TrainerConfig) -> dict:
@@ -102,13 +78,12 @@ def run_training(
 
     precision = model_mod.resolve_precision(spec.training.precision)
     use_cpu = not model_mod.cuda_available()
-    # model.fineTuneJobRef: the base the operator resolved (chain.py); a reward model has one output
-    model_spec = chain.base_model_spec(config)
-    if spec.objective.type == "reward":
-        model_spec = model_spec.model_copy(update={"num_labels": 1, "labels": None})
+    objective = objectives.for_spec(spec)
+    # model.fineTuneJobRef: the base the operator resolved (chain.py), with the outputs the objective implies
+    model_spec = objective.model_spec(chain.base_model_spec(config))
     source = model_mod.resolve_source(model_spec)
     tokenizer = model_mod.load_tokenizer(model_spec, source)
-    prepared = data_mod.prepare(spec.dataset, model_spec, tokenizer, spec.training.seed, spec.objective.type)
+    prepared = data_mod.prepare(spec.dataset, model_spec, tokenizer, spec.training.seed, objective)
     log.info(
         "dataset %s: format %s, %d training rows, digest %s",
         spec.dataset.uri,
@@ -152,7 +127,7 @@ def run_training(
         100.0 * trainable / max(1, total),
     )
     ref_model = None
-    if spec.objective.type in ("dpo", "kto") and kind == "full":
+    if objective.needs_reference_model(kind):
         ref_model = load_base().eval()
 
     checkpoints.clean_foreign(runtime.output_dir, runtime.run_id)
@@ -222,12 +197,7 @@ def run_training(
             "loss), not a held-out score; set dataset.evalSplit or dataset.evalFraction for eval_perplexity",
             metrics.get("train_perplexity", float("nan")),
         )
-    if (
-        spec.model.task == "causal-lm"
-        and spec.objective.type == "sft"
-        and any(n in metric_fns.TEXT for n in names)
-    ):
-        metrics.update(generation_scores(trainer.model, tokenizer, prepared.samples, names))
+    metrics.update(objective.final_metrics(trainer, tokenizer, prepared, spec))  # sft: causal-lm text metrics
     metrics = artifacts.numeric(metrics)
 
     result: dict = {}
@@ -239,6 +209,7 @@ def run_training(
             trainer,
             tokenizer,
             kind=kind,
+            result_kind=objective.result_kind(kind),
             metrics=metrics,
             base_revision=model_mod.resolved_revision(source),
             dataset_digest=prepared.digest,

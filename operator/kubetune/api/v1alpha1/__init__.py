@@ -17,8 +17,8 @@ from .common import (
 )
 from .finetunejob import (
     ADAPTER_METHODS,
-    CLASSIFICATION_TASKS,
     ENCODER_TASKS,
+    PEFT_METHODS,
     CheckpointStatus,
     DatasetSpec,
     FineTuneJob,
@@ -42,11 +42,17 @@ from .modelserve import (
     VLLMSpec,
 )
 from .objective import (
+    CLASSIFICATION_TASKS,
+    OBJECTIVES,
     REWARD_FUNCTIONS,
     RL_OBJECTIVES,
+    TASK_FORMATS,
+    ObjectiveFacts,
     ObjectiveSpec,
     RLReward,
     RLSpec,
+    format_readers,
+    implied_task,
     reward_function_args,
 )
 from .trainerconfig import (
@@ -74,6 +80,7 @@ __all__ = [
     "LocalObjectReference", "MethodSpec", "ModelServe", "ModelServeSpec", "ModelServeStatus", "ModelSource",
     "ModelSpec", "ObjectMeta", "ParsedURI", "Problem", "Progress", "ResultStatus", "Revision", "SecretKeyRef", "ServedAdapter", "VLLMSpec",
     "TARGET_CLUSTER", "TARGET_LOCAL", "Toleration", "TrainerConfig", "TrainerRuntime", "TrainingSpec", "URIError", "VERSION", "Validated",
-    "ChainResolution", "ObjectiveSpec", "ParentResult", "ResolvedModel", "REWARD_FUNCTIONS", "RL_OBJECTIVES", "RLReward", "RLSpec", "reward_function_args",
+    "ChainResolution", "OBJECTIVES", "ObjectiveFacts", "ObjectiveSpec", "PEFT_METHODS", "TASK_FORMATS", "format_readers",
+    "implied_task", "ParentResult", "ResolvedModel", "REWARD_FUNCTIONS", "RL_OBJECTIVES", "RLReward", "RLSpec", "reward_function_args",
     "check_public_https_url", "config_hash", "pvc_claims", "pvc_local_path", "forbidden_address_reason", "forbidden_host_reason", "parse_uri", "validate_document",
 ]  # fmt: skip

@@ -28,7 +28,14 @@ from .common import (
     Toleration,
     raise_problems,
 )
-from .objective import OBJECTIVE_SPEC_CEL, ObjectiveSpec, objective_problems
+from .objective import (
+    OBJECTIVE_SPEC_CEL,
+    ObjectiveSpec,
+    default_by_rules,
+    implied_task,
+    implied_task_cel,
+    objective_problems,
+)
 from .publishing import PUBLISHING_CEL, PublishError, RegisteredModel, RegisterSpec, publishing_problems
 from .tracking import TRACKING_CEL, TrackingSpec, tracking_problems
 from .uris import OCI_DIGEST, OCI_HOST, OCI_REPOSITORY, OCI_TAG, URIError, parse_uri
@@ -36,7 +43,6 @@ from .uris import OCI_DIGEST, OCI_HOST, OCI_REPOSITORY, OCI_TAG, URIError, parse
 Task = Literal[
     "causal-lm", "seq2seq", "sequence-classification", "token-classification", "masked-lm", "question-answering"
 ]  # fmt: skip
-CLASSIFICATION_TASKS = ("sequence-classification", "token-classification")
 # Encoder tasks without generation: prefix/prompt tuning and text-generation servers do not apply.
 ENCODER_TASKS = ("masked-lm", "question-answering")
 DatasetFormat = Literal[
@@ -59,6 +65,7 @@ ColumnKey = Literal[
 ]  # fmt: skip
 MethodType = Literal["full", "head-only", "lora", "qlora", "prefix-tuning", "prompt-tuning", "ia3"]
 ADAPTER_METHODS = ("lora", "qlora", "ia3")  # methods whose adapter can be merged into the base
+PEFT_METHODS = (*ADAPTER_METHODS, "prefix-tuning", "prompt-tuning")  # methods that train PEFT weights only
 Scheduler = Literal["linear", "cosine", "constant", "constant-with-warmup", "polynomial"]
 Optimizer = Literal["adamw", "adafactor", "adamw-8bit", "paged-adamw-8bit"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
@@ -159,8 +166,10 @@ class ModelSpec(KubeModel):
     adapter merged into that job's base. The job waits (condition WaitingForModel) until that one Succeeded."""
     revision: Annotated[str | None, Field(min_length=1)] = "main"
     """Hub branch, tag or commit (hf:// only); the resolved commit is recorded in status.result."""
-    task: Task = "causal-lm"
-    """What the model learns: causal-lm, seq2seq, sequence-classification, token-classification, masked-lm or question-answering."""
+    task: Task = Field("causal-lm", json_schema_extra=default_by_rules)
+    """What the model learns: causal-lm, seq2seq, sequence-classification, token-classification, masked-lm or
+    question-answering. Left out, it is the task the objective trains (reward: sequence-classification with one
+    output), else causal-lm."""
     num_labels: Annotated[int | None, Field(ge=1)] = None
     """Number of classes; required for sequence-classification and token-classification."""
     labels: list[str] | None = None
@@ -436,32 +445,18 @@ class OutputSpec(KubeModel):
     is not registered)."""
 
 
-# CEL rules the API server checks; the same rules run in Python in FineTuneJobSpec.check_rules.
+# CEL rules the API server checks; the same rules run in Python in FineTuneJobSpec.check_rules. Where they say
+# self.model.task, the API server reads the task the objective implies when it is left out (below).
 FINETUNEJOB_SPEC_CEL: list[JsonValue] = [
-    {
-        "rule": "!(self.model.task in ['sequence-classification', 'token-classification']) || has(self.model.numLabels) || self.objective.type == 'reward'",
-        "message": "model.numLabels is required for sequence-classification and token-classification",
-        "fieldPath": ".model.numLabels",
-    },
     {
         "rule": "!has(self.model.labels) || (has(self.model.numLabels) && size(self.model.labels) == self.model.numLabels)",
         "message": "model.labels must have exactly model.numLabels names",
         "fieldPath": ".model.labels",
     },
     {
-        "rule": "self.method.type != 'qlora' || self.model.task in ['causal-lm', 'seq2seq'] || self.objective.type == 'reward'",
-        "message": "method.type qlora works only with model.task causal-lm or seq2seq",
-        "fieldPath": ".method.type",
-    },
-    {
         "rule": "self.method.type != 'qlora' || self.resources.gpusPerNode >= 1",
         "message": "method.type qlora needs a GPU: set resources.gpusPerNode >= 1",
         "fieldPath": ".resources.gpusPerNode",
-    },
-    {
-        "rule": "self.objective.type != 'dpo' || (self.dataset.format == 'preference' && self.model.task == 'causal-lm')",
-        "message": "objective.type dpo needs dataset.format preference and model.task causal-lm",
-        "fieldPath": ".objective.type",
     },
     {
         "rule": "!self.dataset.packing || self.model.task == 'causal-lm'",
@@ -574,17 +569,15 @@ FINETUNEJOB_SPEC_CEL: list[JsonValue] = [
         "message": "model.revision applies only to hf:// models; remove it",
         "fieldPath": ".model.revision",
     },
-    {
-        "rule": "!(self.method.type in ['prefix-tuning', 'prompt-tuning']) || self.objective.type == 'sft'",
-        "message": "prefix-tuning and prompt-tuning support only objective.type sft",
-        "fieldPath": ".objective.type",
-    },
     *OBJECTIVE_SPEC_CEL,
 ]
 
 
 FINETUNEJOB_SPEC_CEL += TRACKING_CEL
 FINETUNEJOB_SPEC_CEL += PUBLISHING_CEL
+FINETUNEJOB_SPEC_CEL[:] = implied_task_cel(
+    FINETUNEJOB_SPEC_CEL
+)  # last: every rule above reads the implied task
 
 
 class FineTuneJobSpec(KubeModel):
@@ -646,6 +639,13 @@ class FineTuneJobSpec(KubeModel):
         return env
 
     @model_validator(mode="after")
+    def _imply_task(self) -> FineTuneJobSpec:
+        """model.task left out: the task the objective trains (before the rules, which read it)."""
+        if "task" not in self.model.model_fields_set:
+            self.model = self.model.model_copy(update={"task": implied_task(self.objective.type)})
+        return self
+
+    @model_validator(mode="after")
     def _check_rules(self, info: ValidationInfo) -> FineTuneJobSpec:
         target = (info.context or {}).get("target", TARGET_CLUSTER)
         raise_problems(self.problems(target))
@@ -684,23 +684,14 @@ class FineTuneJobSpec(KubeModel):
             self.training,
             self.resources,
         )
-        classification = model.task in CLASSIFICATION_TASKS
         has_eval = data.eval_split is not None or data.eval_fraction > 0
         checks: list[tuple[bool, str, str]] = [
-            (classification and model.num_labels is None and self.objective.type != "reward", "model.numLabels",
-             f"required for model.task {model.task}: set the number of classes"),
             (model.labels is not None and len(model.labels) != (model.num_labels or -1), "model.labels",
              f"has {len(model.labels or [])} names but model.numLabels is {model.num_labels or 'not set'}; give one name per label"),
             (model.revision not in (None, "main") and not (model.uri or "").startswith("hf://"), "model.revision",
              "applies only to hf:// models; remove it"),
-            (method.type == "qlora" and model.task not in ("causal-lm", "seq2seq") and self.objective.type != "reward", "method.type",
-             f"qlora works only with model.task causal-lm or seq2seq, not {model.task}; use lora"),
             (method.type == "qlora" and resources.gpus_per_node < 1, "resources.gpusPerNode",
              "qlora needs a GPU (bitsandbytes 4/8-bit): set gpusPerNode >= 1 or use method lora"),
-            (self.objective.type == "dpo" and (data.format != "preference" or model.task != "causal-lm"), "objective.type",
-             "dpo needs dataset.format preference and model.task causal-lm"),
-            (method.type in ("prefix-tuning", "prompt-tuning") and self.objective.type != "sft", "objective.type",
-             f"{method.type} supports only objective sft"),
             (data.packing and model.task != "causal-lm", "dataset.packing",
              f"packing works only with model.task causal-lm, not {model.task}; set it to false"),
             (data.packing and method.type in ("prefix-tuning", "prompt-tuning"), "dataset.packing",
@@ -735,7 +726,12 @@ class FineTuneJobSpec(KubeModel):
         checks += publishing_problems(self.output, self.tracking, target == TARGET_CLUSTER)
         problems = [Problem(path, message) for broken, path, message in checks if broken]
         problems += objective_problems(
-            self.objective, model.task, data.format, model.num_labels, target == TARGET_CLUSTER
+            self.objective,
+            task=model.task,
+            data_format=data.format,
+            num_labels=model.num_labels,
+            method=method.type,
+            cluster=target == TARGET_CLUSTER,
         )
         allowed = TASK_METRICS[model.task]
         wrong = [m for m in training.metrics if m not in allowed]

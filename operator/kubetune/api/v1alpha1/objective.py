@@ -1,5 +1,11 @@
 """spec.objective: what a FineTuneJob optimizes (sft, dpo, kto, reward, grpo, rloo) and its settings.
 
+``OBJECTIVES`` is the one table of what each objective is: the model.task it trains (and implies when the user
+leaves model.task out), the dataset formats it reads, its result kind and the metrics its trainer logs. The
+API's enum, its CEL rules and ``kubetune validate``'s rules are generated from it, and the trainer reads it:
+each objective's behaviour is one module, kubetune_trainer/objectives/NAME.py, registered against its entry
+(tests/unit/test_objective_registry.py checks that each entry has exactly one module and each module an entry).
+
 The reward functions of grpo/rloo are named here (kebab-case) with the arguments each one takes, so
 ``kubetune validate`` and the operator check them before a pod starts; the trainer implements them
 (kubetune_trainer.rewards). docs/objectives.md lists them for users.
@@ -7,20 +13,133 @@ The reward functions of grpo/rloo are named here (kebab-case) with the arguments
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, JsonValue, ValidationError, field_validator, model_validator
 
 from .common import KubeModel, LocalObjectReference, Problem, raise_problems
 from .uris import URIError, parse_uri
 
-ObjectiveType = Literal["sft", "dpo", "kto", "reward", "grpo", "rloo"]
-RL_OBJECTIVES = ("grpo", "rloo")
+
+@dataclass(frozen=True)
+class ObjectiveFacts:
+    """What the API knows of one objective; kubetune_trainer/objectives/NAME.py implements it (the trainer it
+    builds, the rows it reads)."""
+
+    name: str
+    """The value of objective.type."""
+    summary: str
+    """What it trains, in a few words (docs and messages)."""
+    task: str | None = None
+    """The model.task it trains, implied when the user leaves model.task out; None: any task (sft)."""
+    formats: tuple[str, ...] | None = None
+    """The dataset formats it reads, in the order auto detection tries them; None: those of model.task."""
+    auto_format: bool = True
+    """dataset.format auto is accepted (the trainer detects one of ``formats`` from the columns)."""
+    num_labels: int | None = None
+    """Outputs of the classifier it trains (model.numLabels left out means this)."""
+    result_kind: str | None = None
+    """status.result.kind of its result; None: the method's (adapter, full, prefix, prompt, ...)."""
+    metrics: tuple[str, ...] = ()
+    """What its trainer logs besides the loss (training logs, status.result.metrics with eval_ in front)."""
+    rewards: bool = False
+    """It samples completions and scores them with objective.rl.rewards (online RL)."""
+    virtual_tokens: bool = False
+    """prefix-tuning and prompt-tuning apply."""
+    qlora: bool = False
+    """qlora applies to its task although that task is not causal-lm or seq2seq (a causal LM's body under a
+    score head)."""
+
+
+DEFAULT_TASK = "causal-lm"
+"""model.task when the user leaves it out and the objective implies none."""
+RL_FORMATS = ("messages", "prompt-completion", "prompt")
+RL_METRICS = ("reward", "reward_std")
+OBJECTIVES: dict[str, ObjectiveFacts] = {
+    facts.name: facts
+    for facts in (
+        ObjectiveFacts("sft", "supervised fine-tuning on the task's data", virtual_tokens=True),
+        ObjectiveFacts(
+            "dpo", "Direct Preference Optimization on preference pairs", task="causal-lm",
+            formats=("preference",), auto_format=False,
+            metrics=("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"),
+        ),
+        ObjectiveFacts(
+            "kto", "Kahneman-Tversky Optimization on unpaired preferences", task="causal-lm",
+            formats=("unpaired-preference",), auto_format=False, metrics=("rewards/margins", "kl"),
+        ),
+        ObjectiveFacts(
+            "reward", "a reward model: a sequence classifier with one output, from preference pairs",
+            task="sequence-classification", formats=("preference",), auto_format=False,
+            num_labels=1, result_kind="reward-model", metrics=("accuracy", "margin", "mean_reward"), qlora=True,
+        ),
+        ObjectiveFacts(
+            "grpo", "Group Relative Policy Optimization: online RL on prompts", task="causal-lm",
+            formats=RL_FORMATS, metrics=RL_METRICS, rewards=True,
+        ),
+        ObjectiveFacts(
+            "rloo", "REINFORCE Leave-One-Out: online RL on prompts", task="causal-lm",
+            formats=RL_FORMATS, metrics=RL_METRICS, rewards=True,
+        ),
+    )
+}  # fmt: skip
+if TYPE_CHECKING:  # to a type checker it is a string; pydantic gets the enum of the table
+    ObjectiveType = str
+else:
+    ObjectiveType = Literal[tuple(OBJECTIVES)]
+RL_OBJECTIVES = tuple(name for name, facts in OBJECTIVES.items() if facts.rewards)
+# The dataset formats each model.task reads (objective sft), in the order auto detection tries them.
+TASK_FORMATS: dict[str, tuple[str, ...]] = {
+    "causal-lm": ("messages", "instruction", "prompt-completion", "text"),
+    "seq2seq": ("seq2seq", "instruction", "prompt-completion"),
+    "sequence-classification": ("classification",),
+    "token-classification": ("token-tags",),
+    "masked-lm": ("text",),
+    "question-answering": ("question-answering",),
+}
+QLORA_TASKS = ("causal-lm", "seq2seq")
+VIRTUAL_TOKEN_METHODS = ("prefix-tuning", "prompt-tuning")
+CLASSIFICATION_TASKS = ("sequence-classification", "token-classification")
 PPO_REFUSAL = (
     "ppo is not supported: PPO left TRL (its PPOTrainer was removed); grpo or rloo with a reward model "
     "(objective.rl.rewards[].model) does the same job: set objective.type to grpo or rloo"
 )
 REWARD_MODEL_SCHEMES = ("hf", "pvc", "s3", "file")
+
+
+def implied_task(objective: str) -> str:
+    """model.task when the user leaves it out: the task OBJECTIVE trains (reward: sequence-classification),
+    else causal-lm."""
+    return OBJECTIVES[objective].task or DEFAULT_TASK
+
+
+def format_readers(data_format: str) -> tuple[str, ...] | None:
+    """The objectives that read DATA_FORMAT when no task reads it under sft (None: the tasks' formats)."""
+    if any(data_format in formats for formats in TASK_FORMATS.values()):
+        return None
+    readers = tuple(name for name, facts in OBJECTIVES.items() if data_format in (facts.formats or ()))
+    return readers or None
+
+
+# The JSON-schema key of a default that depends on other fields (model.task: the objective's task). crdgen keeps
+# it out of the CRD, so the API server leaves the field unset for the rules (TASK_CEL) and the models (which
+# fill it in) to read, and shows it in the API reference.
+DEFAULT_BY_RULES = "x-kubetune-default-by-rules"
+
+
+def default_by_rules(schema: dict[str, Any]) -> None:
+    """json_schema_extra of a field whose default the rules apply (see DEFAULT_BY_RULES)."""
+    schema[DEFAULT_BY_RULES] = schema.pop("default")
+
+
+def _cel_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def _words(values: tuple[str, ...], last: str = "or") -> str:
+    return f" {last} ".join(values) if len(values) < 3 else f"{', '.join(values[:-1])} {last} {values[-1]}"
 
 
 class DPOSpec(KubeModel):
@@ -251,17 +370,19 @@ class ObjectiveSpec(KubeModel):
             "x-kubernetes-validations": [
                 {
                     # has(): the CRD's default ({}) of objective is checked against this rule too
-                    "rule": "!has(self.type) || !(self.type in ['grpo', 'rloo']) || (has(self.rl) && has(self.rl.rewards) && size(self.rl.rewards) > 0)",
-                    "message": "objective.type grpo and rloo need at least one reward in objective.rl.rewards",
+                    "rule": f"!has(self.type) || !(self.type in {_cel_list(RL_OBJECTIVES)}) || (has(self.rl) && has(self.rl.rewards) && size(self.rl.rewards) > 0)",
+                    "message": f"objective.type {_words(RL_OBJECTIVES, 'and')} need at least one reward in objective.rl.rewards",
                     "fieldPath": ".rl.rewards",
                 }
             ]
         }
     }
 
-    type: ObjectiveType = "sft"
-    """sft, dpo (preference data), kto (unpaired-preference data), reward (a reward model from preference data),
-    grpo or rloo (online RL on prompts with objective.rl.rewards). ppo left TRL: use grpo or rloo."""
+    type: ObjectiveType = Field(
+        "sft",
+        description="; ".join(f"{f.name}: {f.summary}" for f in OBJECTIVES.values())
+        + f". ppo left TRL: use {_words(RL_OBJECTIVES)}. docs/objectives.md says what each reads and implies.",
+    )
     dpo: DPOSpec = Field(default_factory=DPOSpec)
     """DPO settings."""
     kto: KTOSpec = Field(default_factory=KTOSpec)
@@ -305,91 +426,196 @@ class ObjectiveSpec(KubeModel):
 
 
 # ------------------------------------------------------------------------ rules across spec fields
+# Generated from OBJECTIVES, twice: as CEL for the API server (OBJECTIVE_SPEC_CEL, part of the FineTuneJob spec's
+# rules) and as Python for `kubetune validate` and the operator (objective_problems). Paths are relative to spec.
 
-# What each objective trains on: (task, dataset formats). "auto" is detected by the trainer from the columns.
-OBJECTIVE_DATA: dict[str, tuple[str, tuple[str, ...]]] = {
-    "dpo": ("causal-lm", ("preference",)),
-    "kto": ("causal-lm", ("unpaired-preference",)),
-    "reward": ("sequence-classification", ("preference",)),
-    "grpo": ("causal-lm", ("auto", "prompt", "messages", "prompt-completion")),
-    "rloo": ("causal-lm", ("auto", "prompt", "messages", "prompt-completion")),
-}
-# Formats only some objectives read.
-FORMAT_OBJECTIVES: dict[str, tuple[str, ...]] = {
-    "preference": ("dpo", "reward"),
-    "unpaired-preference": ("kto",),
-    "prompt": RL_OBJECTIVES,
-}
 
-# CEL twins of objective_problems (the API server checks these; FINETUNEJOB_SPEC_CEL includes them).
-OBJECTIVE_SPEC_CEL: list[JsonValue] = [
-    {
-        "rule": "self.objective.type != 'kto' || (self.dataset.format == 'unpaired-preference' && self.model.task == 'causal-lm')",
-        "message": "objective.type kto needs dataset.format unpaired-preference and model.task causal-lm",
-        "fieldPath": ".objective.type",
-    },
-    {
-        "rule": "self.objective.type != 'reward' || (self.dataset.format == 'preference' && self.model.task == 'sequence-classification')",
-        "message": "objective.type reward needs dataset.format preference and model.task sequence-classification",
-        "fieldPath": ".objective.type",
-    },
-    {
-        "rule": "self.objective.type != 'reward' || !has(self.model.numLabels) || self.model.numLabels == 1",
-        "message": "a reward model has one output: set model.numLabels to 1 or leave it out",
-        "fieldPath": ".model.numLabels",
-    },
-    {
-        "rule": "!(self.objective.type in ['grpo', 'rloo']) || (self.model.task == 'causal-lm' && self.dataset.format in ['auto', 'prompt', 'messages', 'prompt-completion'])",
-        "message": "objective.type grpo and rloo need model.task causal-lm and dataset.format prompt, messages, prompt-completion or auto",
-        "fieldPath": ".dataset.format",
-    },
-    {
-        "rule": "self.dataset.format != 'preference' || self.objective.type in ['dpo', 'reward']",
-        "message": "dataset.format preference is read by objective.type dpo or reward",
-        "fieldPath": ".dataset.format",
-    },
-    {
-        "rule": "self.dataset.format != 'unpaired-preference' || self.objective.type == 'kto'",
-        "message": "dataset.format unpaired-preference is read by objective.type kto",
-        "fieldPath": ".dataset.format",
-    },
-    {
-        "rule": "self.dataset.format != 'prompt' || self.objective.type in ['grpo', 'rloo']",
-        "message": "dataset.format prompt (prompts only) is read by objective.type grpo or rloo",
-        "fieldPath": ".dataset.format",
-    },
-]
+def _objectives(keep: Callable[[ObjectiveFacts], bool]) -> tuple[str, ...]:
+    return tuple(name for name, facts in OBJECTIVES.items() if keep(facts))
+
+
+def _type_in(names: tuple[str, ...]) -> str:
+    return f"self.objective.type in {_cel_list(names)}"
+
+
+def _task_cel() -> str:
+    expression = f"'{DEFAULT_TASK}'"
+    implied: dict[str, tuple[str, ...]] = {}
+    for facts in OBJECTIVES.values():
+        if facts.task not in (None, DEFAULT_TASK):
+            implied[facts.task] = (*implied.get(facts.task, ()), facts.name)
+    for task, names in sorted(implied.items()):
+        expression = f"({_type_in(names)} ? '{task}' : {expression})"
+    return f"(has(self.model.task) ? self.model.task : {expression})"
+
+
+# model.task as the API server must read it: left out, it is the task the objective implies. The CRD gives
+# model.task no default (the server would fill in causal-lm before the rules run and a reward model would be
+# refused), so every FineTuneJob rule reads this expression where it says self.model.task.
+TASK_CEL = _task_cel()
+
+
+def implied_task_cel(rules: list[JsonValue]) -> list[JsonValue]:
+    """RULES with self.model.task read as TASK_CEL (once: the FineTuneJob spec's schema applies it to all its
+    rules, OBJECTIVE_SPEC_CEL's included)."""
+    out: list[JsonValue] = []
+    for rule in rules:
+        text = rule.get("rule") if isinstance(rule, dict) else None
+        if isinstance(rule, dict) and isinstance(text, str):
+            rule = {**rule, "rule": text.replace("self.model.task", TASK_CEL)}
+        out.append(rule)
+    return out
+
+
+def accepted_formats(facts: ObjectiveFacts) -> tuple[str, ...]:
+    """The dataset.format values an objective with a fixed task accepts (auto where it detects its formats)."""
+    return (("auto",) if facts.auto_format else ()) + (
+        facts.formats or TASK_FORMATS[facts.task or DEFAULT_TASK]
+    )
+
+
+def _outputs(count: int) -> str:
+    return "one output" if count == 1 else f"{count} outputs"
+
+
+def _by_task_and_formats() -> dict[tuple[str, tuple[str, ...]], tuple[str, ...]]:
+    """(task, accepted formats) -> the objectives with a fixed task that read them (one CEL rule each)."""
+    groups: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+    for facts in OBJECTIVES.values():
+        if facts.task is not None:
+            key = (facts.task, accepted_formats(facts))
+            groups[key] = (*groups.get(key, ()), facts.name)
+    return groups
+
+
+# A format no task reads under sft -> the objectives that read it.
+FORMAT_OBJECTIVES = {
+    fmt: readers
+    for fmt in dict.fromkeys(f for facts in OBJECTIVES.values() for f in facts.formats or ())
+    if (readers := format_readers(fmt))
+}
+_LABELED = _objectives(lambda f: f.num_labels is not None)
+_QLORA = _objectives(lambda f: f.qlora)
+_VIRTUAL_TOKENS = _objectives(lambda f: f.virtual_tokens)
+
+
+def _rule(rule: str, message: str, field_path: str) -> JsonValue:
+    return {"rule": rule, "message": message, "fieldPath": field_path}
+
+
+def _objective_cel() -> list[JsonValue]:
+    rules = [
+        _rule(
+            f"!({_type_in(names)}) || (self.model.task == '{task}' && self.dataset.format in {_cel_list(formats)})",
+            f"objective.type {_words(names, 'and')} need{'s' if len(names) == 1 else ''} model.task {task} (leave it "
+            f"out to get it) and dataset.format {_words(formats)}",
+            ".objective.type",
+        )
+        for (task, formats), names in _by_task_and_formats().items()
+    ]
+    rules += [
+        _rule(
+            f"self.objective.type != '{f.name}' || !has(self.model.numLabels) || self.model.numLabels == {f.num_labels}",
+            f"objective.type {f.name} trains a model with {_outputs(f.num_labels)}: set model.numLabels to "
+            f"{f.num_labels} or leave it out",
+            ".model.numLabels",
+        )
+        for f in OBJECTIVES.values()
+        if f.num_labels is not None
+    ]
+    rules += [
+        _rule(
+            f"!(self.model.task in {_cel_list(CLASSIFICATION_TASKS)}) || has(self.model.numLabels) || {_type_in(_LABELED)}",
+            f"model.numLabels is required for {_words(CLASSIFICATION_TASKS, 'and')}",
+            ".model.numLabels",
+        ),
+        _rule(
+            f"self.method.type != 'qlora' || self.model.task in {_cel_list(QLORA_TASKS)} || {_type_in(_QLORA)}",
+            f"method.type qlora works only with model.task {_words(QLORA_TASKS)}",
+            ".method.type",
+        ),
+        _rule(
+            f"!(self.method.type in {_cel_list(VIRTUAL_TOKEN_METHODS)}) || {_type_in(_VIRTUAL_TOKENS)}",
+            f"{_words(VIRTUAL_TOKEN_METHODS, 'and')} support only objective.type {_words(_VIRTUAL_TOKENS)}",
+            ".objective.type",
+        ),
+    ]
+    rules += [
+        _rule(
+            f"self.dataset.format != '{fmt}' || {_type_in(readers)}",
+            f"dataset.format {fmt} is read by objective.type {_words(readers)}",
+            ".dataset.format",
+        )
+        for fmt, readers in FORMAT_OBJECTIVES.items()
+    ]
+    return rules
+
+
+# The CEL twins of objective_problems (FINETUNEJOB_SPEC_CEL includes them).
+OBJECTIVE_SPEC_CEL = _objective_cel()  # fmt: skip
 
 
 def objective_problems(
-    objective: ObjectiveSpec, task: str, data_format: str, num_labels: int | None, cluster: bool
+    objective: ObjectiveSpec,
+    *,
+    task: str,
+    data_format: str,
+    num_labels: int | None,
+    method: str,
+    cluster: bool,
 ) -> list[Problem]:
-    """The rules tying spec.objective to spec.model and spec.dataset (paths relative to spec)."""
+    """The rules tying spec.objective to spec.model, spec.dataset and spec.method (the Python twins of
+    OBJECTIVE_SPEC_CEL; TASK is model.task after the objective's default)."""
+    facts = OBJECTIVES[objective.type]
+    name = facts.name
     problems: list[Problem] = []
-    kind = objective.type
-    if kind in OBJECTIVE_DATA:
-        want_task, formats = OBJECTIVE_DATA[kind]
-        if kind != "dpo" and (task != want_task or data_format not in formats):  # dpo: FineTuneJobSpec's rule
+    if facts.task is not None:
+        formats = accepted_formats(facts)
+        wrong = (
+            [f"model.task {task} (leave model.task out: {name} implies {facts.task})"]
+            if task != facts.task
+            else []
+        )
+        wrong += [f"dataset.format {data_format}"] if data_format not in formats else []
+        if wrong:
             problems.append(
                 Problem(
                     "objective.type",
-                    f"{kind} needs model.task {want_task} and dataset.format {' or '.join(formats)} "
-                    f"(got task {task}, format {data_format})",
+                    f"{name} needs model.task {facts.task} and dataset.format {_words(formats)}; "
+                    f"got {' and '.join(wrong)}",
                 )
             )
-    if kind == "reward" and num_labels not in (None, 1):
+    if facts.num_labels is not None and num_labels not in (None, facts.num_labels):
         problems.append(
-            Problem("model.numLabels", "a reward model has one output: set it to 1 or leave it out")
+            Problem(
+                "model.numLabels",
+                f"objective.type {name} trains a model with {_outputs(facts.num_labels)}: set it to "
+                f"{facts.num_labels} or leave it out",
+            )
         )
-    readers = FORMAT_OBJECTIVES.get(data_format)
-    if readers is not None and kind not in readers:
+    if task in CLASSIFICATION_TASKS and num_labels is None and facts.num_labels is None:
+        problems.append(
+            Problem("model.numLabels", f"required for model.task {task}: set the number of classes")
+        )
+    if method == "qlora" and task not in QLORA_TASKS and not facts.qlora:
+        problems.append(
+            Problem(
+                "method.type", f"qlora works only with model.task {_words(QLORA_TASKS)}, not {task}; use lora"
+            )
+        )
+    if method in VIRTUAL_TOKEN_METHODS and not facts.virtual_tokens:
+        problems.append(
+            Problem("objective.type", f"{method} supports only objective {_words(_VIRTUAL_TOKENS)}")
+        )
+    readers = format_readers(data_format)
+    if readers is not None and name not in readers:
         problems.append(
             Problem(
                 "dataset.format",
-                f"{data_format} data is read by objective.type {' or '.join(readers)}, not {kind}",
+                f"{data_format} data is read by objective.type {_words(readers)}, not {name}",
             )
         )
-    if cluster and kind in RL_OBJECTIVES:
+    if cluster and facts.rewards:
         for i, reward in enumerate(objective.rl.rewards):
             if reward.model is not None and (reward.model.uri or "").startswith("file://"):
                 problems.append(
