@@ -6,7 +6,8 @@ model registry (output.register). Nothing here can lose the result: it stays whe
   model (output.mergeAdapter), that one goes to the tag TAG-merged. status.result then names the pushed
   artifact (uri pinned by its digest, digest) and where the copy stays (storageUri).
 - output.register.mlflow: a promoted result (result["promoted"], true unless an evaluation gate failed)
-  becomes a model version (registration.py); status.result.registeredModel names it.
+  becomes a model version (registration.py); status.result.registeredModel names it. A result that failed its
+  gate is neither pushed (the tag keeps the last promoted result) nor registered.
 - A refusal (bad reference, unreachable registry, 401/403, an existing tag, a failed registration) is
   status.result.publishError {reason, message}; the message says what to change and where the result is.
   The trainer then ends normally: training succeeded, and another attempt would only train again.
@@ -82,7 +83,12 @@ def publish(config: TrainerConfig, result: dict[str, Any]) -> dict[str, Any]:
     lineage["configHash"] = runtime.run_id
     lineage["finetuneJob"] = {"name": meta.name, "namespace": meta.namespace, "uid": runtime.uid}
     publication: dict[str, Any] = {}
-    if is_oci(runtime.output_uri):
+    if is_oci(runtime.output_uri) and result.get("promoted") is False:
+        # the tag keeps the last promoted result; this one stays on the checkpoint storage (storageUri)
+        log.warning("the result failed its evaluation gate: not pushed to %s", runtime.output_uri)
+        result["storageUri"] = result.get("uri")
+        publication["oci"] = {"skipped": "the result failed its evaluation gate"}
+    elif is_oci(runtime.output_uri):
         target = str(runtime.output_uri)
         storage = result.get("uri")
         name = config.job.metadata.name or "model"
