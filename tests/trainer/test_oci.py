@@ -279,3 +279,19 @@ def test_push_needs_a_tag(pushed):
         oci.push("oci://registry.example.com/x@sha256:" + "0" * 64, Path(config.runtime.output_dir),
                  lineage={}, name="x")  # fmt: skip
     assert parse_uri(publish.merged_target("oci://r.example/x:v1")).tag == "v1-merged"
+
+
+def test_a_result_that_failed_its_gate_is_not_pushed(pushed, registry, auth, oci_env):
+    """The tag keeps the last promoted result: a result whose evaluation gate failed stays on its storage."""
+    config, result = pushed
+    ref = f"{registry.host}/{REPO}:v1"
+    before = crane(registry.host, "digest", ref, auth=auth).strip()
+    other = config.model_copy(update={"runtime": config.runtime.model_copy(update={"run_id": "gate-failed"})})
+    storage = f"file://{config.runtime.output_dir}"
+    kept = publish.publish(other, {"uri": storage, "promoted": False})
+    assert kept["uri"] == kept["storageUri"] == storage
+    assert "digest" not in kept and "publishError" not in kept
+    assert json.loads((Path(config.runtime.output_dir) / "publication.json").read_text())["oci"] == {
+        "skipped": "the result failed its evaluation gate"
+    }
+    assert crane(registry.host, "digest", ref, auth=auth).strip() == before

@@ -124,8 +124,11 @@ def test_a_result_that_failed_its_gate_is_not_registered(registered, mlflow_serv
     target = config.runtime.output_uri.replace(":v1", ":gate-failed")
     runtime = config.runtime.model_copy(update={"run_id": "gate-failed", "output_uri": target})
     other = config.model_copy(update={"runtime": runtime})
-    kept = publish.publish(other, {**result, "promoted": False, "registeredModel": None})
-    assert kept["uri"].startswith(target + "@sha256:")  # pushed: an artifact is not a promotion
+    storage = f"file://{config.runtime.output_dir}"
+    kept = publish.publish(
+        other, {**result, "uri": storage, "digest": None, "promoted": False, "registeredModel": None}
+    )
+    assert kept["uri"] == kept["storageUri"] == storage  # neither pushed nor registered: it stays where it is
     assert not kept.get("registeredModel") and "publishError" not in kept
     client = MlflowClient(tracking_uri=mlflow_server.uri, registry_uri=mlflow_server.uri)
     assert client.search_model_versions(f"name = '{MODEL}' and tags.`kubetune.run_id` = 'gate-failed'") == []
