@@ -151,6 +151,7 @@ def finetunejob_controller(
         trainer_image=settings.trainer_image,
         image_pull_policy=settings.trainer_image_pull_policy,
         termination_grace_seconds=settings.termination_grace_seconds,
+        oci_plain_http=tuple(settings.oci_plain_http_registries),
     )
     reconciler = FineTuneJobReconciler(
         kube, opts, writer=writer, signatures=Expiring(settings.resync_seconds), writers=writers
@@ -179,6 +180,7 @@ def modelserve_controller(kube: Kube, settings: Settings, writer: Writer) -> Wor
         tgi_image=settings.tgi_image,
         vllm_image=settings.vllm_image,
         trainer_image=settings.trainer_image,
+        oci_plain_http=tuple(settings.oci_plain_http_registries),
         endpoint_override=settings.serve_endpoint_override,
         pod_address_override=settings.serve_pod_address_override,
         requeue_seconds=settings.requeue_seconds,

@@ -127,6 +127,15 @@ def succeeded(d: FineTuneJobDraft, job: Raw, rid: str | None, run_gen: str, atte
         d.set("Succeeded", False, "EvaluationGateFailed", gate)
         d.default("Suspended", "NotSuspended", "")
         return
+    unpublished = publish_error(d, rid)
+    if unpublished is not None:  # trained, but the registry refused the result: say what to change
+        reason, message = unpublished
+        if not (d.is_true("Failed") and d.reason("Failed") == reason):
+            d.event("Warning", reason, message)
+        d.set("Succeeded", False, reason, f"run {rid} trained in attempt {attempt}, but: {message}")
+        d.fail(reason, message)
+        d.default("Suspended", "NotSuspended", "")
+        return
     passed = gate_passed(d, rid)
     if passed is not None and not d.is_true("Succeeded"):
         d.event("Normal", "EvaluationPassed", passed)
@@ -171,6 +180,16 @@ def gate_passed(d: FineTuneJobDraft, rid: str | None) -> str | None:
     return f"the result passed its evaluation gate and is promoted: {evaluation.get('message') or ''}".rstrip(
         ": "
     )
+
+
+def publish_error(d: FineTuneJobDraft, rid: str | None) -> tuple[str, str] | None:
+    """(reason, message) when this run's trainer reported that its result did not reach its oci:// output or
+    model registry (status.result.publishError; the result stays on its checkpoint storage)."""
+    result = (d.obj.get("status") or {}).get("result") or {}
+    error = result.get("publishError") or {}
+    if not error or (rid and result.get("configHash") not in (None, rid)):
+        return None
+    return str(error.get("reason") or "PublishFailed"), str(error.get("message") or "")
 
 
 def failed(d: FineTuneJobDraft, ftj: FineTuneJob, job: Raw, attempt: int, limit: int) -> None:

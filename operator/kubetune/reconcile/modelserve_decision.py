@@ -74,6 +74,8 @@ class ServeOptions:
     tgi_image: str
     trainer_image: str
     vllm_image: str = DEFAULT_VLLM_IMAGE
+    oci_plain_http: tuple[str, ...] = ()
+    """oci:// registries the pull init containers speak to over plain HTTP."""
     endpoint_override: str | None = None
     pod_address_override: str | None = None
     """vLLM pods' addresses for live adapter updates: a template with {pod}, {namespace}, {ip}, {port}."""
@@ -325,7 +327,7 @@ class _Decider(Draft):
             lora_modules = engine.started_adapters(dep["spec"].get("template"))
         template = r.render_pod_template(
             ms, res, image=image, trainer_image=self.opts.trainer_image, revision_hash_=rev,
-            lora_modules=lora_modules,
+            lora_modules=lora_modules, oci_plain_http=self.opts.oci_plain_http,
         )  # fmt: skip
         annotations = dict(((dep or {}).get("metadata") or {}).get("annotations") or {})
         failed = annotations.get(r.ANNOTATION_FAILED_REVISION)
