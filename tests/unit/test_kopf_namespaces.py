@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import kopf
 from kopf._cogs.structs import references
 from kopf._core.reactor import observation
 
-from kubetune import kopf_namespaces
+from kubetune import kopf_namespaces, manager
+from kubetune.settings import load_settings
 
 PATTERNS = ["ms-*"]
 
@@ -81,3 +83,15 @@ def test_changes_still_go_to_kopfs_handler():
     insights.namespaces.add("ms-old")
     served, _ = served_after(insights, {"type": "DELETED", "object": namespace("ms-old")})
     assert served == set()
+
+
+def test_the_operator_installs_it_before_kopf_runs(monkeypatch):
+    monkeypatch.setattr(
+        observation, "process_discovered_namespace_event", kopf_namespaces.KOPF_NAMESPACE_EVENT_HANDLER
+    )
+    handler_when_kopf_runs = []
+    monkeypatch.setattr(
+        kopf, "run", lambda **_: handler_when_kopf_runs.append(observation.process_discovered_namespace_event)
+    )
+    manager.run_kopf(load_settings(leader_elect=False, health_port=0, namespaces=["ms-*"]), True, None)
+    assert handler_when_kopf_runs == [kopf_namespaces.process_namespace_event]
