@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import kopf
 
 from kubetune import handlers, handlers_modelserve, metrics, runtime
+from kubetune.kopf_namespaces import serve_namespaces_listed_by_the_watch
 from kubetune.leader_election import (
     ElectionConfig,
     LeaderElector,
@@ -86,8 +87,9 @@ def freeze_imported_objects() -> int:
     a 2-core machine, and holds the GIL while it does: those pauses, landing in a reconcile, were the
     slowest apply -> Job figures of the benchmark (docs/benchmarks.md, "The tail of apply -> Job"). Frozen,
     a full collection walks only the objects made since (a few ms). Not later, in kopf's startup handler:
-    there it also froze kopf's own runtime objects, and a serving test's operator then sometimes never
-    reconciled at all (three runs of four; cause not found). The collection first frees what is garbage
+    there it would also freeze kopf's own runtime objects. (The operator that sometimes never reconciled
+    anything, first blamed on the freeze there, was kopf missing a namespace created while it started, with
+    the freeze in either place: kubetune.kopf_namespaces.) The collection first frees what is garbage
     already, so no garbage is frozen."""
     gc.collect()
     gc.freeze()
@@ -95,6 +97,8 @@ def freeze_imported_objects() -> int:
 
 
 def run_kopf(cfg: Settings, standalone: bool, liveness_endpoint: str | None) -> None:
+    # Without it, kopf never serves a namespace that matches a pattern and is created while it starts.
+    serve_namespaces_listed_by_the_watch()
     with contextlib.suppress(KeyboardInterrupt):
         kopf.run(
             standalone=standalone,
