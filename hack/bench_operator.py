@@ -176,7 +176,11 @@ def floor_children(name: str, namespace: str) -> list[dict[str, Any]]:
     assert validate_document(doc).ok
     import datetime as dt
 
-    decision = decide(Observed(obj=doc), RenderOptions(), dt.datetime.now(dt.UTC))
+    from kubetune.api.fit import GpuMemory
+
+    # Everything the decision may read, as the operator's shell gives it (no Secrets or claims; no fit data)
+    observed = Observed(obj=doc, secrets={}, pvcs={}, fit=(None, "not read by the benchmark", GpuMemory()))
+    decision = decide(observed, RenderOptions(), dt.datetime.now(dt.UTC))
     children = []
     for child in decision.apply:
         child = json.loads(json.dumps(child))

@@ -169,24 +169,35 @@ def _name(doc: dict[str, Any]) -> str:
     return str(metadata.get("name") or "?") if isinstance(metadata, dict) else "?"
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Run a FineTuneJob's training on this machine with the trainer code the pods run."""
+def _refused_here(args: argparse.Namespace, not_local: str, invalid: str = "") -> int | None:
+    """The exit code when ARGS cannot run here (not --local: NOT_LOCAL; the manifest has problems, with the
+    same messages as `kubetune validate --local`, then INVALID), None when they can."""
     if not args.local:
-        print("kubetune train runs training on this machine only: add --local "
-              "(in a cluster, `kubectl apply -f` the manifest instead)", file=sys.stderr)  # fmt: skip
+        print(not_local, file=sys.stderr)
         return 2
-    # The manifest is checked first, with the same messages as `kubetune validate --local`.
     _, failed = validate_files([args.file], local=True, out=sys.stderr)
     if failed:
-        print(f"{args.file}: fix the problems above (`kubetune validate --local -f {args.file}` checks "
-              "again without training)", file=sys.stderr)  # fmt: skip
+        if invalid:
+            print(invalid, file=sys.stderr)
         return 1
+    return None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run a FineTuneJob's training on this machine with the trainer code the pods run."""
+    refused = _refused_here(
+        args,
+        "kubetune train runs training on this machine only: add --local "
+        "(in a cluster, `kubectl apply -f` the manifest instead)",
+        f"{args.file}: fix the problems above (`kubetune validate --local -f {args.file}` checks "
+        "again without training)",
+    )
+    if refused is not None:
+        return refused
     if args.dry_run:
         return _dry_run(args)
     run_local = _local_command("train")
-    if run_local is None:
-        return 1
-    return run_local(args.file, args.output, processes=args.processes)
+    return 1 if run_local is None else run_local(args.file, args.output, processes=args.processes)
 
 
 def _dry_run(args: argparse.Namespace) -> int:
@@ -219,17 +230,15 @@ def _dry_run(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate an existing result against the FineTuneJob's spec.evaluation on this machine."""
-    if not args.local:
-        print("kubetune eval runs on this machine only: add --local (in a cluster the trainer evaluates "
-              "after training)", file=sys.stderr)  # fmt: skip
-        return 2
-    _, failed = validate_files([args.file], local=True, out=sys.stderr)
-    if failed:
-        return 1
+    refused = _refused_here(
+        args,
+        "kubetune eval runs on this machine only: add --local (in a cluster the trainer evaluates after "
+        "training)",
+    )
+    if refused is not None:
+        return refused
     run_eval = _local_command("eval")
-    if run_eval is None:
-        return 1
-    return run_eval(args.file, args.result)
+    return 1 if run_eval is None else run_eval(args.file, args.result)
 
 
 LOCAL_COMMANDS = "kubetune.local"

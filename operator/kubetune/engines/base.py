@@ -2,8 +2,8 @@
 
 An engine module (tgi.py, vllm.py) subclasses ``Engine`` and declares:
 
-- its **container**: command, arguments and environment for the model and adapters (``container``), the
-  port it listens on and the path of its health endpoint (the probes are built from them in
+- its **container**: command, arguments and environment for the model and adapters (``command``, ``args``,
+  ``env``; ``container`` puts them together), the port it listens on and the path of its health endpoint (the probes are built from them in
   render/modelserve.py, which renders the rest of the pod the same way for every engine);
 - what a **rollout** depends on (``revision_inputs``: a change there is a new revision, a rolling update);
 - its **smoke test** (``smoke_protocol``: which client reconcile/ uses, ``served_model``: the name the base
@@ -23,7 +23,7 @@ the engine declares here.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -97,6 +97,15 @@ class Placement:
         return [f"{name}={path}" for name, path in self.adapters]
 
 
+def flags(settings: Iterable[tuple[str, object]]) -> list[str]:
+    """``FLAG VALUE`` for each setting that is set (None: left to the server's default)."""
+    out: list[str] = []
+    for flag, value in settings:
+        if value is not None:
+            out += [flag, str(value)]
+    return out
+
+
 def home_env() -> list[dict[str, Any]]:
     """HOME and USER of the pod's non-root user (caches under ~/.cache and friends go to an emptyDir)."""
     return [{"name": "HOME", "value": HOME_DIR}, {"name": "USER", "value": SERVE_USER}]
@@ -155,14 +164,35 @@ class Engine(ABC):
     live_adapters: ClassVar[LiveAdapterApi | None] = None
     """Adapters loaded and unloaded on running servers (None: they load at start; a change is a rollout)."""
 
+    command: ClassVar[tuple[str, ...]] = ()
+    """The container's command (empty: the image's entrypoint)."""
+
     # -- the container --
 
-    @abstractmethod
     def container(
         self, ms: ModelServe, placement: Placement, image: str, *, live_modules: Sequence[str] | None = None
     ) -> dict[str, Any]:
-        """The serving container's name, image, command, args, env and ports. LIVE_MODULES (engines with
-        live adapters): the adapters the running revision's pods started with (None: PLACEMENT's)."""
+        """The serving container's name, image, command, args, env and ports (render/modelserve.py adds the
+        mounts, probes, resources and security context)."""
+        container: dict[str, Any] = {"name": self.container_name, "image": image}
+        if self.command:
+            container["command"] = list(self.command)
+        return container | {
+            "args": self.args(ms, placement, live_modules=live_modules),
+            "env": self.env(ms, placement),
+            "ports": [{"name": PORT_NAME, "containerPort": self.port, "protocol": "TCP"}],
+        }
+
+    @abstractmethod
+    def args(
+        self, ms: ModelServe, placement: Placement, *, live_modules: Sequence[str] | None = None
+    ) -> list[str]:
+        """The server's arguments for MS's model and adapters where PLACEMENT put them. LIVE_MODULES (engines
+        with live adapters): the adapters the running revision's pods started with (None: PLACEMENT's)."""
+
+    @abstractmethod
+    def env(self, ms: ModelServe, placement: Placement) -> list[dict[str, Any]]:
+        """The server's environment."""
 
     def started_adapters(self, template: Mapping[str, Any] | None) -> list[str] | None:
         """The adapters a live pod TEMPLATE starts its server with (engines with live adapters), None
@@ -288,6 +318,7 @@ __all__ = [
     "Placement",
     "Source",
     "Sources",
+    "flags",
     "hf_token_env",
     "home_env",
 ]

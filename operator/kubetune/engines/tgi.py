@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from kubetune.api.v1alpha1 import ModelServe, parse_uri
 from kubetune.api.v1alpha1.modelserve import AdapterSource, TGISpec
 
-from .base import HF_CACHE_DIR, PORT_NAME, Engine, Placement, Sources, hf_token_env, home_env
+from .base import HF_CACHE_DIR, Engine, Placement, Sources, flags, hf_token_env, home_env
 
 CONTAINER_NAME = "tgi"
 # The TGI image sets PORT=80; a non-root process without capabilities cannot bind a port below 1024 (on
@@ -33,19 +33,18 @@ DEFAULT_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.4"
 def args(ms: ModelServe) -> list[str]:
     """The launcher's flags: JSON logs, then spec.tgi's settings, then spec.tgi.extraArgs."""
     tgi = ms.spec.tgi
-    out = ["--json-output"]
-    for flag, value in (
-        ("--quantize", tgi.quantize),
-        ("--num-shard", tgi.num_shard),
-        ("--dtype", tgi.dtype),
-        ("--max-input-tokens", tgi.max_input_tokens),
-        ("--max-total-tokens", tgi.max_total_tokens),
-        ("--max-batch-prefill-tokens", tgi.max_batch_prefill_tokens),
-        ("--max-concurrent-requests", tgi.max_concurrent_requests),
-    ):
-        if value is not None:
-            out += [flag, str(value)]
-    return out + list(tgi.extra_args)
+    settings = flags(
+        (
+            ("--quantize", tgi.quantize),
+            ("--num-shard", tgi.num_shard),
+            ("--dtype", tgi.dtype),
+            ("--max-input-tokens", tgi.max_input_tokens),
+            ("--max-total-tokens", tgi.max_total_tokens),
+            ("--max-batch-prefill-tokens", tgi.max_batch_prefill_tokens),
+            ("--max-concurrent-requests", tgi.max_concurrent_requests),
+        )
+    )
+    return ["--json-output", *settings, *tgi.extra_args]
 
 
 def env(placement: Placement) -> list[dict[str, Any]]:
@@ -91,16 +90,13 @@ class TGI(Engine):
     port = CONTAINER_PORT
     smoke_protocol = "tgi"
 
-    def container(
-        self, ms: ModelServe, placement: Placement, image: str, *, live_modules: Sequence[str] | None = None
-    ) -> dict[str, Any]:
-        return {
-            "name": CONTAINER_NAME,
-            "image": image,
-            "args": args(ms),
-            "env": env(placement),
-            "ports": [{"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
-        }
+    def args(
+        self, ms: ModelServe, placement: Placement, *, live_modules: Sequence[str] | None = None
+    ) -> list[str]:
+        return args(ms)
+
+    def env(self, ms: ModelServe, placement: Placement) -> list[dict[str, Any]]:
+        return env(placement)
 
     def adapter_ids(self, ms: ModelServe) -> tuple[str, ...]:
         return tuple(adapter_id(a) for a in ms.spec.adapters)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from kubetune.api.v1alpha1 import ModelServe, parse_uri
 from kubetune.api.v1alpha1.modelserve import VLLMSpec
 
-from .base import PORT_NAME, Engine, LiveAdapterApi, Placement, Sources, hf_token_env, home_env
+from .base import Engine, LiveAdapterApi, Placement, Sources, flags, hf_token_env, home_env
 
 CONTAINER_NAME = "vllm"
 CONTAINER_PORT = 8000  # `vllm serve` default
@@ -83,14 +83,14 @@ def args(
         "--served-model-name", ms.metadata.name or "model",
         "--tensor-parallel-size", str(tensor_parallel_size(ms)),
     ]  # fmt: skip
-    for flag, value in (
-        ("--dtype", v.dtype),
-        ("--max-model-len", v.max_model_len),
-        ("--gpu-memory-utilization", v.gpu_memory_utilization),
-        ("--quantization", v.quantization),
-    ):
-        if value is not None:
-            out += [flag, str(value)]
+    out += flags(
+        (
+            ("--dtype", v.dtype),
+            ("--max-model-len", v.max_model_len),
+            ("--gpu-memory-utilization", v.gpu_memory_utilization),
+            ("--quantization", v.quantization),
+        )
+    )
     if v.enforce_eager:
         out.append("--enforce-eager")
     if ms.spec.adapters:
@@ -177,21 +177,18 @@ class VLLM(Engine):
     settings_model: ClassVar[type[VLLMSpec]] = VLLMSpec
     container_name = CONTAINER_NAME
     port = CONTAINER_PORT
+    command = ("vllm", "serve")
     smoke_protocol = "openai"
     live_adapters = RuntimeLoRA()
 
-    def container(
-        self, ms: ModelServe, placement: Placement, image: str, *, live_modules: Sequence[str] | None = None
-    ) -> dict[str, Any]:
+    def args(
+        self, ms: ModelServe, placement: Placement, *, live_modules: Sequence[str] | None = None
+    ) -> list[str]:
         modules = placement.adapter_pairs if live_modules is None else list(live_modules)
-        return {
-            "name": CONTAINER_NAME,
-            "image": image,
-            "command": ["vllm", "serve"],
-            "args": args(ms, placement.model, modules, placement.ranks),
-            "env": env(placement),
-            "ports": [{"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
-        }
+        return args(ms, placement.model, modules, placement.ranks)
+
+    def env(self, ms: ModelServe, placement: Placement) -> list[dict[str, Any]]:
+        return env(placement)
 
     def started_adapters(self, template: Mapping[str, Any] | None) -> list[str] | None:
         return lora_modules_of(template)
