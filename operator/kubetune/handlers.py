@@ -24,6 +24,7 @@ import kopf
 from kubetune import metrics, runtime
 from kubetune.reconcile.chains import Dependents
 from kubetune.reconcile.client import bearer_token, load_configuration, lower_throttled_retries
+from kubetune.reconcile.queue import event_priority
 from kubetune.render.common import FINETUNEJOB_LABEL
 from kubetune.settings import load_settings
 
@@ -110,14 +111,16 @@ async def finetunejob_event(
 ) -> None:
     # The event of the reconcile's own status write shows what that reconcile decided: nothing to do.
     version = body.get("metadata", {}).get("resourceVersion")
+    # New work first: a listed job (a restart's listing, type None) whose spec was seen goes behind new work.
+    priority = event_priority(type, body)
     if type == "DELETED" or not runtime.caused_by_us("FineTuneJob", namespace, name, version):
-        runtime.enqueue(runtime.FINETUNEJOB, namespace, name)
+        runtime.enqueue(runtime.FINETUNEJOB, namespace, name, priority)
     # Chains: a change of this job (its result, its phase) may let the jobs that start from it, or use it as
     # a reward model, go on.
     if namespace and name:
         _dependents.note(namespace, name, None if type == "DELETED" else dict(body))
         for dependent in _dependents.of(namespace, name):
-            runtime.enqueue(runtime.FINETUNEJOB, namespace, dependent)
+            runtime.enqueue(runtime.FINETUNEJOB, namespace, dependent, event_priority(type))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="trainer-job-event")
@@ -129,13 +132,15 @@ async def trainer_job_event(
         return
     for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == "FineTuneJob" and ref.get("controller"):
-            runtime.enqueue(runtime.FINETUNEJOB, namespace, ref.get("name"))
+            runtime.enqueue(runtime.FINETUNEJOB, namespace, ref.get("name"), event_priority(type))
 
 
 @kopf.on.event("", "v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="trainer-pod-event")
-async def trainer_pod_event(namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
+async def trainer_pod_event(
+    namespace: str | None, meta: kopf.Meta, type: str | None = None, **_: Any
+) -> None:
     # The label value is cut for long names; the annotation keeps the whole name.
     owner = (meta.get("annotations") or {}).get(FINETUNEJOB_LABEL) or (meta.get("labels") or {}).get(
         FINETUNEJOB_LABEL
     )
-    runtime.enqueue(runtime.FINETUNEJOB, namespace, owner)
+    runtime.enqueue(runtime.FINETUNEJOB, namespace, owner, event_priority(type))

@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 
 from kubetune import runtime
-from kubetune.reconcile.queue import Key
+from kubetune.reconcile.queue import Key, event_priority
 from kubetune.reconcile.references import ReferenceIndex
 from kubetune.reconcile.sources import referenced_jobs
 from kubetune.render.common import MODELSERVE_LABEL
@@ -59,16 +59,18 @@ async def modelserve_event(
 ) -> None:
     if namespace and name:
         INDEX.note(namespace, name, None if type == "DELETED" else dict(body))
-    runtime.enqueue(runtime.MODELSERVE, namespace, name)
+    runtime.enqueue(runtime.MODELSERVE, namespace, name, event_priority(type, body))
 
 
 @kopf.on.event(
     "apps", "v1", "deployments", labels={MODELSERVE_LABEL: kopf.PRESENT}, id="modelserve-deployment-event"
 )
-async def modelserve_deployment_event(namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
+async def modelserve_deployment_event(
+    namespace: str | None, meta: kopf.Meta, type: str | None = None, **_: Any
+) -> None:
     for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == "ModelServe" and ref.get("controller"):
-            runtime.enqueue(runtime.MODELSERVE, namespace, ref.get("name"))
+            runtime.enqueue(runtime.MODELSERVE, namespace, ref.get("name"), event_priority(type))
 
 
 @kopf.on.event("kubetune.io", "v1alpha1", "finetunejobs", id="modelserve-finetunejob-event")
@@ -79,4 +81,4 @@ async def modelserve_finetunejob_event(
         return
     if READINGS.changed(namespace, name, None if type == "DELETED" else dict(body)):
         for ms in INDEX.of(namespace, name):
-            runtime.enqueue(runtime.MODELSERVE, namespace, ms)
+            runtime.enqueue(runtime.MODELSERVE, namespace, ms, event_priority(type))

@@ -23,7 +23,7 @@ from kubetune.reconcile.finetunejob import AppliedCache, FineTuneJobReconciler
 from kubetune.reconcile.modelserve import CONTROLLER as MODELSERVE
 from kubetune.reconcile.modelserve import ModelServeReconciler, ServeOptions
 from kubetune.reconcile.own_writes import OwnWrites
-from kubetune.reconcile.queue import Key, Outcome, WorkQueue
+from kubetune.reconcile.queue import NORMAL, Key, Outcome, WorkQueue
 from kubetune.render.finetunejob import RenderOptions
 from kubetune.settings import Settings
 
@@ -201,10 +201,11 @@ def caused_by_us(kind: str, namespace: str | None, name: str | None, resource_ve
     return rt is not None and rt.own_writes.caused_by_us(kind, namespace, name, resource_version)
 
 
-def enqueue(controller: str, namespace: str | None, name: str | None) -> None:
-    """Reconcile CONTROLLER's object NAMESPACE/NAME soon (and on every resync). Events that come before
-    the runtime started are dropped: kopf's initial listing after startup enqueues everything again."""
+def enqueue(controller: str, namespace: str | None, name: str | None, priority: int = NORMAL) -> None:
+    """Reconcile CONTROLLER's object NAMESPACE/NAME soon (and on every resync), before the keys of a lower
+    PRIORITY (reconcile/queue.py: event_priority). Events that come before the runtime started are dropped:
+    kopf's initial listing after startup enqueues everything again."""
     rt = _current
     if rt is None or not namespace or not name:
         return
-    rt.queues[controller].add((namespace, name), track=True)
+    rt.queues[controller].add((namespace, name), track=True, priority=priority)
