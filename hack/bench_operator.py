@@ -70,10 +70,11 @@ def pct(values: list[float], q: float) -> float:
 
 
 class JobWatch:
-    """Records when each trainer Job is first seen (ADDED) in the watched namespaces."""
+    """Records when each trainer Job is first seen (ADDED): in every namespace, or in NAMESPACE only."""
 
-    def __init__(self, api: client.ApiClient):
+    def __init__(self, api: client.ApiClient, namespace: str | None = None):
         self.batch = client.BatchV1Api(api)
+        self.namespace = namespace
         self.seen: dict[tuple[str, str], float] = {}
         self.adds: dict[tuple[str, str], int] = {}
         self.lock = threading.Lock()
@@ -84,13 +85,17 @@ class JobWatch:
         self.ready.wait(10)
 
     def _run(self) -> None:
-        rv = self.batch.list_job_for_all_namespaces(limit=1).metadata.resource_version
+        if self.namespace is None:
+            listing: Any = self.batch.list_job_for_all_namespaces
+        else:
+            listing = functools.partial(self.batch.list_namespaced_job, self.namespace)
+        rv = listing(limit=1).metadata.resource_version
         while not self.stop.is_set():
             w = watch.Watch()
             self.ready.set()
             try:
                 for ev in w.stream(
-                    self.batch.list_job_for_all_namespaces,
+                    listing,
                     resource_version=rv,
                     label_selector="kubetune.io/finetunejob",
                     timeout_seconds=30,
@@ -206,11 +211,19 @@ def floor_job(name: str, namespace: str) -> FloorJob:
 
 
 def send(
-    api: client.ApiClient, method: str, path: str, body: Any, content_type: str = "application/json"
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    body: Any,
+    content_type: str = "application/json",
+    query: list[tuple[str, Any]] | None = None,
 ) -> Any:
-    """One request with the benchmark's ApiClient (writes name the operator's field manager); the answer."""
+    """One request with the benchmark's ApiClient (a write names the operator's field manager); the decoded
+    answer. Raises the package's ApiException."""
+    if query is None:
+        query = [] if method == "GET" else [("fieldManager", FIELD_MANAGER)]
     resp = api.call_api(
-        path, method, body=body, query_params=[("fieldManager", FIELD_MANAGER)],
+        path, method, body=body, query_params=query,
         header_params={"Content-Type": content_type, "Accept": "application/json"},
         auth_settings=["BearerToken"], _preload_content=False,
     )  # fmt: skip
