@@ -415,6 +415,8 @@ def main() -> int:
     ap.add_argument("--write-docs", action="store_true", help="write the table into docs/benchmarks.md")
     args = ap.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
 
     cp = cpmod.ControlPlane()
     cp.up()
