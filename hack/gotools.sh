@@ -4,7 +4,7 @@
 #   hack/gotools.sh            build whatever is missing, print KEY=path lines
 #   hack/gotools.sh --check    exit 0 when everything is built, 1 otherwise (builds nothing)
 #   hack/gotools.sh --print    print KEY=path lines (builds nothing)
-#   hack/gotools.sh kstatus    build (or find) only the named tools: kstatus | promtool | coredns
+#   hack/gotools.sh kstatus    build (or find) only the named tools: kstatus | promtool | argocd-lua | coredns
 #   hack/gotools.sh --check coredns    exit 0 when the named tools are built
 #
 # - kstatus: hack/kstatus (a tiny program around sigs.k8s.io/cli-utils' kstatus, the health
@@ -16,6 +16,10 @@
 #   run only `promtool check rules` and `promtool test rules`). From empty Go caches: 102 s instead of
 #   478 s (docs/testing.md).
 #   Cached as promtool-<version>-nosd, so a cache holding the full build does not satisfy it.
+# - argocd-lua: hack/argocd-lua, the Argo CD health checks' runtime: gopher-lua (github.com/yuin/gopher-lua, the
+#   Lua VM Argo CD embeds), run the way Argo CD's controller runs a health.lua (see its main.go). Cached like
+#   kstatus, under the gopher-lua version and a hash of the program's sources.
+#   promtool also parses the dashboard's PromQL (`promtool --experimental promql format`, Prometheus's parser).
 # - coredns: the real node's cluster DNS (tests/support/realnode.py), built only when named; it runs as a
 #   host process serving the cluster domain to the real node's pods. hack/coredns: CoreDNS' coremain with
 #   only the plugins the node's Corefile uses (CoreDNS' own main links every plugin, cloud DNS SDKs
@@ -40,6 +44,9 @@ CLI_UTILS_VERSION=$(sed -nE 's/^\s*(require )?sigs\.k8s\.io\/cli-utils (v[^ ]+).
 KSTATUS_HASH=$(cat "$HERE/kstatus/go.mod" "$HERE/kstatus/go.sum" "$HERE/kstatus/main.go" | sha256sum | cut -c1-12)
 KSTATUS_DIR=$TESTBIN_DIR/kstatus-cli-utils-$CLI_UTILS_VERSION-$KSTATUS_HASH
 PROMTOOL_DIR=$TESTBIN_DIR/promtool-$PROMETHEUS_VERSION-nosd
+GOPHER_LUA_VERSION=$(sed -nE 's/^\s*(require )?github\.com\/yuin\/gopher-lua (v[^ ]+).*/\2/p' "$HERE/argocd-lua/go.mod")
+ARGOCD_LUA_HASH=$(cat "$HERE/argocd-lua/go.mod" "$HERE/argocd-lua/go.sum" "$HERE/argocd-lua/main.go" | sha256sum | cut -c1-12)
+ARGOCD_LUA_DIR=$TESTBIN_DIR/argocd-lua-gopher-lua-$GOPHER_LUA_VERSION-$ARGOCD_LUA_HASH
 COREDNS_VERSION=$(sed -nE 's/^\s*(require )?github\.com\/coredns\/coredns (v[^ ]+).*/\2/p' "$HERE/coredns/go.mod")
 COREDNS_HASH=$(cat "$HERE/coredns/go.mod" "$HERE/coredns/go.sum" "$HERE/coredns/main.go" | sha256sum | cut -c1-12)
 COREDNS_DIR=$TESTBIN_DIR/coredns-$COREDNS_VERSION-$COREDNS_HASH
@@ -49,6 +56,7 @@ log() { printf '[gotools] %s\n' "$*" >&2; }
 print_paths() {
   echo "KSTATUS=$KSTATUS_DIR/kstatus"
   echo "PROMTOOL=$PROMTOOL_DIR/promtool"
+  echo "ARGOCD_LUA=$ARGOCD_LUA_DIR/argocd-lua"
   echo "COREDNS=$COREDNS_DIR/coredns"
 }
 
@@ -56,12 +64,13 @@ built() { # built TOOL
   case $1 in
     kstatus) [[ -x $KSTATUS_DIR/kstatus ]] ;;
     promtool) [[ -x $PROMTOOL_DIR/promtool ]] ;;
+    argocd-lua) [[ -x $ARGOCD_LUA_DIR/argocd-lua ]] ;;
     coredns) [[ -x $COREDNS_DIR/coredns ]] ;;
     *) log "unknown tool $1"; exit 2 ;;
   esac
 }
 
-TOOLS=(kstatus promtool)   # the default set; coredns only when named
+TOOLS=(kstatus promtool argocd-lua)   # the default set; coredns only when named
 CHECK=false
 case "${1:-}" in
   --print) print_paths; exit 0 ;;
@@ -71,8 +80,8 @@ if [[ $# -gt 0 ]]; then
   TOOLS=()
   for t in "$@"; do
     case $t in
-      kstatus|promtool|coredns) TOOLS+=("$t") ;;
-      *) echo "usage: $0 [--check|--print] [kstatus|promtool|coredns...]" >&2; exit 2 ;;
+      kstatus|promtool|argocd-lua|coredns) TOOLS+=("$t") ;;
+      *) echo "usage: $0 [--check|--print] [kstatus|promtool|argocd-lua|coredns...]" >&2; exit 2 ;;
     esac
   done
 fi
@@ -105,6 +114,10 @@ build_kstatus() {
   (cd "$HERE/kstatus" && "$GO" build -trimpath -ldflags "-s -w" -o "$TMPOUT/kstatus" .)
 }
 
+build_argocd_lua() {
+  (cd "$HERE/argocd-lua" && "$GO" build -trimpath -ldflags "-s -w" -o "$TMPOUT/argocd-lua" .)
+}
+
 build_promtool() {
   # Built outside any module (go install pkg@version), so its own go.mod decides every dependency.
   # remove_all_sd: no service-discovery plugins (see the header).
@@ -132,6 +145,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     case $t in
       kstatus) timed "kstatus-cli-utils-$CLI_UTILS_VERSION" build_into "$KSTATUS_DIR" build_kstatus ;;
       promtool) timed "promtool-$PROMETHEUS_VERSION-nosd" build_into "$PROMTOOL_DIR" build_promtool ;;
+      argocd-lua) timed "argocd-lua-gopher-lua-$GOPHER_LUA_VERSION" build_into "$ARGOCD_LUA_DIR" build_argocd_lua ;;
       coredns) timed "coredns-$COREDNS_VERSION-minimal" build_into "$COREDNS_DIR" build_coredns ;;
     esac
     exec 9>&-

@@ -7,6 +7,8 @@
    reloaded and run once.
 2. bench-1b, bench-8b: bf16 LoRA with packing against the padded HF Trainer + PEFT baseline
    (hack/bench_trainer.py): tokens/s, MFU, peak memory of each side.
+3. fit: the fit estimate (kubetune.api.fit) against torch.cuda.max_memory_allocated of one training step on
+   1B and 8B Llama shapes (LoRA, full with checkpointing, QLoRA).
 
 --dry-run runs the same steps with the tiny shape on whatever is there (CPU: LoRA instead of QLoRA, since
 bitsandbytes 4-bit needs a GPU), to check the kit end to end before a GPU is spent on it.
@@ -165,6 +167,106 @@ def qlora(work: Path, size: str, steps: int, quantized: bool) -> dict:
     return result
 
 
+# (size, method, batch, tokens, gradient checkpointing) of the fit check's comparison
+FIT_CASES = [
+    ("1b", "lora", 8, 1024, False),
+    ("1b", "full", 4, 1024, True),
+    ("1b", "qlora", 8, 1024, True),
+    ("8b", "lora", 2, 1024, True),
+    ("8b", "qlora", 4, 1024, True),
+]
+
+
+def fit(dry_run: bool) -> dict:
+    """The fit estimate (kubetune.api.fit) against torch.cuda.max_memory_allocated of one real training step
+    (the trainer's apply_method, bf16, AdamW, as hack/bench_fit.py does on CPU) on Llama shapes of 1B and 8B.
+    max_memory_allocated sees tensors only: it is compared with the estimate without its fixed overhead."""
+    import torch
+
+    from hack import bench_fit
+    from kubetune.api.fit import activation_parts, estimate, settings_for
+    from kubetune.api.modelshape import shape
+
+    cuda = torch.cuda.is_available()
+    rows = []
+    cases = [("tiny", "lora", 4, 64, False)] if dry_run else FIT_CASES
+    for size, method, batch, tokens, checkpointing in cases:
+        hidden, layers, heads, kv, inter, vocab = bench_trainer.SIZES[size]
+        config = {"model_type": "llama", "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": inter,
+                  "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv}  # fmt: skip
+        case = bench_fit.Case(f"{size} {method}", size, "causal-lm", method, batch=batch, seq=tokens,
+                              checkpointing=checkpointing)  # fmt: skip
+        spec = bench_fit.spec_for(case)
+        precision = "bf16" if cuda else "fp32"
+        gpus = 1 if cuda else 0
+        spec = spec.model_copy(update={
+            "training": spec.training.model_copy(update={"precision": precision}),
+            "resources": spec.resources.model_copy(update={"gpus_per_node": gpus}),
+        })  # fmt: skip
+        expected = estimate(spec, config)
+        row: dict = {"case": case.name, "batch": batch, "tokens": tokens, "gradient_checkpointing": checkpointing,
+                     "estimate_gib": expected.gib(), "estimate_total_gib": round(expected.total / 2**30, 2),
+                     "estimate_tensors_gib": round((expected.total - expected.overhead) / 2**30, 2)}  # fmt: skip
+        parts = activation_parts(settings_for(spec), shape(config))
+        row["estimate_saved_activations_gib"] = round(parts.saved / 2**30, 2)
+        if not cuda:
+            row["measured"] = bench_fit.measure(case, config)
+            rows.append(row)
+            continue
+        try:
+            row.update(_measure_on_gpu(case, spec, config))
+            row["ratio_estimate_to_peak"] = round(row["estimate_tensors_gib"] / row["peak_allocated_gib"], 3)
+        except torch.cuda.OutOfMemoryError as error:
+            row["out_of_memory"] = str(error).splitlines()[0]
+        finally:
+            torch.cuda.empty_cache()
+        print(row, flush=True)
+        rows.append(row)
+    return {"cases": rows}
+
+
+def _measure_on_gpu(case, spec, config) -> dict:
+    """Peak allocated memory of one forward, backward and optimizer step on the GPU."""
+    import torch
+    import transformers
+
+    from kubetune_trainer import methods
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    cfg = transformers.AutoConfig.for_model(**config)
+    quantization = methods.bnb_config(spec.method) if spec.method.type == "qlora" else None
+    dtype = torch.float32 if spec.method.type == "full" else torch.bfloat16
+    if quantization is None:
+        with torch.device("cuda"):
+            model = transformers.AutoModelForCausalLM.from_config(
+                cfg, dtype=dtype, attn_implementation="sdpa"
+            )
+    else:  # bitsandbytes quantizes while loading: save a random model once, load it quantized
+        folder = Path(tempfile.mkdtemp(prefix="kubetune-fit-"))
+        transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(folder)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, quantization_config=quantization, device_map={"": 0}, dtype=torch.bfloat16
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+    model, _kind = methods.apply_method(model, spec.method, spec.model,
+                                        gradient_checkpointing=case.checkpointing)  # fmt: skip
+    if case.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=True)
+    ids = torch.randint(0, config["vocab_size"], (case.batch, case.seq), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    optimizer.step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    del model, optimizer, loss
+    return {"peak_allocated_gib": round(peak / 2**30, 2)}
+
+
 def bench(size: str, dry_run: bool, json_path: Path) -> dict:
     """bf16 LoRA with packing vs the padded baseline (hack/bench_trainer.py), one run per side."""
     if dry_run:
@@ -216,7 +318,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="tiny shapes, any device (the kit's own check)"
     )
-    parser.add_argument("--only", action="append", choices=["qlora", "bench-1b", "bench-8b"], default=None)
+    parser.add_argument(
+        "--only", action="append", choices=["qlora", "bench-1b", "bench-8b", "fit"], default=None
+    )
     parser.add_argument("--qlora-steps", type=int, default=40)
     args = parser.parse_args(argv)
 
@@ -228,7 +332,7 @@ def main(argv=None) -> int:
     if not cuda and not args.dry_run:
         print("no GPU visible: use --dry-run for the kit's CPU check", file=sys.stderr)
         return 2
-    steps = ["qlora", "bench-1b", "bench-8b"] if not args.dry_run else ["qlora", "bench-1b"]
+    steps = ["qlora", "bench-1b", "bench-8b", "fit"] if not args.dry_run else ["qlora", "bench-1b", "fit"]
     steps = [s for s in steps if not args.only or s in args.only]
     report = {"dry_run": args.dry_run, "versions": versions(), **device_facts(), "results": {}, "errors": {}}
     work = Path(tempfile.mkdtemp(prefix="kubetune-gpu-check-"))
@@ -246,6 +350,8 @@ def main(argv=None) -> int:
                     result = qlora(work / step, size, steps_n, quantized)
                     if not quantized:
                         result["note"] = "LoRA instead of QLoRA: bitsandbytes 4-bit needs a GPU"
+                elif step == "fit":
+                    result = fit(args.dry_run)
                 else:
                     result = bench(step.split("-")[1], args.dry_run, out / f"{step}.json")
                 result["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check: QLoRA (4-bit NF4, double quant) on a ~1B Llama shape, bf16 LoRA with packing vs the padded
+# The GPU check: QLoRA (4-bit NF4, double quant) on a ~1B Llama shape, the fit estimate against
+# torch.cuda.max_memory_allocated on 1B and 8B shapes, bf16 LoRA with packing vs the padded
 # baseline on 1B and 8B shapes (tokens/s, MFU, peak memory), the merged-adapter save; JSON results.
 # Made for one H100/H200 without package registries, finishing in under 8 minutes:
 #

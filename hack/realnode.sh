@@ -4,8 +4,10 @@
 #   hack/realnode.sh install   apt-get install the Debian packages when missing (a no-op when present)
 #   hack/realnode.sh build     build kubelet + kube-proxy (hack/testbin.sh node), coredns (hack/gotools.sh)
 #                              the pause binary and the test image's apiprobe; print KEY=path lines
-#   hack/realnode.sh prepare   install + build where this host can run containers; otherwise print why
-#                              and exit 0 (what `make test` runs: the real-node tests then skip, saying why)
+#   hack/realnode.sh prepare   install + build where this host can run containers (exit 1, saying why, when
+#                              that fails: make test then stops, since the real-node and e2e tests must
+#                              run on such a host); elsewhere print why and exit 0 (those tests then skip,
+#                              saying why)
 #   hack/realnode.sh check     exit 0 when this host can run the real node (packages there, binaries built)
 #   hack/realnode.sh can-run   print nothing and exit 0 when this host can run containers, else print why
 #                              and exit 1 (installs nothing, builds nothing)
@@ -126,10 +128,11 @@ case "${1:-}" in
       exit 0
     fi
     if ! install; then
-      log "the real node will not run here (its packages could not be installed): its tests will skip, saying so"
-      exit 0
+      log "this host can run containers, but the real node's packages could not be installed (above):" \
+        "the real-node and e2e tests cannot run; fix that, or run elsewhere"
+      exit 1
     fi
-    build >/dev/null
+    build >/dev/null || { log "the real node's binaries could not be built (above)"; exit 1; }
     ;;
   check)
     [[ -z $(host_problem) && -z $(packages_missing) ]] && built ;;

@@ -1,4 +1,4 @@
-"""The `kubetune` command: crds, validate, train --local, operator.
+"""The `kubetune` command: crds, validate, train --local, operator, api.
 
 One function per subcommand. ``train`` and ``operator`` import their implementations when they run, so
 ``kubetune validate`` and ``kubetune crds`` start fast and need neither torch nor kopf loaded.
@@ -55,15 +55,35 @@ def cmd_validate(args: argparse.Namespace) -> int:
     Documents of other kinds (a Namespace, a Secret, ...) are skipped with a note on stderr, so a
     whole GitOps folder can be checked; a file without any kubetune object is an error.
     """
-    checked, failed = validate_files(_expand(args.files), local=args.local, out=sys.stdout)
+    try:
+        fit = _fit_options(args)
+    except ValueError as error:
+        print(f"kubetune validate: {error}", file=sys.stderr)
+        return 2
+    checked, failed = validate_files(_expand(args.files), local=args.local, out=sys.stdout, fit=fit)
     print(f"{checked} object(s) checked, {failed} with problems", file=sys.stderr)
     return 1 if failed else 0
 
 
-def validate_files(names: list[str], *, local: bool, out: TextIO) -> tuple[int, int]:
-    """Check the kubetune objects in NAMES, writing ``FILE: KIND/NAME: PATH: MESSAGE`` lines to OUT.
+def _fit_options(args: argparse.Namespace):
+    from kubetune.cli_fit import FitOptions, parse_memory
+
+    memory = parse_memory(args.gpu_memory) if args.gpu_memory else None
+    return FitOptions(model_config=args.model_config, gpu_memory=memory, fetch=args.fetch_config)
+
+
+def validate_files(names: list[str], *, local: bool, out: TextIO, fit: Any = None) -> tuple[int, int]:
+    """Check the kubetune objects in NAMES, writing ``FILE: KIND/NAME: PATH: MESSAGE`` lines to OUT; with FIT
+    (cli_fit.FitOptions) also the fit estimate of each FineTuneJob (a job that cannot fit is a problem).
     Returns (objects checked, files or objects with problems)."""
-    from kubetune.api.v1alpha1 import GROUP, KINDS, TARGET_CLUSTER, TARGET_LOCAL, validate_document
+    from kubetune.api.v1alpha1 import (
+        GROUP,
+        KINDS,
+        TARGET_CLUSTER,
+        TARGET_LOCAL,
+        FineTuneJob,
+        validate_document,
+    )
 
     target = TARGET_LOCAL if local else TARGET_CLUSTER
     failed = checked = 0
@@ -96,12 +116,30 @@ def validate_files(names: list[str], *, local: bool, out: TextIO) -> tuple[int, 
                 print(f"{name}: {result.kind}/{result.name}: {problem}", file=out)
             for warning in result.warnings:  # valid: a note on stderr, the exit code stays 0
                 print(f"{name}: {result.kind}/{result.name}: warning: {warning}", file=sys.stderr)
-            failed += bool(result.problems)
+            refused = (
+                fit is not None
+                and isinstance(result.obj, FineTuneJob)
+                and _fit_refused(name, result.obj, fit, out)
+            )
+            failed += bool(result.problems) or refused
             checked += 1
         if ours == 0:
             print(f"{name}: no FineTuneJob or ModelServe in this file", file=out)
             failed += 1
     return checked, failed
+
+
+def _fit_refused(name: str, job: Any, fit: Any, out: TextIO) -> bool:
+    """Print JOB's fit estimate (stderr); True when it cannot fit and does not skip the check (a problem, on OUT)."""
+    from kubetune.cli_fit import check
+
+    found, message = check(job, fit)
+    where = f"{name}: FineTuneJob/{job.metadata.name}"
+    if found is not None and found.fits is False and not job.spec.resources.skip_fit_check:
+        print(f"{where}: spec.resources: does not fit: {message} (or set resources.skipFitCheck)", file=out)
+        return True
+    print(f"{where}: fit: {message}", file=sys.stderr)
+    return False
 
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -142,6 +180,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{args.file}: fix the problems above (`kubetune validate --local -f {args.file}` checks "
               "again without training)", file=sys.stderr)  # fmt: skip
         return 1
+    if args.dry_run:
+        return _dry_run(args)
     if importlib.util.find_spec("torch") is None:
         print("kubetune train --local needs the trainer's dependencies: pip install 'kubetune[trainer]'",
               file=sys.stderr)  # fmt: skip
@@ -149,6 +189,52 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kubetune_trainer.local import run_local
 
     return run_local(args.file, args.output, processes=args.processes)
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """`train --dry-run`: what would run and the fit estimate on its GPUs; nothing is trained."""
+    from kubetune.api.v1alpha1 import TARGET_LOCAL, FineTuneJob, validate_document
+    from kubetune.cli_fit import check
+
+    try:
+        fit = _fit_options(args)
+    except ValueError as error:
+        print(f"kubetune train: {error}", file=sys.stderr)
+        return 2
+    for doc in yaml.safe_load_all(Path(args.file).read_text()):
+        job = validate_document(doc, TARGET_LOCAL).obj if isinstance(doc, dict) else None
+        if not isinstance(job, FineTuneJob):
+            continue
+        spec = job.spec
+        print(f"FineTuneJob/{job.metadata.name}: {spec.model.task} {spec.method.type}/{spec.objective.type} of "
+              f"{spec.model.uri or spec.model.fine_tune_job_ref} on {spec.dataset.uri}")  # fmt: skip
+        gpus = f"{spec.resources.nodes} node(s) x {spec.resources.gpus_per_node} GPU(s)"
+        print(f"  resources: {gpus}, distributed.strategy {spec.distributed.strategy}")
+        _found, message = check(job, fit)
+        print(f"  fit: {message}")
+        if spec.evaluation is not None:
+            gates = ", ".join(g.metric for g in spec.evaluation.gates) or "none"
+            print(f"  evaluation: metrics {', '.join(spec.evaluation.metrics) or '-'}; gates on {gates}")
+    print("dry run: nothing was trained")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate an existing result against the FineTuneJob's spec.evaluation on this machine."""
+    if not args.local:
+        print("kubetune eval runs on this machine only: add --local (in a cluster the trainer evaluates "
+              "after training)", file=sys.stderr)  # fmt: skip
+        return 2
+    _, failed = validate_files([args.file], local=True, out=sys.stderr)
+    if failed:
+        return 1
+    if importlib.util.find_spec("torch") is None:
+        print("kubetune eval --local needs the trainer's dependencies: pip install 'kubetune[trainer]'",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    from kubetune_trainer.eval_local import run_eval
+
+    return run_eval(args.file, args.result)
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -183,6 +269,42 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from kubetune import cli_status
 
     return cli_status.run("logs", args)
+
+
+def _fit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The fit check's options (validate, train --dry-run): where config.json and the GPU memory come from."""
+    parser.add_argument(
+        "--model-config",
+        metavar="FILE",
+        help="the model's config.json (or model folder) for the fit estimate, instead of reading the model's",
+    )
+    parser.add_argument(
+        "--gpu-memory",
+        metavar="SIZE",
+        help="memory of one GPU to check the fit against, e.g. 24Gi or 80G "
+        "(default: from resources.nodeSelector's nvidia.com/gpu.memory or gpu.product)",
+    )
+    parser.add_argument(
+        "--fetch-config",
+        action="store_true",
+        help="read hf:// models' config.json from the Hub (default: only from the local Hugging Face cache)",
+    )
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    """Run the OpenAI-compatible fine-tuning gateway (kubetune.gateway; docs/openai-api.md)."""
+    from pydantic import ValidationError
+
+    from kubetune.gateway.server import run
+    from kubetune.gateway.settings import GatewaySettings
+
+    try:
+        settings = GatewaySettings(**({"port": args.port} if args.port else {}))
+    except ValidationError as error:
+        print(f"kubetune api: bad KUBETUNE_API_* setting: {error}", file=sys.stderr)
+        return 2
+    run(settings, log_level=args.log_level)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check for `kubetune train --local` (file:// URIs allowed, output optional)",
     )
+    _fit_arguments(validate)
     validate.set_defaults(func=cmd_validate)
 
     train = sub.add_parser("train", help="run a FineTuneJob's training on this machine")
@@ -244,7 +367,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="training processes through the pods' launch code: DDP over N GPUs, or on the CPU with gloo "
         "(default: %(default)s, in this process)",
     )
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the manifest and print the fit estimate (GPU memory per GPU); train nothing",
+    )
+    _fit_arguments(train)
     train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser(
+        "eval", help="evaluate an existing result against a FineTuneJob's spec.evaluation on this machine"
+    )
+    evaluate.add_argument(
+        "-f", "--filename", dest="file", required=True, metavar="FILE", help="the FineTuneJob manifest"
+    )
+    evaluate.add_argument("--local", action="store_true", help="evaluate here, not in a cluster (required)")
+    evaluate.add_argument(
+        "--result",
+        metavar="DIR",
+        default=None,
+        help="the result to evaluate (default: where train --local wrote it)",
+    )
+    evaluate.set_defaults(func=cmd_eval)
 
     operator = sub.add_parser(
         "operator", help="run the operator against the current kubeconfig or in-cluster"
@@ -278,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace of the leader Lease (default: the pod's namespace; required outside a cluster)",
     )
     operator.set_defaults(func=cmd_operator)
+
+    api = sub.add_parser(
+        "api", help="serve the OpenAI-compatible fine-tuning API (files, fine_tuning.jobs, models)"
+    )
+    api.add_argument("--port", type=int, default=None, help="port (default: $KUBETUNE_API_PORT, else 8000)")
+    api.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    api.set_defaults(func=cmd_api)
 
     from kubetune.cli_status import add_arguments
 

@@ -74,6 +74,31 @@ def _header(obj: dict[str, Any]) -> str:
     return line
 
 
+def _estimate_lines(estimate: dict[str, Any]) -> list[str]:
+    """status.estimate: the fit check's figures."""
+    if estimate.get("perGpuGiB") is None:
+        return [f"  fit: {estimate['message']}"] if estimate.get("message") else []
+    available = estimate.get("availableGiB")
+    verdict = {True: "fits", False: "does not fit", None: "GPU memory unknown"}[estimate.get("fits")]
+    have = f" of {available:g} GiB" if available is not None else ""
+    return [f"  fit: ~{estimate['perGpuGiB']:g} GiB per GPU{have}: {verdict}"]
+
+
+def _evaluation_lines(evaluation: dict[str, Any]) -> list[str]:
+    """status.evaluation: each metric (result and base) and the gates' verdicts."""
+    if not evaluation:
+        return []
+    passed = evaluation.get("passed")
+    lines = [f"  evaluation: {'passed' if passed else 'FAILED' if passed is False else 'in progress'}"]
+    for metric in evaluation.get("metrics") or []:
+        base = f" (base {metric['base']:.4g})" if metric.get("base") is not None else ""
+        value = f"{metric['result']:.4g}" if metric.get("result") is not None else "-"
+        lines.append(f"    {metric.get('name')}: {value}{base}")
+    for gate in evaluation.get("gates") or []:
+        lines.append(f"    gate {'passed' if gate.get('passed') else 'FAILED'}: {gate.get('message')}")
+    return lines
+
+
 def render_status(obj: dict[str, Any], now: datetime | None = None) -> str:
     """The status of a FineTuneJob or ModelServe as a few lines for people."""
     now = now or datetime.now(UTC)
@@ -109,9 +134,14 @@ def render_status(obj: dict[str, Any], now: datetime | None = None) -> str:
             lines.append("  " + ", ".join(facts))
         result = status.get("result") or {}
         if result.get("uri"):
-            lines.append(f"  result: {result.get('kind') or 'model'} at {result['uri']}")
+            promoted = (
+                " (not promoted: it failed its evaluation gate)" if result.get("promoted") is False else ""
+            )
+            lines.append(f"  result: {result.get('kind') or 'model'} at {result['uri']}{promoted}")
             if result.get("mergedUri"):
                 lines.append(f"  merged model: {result['mergedUri']}")
+        lines += _estimate_lines(status.get("estimate") or {})
+        lines += _evaluation_lines(status.get("evaluation") or {})
     else:
         lines.append(
             f"  {status.get('readyReplicas', 0)}/{status.get('replicas', 0)} replicas ready"

@@ -154,6 +154,9 @@ def openapi_schema(model: type[BaseModel], *, reference: bool = False) -> dict[s
         },
         "required": ["spec"],
     }
+    # Rules on the whole object: the only place CEL sees metadata.name (and generateName) beside the spec.
+    if resolved.get("x-kubernetes-validations"):
+        root["x-kubernetes-validations"] = resolved["x-kubernetes-validations"]
     for name in ("spec", "status"):
         node = _to_structural(resolved["properties"][name], f".{name}")
         node.pop("nullable", None)

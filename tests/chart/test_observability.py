@@ -1,6 +1,7 @@
 """Dashboards and alerts the chart ships: the PrometheusRule passes `promtool check rules` and the rule unit
-tests (tests/chart/prometheus_rules_test.yaml), the dashboard ConfigMap is what Grafana's sidecar loads, and
-every metric either uses is exported by the operator (a real `kubetune operator` process) or the trainer."""
+tests (tests/chart/prometheus_rules_test.yaml), the dashboard ConfigMap is what Grafana's sidecar loads, every
+PromQL expression of both parses with Prometheus's own parser, and every metric either uses is exported by the
+operator (a real `kubetune operator` process) or the trainer."""
 
 from __future__ import annotations
 
@@ -114,6 +115,42 @@ def test_dashboard_json_is_generated_and_current():
     proc = subprocess.run([sys.executable, str(REPO / "hack" / "grafana_dashboard.py"), "--check"],
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+
+
+# What Grafana puts in place of the dashboard's variables before it sends a query: a multi-value variable
+# becomes a regex alternation inside the label matcher's string.
+GRAFANA_VALUES = {"$namespace": "(team-a|team-b)", "$finetunejob": "(llama-sft|bert-imdb)"}
+
+
+def promql_of_the_dashboard() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    # The variables' queries are Grafana's label_values(SELECTOR, LABEL): the selector is PromQL.
+    for variable in dashboard["templating"]["list"]:
+        query = variable.get("query")
+        if isinstance(query, dict) and query.get("query", "").startswith("label_values("):
+            exprs.append(query["query"].removeprefix("label_values(").rsplit(",", 1)[0])
+    for name, value in GRAFANA_VALUES.items():
+        exprs = [e.replace(name, value) for e in exprs]
+    return exprs
+
+
+def promql_parses(promtool: str, expr: str) -> subprocess.CompletedProcess:
+    """Prometheus's own parser (promql/parser, through `promtool promql format`) on EXPR."""
+    return subprocess.run([promtool, "--experimental", "promql", "format", expr], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+
+
+def test_every_promql_expression_parses(helm, promtool):
+    """Every expression of the dashboard (after Grafana's variable substitution) and of the alert rules, by
+    Prometheus's parser; a broken one is refused by it."""
+    exprs = promql_of_the_dashboard()
+    assert len(exprs) >= 20 and not [e for e in exprs if "$" in e], exprs
+    exprs += [r["expr"] for g in rules(helm)["groups"] for r in g["rules"]]
+    failed = {e: p.stderr.strip() for e in exprs if (p := promql_parses(promtool, e)).returncode != 0}
+    assert not failed, failed
+    broken = promql_parses(promtool, "sum(rate(kubetune_trainer_step[5m]) by (namespace)")
+    assert broken.returncode != 0 and "parse error" in broken.stderr + broken.stdout
 
 
 def test_pod_monitor_selects_trainer_pods(helm):

@@ -445,7 +445,11 @@ def test_the_crds_are_accepted_and_a_cel_rule_rejects_a_bad_object(kube: KubeClu
 
     multinode_cpu = yaml.safe_load(yaml.safe_dump(good))
     multinode_cpu["spec"]["resources"].update(nodes=2, gpusPerNode=0)
+    multinode_cpu["spec"]["distributed"] = {"strategy": "fsdp"}
     with pytest.raises(client.ApiException) as err:
         create(multinode_cpu)
     assert err.value.status == 422
-    assert "resources.nodes > 1 needs resources.gpusPerNode >= 1" in json.loads(err.value.body)["message"]
+    assert (
+        "resources.nodes > 1 on CPU (gpusPerNode 0) trains with DDP over gloo"
+        in json.loads(err.value.body)["message"]
+    )

@@ -173,6 +173,14 @@ def test_a_finetunejob_trains_in_a_trainer_pod(kube, e2e_target, e2e_namespace, 
     for name in ("config.json", "model.safetensors", "tokenizer.json", "lineage.json", "_SUCCESS"):
         assert name in files, sorted(files)
     assert files["model.safetensors"] > 100_000
+    # It learned: the loss the Trainer logged step by step (its state in the final checkpoint) fell.
+    (state,) = [path for path in files if path.endswith("checkpoint-120/trainer_state.json")]  # the final one
+    script = "import json, sys; print(json.dumps([e['loss'] for e in json.load(open(sys.argv[1]))['log_history'] if 'loss' in e]))"
+    losses = json.loads(
+        e2e.run_pod(api, e2e_target, e2e_namespace, "read-losses", ["python", "-c", script,
+                    f"/mnt/data/{folder}/{state}"], claim=CLAIM).strip().splitlines()[-1]
+    )  # fmt: skip
+    assert len(losses) >= 10 and sum(losses[-5:]) / 5 < 0.7 * losses[0], losses
 
 
 @pytest.mark.timeout(900)
@@ -293,3 +301,85 @@ def test_a_modelserve_of_the_result_is_served_and_smoke_tested(
         auth_settings=["BearerToken"], _return_http_data_only=True, _preload_content=False,
     )  # fmt: skip
     assert json.loads(response.data)["generated_text"] == ast.literal_eval(smoke_output.group(1))
+
+
+TWO_NODES = "capitals-2n"
+
+
+@pytest.mark.timeout(1500)
+def test_a_two_node_cpu_finetunejob_trains_in_two_pods_and_resumes_after_one_is_deleted(
+    kube, e2e_target, e2e_namespace, operator_release, data_claim
+):
+    """nodes: 2 on CPU: two trainer pods of one Indexed Job find pod 0 through the headless Service's DNS name,
+    train as one DDP world over gloo and write one result; a pod deleted mid-run fails the attempt, and the
+    next attempt's two pods resume from the run's latest checkpoint."""
+    from kubetune.render.finetunejob import COMPLETION_INDEX_ANNOTATION, job_name, service_name
+
+    api, core = kube.api, client.CoreV1Api(kube.api)
+    jobs = Objects(api, e2e_namespace, "FineTuneJob")
+    body = finetunejob(TWO_NODES, e2e_target, max_steps=160, output=f"runs/{TWO_NODES}")
+    body["spec"]["resources"]["nodes"] = 2
+    body["spec"]["training"]["batchSize"] = 8
+    body["spec"]["checkpoints"] = {"everySteps": 20, "keepLast": 2}
+    jobs.create(body)
+
+    def two_pods_training():
+        obj = jobs.get(TWO_NODES)
+        saved = ((obj.get("status") or {}).get("checkpoint") or {}).get("step") or 0
+        pods = [p for p in trainer_pods(kube, e2e_namespace, TWO_NODES) if p.status.phase == "Running"]
+        return (obj, pods) if saved >= 20 and len(pods) == 2 else None
+
+    obj, pods = wait_for(two_pods_training, 900, 0.5, f"{TWO_NODES}: two pods Running and a checkpoint saved")
+    first_job = job_name(TWO_NODES, 1)
+    assert {p.metadata.labels["job-name"] for p in pods} == {first_job}  # one Indexed Job ...
+    by_index = {p.metadata.annotations[COMPLETION_INDEX_ANNOTATION]: p for p in pods}
+    assert sorted(by_index) == ["0", "1"]  # ... two completion indexes, two ranks
+    service = core.read_namespaced_service(service_name(TWO_NODES), e2e_namespace)
+    assert service.spec.cluster_ip == "None"  # headless: one DNS record per pod
+    for pod in pods:
+        assert_on_target(pod, e2e_target, e2e.TRAINER_IMAGE)
+        env = {e.name: e.value for e in pod.spec.containers[0].env}
+        # The rendezvous is pod 0's DNS name under the Service, which only the cluster's DNS resolves.
+        assert env["KUBETUNE_MASTER_ADDR"] == f"{first_job}-0.{service.metadata.name}", env
+        assert pod.spec.subdomain == service.metadata.name and pod.spec.hostname.startswith(first_job)
+    saved = obj["status"]["checkpoint"]["step"]
+
+    # `kubectl delete pod` of rank 1 mid-run: its attempt fails, the next one starts.
+    core.delete_namespaced_pod(by_index["1"].metadata.name, e2e_namespace)
+    events = wait_for(
+        lambda: [e for e in jobs.events(TWO_NODES) if e.reason == "AttemptFailed"], 300, 0.5, "AttemptFailed"
+    )
+    assert "starting attempt 2" in events[0].message, events[0].message
+
+    status = jobs.wait_phase(TWO_NODES, ("Succeeded", "Failed"), 900)
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
+    assert status["attempts"] == 2 and status["progress"]["step"] == 160
+    second = [
+        p
+        for p in trainer_pods(kube, e2e_namespace, TWO_NODES)
+        if p.metadata.labels["kubetune.io/attempt"] == "2"
+    ]
+    assert sorted(p.metadata.annotations[COMPLETION_INDEX_ANNOTATION] for p in second) == ["0", "1"]
+    # Both ranks of the second attempt resumed from one checkpoint of the first, no older than the one the
+    # status showed before the deletion.
+    resumed = {re.findall(r"resuming from \S*checkpoint-(\d+)", e2e.pod_log(api, e2e_namespace, p.metadata.name))[0]
+               for p in second}  # fmt: skip
+    assert len(resumed) == 1 and int(resumed.pop()) >= saved, resumed
+
+    # One result, trained by a world of two over gloo whose replicas ended in sync.
+    result = status["result"]
+    folder = result["uri"].removeprefix(f"pvc://{CLAIM}/")
+    script = "import sys; print(open(sys.argv[1]).read())"
+    lineage = json.loads(
+        e2e.run_pod(
+            api,
+            e2e_target,
+            e2e_namespace,
+            "lineage-2n",
+            ["python", "-c", script, f"/mnt/data/{folder}/lineage.json"],
+            claim=CLAIM,
+        )  # fmt: skip
+    )
+    ran = lineage["distributed"]
+    assert (ran["worldSize"], ran["strategy"], ran["backend"]) == (2, "ddp", "gloo"), ran
+    assert ran["replicasInSync"] is True and len(set(ran["replicaDigests"])) == 1, ran

@@ -1,35 +1,36 @@
-"""The Argo CD health checks (charts/kubetune/argocd/kubetune.io/*/health.lua) in a real Lua 5.1 runtime
-(lupa; Argo CD runs gopher-lua, a Lua 5.1) on FineTuneJobs and ModelServes as the API server serves them,
-and on the testdata of Argo CD's own resource_customizations test layout (health_test.yaml)."""
+"""The Argo CD health checks (charts/kubetune/argocd/kubetune.io/*/health.lua) in Argo CD's own Lua runtime,
+gopher-lua, called the way Argo CD's controller calls a check configured in argocd-cm (hack/argocd-lua: no
+string or math library), on FineTuneJobs and ModelServes as the API server serves them, and on the testdata of
+Argo CD's resource_customizations test layout (health_test.yaml). tests/operator/test_kstatus_cluster.py runs
+them on statuses the operator wrote itself."""
 
 from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from lupa.lua51 import LuaRuntime
+
+from tests.support.gitops import argocd_health
 
 from . import states
 
-ARGOCD = Path(__file__).resolve().parents[2] / "charts" / "kubetune" / "argocd" / "kubetune.io"
+REPO = Path(__file__).resolve().parents[2]
+ARGOCD = REPO / "charts" / "kubetune" / "argocd"
 UPDATE = os.environ.get("KUBETUNE_UPDATE_ARGOCD_TESTDATA") == "1"
+CODES = ("Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown")
 
 
 def health(kind: str, obj: dict) -> dict:
-    """Run KIND's health.lua the way Argo CD does: the object as the global `obj`, the script's return value."""
-    lua = LuaRuntime(unpack_returned_tuples=True)
-    # Argo CD gives the script only these standard libraries (plus its own helpers, unused here).
-    lua.execute("io = nil; os = nil; debug = nil; require = nil; dofile = nil; loadfile = nil")
-    lua.globals().obj = lua.table_from(obj, recursive=True)
-    hs = lua.execute((ARGOCD / kind / "health.lua").read_text())
-    assert hs is not None, f"{kind}/health.lua returned nothing"
-    result = {"status": hs["status"], "message": hs["message"]}
-    assert result["status"] in ("Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown")
-    assert isinstance(result["message"], str) and result["message"]
-    return result
+    """Argo CD's verdict on OBJ: KIND's health.lua in gopher-lua (a script error fails the test)."""
+    (verdict,) = argocd_health(kind, obj)
+    assert "error" not in verdict, f"{kind}/health.lua failed in Argo CD's runtime: {verdict['error']}"
+    assert verdict["status"] in CODES and verdict.get("message"), verdict
+    return verdict
 
 
 EXPECTED = {
@@ -63,7 +64,7 @@ def test_health_of_each_state(world, state):
 
 
 def test_fresh_objects_without_status_are_progressing(kube, namespace):
-    from tests.operator.conftest import apply_crds
+    from tests.support.crds import apply_crds
 
     apply_crds(kube.api)
     for kind in ("FineTuneJob", "ModelServe"):
@@ -102,7 +103,7 @@ def test_argocd_testdata_are_the_live_objects(world):
     stale = []
     for state in sorted(EXPECTED):
         kind = kind_of(state)
-        path = ARGOCD / kind / "testdata" / f"{state}.yaml"
+        path = ARGOCD / "kubetune.io" / kind / "testdata" / f"{state}.yaml"
         want = as_testdata(world[state])
         if UPDATE:
             path.parent.mkdir(exist_ok=True)
@@ -116,15 +117,59 @@ def test_argocd_testdata_are_the_live_objects(world):
                  "inputPath": f"testdata/{s}.yaml"}
                 for s in sorted(EXPECTED) if kind_of(s) == kind
             ]  # fmt: skip
-            (ARGOCD / kind / "health_test.yaml").write_text(yaml.safe_dump({"tests": tests}, sort_keys=False))
+            (ARGOCD / "kubetune.io" / kind / "health_test.yaml").write_text(
+                yaml.safe_dump({"tests": tests}, sort_keys=False)
+            )
     assert not stale, f"stale Argo CD testdata (run with KUBETUNE_UPDATE_ARGOCD_TESTDATA=1): {stale}"
 
 
 @pytest.mark.parametrize("kind", ["FineTuneJob", "ModelServe"])
 def test_argocd_health_test_yaml(kind):
     """Every case of health_test.yaml, as Argo CD's own TestLuaHealthScript runs them."""
-    cases = yaml.safe_load((ARGOCD / kind / "health_test.yaml").read_text())["tests"]
+    cases = yaml.safe_load((ARGOCD / "kubetune.io" / kind / "health_test.yaml").read_text())["tests"]
     assert len(cases) >= 7
     for case in cases:
-        obj = yaml.safe_load((ARGOCD / kind / case["inputPath"]).read_text())
+        obj = yaml.safe_load((ARGOCD / "kubetune.io" / kind / case["inputPath"]).read_text())
         assert health(kind, obj) == case["healthStatus"], case["inputPath"]
+
+
+@pytest.mark.parametrize("state", sorted(EXPECTED))
+def test_the_same_verdict_with_every_library_open(world, state):
+    """A check marked useOpenLibs (or built into Argo CD) gets every standard library: the same verdict."""
+    kind = kind_of(state)
+    assert argocd_health(kind, world[state], open_libs=True) == argocd_health(kind, world[state])
+
+
+def test_the_runtime_is_argocd_s_strict_one(tmp_path):
+    """The harness refuses what Argo CD refuses in a check from argocd-cm: the string library (a check that
+    formats with string.format fails there), a non-table result; an unknown status becomes Unknown."""
+    from tests.support.gitops import gotool
+
+    def run(script: str, *flags: str) -> str:
+        path = tmp_path / "check.lua"
+        path.write_text(script)
+        proc = subprocess.run([gotool("argocd-lua"), *flags, str(path)], input='{"status": {"phase": "x"}}\n',
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        return proc.stdout
+
+    formatted = 'return {status = "Healthy", message = string.format("%d", 1)}'
+    assert "attempt to index a non-table object(nil) with key 'format'" in run(formatted)
+    assert '"message":"1"' in run(formatted, "-open-libs")
+    assert "expect table output from Lua script, not string" in run('return "Healthy"')
+    assert run('return {status = "Fine"}').strip() == (
+        '{"status":"Unknown","message":"Lua returned an invalid health status"}'
+    )
+    assert (
+        run("return {status = obj.status.phase}")
+        == '{"status":"Unknown","message":"Lua returned an invalid health status"}\n'
+    )
+
+
+def test_both_checks_are_assembled_from_one_library():
+    """health.lua of each kind is src/common.lua plus src/<Kind>.lua (hack/argocd_health.py), as committed."""
+    proc = subprocess.run([sys.executable, str(REPO / "hack" / "argocd_health.py"), "--check"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout
+    common = (ARGOCD / "src" / "common.lua").read_text()
+    for kind in ("FineTuneJob", "ModelServe"):
+        assert common in (ARGOCD / "kubetune.io" / kind / "health.lua").read_text()

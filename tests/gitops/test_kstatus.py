@@ -3,31 +3,15 @@ FineTuneJobs and ModelServes as the API server serves them: hack/kstatus runs th
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.support.gitops import kstatus
+
 from . import states
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def kstatus_bin() -> str:
-    proc = subprocess.run(["bash", str(REPO / "hack" / "gotools.sh"), "kstatus"], capture_output=True,
-                          text=True, timeout=1800)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    paths = dict(line.split("=", 1) for line in proc.stdout.split())
-    return paths["KSTATUS"]
-
-
-def kstatus(binary: str, *objects: dict) -> list[dict]:
-    stdin = "\n".join(json.dumps(o) for o in objects)  # a JSON stream; YAML documents work too
-    proc = subprocess.run([binary], input=stdin, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
 # state -> (kstatus status, words its message must contain)
@@ -56,23 +40,23 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("state", sorted(EXPECTED))
-def test_kstatus_of_each_state(world, kstatus_bin, state):
+def test_kstatus_of_each_state(world, state):
     want, words = EXPECTED[state]
-    (result,) = kstatus(kstatus_bin, world[state])
+    (result,) = kstatus(world[state])
     assert (result["name"], result["status"]) == (state, want), result
     assert words in result["message"]
 
 
-def test_a_missing_pvc_is_never_current(world, kstatus_bin):
+def test_a_missing_pvc_is_never_current(world):
     """Flux waits while the operator waits for the PVC, and fails the Kustomization once it gave up."""
-    waiting, gave_up = kstatus(kstatus_bin, world["ftj-waiting-for-pvc"], world["ftj-stalled-on-pvc"])
+    waiting, gave_up = kstatus(world["ftj-waiting-for-pvc"], world["ftj-stalled-on-pvc"])
     assert waiting["status"] != "Current" and waiting["message"] == states.MISSING_PVC
     assert gave_up["status"] == "Failed" and gave_up["message"] == states.PVC_GAVE_UP
 
 
-def test_whole_list_from_the_api_server(kube, world, kstatus_bin):
+def test_whole_list_from_the_api_server(kube, world):
     """`kubectl get ftj,mserve -o json` output (a v1 List) as Flux would see the namespace."""
     ns = world["ftj-running"]["metadata"]["namespace"]
     items = [o for o in world.values() if o["metadata"]["namespace"] == ns]
-    results = kstatus(kstatus_bin, {"apiVersion": "v1", "kind": "List", "items": items})
+    results = kstatus({"apiVersion": "v1", "kind": "List", "items": items})
     assert {r["name"]: r["status"] for r in results} == {k: v[0] for k, v in EXPECTED.items()}

@@ -46,6 +46,7 @@ def _operator_log_on_failure(request):
     if rep is not None and rep.failed and "operator" in request.fixturenames:
         op = request.getfixturevalue("operator")
         print("---- operator log (tail) ----\n" + op.log_tail(120))
+        print("---- the operator's threads now ----\n" + op.dump_stacks())
 
 
 @pytest.hookimpl(hookwrapper=True)

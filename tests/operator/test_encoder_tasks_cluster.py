@@ -10,7 +10,7 @@ from kubetune.api.v1alpha1 import TrainerConfig
 from tests.support.objects import FTJ, tiny_job
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.kwok]  # its trainer pods must complete
 
 CASES = [
     ("masked-lm", {"uri": "hf://Salesforce/wikitext", "config": "wikitext-2-raw-v1", "mlmProbability": 0.3}),

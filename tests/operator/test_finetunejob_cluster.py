@@ -7,7 +7,6 @@ Running with outcome=run). Labels of a FineTuneJob are propagated to its trainer
 from __future__ import annotations
 
 import copy
-import time
 
 import pytest
 from kubernetes import client
@@ -207,15 +206,18 @@ def test_suspend_and_resume(ftj: FTJ):
 
 
 @pytest.mark.kwok
-def test_kueue_queue_starts_suspended_until_admitted(ftj: FTJ):
+def test_kueue_queue_starts_suspended_until_admitted(ftj: FTJ, operator):
     ftj.create(tiny_job("queued", queueName="team-gpus"))
     job = wait_for(lambda: ftj.job("queued-trainer"), 20)
     assert job.spec.suspend is True
     assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-gpus"
     wait_for(lambda: ftj.cond("queued", "Suspended").get("reason") == "WaitingForAdmission", 20)
     assert ftj.status("queued")["phase"] == "Pending"
-    time.sleep(1)
-    assert ftj.job("queued-trainer").spec.suspend is True  # the operator never admits by itself
+    # The operator never admits by itself: after it looked again (an edit of the object), still suspended.
+    looked = operator.reconciles("FineTuneJob", ftj.ns, "queued")
+    ftj.patch("queued", {"metadata": {"annotations": {"poke": "1"}}})
+    operator.wait_reconciled("FineTuneJob", ftj.ns, "queued", after=looked)
+    assert ftj.job("queued-trainer").spec.suspend is True
     # Kueue admits the workload by unsuspending the Job; the operator leaves that alone.
     ftj.batch.patch_namespaced_job("queued-trainer", ftj.ns, {"spec": {"suspend": False}})
     ftj.wait_phase("queued", "Succeeded", 60)
@@ -272,7 +274,8 @@ def test_restart_mid_run_no_duplicate_no_lost_status(ftj: FTJ, operator):
     job_uid = ftj.job("steady-trainer").metadata.uid
     rv = ftj.get("steady")["metadata"]["resourceVersion"]
     operator.restart()
-    time.sleep(3)  # the restarted operator lists and reconciles everything
+    # The restarted operator (a new process, its count starts at 0) lists and reconciles everything.
+    operator.wait_reconciled("FineTuneJob", ftj.ns, "steady", after=0)
     assert [j.metadata.uid for j in ftj.jobs("steady")] == [job_uid]
     after = ftj.get("steady")
     assert after["metadata"]["resourceVersion"] == rv, "a restart rewrote an unchanged object"
@@ -284,7 +287,6 @@ def test_restart_mid_run_no_duplicate_no_lost_status(ftj: FTJ, operator):
 def test_unchanged_object_makes_no_writes(ftj: FTJ, operator):
     ftj.create(tiny_job("quiet"))
     ftj.wait_phase("quiet", "Succeeded", 60)
-    time.sleep(1)
     sel = "kubetune.io/finetunejob=quiet"
 
     def versions():
@@ -305,10 +307,11 @@ def test_unchanged_object_makes_no_writes(ftj: FTJ, operator):
         )
 
     children = versions()
-    # Poke it (an annotation: an event, no spec change), and let it reconcile.
-    poked = ftj.patch("quiet", {"metadata": {"annotations": {"poke": "1"}}})
+    # Poke it (an annotation: an event, no spec change), and wait until the operator has looked at it.
+    looked = operator.reconciles("FineTuneJob", ftj.ns, "quiet")
     writes = operator.metric("kubetune_api_writes_total")
-    time.sleep(2)
+    poked = ftj.patch("quiet", {"metadata": {"annotations": {"poke": "1"}}})
+    operator.wait_reconciled("FineTuneJob", ftj.ns, "quiet", after=looked)
     assert ftj.get("quiet")["metadata"]["resourceVersion"] == poked["metadata"]["resourceVersion"]
     assert versions() == children
     assert operator.metric("kubetune_api_writes_total") == writes
@@ -332,9 +335,9 @@ def test_spec_change_starts_a_new_run(ftj: FTJ):
     assert st["observedGeneration"] == 2 and st["attempts"] == 1
     assert "generation 2" in next(c for c in st["conditions"] if c["type"] == "Running")["message"]
     assert "NewRun" in {e.reason for e in ftj.events("change")}
-    # lifecycle fields change in place: no new run
+    # lifecycle fields change in place: no new run (once the operator has seen generation 3)
     ftj.patch("change", {"spec": {"backoffLimit": 5}})
-    time.sleep(1.5)
+    wait_for(lambda: ftj.status("change").get("observedGeneration") == 3, 30, 0.2, "observedGeneration 3")
     assert [j.metadata.uid for j in ftj.jobs("change")] == [job.metadata.uid]
 
 

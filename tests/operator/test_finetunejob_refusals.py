@@ -5,8 +5,6 @@ ResourceQuota that allows no Jobs. Runs `kubetune operator` against the real con
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from kubernetes import client
 
@@ -46,9 +44,10 @@ def deny_trainer_jobs(kube, ftj: FTJ):
         yield name
 
 
-def test_admission_policy_denial_is_a_condition_and_one_event(ftj: FTJ, deny_trainer_jobs, kube):
+def test_admission_policy_denial_is_a_condition_and_one_event(ftj: FTJ, deny_trainer_jobs, kube, operator):
     ftj.create(tiny_job("denied"))
     running = wait_for(lambda: _rejected(ftj, "denied"), 30, 0.2, "Running=False ChildRejected")
+    tried = operator.reconciles("FineTuneJob", ftj.ns, "denied")
     assert POLICY_MESSAGE in running["message"], running["message"]
     assert "Job 'denied-trainer'" in running["message"] and "admission" in running["message"]
     stalled = ftj.cond("denied", "Stalled")
@@ -57,8 +56,8 @@ def test_admission_policy_denial_is_a_condition_and_one_event(ftj: FTJ, deny_tra
     assert ftj.cond("denied", "Reconciling")["status"] == "False"
     st = ftj.status("denied")
     assert st["phase"] == "Pending" and st["observedGeneration"] == 1 and not ftj.jobs("denied")
-    # The operator keeps retrying with backoff (0.5 s .. 5 s here) but says it once.
-    time.sleep(6)
+    # The operator keeps retrying with backoff (0.5 s .. 5 s here) but says it once: three more refused tries.
+    operator.wait_reconciled("FineTuneJob", ftj.ns, "denied", after=tried + 2, timeout=60)
     events = _events(ftj, "denied", "ChildRejected")
     assert len(events) == 1 and (events[0].count or 1) == 1, [(e.message, e.count) for e in events]
     assert events[0].type == "Warning" and POLICY_MESSAGE in events[0].message
@@ -69,7 +68,7 @@ def test_admission_policy_denial_is_a_condition_and_one_event(ftj: FTJ, deny_tra
     wait_for(lambda: ftj.cond("denied", "Stalled").get("status") == "False", 20, 0.2, "Stalled=False")
 
 
-def test_resource_quota_is_a_condition_quoting_the_quota(ftj: FTJ):
+def test_resource_quota_is_a_condition_quoting_the_quota(ftj: FTJ, operator):
     ftj.core.create_namespaced_resource_quota(
         ftj.ns,
         client.V1ResourceQuota(
@@ -91,7 +90,8 @@ def test_resource_quota_is_a_condition_quoting_the_quota(ftj: FTJ):
     assert "exceeded quota: no-jobs" in running["message"], running["message"]
     assert "count/jobs.batch" in running["message"] and "ResourceQuota" in running["message"]
     assert ftj.cond("overquota", "Stalled")["status"] == "True"
-    time.sleep(3)
+    tried = operator.reconciles("FineTuneJob", ftj.ns, "overquota")
+    operator.wait_reconciled("FineTuneJob", ftj.ns, "overquota", after=tried + 1, timeout=60)  # 2 more tries
     assert len(_events(ftj, "overquota", "ChildRejected")) == 1
     # Room in the quota: the Job is created on the next retry.
     ftj.core.patch_namespaced_resource_quota("no-jobs", ftj.ns, {"spec": {"hard": {"count/jobs.batch": "5"}}})
@@ -101,7 +101,7 @@ def test_resource_quota_is_a_condition_quoting_the_quota(ftj: FTJ):
 CONFIG_MESSAGE = "trainer ConfigMaps are refused here (kubetune refusal test)"
 
 
-def test_denied_configmap_is_a_condition_and_no_job(ftj: FTJ, kube):
+def test_denied_configmap_is_a_condition_and_no_job(ftj: FTJ, kube, operator):
     def probe():
         cm = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="probe-trainer-config"))
         ftj.core.create_namespaced_config_map(ftj.ns, cm, dry_run="All")
@@ -114,6 +114,8 @@ def test_denied_configmap_is_a_condition_and_no_job(ftj: FTJ, kube):
             CONFIG_MESSAGE in running["message"] and "ConfigMap 'nocm-trainer-config'" in running["message"]
         )
         assert ftj.cond("nocm", "Stalled")["status"] == "True"
+        tried = operator.reconciles("FineTuneJob", ftj.ns, "nocm")
+        operator.wait_reconciled("FineTuneJob", ftj.ns, "nocm", after=tried + 1, timeout=60)  # 2 more tries
         assert not ftj.jobs("nocm")  # no Job without its config
         assert len(_events(ftj, "nocm", "ChildRejected")) == 1
     wait_for(lambda: ftj.jobs("nocm"), 30, 0.2, "the Job once the policy is gone")

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -223,12 +227,36 @@ def test_attempt_names_and_service_selector():
     assert render_service(ftj, 3)["spec"]["selector"] == {"batch.kubernetes.io/job-name": "att-trainer-3"}
 
 
+# Names the operator gave children of long or dotted names, pinned: a restarted or upgraded operator must find
+# the children it made before (a changed name would make a second Job beside the first), so the names may not
+# depend on the process (Python's salted hash()) or change with a refactoring.
+PINNED_NAMES = {
+    ("x" * 200, "trainer-config", 63): "x" * 39 + "-aa20c23e-trainer-config",
+    ("x" * 200, "trainer", 63): "x" * 46 + "-aa20c23e-trainer",
+    ("x" * 199 + "y", "trainer", 63): "x" * 46 + "-78e9f58a-trainer",
+    ("x" * 200, "trainer-12", 52): "x" * 32 + "-aa20c23e-trainer-12",
+    ("llama.v2.sft", "trainer", 63): "llama-v2-sft-f7bfc552-trainer",
+}
+
+
 def test_long_names_are_shortened_stably():
-    long = "x" * 200
-    assert len(child_name(long, "trainer-config")) <= 63
-    assert child_name(long, "trainer") == child_name(long, "trainer")
-    assert child_name(long, "trainer") != child_name(long[:-1] + "y", "trainer")
-    assert len(job_name(long, 12)) <= 52
+    for (owner, suffix, limit), pinned in PINNED_NAMES.items():
+        name = job_name(owner, 12) if suffix == "trainer-12" else child_name(owner, suffix)
+        assert name == pinned, (owner[:20], suffix, name)
+        assert len(name) <= limit and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name
+    # The same in another process with another hash seed (what a restarted operator computes).
+    code = (
+        "import json, sys; from kubetune.render.common import child_name; from kubetune.render.finetunejob "
+        "import job_name; print(json.dumps([job_name(o, 12) if s == 'trainer-12' else child_name(o, s) "
+        "for o, s in json.loads(sys.argv[1])]))"
+    )
+    keys = [[owner, suffix] for owner, suffix, _ in PINNED_NAMES]
+    for seed in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(keys)], capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout  # fmt: skip
+        assert json.loads(out) == list(PINNED_NAMES.values()), seed
 
 
 def test_labels_propagate_and_reserved_ones_do_not():

@@ -237,7 +237,14 @@ def test_a_bound_claim_without_a_volume_name_waits_for_its_pod(real_node, core, 
             },
         },
     )
-    time.sleep(2)
+    # The volume controller looked at it and waits for a pod (its Event says so): then it is still unbound.
+    wait_for(
+        lambda: [
+            e for e in core.list_namespaced_event(namespace, field_selector="involvedObject.name=late").items
+            if e.reason == "WaitForFirstConsumer"
+        ],
+        30, 0.5, "the WaitForFirstConsumer Event of claim late",
+    )  # fmt: skip
     assert core.read_namespaced_persistent_volume_claim("late", namespace).status.phase == "Pending"
     manifest = pod_manifest("late-writer", "echo late > /data/late.txt")
     manifest["spec"]["containers"][0]["volumeMounts"] = [{"name": "late", "mountPath": "/data"}]

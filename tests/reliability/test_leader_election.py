@@ -72,7 +72,12 @@ def test_two_operators_make_one_job_each_without_fighting_and_the_standby_takes_
     # No fighting: once converged nothing is written any more (resourceVersions stay), and the standby
     # never started its controllers nor wrote anything.
     before = faults.settled_versions(kube, own_ns)
-    time.sleep(3 * RETRY_PERIOD)
+    # Over two renewals of the lease (the standby looked at it at each retry).
+    renewed = lease(kube, own_ns).renew_time
+    wait_for(
+        lambda: (lease(kube, own_ns).renew_time - renewed).total_seconds() >= 2 * RETRY_PERIOD,
+        6 * RETRY_PERIOD, 0.5, "two renewals of the leader's lease",
+    )  # fmt: skip
     assert faults.resource_versions(kube, own_ns) == before
     assert b.metric("kubetune_api_writes_total") == 0
     assert "kubetune operator started" not in log_text(b)

@@ -96,7 +96,7 @@ def test_an_evicted_trainer_pod_is_replaced_without_using_an_attempt(ftj: FTJ):
     assert st["attempts"] == 1 and st["jobName"] == "evicted-trainer", st
 
 
-def test_the_status_says_the_run_was_preempted_and_resumed(ftj: FTJ):
+def test_the_status_says_the_run_was_preempted_and_resumed(ftj: FTJ, rel_operator):
     ftj.create(tiny_job("preempted", labels=RUN))
     (pod,) = wait_for(lambda: running_pods(ftj, "preempted", 1), 45, what="the trainer pod Running")
     evict(ftj, pod.metadata.name)
@@ -119,8 +119,10 @@ def test_the_status_says_the_run_was_preempted_and_resumed(ftj: FTJ):
     assert st["attempts"] == 1 and st["preemptions"]["count"] == 1, st
     assert st["preemptions"]["lastPod"] == pod.metadata.name, st
     # One Event for the one preemption, however often the FineTuneJob was reconciled meanwhile (the pod
-    # Terminating, Failed, deleted; the replacement Pending, Running) and after a while still one.
-    time.sleep(2)
+    # Terminating, Failed, deleted; the replacement Pending, Running) and still one after it looked again.
+    looked = rel_operator.reconciles("FineTuneJob", ftj.ns, "preempted")
+    ftj.patch("preempted", {"metadata": {"annotations": {"poke": "1"}}})
+    rel_operator.wait_reconciled("FineTuneJob", ftj.ns, "preempted", after=looked)
     assert [e.count for e in ftj.events("preempted") if e.reason == "Preempted"] == [1]
 
 
@@ -175,28 +177,18 @@ def test_a_kubelet_eviction_is_reported_once_also_after_an_operator_restart(ftj:
     assert pod.metadata.name in ftj.status("pressure")["preemptions"]["reportedPods"]
     assert ftj.core.read_namespaced_pod(pod.metadata.name, ftj.ns).status.phase == "Failed"  # still there
     assert not ftj.job("pressure-trainer").status.failed  # ignored by the podFailurePolicy
+    before = ftj.get("pressure")["metadata"]["resourceVersion"]
     rel_operator.restart()
-    # The restarted operator lists every FineTuneJob and reconciles it (its own count starts at 0).
-    wait_for(
-        lambda: rel_operator.metric("controller_runtime_reconcile_total", controller="finetunejob") >= 1,
-        30,
-        0.3,
-        "a reconcile by the restarted operator",
-    )
-    time.sleep(1)  # let the restart's reconciles settle
-    writes = rel_operator.metric("kubetune_api_writes_total", kind="FineTuneJob")
-    ftj.patch("pressure", {"metadata": {"annotations": {"touched": "after-restart"}}})  # and once more
-    reconciled = rel_operator.metric("controller_runtime_reconcile_total", controller="finetunejob")
-    wait_for(
-        lambda: (
-            rel_operator.metric("controller_runtime_reconcile_total", controller="finetunejob") > reconciled
-        ),
-        30,
-        0.3,
-        "the edited FineTuneJob reconciled",
-    )
-    # Nothing changed: the reconcile wrote no status (status.preemptions reads back as it was written).
-    assert rel_operator.metric("kubetune_api_writes_total", kind="FineTuneJob") == writes
+    # The restarted operator lists every FineTuneJob and reconciles it (its own count starts at 0) ...
+    rel_operator.wait_reconciled("FineTuneJob", ftj.ns, "pressure", after=0)
+    # ... and writes nothing: status.preemptions reads back as it was written.
+    assert ftj.get("pressure")["metadata"]["resourceVersion"] == before
+    after_restart = rel_operator.reconciles("FineTuneJob", ftj.ns, "pressure")
+    touched = ftj.patch(
+        "pressure", {"metadata": {"annotations": {"touched": "after-restart"}}}
+    )  # and once more
+    rel_operator.wait_reconciled("FineTuneJob", ftj.ns, "pressure", after=after_restart)
+    assert ftj.get("pressure")["metadata"]["resourceVersion"] == touched["metadata"]["resourceVersion"]
     preempted = [e for e in ftj.events("pressure") if e.reason == "Preempted"]
     assert [e.count for e in preempted] == [1], [(e.message, e.count) for e in preempted]
     st = ftj.status("pressure")

@@ -479,7 +479,7 @@ def test_template_revision_roundtrip():
     assert r.template_revision(dep["spec"]["template"]) == rev
 
 
-VLLM = "vllm/vllm-openai:v0.11.0"
+VLLM = "vllm/vllm-openai:v0.33.0"
 
 
 def test_vllm_pod_from_spec_vllm():

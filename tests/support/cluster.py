@@ -315,6 +315,27 @@ def pytest_runtest_makereport(item: pytest.Item, call):
                 )
 
 
+def skip_reasons(reports) -> dict[str, int]:
+    """How many of REPORTS (pytest's skipped reports) skipped for each reason."""
+    reasons: dict[str, int] = {}
+    for report in reports:
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return reasons
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config):
+    """One line right above pytest's last one: how many tests skipped, and why (the reasons, counted)."""
+    yield
+    reasons = skip_reasons(terminalreporter.stats.get("skipped", []))
+    if reasons:
+        counted = "; ".join(f"{n} x {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        terminalreporter.write_line(f"skipped {sum(reasons.values())}: {counted}", yellow=True)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("kwok"):
         flavor = flavor_from_env()

@@ -21,6 +21,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -29,9 +30,11 @@ from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 RECONCILE_LOGGER = "kubetune.runtime"
-# `python -m kubetune.cli operator`, with the reconcile lines of RECONCILE_LOGGER at DEBUG.
+# `python -m kubetune.cli operator`, with the reconcile lines of RECONCILE_LOGGER at DEBUG, and every thread's
+# Python stack written to the log on SIGUSR1 (dump_stacks: what a stalled operator was doing).
 BOOT = (
-    "import logging, sys; "
+    "import faulthandler, logging, signal, sys; "
+    "faulthandler.register(signal.SIGUSR1, all_threads=True); "
     f"logging.getLogger({RECONCILE_LOGGER!r}).setLevel(logging.DEBUG); "
     "from kubetune.cli import main; main(sys.argv[1:])"
 )
@@ -131,15 +134,32 @@ class Operator:
     def wait_reconciled(self, kind: str, namespace: str, name: str, after: int, timeout: float = 30.0) -> int:
         """Wait until more than AFTER reconciles of the object have finished (AFTER from ``reconciles``
         taken before the change the operator must look at); returns the new count."""
-        return wait_for(
-            lambda: (n := self.reconciles(kind, namespace, name)) > after and n,
-            timeout,
-            0.1,
-            f"a reconcile of {kind} {namespace}/{name} after the {after} before (log: {self.log_path})",
-            fail_if=lambda: (
-                None if self.proc is not None and self.proc.poll() is None else "the operator exited"
-            ),
-        )
+        try:
+            return wait_for(
+                lambda: (n := self.reconciles(kind, namespace, name)) > after and n,
+                timeout,
+                0.1,
+                f"a reconcile of {kind} {namespace}/{name} after the {after} before (log: {self.log_path})",
+                fail_if=lambda: (
+                    None if self.proc is not None and self.proc.poll() is None else "the operator exited"
+                ),
+            )
+        except AssertionError as failure:
+            raise AssertionError(
+                f"{failure}\n---- the operator's threads ----\n{self.dump_stacks()}"
+            ) from None
+
+    def dump_stacks(self) -> str:
+        """Every thread's Python stack of the running operator (faulthandler, on SIGUSR1), from its log."""
+        if self.proc is None or self.proc.poll() is not None:
+            return "(not running)"
+        before = self.log_path.stat().st_size
+        self.proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: self.log_path.stat().st_size > before, 10, 0.1, "the operator's stack dump")
+        time.sleep(0.5)  # the dump is written thread by thread
+        with open(self.log_path, errors="replace") as log:
+            log.seek(before)
+            return log.read()
 
     def logged_lines(self) -> list[str]:
         """Every line the operator logged over all its (re)starts, without the reconcile trace lines."""

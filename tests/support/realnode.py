@@ -83,6 +83,7 @@ from tests.support.realnode_config import (
 from tests.support.realnode_host import (
     CNI_CACHE,
     LOCK_PATH,
+    LockHolder,
     allow_forwarding,
     bridge_exists,
     lock_holders,
@@ -210,6 +211,14 @@ class RealNode:
             text = ["(no log)"]
         return f"---- {self.log_file(name)} (last {lines} lines) ----\n" + "\n".join(text)
 
+    def note_exit(self, name: str, pid: int, status: str, when: str) -> None:
+        """Record how a process of the node ended (logs/exits.log, and stderr)."""
+        line = f"{dt.datetime.now(dt.UTC).isoformat()} {name} pid {pid}: {status} ({when})"
+        log(line)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / "exits.log", "a") as exits:
+            exits.write(line + "\n")
+
     # health ----------------------------------------------------------------------------
     def processes_alive(self, info: dict | None = None) -> dict[str, bool]:
         procs = (info if info is not None else self.info()).get("processes", {})
@@ -320,7 +329,14 @@ class RealNode:
                 return
             for name, ok in self.processes_alive(info).items():
                 if name in info["processes"] and not ok:
-                    raise NodeProcessExited(f"{name} exited while waiting for {what}\n" + self.log_tail(name))
+                    pid = info["processes"][name]["pid"]
+                    status = cpmod.exit_status(pid)
+                    self.note_exit(name, pid, status, f"while waiting for {what}")
+                    sent = cpmod.signals_sent_to(pid)
+                    raise NodeProcessExited(
+                        f"{name} (pid {pid}) exited while waiting for {what}: {status}; signals the test bed sent "
+                        f"it: {sent or 'none'}\n" + self.log_tail(name)
+                    )
             time.sleep(0.2)
         raise cpmod.ControlPlaneError(
             f"timed out waiting for {what}\n" + "\n".join(self.log_tail(n) for n in info["processes"])
@@ -538,24 +554,37 @@ class RealNode:
         for name in reversed(PROCESSES):
             if name in procs:
                 p = procs[name]
-                cpmod.stop_pid(p["pid"], p["argv"][0], p.get("start"))
+                status = cpmod.stop_pid(
+                    p["pid"], p["argv"][0], p.get("start"), why=f"real node cleanup: its {name}"
+                )
+                self.note_exit(name, p["pid"], status, "cleanup")
         # Processes of this node whose PIDs were never recorded (a start killed half-way): ours are
         # started in this directory or name this node's containerd socket (its shims).
         self._stop_strays()
         fd = lock_fd if lock_fd is not None else self._try_machine_lock()
         if fd is None and self._lock_owner() == str(self.dir.resolve()):
-            # Ours, yet held: by a process of this node that nothing above knew (the lock is inherited).
-            for pid in lock_holders():
-                log(f"stopping pid {pid}, a leftover of this node still holding {LOCK_PATH}")
-                cpmod.stop_pid(pid, None, grace=5.0)
+            # Ours, yet held: by a process of this node that nothing above knew (the lock is inherited by
+            # the node's processes and their children). Only processes of this node, each stopped only while
+            # it is the process that was listed (its binary and start time): a PID freed and reused
+            # meanwhile is left alone, and so is any other holder (another checkout's process trying the lock).
+            for holder in lock_holders():
+                if not self._belongs_here(holder):
+                    log(f"left alone: pid {holder.pid} ({holder.argv0}, cwd {holder.cwd}) holds {LOCK_PATH}")
+                    continue
+                log(
+                    f"stopping pid {holder.pid} ({holder.argv0}), a leftover of this node still holding {LOCK_PATH}"
+                )
+                cpmod.stop_pid(holder.pid, holder.argv0, holder.start, grace=5.0,
+                               why=f"real node cleanup: a leftover holding {LOCK_PATH}")  # fmt: skip
             fd = self._try_machine_lock()
         try:
             if fd is not None:
                 # The containers (only one real node runs, so every kubepods process is this node's):
                 # the kubelet is gone, nothing restarts them.
                 for pid in pod_cgroup_pids():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                    cpmod.send_signal(
+                        pid, signal.SIGKILL, "real node cleanup: a container left in the kubepods cgroups"
+                    )
                 deadline = time.monotonic() + 10
                 while pod_cgroup_pids() and time.monotonic() < deadline:
                     time.sleep(0.1)
@@ -589,6 +618,12 @@ class RealNode:
             if lock_fd is None and fd is not None:
                 os.close(fd)
 
+    def _belongs_here(self, holder: LockHolder) -> bool:
+        """A lock holder of this node: started in its folder (the node's processes and their children, shims
+        in their bundles under it) or naming its containerd socket."""
+        here = str(self.dir.resolve())
+        return holder.cwd == here or holder.cwd.startswith(here + "/") or str(self.socket) in holder.argv
+
     def _stop_strays(self) -> None:
         here = str(self.dir.resolve())
         sock = str(self.socket)
@@ -605,7 +640,8 @@ class RealNode:
             ours = cwd == here and Path(argv[0]).name in ("containerd", "coredns", "kube-proxy", "kubelet")
             shim = Path(argv[0]).name.startswith("containerd-shim") and sock in argv
             if ours or shim:
-                cpmod.stop_pid(int(proc.name), argv[0], grace=5.0)
+                cpmod.stop_pid(int(proc.name), argv[0], cpmod.proc_start_time(int(proc.name)), grace=5.0,
+                               why="real node cleanup: a process of this node whose PID was never recorded")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

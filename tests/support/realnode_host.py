@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support import controlplane as cpmod
@@ -144,15 +145,38 @@ def allow_forwarding(allow: bool) -> None:
                     break
 
 
-def lock_holders() -> list[int]:
-    """PIDs of processes with the machine lock file open (the real node's processes inherit it)."""
+@dataclass(frozen=True)
+class LockHolder:
+    """A process with the machine lock file open, as listed: its identity (PID and start time), command, cwd."""
+
+    pid: int
+    start: int | None
+    argv0: str
+    argv: tuple[str, ...]
+    cwd: str
+
+
+def lock_holders() -> list[LockHolder]:
+    """The processes with the machine lock file open (the real node's processes inherit it)."""
     holders = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         with contextlib.suppress(OSError):
             if any(os.readlink(fd) == str(LOCK_PATH) for fd in (proc / "fd").iterdir()):
-                holders.append(int(proc.name))
+                pid = int(proc.name)
+                argv = tuple(
+                    a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0") if a
+                )
+                holders.append(
+                    LockHolder(
+                        pid,
+                        cpmod.proc_start_time(pid),
+                        argv[0] if argv else "",
+                        argv,
+                        os.readlink(proc / "cwd"),
+                    )
+                )
     return holders
 
 

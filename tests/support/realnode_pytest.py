@@ -12,10 +12,12 @@ Pods go there with ``tolerations: [realnode.TOLERATION]`` and ``nodeSelector: re
 ``real_node.volume_dir(pv)`` is its directory on the host, ``real_node.socket`` containerd's socket (to
 import images: ``real_node.import_image(archive)``).
 
-Skipped, with the reason, on kind and external clusters, on a host that cannot run containers (not root,
-no namespaces, no overlayfs...) and while another checkout's real node runs on the machine (one at a
-time). The packages and binaries (hack/realnode.sh) are installed and built right after collection when
-a selected test uses the fixture, outside the per-test timeout.
+Skipped, with the reason, on kind and external clusters and on a host that cannot run containers (not root,
+no namespaces, no overlayfs...: ``hack/realnode.sh can-run``), and only there. On a host that can, a node
+that cannot start is an error naming the reason (its Debian packages could not be installed, another
+checkout's real node holds the machine, a process of the node exited): never a silent skip, so that
+`make test` fails there. The packages and binaries (hack/realnode.sh) are installed and built right after
+collection when a selected test uses the fixture, outside the per-test timeout.
 """
 
 from __future__ import annotations
@@ -58,10 +60,10 @@ def real_node(kube):
         )
     if problem := realnode.host_problem():
         pytest.skip(f"this host cannot run containers, so no real node: {problem}")
-    if isinstance(_prepare_error, realnode.RealNodeUnavailable):
-        pytest.skip(f"no real node: {_prepare_error}")
     if _prepare_error is not None:
-        raise _prepare_error
+        pytest.fail(
+            f"this host can run containers, but the real node cannot start: {_prepare_error}", pytrace=False
+        )
     cp = kube.control_plane
     node = realnode.RealNode(cp)
     # Every session using the node holds a shared lock on users.lock: the last one out stops it (when the
@@ -76,7 +78,7 @@ def real_node(kube):
                 cp.load()
                 started = node.up()
         except realnode.RealNodeUnavailable as exc:
-            pytest.skip(f"no real node: {exc}")
+            pytest.fail(f"this host can run containers, but the real node cannot start: {exc}", pytrace=False)
         yield node
     finally:
         fcntl.flock(users, fcntl.LOCK_UN)

@@ -1,17 +1,23 @@
 """A Text Generation Inference (TGI) protocol server on loopback, serving a real model with transformers.
 
-It answers the routes a TGI client and Kubernetes probes use:
+TGI itself cannot run here (its launcher and kernels need a GPU); this server answers as TGI's router does,
+by TGI's own definitions (tests/serve/tgi_definitions.py: TGI 3.3.4's router/src/server.rs and lib.rs):
 
     GET  /health              200 when the model is loaded (503 in mode "unhealthy")
-    GET  /info                model id, dtype, device, limits, adapters (TGI's Info shape)
-    POST /generate            {"inputs", "parameters": {max_new_tokens, adapter_id, do_sample, details, ...}}
-    POST /                    the same (TGI's compat route; huggingface_hub's InferenceClient posts here
-                              when given the server URL); "stream": true is answered as server-sent events
+    GET  /info                TGI's Info fields (model id, limits, router version): nothing else
+    POST /generate            {"inputs", "parameters": {max_new_tokens, adapter_id, do_sample, details, ...}}:
+                              one GenerateResponse; return_full_text defaults to false
+    POST /                    TGI's compat route (huggingface_hub's InferenceClient posts here when given
+                              the server URL): a LIST of one GenerateResponse, and return_full_text defaults
+                              to TRUE (a local model folder has no pipeline tag): the prompt is echoed before
+                              the generated text unless the client asks otherwise; "stream": true is answered
+                              as server-sent events
     POST /generate_stream     server-sent events, one token each, the last carrying generated_text
 
 LoRA adapters (PEFT directories) are loaded by name, as TGI does with LORA_ADAPTERS=name=/path, and
-selected per request with ``parameters.adapter_id``; an unknown adapter is a 422 validation error like
-TGI's. Generation is greedy unless ``do_sample`` is true.
+selected per request with ``parameters.adapter_id``; an adapter id the server has not loaded is served by
+the base model, without an error, as TGI does (``ADAPTER_TO_INDEX.get(adapter_id, 0)``). Generation is
+greedy unless ``do_sample`` is true.
 
 Failure modes for rollback tests, switchable at run time (``server.mode = ...``):
 
@@ -81,14 +87,8 @@ class TinyModelBackend:
     def generate(self, prompt: str, params: dict[str, Any]) -> dict[str, Any]:
         torch = self.torch
         adapter_id = params.get("adapter_id")
-        if adapter_id in ("", "__base_model__"):
+        if adapter_id not in self.adapters:  # None, "__base_model__" or one it has not loaded: the base model
             adapter_id = None
-        if adapter_id is not None and adapter_id not in self.adapters:
-            raise GenerationError(
-                422,
-                f"Adapter {adapter_id!r} is not loaded; loaded adapters: {sorted(self.adapters)}",
-                "validation",
-            )
         max_new_tokens = int(params.get("max_new_tokens") or 20)
         if max_new_tokens < 1:
             raise GenerationError(422, "`max_new_tokens` must be strictly positive", "validation")
@@ -141,7 +141,7 @@ class TinyModelBackend:
         eos = self.tokenizer.eos_token_id
         finish = "eos_token" if new_ids and eos is not None and new_ids[-1] == eos else "length"
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-        if params.get("return_full_text"):
+        if params.get("return_full_text"):  # TGI's router puts the prompt before the generated text
             text = prompt + text
         return {
             "generated_text": text,
@@ -177,9 +177,7 @@ class TGIServer(LoopbackServer):
         return {
             "model_id": self.backend.model_id,
             "model_sha": None,
-            "model_dtype": "torch.float32",
-            "model_device_type": "cpu",
-            "model_pipeline_tag": "text-generation",
+            "model_pipeline_tag": None,  # a local folder: no Hub pipeline tag
             "max_concurrent_requests": 128,
             "max_best_of": 1,
             "max_stop_sequences": 4,
@@ -191,14 +189,16 @@ class TGIServer(LoopbackServer):
             "version": "kubetune-test",
             "sha": None,
             "docker_label": None,
-            "lora_adapters": sorted(self.backend.adapters),
         }
 
-    def generate(self, body: dict[str, Any]) -> dict[str, Any]:
+    def generate(self, body: dict[str, Any], *, compat: bool = False) -> dict[str, Any]:
+        """COMPAT: the request came to ``POST /``, where return_full_text defaults to true."""
         inputs = body.get("inputs")
         if not isinstance(inputs, str) or not inputs:
             raise GenerationError(422, "`inputs` must be a non-empty string", "validation")
         params = dict(body.get("parameters") or {})
+        if params.get("return_full_text") is None:
+            params["return_full_text"] = compat
         self.requests.append({"inputs": inputs, "parameters": params, "mode": self.mode})
         if self.mode == "error":
             raise GenerationError(
@@ -206,7 +206,8 @@ class TGIServer(LoopbackServer):
             )
         result = self.backend.generate(inputs, params)
         if self.mode == "wrong":
-            result["generated_text"] = self.wrong_output
+            echo = inputs if params["return_full_text"] else ""
+            result["generated_text"] = echo + self.wrong_output
         return result
 
 
@@ -255,7 +256,7 @@ def _make_handler(server: TGIServer) -> type[BaseHTTPRequestHandler]:
                 return
             stream = path == "/generate_stream" or (path == "/" and bool(body.get("stream")))
             try:
-                result = server.generate(body)
+                result = server.generate(body, compat=path == "/")
             except GenerationError as error:
                 self._send_error(error)
                 return
@@ -275,7 +276,8 @@ def _make_handler(server: TGIServer) -> type[BaseHTTPRequestHandler]:
                     "prefill": [],
                     "tokens": result["tokens"],
                 }
-            self._send_json(200, payload)
+            # TGI's compat route wraps the answer in a list (as the Inference API did).
+            self._send_json(200, [payload] if path == "/" else payload)
 
         def _stream(self, result: dict[str, Any], details: bool) -> None:
             self.send_response(200)

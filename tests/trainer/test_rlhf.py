@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from kubetune.api.v1alpha1 import ChainResolution, ParentResult, ResolvedModel
@@ -238,6 +239,18 @@ def test_sft_then_reward_model_then_grpo_with_that_reward_model(assets, rl_data,
     outcome = run_training(grpo)
     rewards = rewards_logged(outcome.trainer)
     assert len(rewards) == 3 and all(isinstance(r, float) for r in rewards), rewards
+    # The rewards came from the reward model the rm stage trained: GRPO's reward function scores texts as the
+    # rm stage's own model does (a reward model made from the base, or without the rm adapter, would not).
+    (reward_model,) = outcome.trainer.reward_funcs
+    (reward_tokenizer,) = outcome.trainer.reward_processing_classes
+    probe = reward_tokenizer(
+        ["The film was wonderful, I loved every minute.", "Dull, far too long, I walked out."],
+        return_tensors="pt", padding=True,
+    )  # fmt: skip
+    with torch.no_grad():
+        used = reward_model.eval()(**probe).logits
+        trained = rm_outcome.model.eval()(**probe).logits
+    torch.testing.assert_close(used, trained, atol=1e-4, rtol=1e-4)
     assert any(k.startswith("rewards/") for e in outcome.trainer.state.log_history for k in e)
     lineage = json.loads((Path(grpo.runtime.output_dir) / "lineage.json").read_text())
     assert [p["name"] for p in lineage["parents"]] == ["sft", "rm"]

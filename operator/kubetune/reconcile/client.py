@@ -40,8 +40,9 @@ from .clock import fmt_time, now
 
 log = logging.getLogger("kubetune.client")
 
-# kind -> (API prefix, plural); every kind here is namespaced
+# kind -> (API prefix, plural); every kind here is namespaced but Node (read by the fit check)
 RESOURCES: dict[str, tuple[str, str]] = {
+    "Node": ("/api/v1", "nodes"),
     "ConfigMap": ("/api/v1", "configmaps"),
     "Service": ("/api/v1", "services"),
     "ServiceAccount": ("/api/v1", "serviceaccounts"),

@@ -9,6 +9,7 @@ timestamps and the Jobs' creationTimestamps, conditions keep their lastTransitio
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime as dt
 import json
@@ -19,6 +20,9 @@ from concurrent.futures import Executor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetune import metrics_judge
+from kubetune.api.fit import GpuMemory, gpu_memory_of_nodes
+from kubetune.modelconfig import ConfigCache
 from kubetune.render.common import FINETUNEJOB_LABEL, RUN_ID_LABEL, applied_hash
 from kubetune.render.finetunejob import RenderOptions, configmap_name, job_name
 from kubetune.render.finetunejob import _label_value as label_value
@@ -125,8 +129,11 @@ class FineTuneJobReconciler:
         events: EventRecorder | None = None,
         own_writes: OwnWrites | None = None,
         writers: Executor | None = None,
+        fit_cache: ConfigCache | None = None,
     ):
         self.kube = kube
+        self.fit_cache = fit_cache or ConfigCache()
+        """config.json and GPU nodes read for the fit check (kept a while: kubetune.modelconfig)."""
         self.opts = opts
         self.cache = cache or AppliedCache()
         self.clock = clock
@@ -226,6 +233,7 @@ class _Shell:
         # Events before the status: whoever sees the new status finds its Events (a failed status write
         # retries the pass, and the recorder drops the repeated Events).
         self.r.events.emit(self.obj, d.events)
+        metrics_judge.count([e.reason for e in d.events])  # fit refusals, gate verdicts
         self.write(d)
         self.result.requeue_after = d.requeue_after
         self.result.problem = d.problem
@@ -276,11 +284,54 @@ class _Shell:
             observed.chain_jobs = chains.read_chain(
                 lambda n: self.kube.get("FineTuneJob", self.ns, n), self.obj
             )
+        elif need.what == "fit":
+            observed.fit = self.read_fit()
         elif need.what == "references":
             observed.secrets = {n: self.kube.get("Secret", self.ns, n) for n in need.secrets}
             observed.pvcs = {n: self.kube.get("PersistentVolumeClaim", self.ns, n) for n in need.pvcs}
         else:  # pragma: no cover - a decision asking for something unknown is a bug
             raise ValueError(f"unknown need {need.what!r}")
+
+    def read_fit(self) -> tuple[dict[str, Any] | None, str | None, GpuMemory]:
+        """The fit check's inputs: the model's config.json (the root model of a chain) and the GPU nodes."""
+        spec = self.obj.get("spec") or {}
+        model, why = self.root_model(spec.get("model") or {})
+        config = None
+        if model is not None:
+            secret = model.get("secretRef") or {}
+            token = self.secret_value(secret.get("name"), secret.get("key") or "HF_TOKEN") if secret else None
+            config, why = self.r.fit_cache.config(str(model["uri"]), model.get("revision"), token)
+        resources = spec.get("resources") or {}
+        try:
+            nodes = self.r.fit_cache.nodes(lambda: self.kube.list("Node", None))
+        except ApiException as exc:  # e.g. an operator without the right to list nodes: memory unknown
+            log.info("cannot list nodes for the fit check: %s %s", exc.status, exc.reason)
+            nodes = []
+        gpus = gpu_memory_of_nodes(
+            resources.get("nodeSelector") or {}, resources.get("gpuResource") or "nvidia.com/gpu", nodes
+        )
+        return config, why, gpus
+
+    def root_model(self, model: dict[str, Any], hops: int = 8) -> tuple[dict[str, Any] | None, str | None]:
+        """The model spec with a uri at the root of a model.fineTuneJobRef chain (a fine-tune keeps its base's
+        architecture), or None and why."""
+        seen = [self.name]
+        while not model.get("uri"):
+            ref = (model.get("fineTuneJobRef") or {}).get("name")
+            parent = (
+                self.kube.get("FineTuneJob", self.ns, ref) if ref and hops > 0 and ref not in seen else None
+            )
+            if parent is None or ref is None:
+                return None, f"the base model comes from FineTuneJob {ref!r}, whose model cannot be found"
+            seen.append(str(ref))
+            hops -= 1
+            model = (parent.get("spec") or {}).get("model") or {}
+        return model, None
+
+    def secret_value(self, name: str | None, key: str) -> str | None:
+        secret = self.kube.get("Secret", self.ns, name) if name else None
+        raw = ((secret or {}).get("data") or {}).get(key)
+        return base64.b64decode(raw).decode(errors="replace").strip() if raw else None
 
     # ---------------------------------------------------------------------------------------------
     # writes

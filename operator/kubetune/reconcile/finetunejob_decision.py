@@ -24,6 +24,7 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetune.api.fit import REASON_DOES_NOT_FIT, GpuMemory, estimate_status
 from kubetune.api.v1alpha1 import ChainResolution, FineTuneJob, pvc_claims, validate_document
 from kubetune.render.common import RUN_GENERATION_ANNOTATION, RUN_ID_LABEL
 from kubetune.render.finetunejob import (
@@ -75,12 +76,14 @@ STATUS_FIELDS = (
     "completionTime",
     "attempts",
     "preemptions",
+    "estimate",
 )
 # Reasons that ask the user to do something: Warning events, retry with backoff.
 PROBLEM_REASONS = {
     "InvalidSpec", "SecretNotFound", "SecretKeyMissing", "PVCNotFound", "PVCLost", "ImagePullFailed",
     "ContainerConfigError", "Unschedulable", "ChildConflict", "ChildRejected", "AttemptFailed", "PodsRefused",
     "BackoffLimitExceeded", "DeadlineExceeded", "PendingDeadlineExceeded", *chains.REFERENCE_REASONS,
+    REASON_DOES_NOT_FIT, "EvaluationGateFailed",
 }  # fmt: skip
 # Problems that may resolve themselves for a while (a Secret created right after the FineTuneJob, a
 # registry that comes back): Reconciling during STALL_GRACE_SECONDS of not running, Stalled after.
@@ -138,6 +141,9 @@ class Observed:
     chain_jobs: dict[str, Mapping[str, Any] | None] | None = None
     """Chains (model.fineTuneJobRef, reward models by fineTuneJobRef): the FineTuneJobs reachable through
     the references, by name (None value: missing); None: not read (the decision asks for them)."""
+    fit: tuple[dict[str, Any] | None, str | None, GpuMemory] | None = None
+    """The fit check's inputs: the model's config.json (or None and why it could not be read) and the GPU
+    memory of the nodes the pods may use; None: not read (the decision asks before a run's first Job)."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +158,8 @@ class Deletion:
 class Need:
     """Read more and decide again: ``what`` is all_jobs | pods (of the Job ``job_uid``) | job_events (the
     FailedCreate Events of the Job ``job_uid``) | references (the Secrets ``secrets`` and
-    PersistentVolumeClaims ``pvcs``) | chain (the referenced FineTuneJobs)."""
+    PersistentVolumeClaims ``pvcs``) | chain (the referenced FineTuneJobs) | fit (the model's config.json
+    and the GPU nodes, for the fit check)."""
 
     what: str
     job_uid: str | None = None
@@ -244,6 +251,7 @@ class _Decider:
             "completionTime": old.get("completionTime"),
             "attempts": int(old.get("attempts") or 0),
             "preemptions": old.get("preemptions"),
+            "estimate": old.get("estimate"),
         }
         self.conds = load_conditions(old, ALL_CONDITION_TYPES)
         self.old_conds = {t: dict(c) for t, c in self.conds.items()}
@@ -350,6 +358,8 @@ class _Decider:
                 clock_start = self.st["startTime"] or self.meta.get("creationTimestamp")
                 self._pending_deadline(ftj, None, clock_start, message)
                 return
+            if self.st["jobName"] is None and self._does_not_fit(ftj, rid):
+                return
             self._create_job(ftj, attempt)
             return
         self._observe(ftj, cur, [j for j in current if j is not cur])
@@ -371,6 +381,62 @@ class _Decider:
                 self.set("Failed", False, "ModelReady", self.chain_verdict.message)
             if chains.WAITING_CONDITION in self.conds:
                 self.set(chains.WAITING_CONDITION, False, "ModelReady", self.chain_verdict.message)
+
+    def _does_not_fit(self, ftj: FineTuneJob, rid: str) -> bool:
+        """The fit check before a run's first Job: status.estimate, and no Job when it cannot fit (Validated
+        False, DoesNotFit, with the numbers and what would fit) unless resources.skipFitCheck."""
+        if ftj.spec.resources.gpus_per_node < 1:
+            self.st["estimate"] = None  # CPU runs are not checked
+            return False
+        estimate = self.st["estimate"] or {}
+        if estimate.get("configHash") == rid:  # estimated for this run before
+            refuse = estimate.get("fits") is False and not ftj.spec.resources.skip_fit_check
+        else:
+            if self.o.fit is None:
+                raise _NeedMore(Need("fit"))
+            config, why, gpus = self.o.fit
+            estimate, refuse = estimate_status(ftj.spec, config, why, gpus, rid)
+            self.st["estimate"] = estimate
+        if not refuse:
+            return False
+        message = f"does not fit: {estimate.get('message')} (or set spec.resources.skipFitCheck)"
+        self.set("Validated", False, REASON_DOES_NOT_FIT, message)
+        self.set("Running", False, REASON_DOES_NOT_FIT, f"not started: the run {message}")
+        self._suspended_condition(ftj, None)
+        self._default("Succeeded", "NotStarted", "the run has not finished")
+        self._default("Failed", "NotFailed", "")
+        self.out.problem = True
+        self.stall = (REASON_DOES_NOT_FIT, message)
+        return True
+
+    def _gate_failed(self, rid: str | None) -> str | None:
+        """The trainer's verdict on this run's result (status.evaluation): the message when it failed its gate."""
+        status = self.obj.get("status") or {}
+        evaluation = status.get("evaluation") or {}
+        if (
+            not self.spec.get("evaluation")
+            or evaluation.get("configHash") != rid
+            or evaluation.get("passed") is not False
+        ):
+            return None
+        kept = (status.get("result") or {}).get("uri")
+        where = (
+            f"; the result is kept at {kept}, not promoted" if kept else "; the result is kept, not promoted"
+        )
+        return f"the result failed its evaluation gate: {evaluation.get('message') or 'see status.evaluation'}{where}"
+
+    def _gate_passed(self, rid: str | None) -> str | None:
+        """The trainer's message when this run's result passed its gate (and is promoted)."""
+        evaluation = (self.obj.get("status") or {}).get("evaluation") or {}
+        if (
+            not self.spec.get("evaluation")
+            or evaluation.get("configHash") != rid
+            or evaluation.get("passed") is not True
+        ):
+            return None
+        return f"the result passed its evaluation gate and is promoted: {evaluation.get('message') or ''}".rstrip(
+            ": "
+        )
 
     def _held_by_chain(self, ftj: FineTuneJob) -> bool:
         """No trainer Job while a referenced job has not Succeeded (WaitingForModel) or the chain is broken."""
@@ -607,6 +673,15 @@ class _Decider:
         if condition_true(job, "Complete") or condition_true(job, "SuccessCriteriaMet"):
             done_at = (job.get("status") or {}).get("completionTime") or fmt_time(self.now)
             self.st["completionTime"] = self.st["completionTime"] or done_at
+            gate = self._gate_failed(rid)
+            if gate is not None:  # the run worked, its result is not good enough: no retry would change that
+                self._fail("EvaluationGateFailed", gate)
+                self.set("Succeeded", False, "EvaluationGateFailed", gate)
+                self._default("Suspended", "NotSuspended", "")
+                return
+            passed = self._gate_passed(rid)
+            if passed is not None and not self.is_true("Succeeded"):
+                self.event("Normal", "EvaluationPassed", passed)
             self.set(
                 "Succeeded",
                 True,

@@ -6,18 +6,31 @@ adapter's ``id`` and ``root``, the path it was loaded from), compares it with th
 wants now, and plans changes per pod. reconcile/adapter_admin.py carries them out with the requests the
 engine declares (``Engine.live_adapters``; vLLM's are described below).
 
-The switch to a new version under the same served name (requests to it never fail):
+A version is what was trained: its digest (``digest_of``: the result's location and its FineTuneJob run,
+config hash and uid), never its path alone -- a re-run writes its new adapter to the same output URI. Each
+served version is loaded twice on a pod: under the served name NAME, and under its own VERSION NAME
+``NAME@DIGEST`` (adapter names are DNS labels, never contain "@"). The version name is how a pod says which
+version it serves (a path does not: it stays the same across runs), and what a client that needs one
+version per request asks for. A pod is up to date for an adapter when both names are loaded from the
+wanted path; NAME without the wanted version name (a pod that just started with --lora-modules, or one
+that serves another version) gets the switch:
 
-1. ``POST /v1/load_lora_adapter {lora_name: "NAME@DIGEST", lora_path: NEW}`` -- the new version under a
-   staging name of its own; clients never use it (adapter names are DNS labels, never contain "@").
-2. A completion with the staging name (temperature 0) must answer and match ``expect``: a version that
+1. ``POST /v1/load_lora_adapter {lora_name: "NAME@DIGEST", lora_path: NEW}``: the new version under its
+   version name.
+2. A completion with the version name (temperature 0) must answer and match ``expect``: a version that
    does not load or does not answer never reaches the served name.
 3. ``POST /v1/load_lora_adapter {lora_name: NAME, lora_path: NEW, load_inplace: true}`` -- vLLM reads the
-   new weights, then swaps them in under NAME's id while holding NAME's lock; NAME resolves at every
-   moment (to the old weights before, to the new ones after). A failure here leaves the old version.
-4. ``POST /v1/unload_lora_adapter {lora_name: "NAME@DIGEST"}``, then a completion with NAME.
+   new weights, then swaps them in under NAME's id; NAME resolves at every moment (never a 404 or 5xx
+   because of the switch). (For a new NAME: a plain load.)
+4. A completion with NAME; then, once the pod is up to date, the next pass unloads the previous version's
+   name (``NAME@OLD``) and names no longer wanted.
 
-A failure in 1-3 unloads the staging name, keeps the old version served and is remembered per adapter
+What a client sees during the switch (docs/operations.md): NAME always answers; a request that starts after
+step 3 is answered by the new version; a request in flight during step 3 may be generated partly by each
+(vLLM applies an in-place reload between generation steps). ``NAME@DIGEST`` gives one version per request:
+its weights never change, and a request in flight when it is unloaded still finishes on it.
+
+A failure in 1-3 unloads the new version name, keeps the old version served and is remembered per adapter
 (``servedAdapters[].failedDigest``): that version is not tried again until a new result arrives.
 """
 
@@ -32,6 +45,7 @@ from kubetune.render.common import short_hash
 from kubetune.render.modelserve import adapter_path_in_pod
 
 STAGING_SEPARATOR = "@"
+"""Between an adapter's served name and its version in the version name (NAME@DIGEST)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +60,18 @@ class DesiredAdapter:
 
     @property
     def staging_name(self) -> str:
-        return f"{self.name}{STAGING_SEPARATOR}{self.digest}"
+        """The version name, NAME@DIGEST: where a new version is loaded and checked, and stays."""
+        return version_name(self.name, self.digest)
+
+
+def version_name(name: str, digest: str) -> str:
+    return f"{name}{STAGING_SEPARATOR}{digest}"
+
+
+def serves(loaded: Mapping[str, str] | None, name: str, digest: str, path: str) -> bool:
+    """Whether a pod that has LOADED serves version DIGEST (at PATH) under NAME: both names, from PATH."""
+    have = loaded or {}
+    return have.get(name) == path and have.get(version_name(name, digest)) == path
 
 
 @dataclass(frozen=True)
@@ -101,25 +126,28 @@ def desired_adapters(resolution: Sources) -> list[DesiredAdapter]:
 
 def plan(desired: Sequence[DesiredAdapter], pods: Iterable[PodState], failed: Mapping[str, str]) -> Plan:
     """The changes that bring every pod to DESIRED. FAILED: adapter name -> digest that failed before
-    (not tried again). Unknown adapters and leftover staging names are unloaded."""
+    (not tried again). Names no longer wanted are unloaded, and so are other versions' names of an adapter
+    once the pod serves the wanted version (until then they say what it serves)."""
     out = Plan()
-    wanted = {d.name for d in desired}
     for pod in pods:
         if pod.loaded is None:
             out.unreachable.append(f"{pod.name}: {pod.error or 'no answer'}")
             continue
+        keep: set[str] = set()
         for d in desired:
-            have = pod.loaded.get(d.name)
-            if have == d.path or failed.get(d.name) == d.digest:
+            keep.add(d.name)
+            if serves(pod.loaded, d.name, d.digest, d.path):
+                keep.add(d.staging_name)
                 continue
-            kind: Literal["load", "replace"] = "load" if have is None else "replace"
+            keep.update(n for n in pod.loaded if n.startswith(d.name + STAGING_SEPARATOR))
+            if failed.get(d.name) == d.digest:
+                continue
+            kind: Literal["load", "replace"] = "load" if d.name not in pod.loaded else "replace"
             out.changes.append(
                 AdapterChange(pod.name, pod.address, kind, d.name, d.path, d.digest, d.staging_name)
             )
-        # Adapters no longer wanted, and staging names left by an interrupted switch (a switch starts
-        # and ends within one pass).
         for name in sorted(pod.loaded):
-            if name not in wanted:
+            if name not in keep:
                 out.changes.append(AdapterChange(pod.name, pod.address, "unload", name))
     return out
 
@@ -142,12 +170,12 @@ def served_adapters(
     entries = []
     for d in desired:
         old = dict(before.get(d.name) or {})
-        on_new = sum(1 for p in asked if (p.loaded or {}).get(d.name) == d.path)
+        on_new = sum(1 for p in asked if serves(p.loaded, d.name, d.digest, d.path))
         entry: dict[str, Any] = {"name": d.name, "uri": d.uri, "digest": d.digest, "loadedOnPods": on_new,
                                  "desiredPods": len(pods)}  # fmt: skip
-        if on_new == 0 and old.get("uri") and old.get("digest") != d.digest:
+        if on_new == 0 and old.get("uri") and old.get("digest") and old.get("digest") != d.digest:
             old_path = adapter_path_in_pod(Source(d.name, old["uri"]))
-            on_old = sum(1 for p in asked if (p.loaded or {}).get(d.name) == old_path)
+            on_old = sum(1 for p in asked if serves(p.loaded, d.name, old["digest"], old_path))
             if on_old:
                 entry.update(uri=old["uri"], digest=old["digest"], loadedOnPods=on_old)
         if d.name in failures:

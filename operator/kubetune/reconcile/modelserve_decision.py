@@ -54,7 +54,7 @@ from .live_adapters import (
     plan,
     served_adapters,
 )
-from .sources import REASON_UNSUPPORTED, REASON_WAITING, Resolution, resolve_sources
+from .sources import REASON_NOT_PROMOTED, REASON_UNSUPPORTED, REASON_WAITING, Resolution, resolve_sources
 from .status import strip_none
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Reconciling", "Stalled")
@@ -405,7 +405,8 @@ class _Decider:
         else:
             self.set("Degraded", False, "NoRevision", "nothing is served yet")
             self.phase = "Failed" if reason == REASON_UNSUPPORTED else "Pending"
-        if reason == REASON_UNSUPPORTED:
+        if reason in (REASON_UNSUPPORTED, REASON_NOT_PROMOTED):
+            # nothing changes until the spec does or the job brings a new (promoted) result
             self.stalled(reason, message)
             self.event_on_change("Warning", reason, message, "Ready")
         else:
@@ -484,7 +485,7 @@ class _Decider:
                 prompt=test.prompt,
                 max_new_tokens=test.max_new_tokens,
                 expect=test.expect,
-                adapters=tuple(a.name for a in ms.spec.adapters),
+                adapters=engine_of(ms).adapter_ids(ms),
                 engine=ms.spec.engine,
                 served_model=engine_of(ms).served_model(ms),
             )

@@ -9,6 +9,8 @@ results, a FineTuneJob that starts from another's result (chains.py) and a Model
   used, even while the job runs again or after a later run failed; a new result replaces it when it comes.
 - Otherwise only the result of a job that has Succeeded is used; a Failed job is ``failed``, any other
   is ``waiting``.
+- Only promoted results are used: a result that failed its evaluation gate (``status.result.promoted``
+  false) is ``not-promoted``, also for a follower (it keeps what it has).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Raw = Mapping[str, Any]
-State = Literal["missing", "failed", "waiting", "ready"]
+State = Literal["missing", "failed", "waiting", "ready", "not-promoted"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ def readiness(obj: Raw | None, *, follow: bool) -> Readiness:
         return Readiness("missing")
     phase = phase_of(obj)
     result = (obj.get("status") or {}).get("result") or {}
+    if result.get("uri") and result.get("promoted") is False:
+        return Readiness("not-promoted", phase, result)
     if follow and result.get("uri"):
         return Readiness("ready", phase, result)
     if phase == "Failed":

@@ -23,6 +23,8 @@ from .results import readiness
 
 REASON_UNSUPPORTED = "UnsupportedByEngine"
 REASON_WAITING = "WaitingForResult"
+# A followed FineTuneJob's latest result failed its evaluation gate (status.result.promoted false).
+REASON_NOT_PROMOTED = "ResultNotPromoted"
 
 Raw = Mapping[str, Any]
 Job = FineTuneJob | Raw
@@ -37,22 +39,26 @@ class Resolution(Sources):
     """Messages: the engine cannot serve this; each says what would work."""
     waiting: list[str] = field(default_factory=list)
     """Messages: a referenced job has no result yet."""
+    not_promoted: list[str] = field(default_factory=list)
+    """Messages: a referenced job's latest result failed its evaluation gate (it is not served)."""
 
     @property
     def ok(self) -> bool:
-        return not self.unsupported and not self.waiting and self.model is not None
+        return not self.unsupported and not self.waiting and not self.not_promoted and self.model is not None
 
     @property
     def reason(self) -> str | None:
         if self.unsupported:
             return REASON_UNSUPPORTED
+        if self.not_promoted:
+            return REASON_NOT_PROMOTED
         if self.waiting:
             return REASON_WAITING
         return None
 
     @property
     def message(self) -> str:
-        return "; ".join(self.unsupported + self.waiting)
+        return "; ".join(self.unsupported + self.not_promoted + self.waiting)
 
 
 def referenced_jobs(ms: ModelServe | Raw) -> list[str]:
@@ -118,6 +124,18 @@ def _referenced(res: Resolution, where: str, ref: str, found: Job | None) -> _Re
             res.waiting.append(f"{where}: FineTuneJob {ref!r} is not valid ({error}); fix it first")
             return None
     ready = readiness(raw, follow=True)
+    if ready.state == "not-promoted":
+        evaluation = job.status.evaluation if job.status else None
+        why = (
+            evaluation.message
+            if evaluation is not None and evaluation.message
+            else "see its status.evaluation"
+        )
+        res.not_promoted.append(
+            f"{where}: the latest result of FineTuneJob {ref!r} ({ready.result.get('uri')}) failed its evaluation "
+            f"gate and is not served: {why}"
+        )
+        return None
     result = job.status.result if ready.ready and job.status else None
     uid = str((raw.get("metadata") or {}).get("uid") or "")
     return _Referenced(job, result, ready.phase, uid)
@@ -214,4 +232,6 @@ def resolve_sources(ms: ModelServe, jobs: Mapping[str, Job | None]) -> Resolutio
     return res
 
 
-__all__ = ["REASON_UNSUPPORTED", "REASON_WAITING", "Resolution", "referenced_jobs", "resolve_sources"]
+__all__ = [
+    "REASON_NOT_PROMOTED", "REASON_UNSUPPORTED", "REASON_WAITING", "Resolution", "referenced_jobs", "resolve_sources",
+]  # fmt: skip

@@ -329,6 +329,10 @@ def render_pod_template(
         "volumes": volumes,
         # TGI and vLLM drain in-flight requests on SIGTERM.
         "terminationGracePeriodSeconds": 60,
+        # No <SERVICE>_PORT=tcp://... variables from the namespace's Services: both engines read variables of
+        # that form (TGI's launcher PROMETHEUS_PORT, MASTER_PORT; vLLM's VLLM_PORT) and refuse to start when a
+        # Service named "prometheus", "master" or "vllm" puts a URL there.
+        "enableServiceLinks": False,
     }
     if init_containers:
         pod_spec["initContainers"] = init_containers

@@ -15,6 +15,16 @@ from .common import (
     SecretKeyRef,
     Toleration,
 )
+from .evaluation import (
+    EstimateStatus,
+    EvalDataset,
+    EvaluationSpec,
+    EvaluationStatus,
+    Gate,
+    GateVerdict,
+    LmEvalSpec,
+    MetricResult,
+)
 from .finetunejob import (
     ADAPTER_METHODS,
     ENCODER_TASKS,
@@ -82,5 +92,6 @@ __all__ = [
     "TARGET_CLUSTER", "TARGET_LOCAL", "Toleration", "TrainerConfig", "TrainerRuntime", "TrainingSpec", "URIError", "VERSION", "Validated",
     "ChainResolution", "OBJECTIVES", "ObjectiveFacts", "ObjectiveSpec", "PEFT_METHODS", "TASK_FORMATS", "format_readers",
     "implied_task", "ParentResult", "ResolvedModel", "REWARD_FUNCTIONS", "RL_OBJECTIVES", "RLReward", "RLSpec", "reward_function_args",
+    "EstimateStatus", "EvalDataset", "EvaluationSpec", "EvaluationStatus", "Gate", "GateVerdict", "LmEvalSpec", "MetricResult",
     "check_public_https_url", "config_hash", "pvc_claims", "pvc_local_path", "forbidden_address_reason", "forbidden_host_reason", "parse_uri", "validate_document",
 ]  # fmt: skip

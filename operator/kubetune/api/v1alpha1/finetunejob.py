@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -28,6 +28,7 @@ from .common import (
     Toleration,
     raise_problems,
 )
+from .evaluation import EVALUATION_CEL, EstimateStatus, EvaluationSpec, EvaluationStatus, evaluation_problems
 from .objective import (
     OBJECTIVE_SPEC_CEL,
     ObjectiveSpec,
@@ -371,7 +372,8 @@ class ResourcesSpec(KubeModel):
     """Where and on what the trainer pods run."""
 
     nodes: PositiveInt = 1
-    """Number of nodes (one trainer pod each)."""
+    """Number of nodes (one trainer pod each). Several CPU nodes (gpusPerNode 0) train with DDP over gloo,
+    one process per pod."""
     gpus_per_node: NonNegativeInt = 1
     """GPUs per pod; 0 trains on CPU."""
     gpu_resource: Annotated[str, Field(min_length=1)] = "nvidia.com/gpu"
@@ -394,6 +396,9 @@ class ResourcesSpec(KubeModel):
     """PriorityClass of the pods."""
     scheduler_name: str | None = None
     """Scheduler of the pods."""
+    skip_fit_check: bool = False
+    """Start the run even when the fit check estimates it needs more GPU memory than the GPUs have (the
+    estimate is still made and shown in status.estimate)."""
 
 
 class DistributedSpec(KubeModel):
@@ -459,8 +464,11 @@ FINETUNEJOB_SPEC_CEL: list[JsonValue] = [
         "fieldPath": ".dataset.evalFraction",
     },
     {
-        "rule": "self.resources.nodes == 1 || self.resources.gpusPerNode >= 1",
-        "message": "resources.nodes > 1 needs resources.gpusPerNode >= 1",
+        "rule": "self.resources.nodes == 1 || self.resources.gpusPerNode >= 1"
+        " || !has(self.distributed) || !has(self.distributed.strategy)"
+        " || self.distributed.strategy in ['auto', 'ddp']",
+        "message": "resources.nodes > 1 on CPU (gpusPerNode 0) trains with DDP over gloo:"
+        " set distributed.strategy auto or ddp, or gpusPerNode >= 1",
         "fieldPath": ".resources.nodes",
     },
     {
@@ -553,6 +561,7 @@ FINETUNEJOB_SPEC_CEL: list[JsonValue] = [
 
 
 FINETUNEJOB_SPEC_CEL += TRACKING_CEL
+FINETUNEJOB_SPEC_CEL += EVALUATION_CEL
 FINETUNEJOB_SPEC_CEL[:] = implied_task_cel(
     FINETUNEJOB_SPEC_CEL
 )  # last: every rule above reads the implied task
@@ -585,6 +594,9 @@ class FineTuneJobSpec(KubeModel):
     """Where the result is stored."""
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     """Experiment trackers (TensorBoard, MLflow, Weights & Biases) the trainer reports to."""
+    evaluation: EvaluationSpec | None = None
+    """Evaluate the result after training (and the base model, compareWithBase) and promote it only when it
+    passes its gates; none: every result is promoted."""
     image: Annotated[str | None, Field(min_length=1)] = None
     """Trainer image; defaults to the operator's setting."""
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
@@ -678,8 +690,10 @@ class FineTuneJobSpec(KubeModel):
              f"method {method.type} has no adapter to merge (only lora, qlora and ia3 do); set it to false"),
             (data.eval_split is not None and data.eval_fraction > 0, "dataset.evalFraction",
              "evalSplit and evalFraction are exclusive: set one of them"),
-            (resources.nodes > 1 and resources.gpus_per_node < 1, "resources.nodes",
-             "more than one node needs GPUs: set resources.gpusPerNode >= 1"),
+            (resources.nodes > 1 and resources.gpus_per_node < 1 and self.distributed.strategy not in ("auto", "ddp"),
+             "resources.nodes",
+             f"several CPU nodes (gpusPerNode 0) train with DDP over gloo, not {self.distributed.strategy}: "
+             "set distributed.strategy auto or ddp, or gpusPerNode >= 1"),
             (data.format == "classification" and model.task != "sequence-classification", "dataset.format",
              "classification data needs model.task sequence-classification"),
             (data.format == "token-tags" and model.task != "token-classification", "dataset.format",
@@ -701,6 +715,17 @@ class FineTuneJobSpec(KubeModel):
              "warmupRatio and warmupSteps are exclusive: set one of them"),
         ]  # fmt: skip
         checks += tracking_problems(self.tracking)
+        if self.evaluation is not None:
+            checks += evaluation_problems(
+                self.evaluation,
+                model.task,
+                TASK_METRICS[model.task],
+                has_eval,
+                self.objective.type,
+                tuple(get_args(DatasetFormat)),
+                target == TARGET_CLUSTER,
+                method.type,
+            )
         problems = [Problem(path, message) for broken, path, message in checks if broken]
         problems += objective_problems(
             self.objective,
@@ -841,6 +866,9 @@ class ResultStatus(KubeModel):
     """Trainer image that produced it."""
     parents: list[ParentResult] = Field(default_factory=list)
     """The chain this result comes from: the FineTuneJobs whose results it started from or used."""
+    promoted: bool | None = None
+    """false: the result failed its evaluation gate (spec.evaluation); it is kept, and no ModelServe serves it.
+    true (or unset, for results without an evaluation) it is served."""
 
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
@@ -871,6 +899,10 @@ class FineTuneJobStatus(KubeModel):
     """Latest checkpoint (written by the trainer)."""
     result: ResultStatus = Field(default_factory=ResultStatus)
     """Result of the run (written by the trainer)."""
+    estimate: EstimateStatus | None = None
+    """The fit check: estimated peak GPU memory per GPU against the GPUs' memory (written by the operator)."""
+    evaluation: EvaluationStatus | None = None
+    """The evaluation of the result against spec.evaluation's gates (written by the trainer)."""
 
 
 class FineTuneJob(KubeModel):

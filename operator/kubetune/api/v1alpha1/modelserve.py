@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, JsonValue, ValidationInfo, model_validator
 
 from .common import (
     DNS_LABEL,
@@ -40,24 +40,25 @@ def _check_regex(value: str | None) -> str | None:
     return value
 
 
+MODEL_SOURCE_CEL: list[JsonValue] = [
+    {
+        "rule": "has(self.fineTuneJobRef) != has(self.uri)",
+        "message": "set exactly one of fineTuneJobRef and uri",
+    },
+    {
+        "rule": "!has(self.secretRef) || has(self.uri)",
+        "message": "secretRef goes with uri; a fineTuneJobRef uses the job's own secrets",
+        "fieldPath": ".secretRef",
+    },
+]
+
+
 class ModelSource(KubeModel):
     """Exactly one of fineTuneJobRef or uri."""
 
-    model_config = KubeModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.fineTuneJobRef) != has(self.uri)",
-                    "message": "set exactly one of fineTuneJobRef and uri",
-                },
-                {
-                    "rule": "!has(self.secretRef) || has(self.uri)",
-                    "message": "secretRef goes with uri; a fineTuneJobRef uses the job's own secrets",
-                    "fieldPath": ".secretRef",
-                },
-            ]
-        }
-    }
+    model_config = ConfigDict(
+        **KubeModel.model_config, json_schema_extra={"x-kubernetes-validations": MODEL_SOURCE_CEL}
+    )
 
     fine_tune_job_ref: LocalObjectReference | None = None
     """Serve this FineTuneJob's result (its full or merged model); follows each new result."""
@@ -80,11 +81,37 @@ class ModelSource(KubeModel):
         return self
 
 
+COMMA_MESSAGE = (
+    "an adapter's uri cannot contain ',': both engines read their adapter lists comma separated (TGI's "
+    "LORA_ADAPTERS, vLLM's --lora-modules); rename the folder"
+)
+
+
 class AdapterSource(ModelSource):
     """A LoRA adapter served on top of the model."""
 
+    model_config = ConfigDict(
+        **KubeModel.model_config,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                *MODEL_SOURCE_CEL,
+                {
+                    "rule": "!has(self.uri) || !self.uri.contains(',')",
+                    "message": COMMA_MESSAGE,
+                    "fieldPath": ".uri",
+                },
+            ]
+        },
+    )
+
     name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
     """Adapter name clients pass as the model/adapter id."""
+
+    @model_validator(mode="after")
+    def _no_comma(self) -> AdapterSource:
+        if self.uri is not None and "," in self.uri:
+            raise_problems([Problem("uri", COMMA_MESSAGE)])
+        return self
 
 
 class ServeResources(KubeModel):
@@ -120,6 +147,41 @@ TGIQuantize = Literal[
 ]
 
 
+# Flags the operator sets itself on each engine's command line (engines/tgi.py, engines/vllm.py; TGI's
+# through the environment too: clap reads MODEL_ID etc. for --model-id etc.). Repeated in extraArgs they
+# would fail the start (TGI's launcher refuses a repeated argument) or quietly override the operator's
+# (vLLM takes the last: an extra --port moves the server while its probes stay on 8000).
+TGI_RESERVED_FLAGS = (
+    "--model-id", "--port", "--hostname", "--lora-adapters", "--huggingface-hub-cache", "--json-output",
+    "--quantize", "--num-shard", "--dtype", "--max-input-tokens", "--max-total-tokens",
+    "--max-batch-prefill-tokens", "--max-concurrent-requests",
+)  # fmt: skip
+VLLM_RESERVED_FLAGS = (
+    "--model", "--host", "--port", "--served-model-name", "--tensor-parallel-size", "--dtype", "--max-model-len",
+    "--gpu-memory-utilization", "--quantization", "--enforce-eager", "--enable-lora", "--max-lora-rank",
+    "--max-loras", "--max-cpu-loras", "--lora-modules",
+)  # fmt: skip
+
+
+def _reserved_rule(field: str, flags: tuple[str, ...], engine: str, spec: str) -> JsonValue:
+    alternatives = "|".join(f.removeprefix("--") for f in flags)
+    return {
+        "rule": f"!has(self.{field}) || self.{field}.extraArgs.all(a, !a.matches('^--({alternatives})(=.*)?$'))",
+        "message": f"{field}.extraArgs repeats a flag the operator sets from spec.{field} or itself; set it "
+        f"through {spec} instead ({', '.join(flags)})",
+        "fieldPath": f".{field}.extraArgs",
+    }
+
+
+# Bounded, so the API server's CEL cost estimate for the reserved-flag rules stays within its budget.
+ExtraArgs = Annotated[list[Annotated[str, Field(max_length=512)]], Field(max_length=64)]
+
+
+def reserved_in(extra_args: list[str], flags: tuple[str, ...]) -> list[str]:
+    """The arguments of EXTRA_ARGS that name one of FLAGS (``--flag`` or ``--flag=value``)."""
+    return [a for a in extra_args if a.split("=", 1)[0] in flags]
+
+
 class TGISpec(KubeModel):
     """Text Generation Inference launcher settings."""
 
@@ -137,11 +199,14 @@ class TGISpec(KubeModel):
     """--max-batch-prefill-tokens."""
     max_concurrent_requests: Annotated[int | None, Field(ge=1)] = None
     """--max-concurrent-requests."""
-    extra_args: list[str] = Field(default_factory=list)
+    extra_args: ExtraArgs = Field(default_factory=list)
     """More text-generation-launcher arguments, as is."""
 
 
-VLLMQuantization = Literal["awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors", "gguf", "marlin"]
+# --quantization values vLLM's argument parser accepts (vllm/model_executor/layers/quantization
+# QuantizationMethods, 0.32 and 0.33; tests/serve/test_vllm_definitions.py reads them from the real vLLM);
+# bitsandbytes, gguf and marlin are not among them ("Unknown quantization method").
+VLLMQuantization = Literal["awq", "gptq", "fp8", "compressed-tensors"]
 
 
 class VLLMSpec(KubeModel):
@@ -160,13 +225,14 @@ class VLLMSpec(KubeModel):
     enforce_eager: bool = False
     """--enforce-eager: no CUDA graphs (less memory, slower decoding)."""
     max_loras: Annotated[int | None, Field(ge=1)] = None
-    """--max-loras: adapters in one batch; defaults to the number of adapters (at least 1)."""
+    """--max-loras: adapters in one batch; defaults to the number of adapters the pods start with (at least 1)."""
     max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] | None = None
     """--max-lora-rank; defaults to the smallest vLLM accepts that fits the adapters' LoRA rank (their
     FineTuneJobs' method.lora.r; 64 for adapters given by uri)."""
     max_cpu_loras: Annotated[int | None, Field(ge=1)] = None
-    """--max-cpu-loras: adapters kept in CPU memory."""
-    extra_args: list[str] = Field(default_factory=list)
+    """--max-cpu-loras: adapters kept in CPU memory; defaults to twice maxLoras (each adapter is loaded under its
+    served name and its version name NAME@DIGEST)."""
+    extra_args: ExtraArgs = Field(default_factory=list)
     """More `vllm serve` arguments, as is."""
 
 
@@ -207,11 +273,19 @@ class ServiceSpec(KubeModel):
     """Service port."""
 
 
+TGI_DTYPE_WITH_QUANTIZE = (None, "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4")
+TGI_DTYPE_QUANTIZE_MESSAGE = (
+    "tgi.dtype goes with tgi.quantize only when that is bitsandbytes, bitsandbytes-nf4 or bitsandbytes-fp4 "
+    "(TGI's shards refuse both: they decide the weights' type each); unset one of them"
+)
+
+
 class ModelServeSpec(KubeModel):
     """What to serve and how."""
 
-    model_config = KubeModel.model_config | {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        **KubeModel.model_config,
+        json_schema_extra={
             "x-kubernetes-validations": [
                 {
                     "rule": "!has(self.vllm) || !has(self.vllm.tensorParallelSize) || self.resources.gpus == 0"
@@ -229,9 +303,37 @@ class ModelServeSpec(KubeModel):
                     "message": "adapter names must be unique",
                     "fieldPath": ".adapters",
                 },
+                {
+                    "rule": "!has(self.tgi) || !has(self.tgi.dtype) || !has(self.tgi.quantize) || self.tgi.quantize"
+                    " in ['bitsandbytes', 'bitsandbytes-nf4', 'bitsandbytes-fp4']",
+                    "message": TGI_DTYPE_QUANTIZE_MESSAGE,
+                    "fieldPath": ".tgi.dtype",
+                },
+                {
+                    "rule": "!has(self.tgi) || !has(self.tgi.quantize) || self.tgi.quantize != 'exl2'"
+                    " || !has(self.tgi.numShard) || self.tgi.numShard <= 1",
+                    "message": "tgi.quantize exl2 cannot be sharded (TGI's launcher refuses exl2 with numShard > 1)",
+                    "fieldPath": ".tgi.numShard",
+                },
+                {
+                    "rule": "!has(self.tgi) || !has(self.tgi.maxInputTokens) || !has(self.tgi.maxTotalTokens)"
+                    " || self.tgi.maxInputTokens < self.tgi.maxTotalTokens",
+                    "message": "tgi.maxInputTokens must be below tgi.maxTotalTokens (TGI's launcher refuses "
+                    "max_input_tokens >= max_total_tokens)",
+                    "fieldPath": ".tgi.maxInputTokens",
+                },
+                {
+                    "rule": "!has(self.vllm) || !has(self.vllm.maxCpuLoras) || self.vllm.maxCpuLoras >= "
+                    "(has(self.vllm.maxLoras) ? self.vllm.maxLoras : (size(self.adapters) > 0 ? size(self.adapters) : 1))",
+                    "message": "vllm.maxCpuLoras must be at least vllm.maxLoras (which defaults to the number of "
+                    "adapters): vLLM refuses to start otherwise",
+                    "fieldPath": ".vllm.maxCpuLoras",
+                },
+                _reserved_rule("tgi", TGI_RESERVED_FLAGS, "TGI", "spec.tgi"),
+                _reserved_rule("vllm", VLLM_RESERVED_FLAGS, "vLLM", "spec.vllm"),
             ]
-        }
-    }
+        },
+    )
 
     engine: Literal["tgi", "vllm"] = "tgi"
     """Serving engine: tgi (Text Generation Inference; adapters load at pod start) or vllm (adapters load
@@ -277,6 +379,52 @@ class ModelServeSpec(KubeModel):
                 Problem(
                     "tgi.numShard",
                     f"{shard} shards need {shard} GPUs but resources.gpus is {self.resources.gpus}",
+                )
+            )
+        if self.tgi.dtype is not None and self.tgi.quantize not in TGI_DTYPE_WITH_QUANTIZE:
+            problems.append(Problem("tgi.dtype", TGI_DTYPE_QUANTIZE_MESSAGE))
+        if self.tgi.quantize == "exl2" and (self.tgi.num_shard or 1) > 1:
+            problems.append(
+                Problem(
+                    "tgi.numShard", "exl2 cannot be sharded: TGI's launcher refuses exl2 with numShard > 1"
+                )
+            )
+        tin, ttotal = self.tgi.max_input_tokens, self.tgi.max_total_tokens
+        if tin is not None and ttotal is not None and tin >= ttotal:
+            problems.append(
+                Problem(
+                    "tgi.maxInputTokens",
+                    f"{tin} must be below tgi.maxTotalTokens {ttotal} (TGI's launcher refuses "
+                    "max_input_tokens >= max_total_tokens)",
+                )
+            )
+        max_loras = self.vllm.max_loras or max(1, len(self.adapters))
+        if self.vllm.max_cpu_loras is not None and self.vllm.max_cpu_loras < max_loras:
+            problems.append(
+                Problem(
+                    "vllm.maxCpuLoras",
+                    f"{self.vllm.max_cpu_loras} is below vllm.maxLoras {max_loras} (which defaults to the number "
+                    "of adapters): vLLM refuses to start; raise it or leave it unset",
+                )
+            )
+        for field, flags, spec in (
+            ("tgi", TGI_RESERVED_FLAGS, self.tgi),
+            ("vllm", VLLM_RESERVED_FLAGS, self.vllm),
+        ):
+            if repeated := reserved_in(spec.extra_args, flags):
+                problems.append(
+                    Problem(
+                        f"{field}.extraArgs",
+                        f"{', '.join(repeated)} repeats a flag the operator sets from spec.{field} or itself; "
+                        f"set it through spec.{field} instead",
+                    )
+                )
+        given = [a.split("=", 1)[0] for a in self.tgi.extra_args if a.startswith("-")]
+        if twice := sorted({f for f in given if given.count(f) > 1}):
+            problems.append(
+                Problem(
+                    "tgi.extraArgs",
+                    f"{', '.join(twice)} given twice: TGI's launcher refuses a repeated argument",
                 )
             )
         names = [a.name for a in self.adapters]
@@ -357,8 +505,28 @@ class ModelServeStatus(KubeModel):
     """engine vllm: each adapter's served version and on how many ready pods it is loaded."""
 
 
+ADAPTER_NAMED_LIKE_MODEL = (  # engine vllm
+    "is the ModelServe's own name, under which the model itself is served; vLLM refuses an adapter of that "
+    "name (it conflicts with the served base model): rename the adapter"
+)
+
+
 class ModelServe(KubeModel):
     """A model (and LoRA adapters) served by TGI or vLLM with smoke-tested rollouts."""
+
+    model_config = ConfigDict(
+        **KubeModel.model_config,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.spec.engine) || self.spec.engine != 'vllm' || !has(self.spec.adapters)"
+                    " || self.spec.adapters.all(a, a.name != self.metadata.name)",
+                    "message": f"an adapter's name {ADAPTER_NAMED_LIKE_MODEL}",
+                    "fieldPath": ".spec.adapters",
+                },
+            ]
+        },
+    )
 
     api_version: Literal["kubetune.io/v1alpha1"] = "kubetune.io/v1alpha1"
     """kubetune.io/v1alpha1"""
@@ -370,3 +538,12 @@ class ModelServe(KubeModel):
     """Desired state."""
     status: ModelServeStatus | None = None
     """Observed state."""
+
+    @model_validator(mode="after")
+    def _adapter_names(self) -> ModelServe:
+        name = self.metadata.name
+        raise_problems([
+            Problem(f"spec.adapters[{i}].name", f"{a.name!r} {ADAPTER_NAMED_LIKE_MODEL}")
+            for i, a in enumerate(self.spec.adapters) if self.spec.engine == "vllm" and name and a.name == name
+        ])  # fmt: skip
+        return self
