@@ -1,7 +1,8 @@
 """The scripts in hack/ (benchmarks, soak) use the repository's harness (tests/support: the local control plane,
-`kubetune operator` as a process, the CRDs, the objects) and nothing else of tests/: never a conftest (pytest's
-fixtures and hooks) and never pytest itself, not even through a tests.support module they import. So a
-benchmark runs with what `make cluster-up` runs (`python -m tests.support.controlplane`), without pytest."""
+`kubetune operator` as a process, the CRDs, the objects; or a suite's own plain helper module, such as
+tests/gateway/helpers.py) and nothing else of tests/: never a conftest (pytest's fixtures and hooks), never a
+test module, and never pytest itself, not even through a module they import. So a benchmark runs with what
+`make cluster-up` runs (`python -m tests.support.controlplane`), without pytest."""
 
 from __future__ import annotations
 
@@ -51,27 +52,40 @@ def closure(start: set[str]) -> set[str]:
 SCRIPTS = sorted((REPO / "hack").glob("*.py"))
 
 
+def problems(script: Path) -> list[str]:
+    """What SCRIPT imports of tests/ that a script may not: test modules, conftests, pytest."""
+    found = []
+    direct = imported_modules(script)
+    tests = sorted(
+        m for m in direct if m.split(".")[0] == "tests" and any(p.startswith("test_") for p in m.split("."))
+    )
+    if tests:
+        found.append(f"test modules {tests}")
+    reached = closure(direct)
+    conftests = sorted(m for m in reached if m.split(".")[-1] == "conftest")
+    if conftests:
+        found.append(f"conftests {conftests}")
+    pytest = sorted(m for m in reached if m.split(".")[0] in ("pytest", "_pytest"))
+    if pytest:
+        found.append(f"pytest ({pytest})")
+    return found
+
+
 def test_hack_scripts_import_only_the_harness_of_tests():
     assert SCRIPTS, "no scripts found in hack/"
-    for script in SCRIPTS:
-        from_tests = {m for m in imported_modules(script) if m.split(".")[0] == "tests"}
-        # `from tests.support import controlplane` names the package and its module: both are the harness.
-        wrong = sorted(m for m in from_tests if m != "tests.support" and not m.startswith("tests.support."))
-        assert not wrong, f"{script.name} imports {wrong}: only tests.support is the harness scripts may use"
-        reached = closure(imported_modules(script))
-        conftests = sorted(m for m in reached if m.split(".")[-1] == "conftest")
-        assert not conftests, f"{script.name} reaches {conftests}"
-        pytest = sorted(m for m in reached if m.split(".")[0] in ("pytest", "_pytest"))
-        assert not pytest, f"{script.name} reaches {pytest} (through {sorted(from_tests)})"
+    wrong = {script.name: found for script in SCRIPTS if (found := problems(script))}
+    assert not wrong, f"scripts reaching what only pytest may run: {wrong}"
 
 
-def test_the_check_sees_a_conftest_and_pytest(tmp_path: Path):
-    """The helpers above find what they must refuse (a check that cannot fail is no check)."""
-    script = tmp_path / "probe.py"
-    script.write_text(
-        "import os\nfrom tests.operator.conftest import FTJ\nfrom tests.support import cluster\n"
-    )
-    found = imported_modules(script)
-    assert {"tests.operator.conftest", "tests.support.cluster"} <= found
-    reached = closure(found)
-    assert "pytest" in reached  # tests/support/cluster.py is the pytest plugin
+def test_the_check_sees_test_modules_conftests_and_pytest(tmp_path: Path):
+    """A script importing a test module, a conftest, or the pytest plugin of tests/support is refused (a check
+    that cannot fail is no check); one importing only the harness is not."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("from tests.unit.test_queue import Gate\nfrom tests.operator.conftest import FTJ\n")
+    assert [p.split(" ")[0] for p in problems(bad)] == ["test", "conftests", "pytest"]
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text("from tests.support import cluster\n")  # tests/support/cluster.py: the pytest plugin
+    assert [p.split(" ")[0] for p in problems(plugin)] == ["pytest"]
+    good = tmp_path / "good.py"
+    good.write_text("from tests.support import controlplane\nfrom tests.support.operator import Operator\n")
+    assert problems(good) == []
