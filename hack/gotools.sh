@@ -4,7 +4,8 @@
 #   hack/gotools.sh            build whatever is missing, print KEY=path lines
 #   hack/gotools.sh --check    exit 0 when everything is built, 1 otherwise (builds nothing)
 #   hack/gotools.sh --print    print KEY=path lines (builds nothing)
-#   hack/gotools.sh kstatus    build (or find) only the named tools: kstatus | promtool | argocd-lua | coredns
+#   hack/gotools.sh kstatus    build (or find) only the named tools: kstatus | promtool | argocd-lua | coredns |
+#                              registry | crane
 #   hack/gotools.sh --check coredns    exit 0 when the named tools are built
 #
 # - kstatus: hack/kstatus (a tiny program around sigs.k8s.io/cli-utils' kstatus, the health
@@ -25,6 +26,12 @@
 #   only the plugins the node's Corefile uses (CoreDNS' own main links every plugin, cloud DNS SDKs
 #   included: 281 s cold against 205 s, docs/testing.md). Cached like kstatus, under the CoreDNS version
 #   and a hash of the program's sources.
+# - registry: the OCI registry of the test bed (tests/support/oci_registry.py), built only when named.
+#   hack/registry: the CNCF distribution registry's RootCmd with only the filesystem/in-memory storage drivers
+#   and htpasswd auth linked in, plus `registry htpasswd USER PASSWORD`. Cached like kstatus, under the
+#   distribution version and a hash of the program's sources.
+# - crane: github.com/google/go-containerregistry/cmd/crane, `go install`ed at a pinned version, built only
+#   when named: the second registry client that reads back what the trainer pushed with oras.
 #
 # Like hack/testbin.sh: results land in $KUBETUNE_TESTBIN_DIR (default ~/.cache/kubetune/testbin),
 # a folder exists only once its build succeeded, and no toolchain is ever downloaded.
@@ -50,6 +57,11 @@ ARGOCD_LUA_DIR=$TESTBIN_DIR/argocd-lua-gopher-lua-$GOPHER_LUA_VERSION-$ARGOCD_LU
 COREDNS_VERSION=$(sed -nE 's/^\s*(require )?github\.com\/coredns\/coredns (v[^ ]+).*/\2/p' "$HERE/coredns/go.mod")
 COREDNS_HASH=$(cat "$HERE/coredns/go.mod" "$HERE/coredns/go.sum" "$HERE/coredns/main.go" | sha256sum | cut -c1-12)
 COREDNS_DIR=$TESTBIN_DIR/coredns-$COREDNS_VERSION-$COREDNS_HASH
+DISTRIBUTION_VERSION=$(sed -nE 's/^\s*(require )?github\.com\/distribution\/distribution\/v3 (v[^ ]+).*/\2/p' "$HERE/registry/go.mod")
+REGISTRY_HASH=$(cat "$HERE/registry/go.mod" "$HERE/registry/go.sum" "$HERE/registry/main.go" | sha256sum | cut -c1-12)
+REGISTRY_DIR=$TESTBIN_DIR/registry-$DISTRIBUTION_VERSION-$REGISTRY_HASH
+CRANE_VERSION=${CRANE_VERSION:-v0.22.1}   # github.com/google/go-containerregistry
+CRANE_DIR=$TESTBIN_DIR/crane-$CRANE_VERSION
 
 log() { printf '[gotools] %s\n' "$*" >&2; }
 
@@ -58,6 +70,8 @@ print_paths() {
   echo "PROMTOOL=$PROMTOOL_DIR/promtool"
   echo "ARGOCD_LUA=$ARGOCD_LUA_DIR/argocd-lua"
   echo "COREDNS=$COREDNS_DIR/coredns"
+  echo "REGISTRY=$REGISTRY_DIR/registry"
+  echo "CRANE=$CRANE_DIR/crane"
 }
 
 built() { # built TOOL
@@ -66,11 +80,13 @@ built() { # built TOOL
     promtool) [[ -x $PROMTOOL_DIR/promtool ]] ;;
     argocd-lua) [[ -x $ARGOCD_LUA_DIR/argocd-lua ]] ;;
     coredns) [[ -x $COREDNS_DIR/coredns ]] ;;
+    registry) [[ -x $REGISTRY_DIR/registry ]] ;;
+    crane) [[ -x $CRANE_DIR/crane ]] ;;
     *) log "unknown tool $1"; exit 2 ;;
   esac
 }
 
-TOOLS=(kstatus promtool argocd-lua)   # the default set; coredns only when named
+TOOLS=(kstatus promtool argocd-lua)   # the default set; coredns, registry and crane only when named
 CHECK=false
 case "${1:-}" in
   --print) print_paths; exit 0 ;;
@@ -80,8 +96,8 @@ if [[ $# -gt 0 ]]; then
   TOOLS=()
   for t in "$@"; do
     case $t in
-      kstatus|promtool|argocd-lua|coredns) TOOLS+=("$t") ;;
-      *) echo "usage: $0 [--check|--print] [kstatus|promtool|argocd-lua|coredns...]" >&2; exit 2 ;;
+      kstatus|promtool|argocd-lua|coredns|registry|crane) TOOLS+=("$t") ;;
+      *) echo "usage: $0 [--check|--print] [kstatus|promtool|argocd-lua|coredns|registry|crane...]" >&2; exit 2 ;;
     esac
   done
 fi
@@ -130,6 +146,15 @@ build_coredns() {
     -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" -o "$TMPOUT/coredns" .)
 }
 
+build_registry() {
+  (cd "$HERE/registry" && "$GO" build -trimpath -ldflags "-s -w" -o "$TMPOUT/registry" .)
+}
+
+build_crane() {
+  (cd "$TESTBIN_DIR" && GOBIN=$TMPOUT "$GO" install -trimpath -ldflags "-s -w" \
+    "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION")
+}
+
 missing=()
 for t in "${TOOLS[@]}"; do built "$t" || missing+=("$t"); done
 if [[ ${#missing[@]} -gt 0 ]]; then
@@ -147,6 +172,8 @@ if [[ ${#missing[@]} -gt 0 ]]; then
       promtool) timed "promtool-$PROMETHEUS_VERSION-nosd" build_into "$PROMTOOL_DIR" build_promtool ;;
       argocd-lua) timed "argocd-lua-gopher-lua-$GOPHER_LUA_VERSION" build_into "$ARGOCD_LUA_DIR" build_argocd_lua ;;
       coredns) timed "coredns-$COREDNS_VERSION-minimal" build_into "$COREDNS_DIR" build_coredns ;;
+      registry) timed "registry-$DISTRIBUTION_VERSION-minimal" build_into "$REGISTRY_DIR" build_registry ;;
+      crane) timed "crane-$CRANE_VERSION" build_into "$CRANE_DIR" build_crane ;;
     esac
     exec 9>&-
   done

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -182,12 +183,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 1
     if args.dry_run:
         return _dry_run(args)
-    if importlib.util.find_spec("torch") is None:
-        print("kubetune train --local needs the trainer's dependencies: pip install 'kubetune[trainer]'",
-              file=sys.stderr)  # fmt: skip
+    run_local = _local_command("train")
+    if run_local is None:
         return 1
-    from kubetune_trainer.local import run_local
-
     return run_local(args.file, args.output, processes=args.processes)
 
 
@@ -228,13 +226,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _, failed = validate_files([args.file], local=True, out=sys.stderr)
     if failed:
         return 1
-    if importlib.util.find_spec("torch") is None:
-        print("kubetune eval --local needs the trainer's dependencies: pip install 'kubetune[trainer]'",
-              file=sys.stderr)  # fmt: skip
+    run_eval = _local_command("eval")
+    if run_eval is None:
         return 1
-    from kubetune_trainer.eval_local import run_eval
-
     return run_eval(args.file, args.result)
+
+
+LOCAL_COMMANDS = "kubetune.local"
+"""Entry points the trainer plugs its local commands into (pyproject.toml): the operator's packages never
+import the trainer, which imports kubetune.api (a loop the import rules could not see)."""
+
+
+def _local_command(name: str) -> Callable[..., int] | None:
+    """The trainer's implementation of `kubetune NAME --local`, or None after saying what to install."""
+    if importlib.util.find_spec("torch") is None:
+        print(f"kubetune {name} --local needs the trainer's dependencies: pip install 'kubetune[trainer]'",
+              file=sys.stderr)  # fmt: skip
+        return None
+    found = entry_points(group=LOCAL_COMMANDS, name=name)
+    if not found:
+        print(f"kubetune {name} --local: the trainer is not installed (no {LOCAL_COMMANDS} entry point "
+              f"{name!r}): pip install 'kubetune[trainer]'", file=sys.stderr)  # fmt: skip
+        return None
+    command: Callable[..., int] = next(iter(found)).load()
+    return command
 
 
 def cmd_operator(args: argparse.Namespace) -> int:

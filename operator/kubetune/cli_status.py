@@ -202,9 +202,10 @@ def api_client(kubeconfig: str | None = None, context: str | None = None):
     from kubernetes import config
 
     from kubetune.reconcile import client as kube_client
+    from kubetune.reconcile.credentials import load_configuration
 
     try:
-        return kube_client.api_client(kube_client.load_configuration(kubeconfig, context))
+        return kube_client.api_client(load_configuration(kubeconfig, context))
     except (config.ConfigException, OSError) as exc:
         raise CLIError(
             f"no usable kubeconfig (set KUBECONFIG or --kubeconfig) and not in a cluster: {exc}"

@@ -23,15 +23,48 @@ import kopf
 
 from kubetune import metrics, runtime
 from kubetune.reconcile.chains import Dependents
-from kubetune.reconcile.client import bearer_token, load_configuration, lower_throttled_retries
+from kubetune.reconcile.credentials import bearer_token, load_configuration
 from kubetune.reconcile.queue import event_priority
 from kubetune.render.common import FINETUNEJOB_LABEL
 from kubetune.settings import load_settings
 
 log = logging.getLogger("kubetune.handlers")
 
-# Chains: which FineTuneJobs refer to which, from the watch events (used on the event loop only).
+# Chains: which FineTuneJobs refer to which, and what they read of each other, from the watch events (used
+# on the event loop only).
 _dependents = Dependents()
+
+
+# ------------------------------------------------------------------------------------------------
+# kopf's logs
+
+
+class ThrottledRetryLevel(logging.Filter):
+    """kopf's log of a 429 it retries, as a WARNING rather than an ERROR (a handler filter: sees every logger).
+
+    kopf (``kopf/_cogs/clients/api.py``) retries a 429 with its ``networking.error_backoffs``, waiting at
+    least the server's Retry-After, and logs each retry at ERROR ("Request attempt #1/9 failed; will
+    retry"). A throttled operator is doing what the cluster's administrator asked, so a burst would fill the
+    log with ERROR lines that need nobody's attention. Only those records are lowered: kopf giving up
+    ("escalating") and every other error stay ERRORs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.name.startswith("kopf."):
+            message = record.getMessage()
+            if "will retry" in message and "APITooManyRequestsError" in message:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def lower_throttled_retries(root: logging.Logger | None = None) -> None:
+    """Install ThrottledRetryLevel on the handlers of ROOT (default: the root logger), once."""
+    for handler in (root or logging.getLogger()).handlers:
+        if not any(isinstance(f, ThrottledRetryLevel) for f in handler.filters):
+            handler.addFilter(ThrottledRetryLevel())
+
+
+# ------------------------------------------------------------------------------------------------
+# kopf's activities
 
 
 @kopf.on.login(id="kubetune-login")
@@ -72,9 +105,9 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
-    """kopf's settings for this operator (called by the startup handler)."""
-    # kopf's own bookkeeping goes to annotations (never into the user's status), and it only logs.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.io")
+    """kopf's settings for this operator (called by the startup handler). Its progress storage is left
+    alone and its diff base keeps nothing (NoDiffBase): both serve change-detecting handlers
+    (create/update/resume), and this operator has only event handlers, which store nothing on the object."""
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING
     settings.posting.enabled = False  # the reconcile writes its own Events
@@ -120,40 +153,36 @@ def queue_probe(**_: Any) -> dict[str, Any]:
     return {name: q.stats() for name, q in (rt.queues.items() if rt else [])}
 
 
+# ------------------------------------------------------------------------------------------------
+# Events -> the watch index (reconcile/index.py) and keys. Every handler keeps the event's object in the index
+# before it queues a key, so a reconcile never sees less than what queued it (the runtime primed the index
+# with a list of every watched kind before kopf started: see runtime.prime_index).
+
+
 @kopf.on.event("kubetune.io", "v1alpha1", "finetunejobs", id="finetunejob-event")
 async def finetunejob_event(
     namespace: str | None, name: str | None, body: kopf.Body, type: str | None = None, **_: Any
 ) -> None:
-    # The event of the reconcile's own status write shows what that reconcile decided: nothing to do.
-    version = body.get("metadata", {}).get("resourceVersion")
-    # New work first: a listed job (a restart's listing, type None) whose spec was seen goes behind new work.
-    priority = event_priority(type, body)
-    if type == "DELETED" or not runtime.caused_by_us("FineTuneJob", namespace, name, version):
-        runtime.enqueue(runtime.FINETUNEJOB, namespace, name, priority)
-    # Chains: a change of this job (its result, its phase) may let the jobs that start from it, or use it as
-    # a reward model, go on.
+    runtime.object_event(runtime.FINETUNEJOB, "FineTuneJob", body, type)
+    # Chains: a change of what the jobs that start from this one (or use it as a reward model) read of it (its
+    # existence, spec, phase, result) may let them go on, or show a cycle.
     if namespace and name:
-        _dependents.note(namespace, name, None if type == "DELETED" else dict(body))
-        for dependent in _dependents.of(namespace, name):
+        current = None if type == "DELETED" else dict(body)
+        _dependents.note(namespace, name, current)
+        for dependent in _dependents.woken(namespace, name, current):
             runtime.enqueue(runtime.FINETUNEJOB, namespace, dependent, event_priority(type))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="trainer-job-event")
-async def trainer_job_event(
-    namespace: str | None, name: str | None, meta: kopf.Meta, type: str | None = None, **_: Any
-) -> None:
-    # A Job as the reconcile created or patched it: that reconcile already decided from it.
-    if type != "DELETED" and runtime.caused_by_us("Job", namespace, name, meta.get("resourceVersion")):
-        return
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("kind") == "FineTuneJob" and ref.get("controller"):
-            runtime.enqueue(runtime.FINETUNEJOB, namespace, ref.get("name"), event_priority(type))
+async def trainer_job_event(body: kopf.Body, type: str | None = None, **_: Any) -> None:
+    runtime.child_event(runtime.FINETUNEJOB, "Job", "FineTuneJob", body, type)
 
 
 @kopf.on.event("", "v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="trainer-pod-event")
 async def trainer_pod_event(
-    namespace: str | None, meta: kopf.Meta, type: str | None = None, **_: Any
+    namespace: str | None, meta: kopf.Meta, body: kopf.Body, type: str | None = None, **_: Any
 ) -> None:
+    runtime.observed("Pod", body, type)
     # The label value is cut for long names; the annotation keeps the whole name.
     owner = (meta.get("annotations") or {}).get(FINETUNEJOB_LABEL) or (meta.get("labels") or {}).get(
         FINETUNEJOB_LABEL

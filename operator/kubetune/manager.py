@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import kopf
 
-from kubetune import handlers, handlers_modelserve, metrics
+from kubetune import handlers, handlers_modelserve, metrics, runtime
 from kubetune.leader_election import (
     ElectionConfig,
     LeaderElector,
@@ -35,7 +35,9 @@ from kubetune.leader_election import (
     default_namespace,
     new_identity,
 )
-from kubetune.reconcile.client import ApiException, api_client, load_configuration, throttled_retries
+from kubetune.reconcile.client import ApiException, api_client
+from kubetune.reconcile.credentials import load_configuration
+from kubetune.reconcile.throttling import throttled_retries
 from kubetune.settings import Settings, load_settings
 
 # The handler modules register themselves with kopf when imported; these names only say so.
@@ -164,15 +166,17 @@ def run_elected(cfg: Settings, standalone: bool, liveness_endpoint: str | None) 
 
 
 def drain_reconciles(timeout: float) -> None:
-    """Wait (up to TIMEOUT) for the reconciles still running. The work queues' pools (threads named
-    ``reconcile-<controller>_N``, kubetune.reconcile.queue) were shut down when kopf stopped: idle workers
-    exit at once, a busy one when its reconcile is done."""
-    deadline = time.monotonic() + timeout
-    busy = [t for t in threading.enumerate() if t.name.startswith("reconcile-")]
-    if busy:
-        log.info("waiting for %d reconciles in progress before releasing the lease", len(busy))
-    for thread in busy:
-        thread.join(max(0.0, deadline - time.monotonic()))
+    """Wait (up to TIMEOUT) for the reconciles still running (kubetune.runtime counts them). The work queues
+    were stopped with kopf: nothing new starts, a reconcile in progress finishes."""
+    running = runtime.IN_FLIGHT.running
+    if running:
+        log.info("waiting for %d reconciles in progress before releasing the lease", running)
+    if not runtime.IN_FLIGHT.drain(timeout):
+        log.warning(
+            "%d reconciles still running after %.0f s; releasing the lease",
+            runtime.IN_FLIGHT.running,
+            timeout,
+        )
 
 
 # Answers that mean "the API server is away or overloaded", not "this reconcile is wrong": no answer at all

@@ -36,6 +36,11 @@ RUN_DURATION = Histogram(
 API_WRITES = Counter(
     "kubetune_api_writes_total", "Write requests the operator sent to the API server.", ["verb", "kind"]
 )
+API_READS = Counter(
+    "kubetune_api_reads_total",
+    "Read requests (get, list) the reconciles sent to the API server (kopf's watches not counted).",
+    ["verb", "kind"],
+)
 QUEUE_DEPTH = Gauge("workqueue_depth", "Keys waiting in a work queue.", ["name"])
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")

@@ -5,6 +5,7 @@ KUBETUNE_TRAINER_IMAGE=...             default trainer image (spec.image overrid
 KUBETUNE_METRICS_PORT=8080             Prometheus metrics (0 turns them off)
 KUBETUNE_HEALTH_PORT=8081              liveness endpoint /healthz (0 turns it off)
 KUBETUNE_LEADER_ELECT=true             only the holder of the leader Lease runs the controllers
+KUBETUNE_OCI_PLAIN_HTTP_REGISTRIES=registry.local:5000   oci:// registries spoken to over plain HTTP
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class Settings(BaseSettings):
     """Longest retry delay."""
     termination_grace_seconds: int = 120
     """terminationGracePeriodSeconds of trainer pods: time to write a checkpoint on SIGTERM."""
+    oci_plain_http_registries: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """OCI registries (host[:port], comma separated in the environment) that trainer pods and the serving pods'
+    pull init containers speak to over plain HTTP (an in-cluster registry without TLS); every other
+    registry is reached over HTTPS."""
     serve_endpoint_override: str | None = None
     """For ModelServe smoke tests from outside the cluster: a URL or a template with {name},
     {namespace} and {port}, e.g. "http://127.0.0.1:{port}"."""
@@ -77,7 +82,7 @@ class Settings(BaseSettings):
     """For vLLM live adapter updates from outside the cluster: a template with {pod}, {namespace}, {ip}
     and {port} for one pod's server, e.g. "http://127.0.0.1:8000/pods/{pod}" (default: http://{ip}:{port})."""
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("namespaces", "oci_plain_http_registries", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

@@ -87,14 +87,23 @@ def test_missing_failed_and_cyclic_references_fail_with_a_reason(ftj: FTJ):
     ftj.create(chained("after-broken", "broken"))
     ftj.create(chained("ping", "pong"))
     ftj.create(chained("pong", "ping"))
+    # #28: a missing reference waits for the job to be created (GitOps applies manifests in any order): in
+    # progress, not failed.
+    waiting = wait_for(
+        lambda: (c := ftj.cond("orphan", "WaitingForModel")).get("reason") == "ReferenceNotFound" and c,
+        30,
+        what="orphan WaitingForModel with ReferenceNotFound",
+    )
+    assert waiting["status"] == "True" and "'nope' not found" in waiting["message"], waiting
+    assert ftj.status("orphan")["phase"] == "Pending" and ftj.cond("orphan", "Failed")["status"] == "False"
+    assert ftj.cond("orphan", "Stalled")["status"] == "False" and ftj.jobs("orphan") == []
     for name, reason, words in (
-        ("orphan", "ReferenceNotFound", "'nope' not found"),
         ("after-broken", "ReferenceFailed", "'broken' failed"),
         ("ping", "ReferenceCycle", "cycle"),
         ("pong", "ReferenceCycle", "cycle"),
     ):
-        # ping may first fail with ReferenceNotFound when it is reconciled before pong exists; pong's
-        # creation wakes it (chains.Dependents) and the verdict becomes the cycle, so wait for the reason
+        # ping waits (ReferenceNotFound) when it is reconciled before pong exists; pong's creation wakes it
+        # (chains.Dependents) and the verdict becomes the cycle, whatever the order
         failed = wait_for(
             lambda n=name, r=reason: (
                 (c := ftj.cond(n, "Failed")).get("status") == "True" and c.get("reason") == r and c
@@ -106,15 +115,16 @@ def test_missing_failed_and_cyclic_references_fail_with_a_reason(ftj: FTJ):
         assert ftj.status(name)["phase"] == "Failed" and ftj.jobs(name) == []
     events = {e.reason for e in ftj.events("orphan")}
     assert "ReferenceNotFound" in events
-    # The missing job appears and succeeds: the orphan is no longer failed and starts from its result.
+    # The missing job appears and succeeds: the orphan stops waiting and starts from its result.
     ftj.create(tiny_job("nope"))
     ftj.wait_phase("nope", "Succeeded", 60)
     report_result(ftj, "nope", "s3://bucket/nope")
     wait_for(lambda: ftj.jobs("orphan"), 30, what="the orphan's trainer Job once its parent exists")
     wait_for(
-        lambda: ftj.cond("orphan", "Failed")["status"] == "False", 10, what="the orphan's Failed cleared"
+        lambda: ftj.cond("orphan", "WaitingForModel")["status"] == "False", 10, what="the orphan's wait ended"
     )
-    assert ftj.cond("orphan", "Failed")["reason"] == "ModelReady"
+    assert ftj.cond("orphan", "WaitingForModel")["reason"] == "ModelReady"
+    assert ftj.cond("orphan", "Failed")["status"] == "False"
 
 
 EXAMPLES = example_docs()

@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from kubetune.reconcile.finetunejob_decision import STALL_GRACE_SECONDS
+from kubetune.reconcile.finetunejob_draft import STALL_GRACE_SECONDS
 from tests.support.objects import FTJ, tiny_job
 from tests.support.waiting import wait_for
 

@@ -28,7 +28,7 @@ from kubetune.render.finetunejob import (
     RenderOptions,
     _volume_name,
     job_name,
-    render_children,
+    needs_service,
     render_configmap,
     render_job,
     render_rbac,
@@ -36,9 +36,23 @@ from kubetune.render.finetunejob import (
     run_id,
     secret_uses,
 )
+from kubetune.render.publishing import registry_secrets
 from tests.support.objects import example_docs, tiny_job
 
 OPTS = RenderOptions(trainer_image="example.org/trainer:test", termination_grace_seconds=120)
+
+
+def render_children(job, opts, attempt: int = 1, chain=None) -> list[dict]:
+    """Every child of an attempt, in the order the operator applies them (the Job last; the Service only for
+    multi-node runs)."""
+    return [
+        *render_rbac(job),
+        render_configmap(job, opts, chain),
+        *([render_service(job, attempt)] if needs_service(job) else []),
+        render_job(job, opts, attempt, chain=chain),
+    ]
+
+
 EXAMPLES = example_docs()
 
 
@@ -151,7 +165,8 @@ def test_example_children(doc):
     for claim in claims:
         m = mounts[f"/mnt/pvc/{claim}"]
         assert vols[m["name"]]["persistentVolumeClaim"]["claimName"] == claim
-    assert len(vols) == 5 + len(claims)
+    # ... and one per registry Secret of an oci:// output or model (mounted as a file)
+    assert len(vols) == 5 + len(claims) + len(registry_secrets(ftj))
     # env: rank from the completion index, world, rendezvous; secrets only as secretKeyRef
     env = env_of(job)
     assert env[ENV_NODE_RANK]["valueFrom"]["fieldRef"]["fieldPath"] == (
@@ -160,6 +175,9 @@ def test_example_children(doc):
     assert env[ENV_NUM_NODES]["value"] == str(spec.resources.nodes)
     assert env[ENV_MASTER_ADDR]["value"] == f"{name}-trainer-0.{svc['metadata']['name']}"
     for use in secret_uses(ftj):
+        if use.required_keys == (".dockerconfigjson",):  # registry credentials: a file, never env
+            assert any((v.get("secret") or {}).get("secretName") == use.name for v in vols.values())
+            continue
         refs = [
             e["valueFrom"]["secretKeyRef"] for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})
         ]

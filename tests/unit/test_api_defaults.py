@@ -80,7 +80,7 @@ def test_minimal_finetunejob_gets_api_md_defaults():
     )
     assert spec["distributed"] == {"strategy": "auto", "deepspeedStage": 2}
     assert spec["checkpoints"] == {"everySteps": 500, "keepLast": 2}
-    assert spec["output"] == {"uri": "pvc://models/out", "mergeAdapter": False}
+    assert spec["output"] == {"uri": "pvc://models/out", "mergeAdapter": False, "overwriteTag": False}
     assert spec["imagePullSecrets"] == [] and spec["env"] == []
     assert spec["suspend"] is False and spec["backoffLimit"] == 3
     for unset in (

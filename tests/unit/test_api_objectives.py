@@ -86,5 +86,7 @@ def test_a_local_run_may_use_a_file_reward_model():
 
 
 def test_chained_references_are_listed_for_the_operator():
+    from kubetune.reconcile import chains
+
     job = validate_document(VALID["grpo, auto format, every function"]).obj
-    assert job.spec.objective.fine_tune_job_refs() == ["rm"]
+    assert [r.name for r in chains.references(job) if r.role == "reward-model"] == ["rm"]

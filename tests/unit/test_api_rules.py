@@ -17,6 +17,7 @@ QA = {"uri": "hf://FacebookAI/roberta-base", "task": "question-answering"}
 SQUAD = {"uri": "hf://rajpurkar/squad", "format": "question-answering"}
 
 # (id, broken manifest, the path that must be named, the same manifest with the rule kept)
+OCI = "oci://registry.example.com/team/gpt2"
 RULES = [
     ("numLabels for classification",
      finetunejob(model={**BERT, "numLabels": None}), "spec.model.numLabels", finetunejob(model=BERT)),
@@ -134,6 +135,29 @@ RULES = [
     ("wandb online needs the API key",
      finetunejob(tracking={"wandb": {"project": "p"}}), "spec.tracking.wandb.secretRef",
      finetunejob(tracking={"wandb": {"project": "p", "secretRef": {"name": "wandb"}}})),
+    ("oci output names a tag, not a digest",
+     finetunejob(output={"uri": OCI + "@sha256:" + "0" * 64, "checkpointUri": "pvc://m/c"}), "spec.output.uri",
+     finetunejob(output={"uri": OCI + ":v1", "checkpointUri": "pvc://m/c"})),
+    ("oci output needs checkpointUri",
+     finetunejob(output={"uri": OCI + ":v1"}), "spec.output.checkpointUri",
+     finetunejob(output={"uri": OCI + ":v1", "checkpointUri": "s3://bucket/c"})),
+    ("checkpointUri only with an oci output",
+     finetunejob(output={"uri": "pvc://m/o", "checkpointUri": "pvc://m/c"}), "spec.output.checkpointUri",
+     finetunejob(output={"uri": "pvc://m/o"})),
+    ("checkpointUri not file:// in a cluster",
+     finetunejob(output={"uri": OCI + ":v1", "checkpointUri": "file:///tmp/c"}), "spec.output.checkpointUri",
+     finetunejob(output={"uri": OCI + ":v1", "checkpointUri": "pvc://m/c"})),
+    ("checkpointSecretRef goes with an s3 checkpointUri",
+     finetunejob(output={"uri": OCI + ":v1", "checkpointUri": "pvc://m/c", "checkpointSecretRef": {"name": "s3"}}),
+     "spec.output.checkpointSecretRef",
+     finetunejob(output={"uri": OCI + ":v1", "checkpointUri": "s3://bucket/c", "checkpointSecretRef": {"name": "s3"}})),
+    ("overwriteTag only with an oci output",
+     finetunejob(output={"uri": "pvc://m/o", "overwriteTag": True}), "spec.output.overwriteTag",
+     finetunejob(output={"uri": OCI + ":v1", "checkpointUri": "pvc://m/c", "overwriteTag": True})),
+    ("register.mlflow needs a server",
+     finetunejob(output={"uri": "pvc://m/o", "register": {"mlflow": {"model": "gpt2"}}}), "spec.output.register.mlflow.trackingUri",
+     finetunejob(output={"uri": "pvc://m/o", "register": {"mlflow": {"model": "gpt2"}}},
+                 tracking={"mlflow": {"trackingUri": "http://mlflow.example.com"}})),
     # spec.evaluation (the evaluation gate)
     ("relative gates need the base model",
      finetunejob(dataset=WIKI_EVAL, evaluation={"metrics": ["perplexity"], "gates": [{"metric": "perplexity", "maxRegression": 0.1}]}),

@@ -111,7 +111,6 @@ def test_an_adapter_is_merged_into_its_base_following_the_chain():
 @pytest.mark.parametrize(
     ("jobs", "reason", "words"),
     [
-        ({"sft": None}, "ReferenceNotFound", "not found"),
         ({"sft": phase(SFT, "Failed")}, "ReferenceFailed", "failed"),
         (
             {"sft": succeeded(job("sft", method={"type": "prefix-tuning"}), "pvc://m/p", "prefix")},
@@ -129,7 +128,7 @@ def test_an_adapter_is_merged_into_its_base_following_the_chain():
             "classifier",
         ),
     ],
-    ids=["missing", "failed", "prefix", "classifier-as-causal-lm-base"],
+    ids=["failed", "prefix", "classifier-as-causal-lm-base"],
 )
 def test_broken_references_fail_with_a_reason(jobs, reason, words):
     verdict = chains.resolve(model(DPO), jobs)
@@ -137,6 +136,16 @@ def test_broken_references_fail_with_a_reason(jobs, reason, words):
     assert words in verdict.message and "spec.model.fineTuneJobRef" in verdict.message
     types = {c[0]: c[1] for c in chains.conditions(verdict)}
     assert types["Failed"] is True and types["Running"] is False
+
+
+def test_a_missing_reference_waits_naming_it():
+    """#28: a job applied before the job it refers to waits for it (GitOps applies in any order)."""
+    verdict = chains.resolve(model(DPO), {"sft": None})
+    assert verdict.state == "waiting" and verdict.reason == "ReferenceNotFound", verdict
+    assert "'sft' not found" in verdict.message and "spec.model.fineTuneJobRef" in verdict.message
+    types = {c[0]: c for c in chains.conditions(verdict)}
+    assert types["WaitingForModel"][1:3] == (True, "ReferenceNotFound") and "Failed" not in types
+    assert types["Running"][1:3] == (False, "ReferenceNotFound")
 
 
 def test_cycles_fail():

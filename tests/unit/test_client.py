@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from kubetune.reconcile.client import ApiException, bearer_token, load_configuration
+from kubetune.reconcile.client import ApiException
+from kubetune.reconcile.credentials import bearer_token, load_configuration
 
 PLUGIN = """\
 import datetime as dt, json, pathlib, sys

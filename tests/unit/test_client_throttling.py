@@ -15,14 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from kubernetes import client as k8s
 
-from kubetune.reconcile.client import (
-    THROTTLED_RETRIES,
-    ApiException,
-    Kube,
-    api_client,
-    lower_throttled_retries,
-    throttled_retries,
-)
+from kubetune.handlers import lower_throttled_retries
+from kubetune.reconcile.client import ApiException, Kube, api_client
+from kubetune.reconcile.throttling import THROTTLED_RETRIES, throttled_retries
 
 
 class Throttling(ThreadingHTTPServer):

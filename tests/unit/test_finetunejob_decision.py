@@ -16,14 +16,9 @@ import pytest
 from kubetune.api.fit import GpuMemory
 from kubetune.reconcile.clock import fmt_time
 from kubetune.reconcile.conditions import KSTATUS_TYPES
-from kubetune.reconcile.finetunejob_decision import (
-    STALL_GRACE_SECONDS,
-    STATUS_FIELDS,
-    Decision,
-    Observed,
-    Refusal,
-    decide,
-)
+from kubetune.reconcile.finetunejob_decision import Decision, Observed, decide
+from kubetune.reconcile.finetunejob_draft import STALL_GRACE_SECONDS, STATUS_FIELDS
+from kubetune.reconcile.refusals import Refusal
 from kubetune.reconcile.status import status_patch
 from kubetune.render.finetunejob import RenderOptions
 from tests.unit.helpers import finetunejob
@@ -59,31 +54,21 @@ def decide_all(
     job_events: dict[str, list[dict[str, Any]]] | None = None,
     fit: tuple[dict[str, Any] | None, str | None, GpuMemory] | None = None,
 ) -> Decision:
-    """Decide like the shell: answer every read the decision asks for from the given world (FIT: the fit
-    check's config.json and GPU memory; by default the config is unknown, so every run may start)."""
+    """Decide like the shell: everything the decision may read, from the given world (FIT: the fit check's
+    config.json and GPU memory; by default the config is unknown, so every run may start)."""
     observed = Observed(
         obj=copy.deepcopy(obj),
-        jobs=list(jobs),
+        jobs=tuple(jobs),
+        pods=pods or {},
+        secrets=secrets or {},
+        pvcs=pvcs or {},
         configmap_run=configmap_run,
-        refusals=list(refusals),
+        refusals=tuple(refusals),
         static_signature=static_signature,
+        job_events=job_events or {},
+        fit=fit or (None, "not read in this test", GpuMemory()),
     )
-    for _ in range(8):
-        d = decide(observed, OPTS, now)
-        if d.need is None:
-            return d
-        if d.need.what == "all_jobs":
-            observed.all_jobs = True
-        elif d.need.what == "pods":
-            observed.pods[d.need.job_uid or ""] = (pods or {}).get(d.need.job_uid or "", [])
-        elif d.need.what == "job_events":
-            observed.job_events[d.need.job_uid or ""] = (job_events or {}).get(d.need.job_uid or "", [])
-        elif d.need.what == "references":
-            observed.secrets = {n: (secrets or {}).get(n) for n in d.need.secrets}
-            observed.pvcs = {n: (pvcs or {}).get(n) for n in d.need.pvcs}
-        elif d.need.what == "fit":
-            observed.fit = fit or (None, "not read in this test", GpuMemory())
-    raise AssertionError("the decision kept asking for reads")
+    return decide(observed, OPTS, now)
 
 
 def with_status(obj: dict[str, Any], d: Decision) -> dict[str, Any]:

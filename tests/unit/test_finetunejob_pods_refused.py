@@ -5,7 +5,8 @@ Job had time to make its pods, and quotes the refusal in Running=False, reason P
 from __future__ import annotations
 
 from kubetune.reconcile.clock import fmt_time
-from kubetune.reconcile.finetunejob_decision import NO_PODS_LOOK_AFTER_SECONDS, STALL_GRACE_SECONDS
+from kubetune.reconcile.finetunejob_draft import STALL_GRACE_SECONDS
+from kubetune.reconcile.finetunejob_pods import NO_PODS_LOOK_AFTER_SECONDS
 from kubetune.reconcile.finetunejob_readings import latest_failed_create
 from tests.unit.test_finetunejob_decision import at, cond, decide_all, events, ftj, pod, started, with_status
 

@@ -22,8 +22,8 @@ from kubetune.reconcile.modelserve_decision import (
     SmokeOutcome,
     decide,
     refused,
-    server_message,
 )
+from kubetune.reconcile.refusals import server_message
 from kubetune.render import modelserve as r
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)

@@ -1,6 +1,7 @@
 """The run's result in the output location: adapter or model + tokenizer, merged model, model card,
 lineage.json, and the completion marker ``_SUCCESS`` written last. s3:// output is staged locally, then uploaded
-(checkpoints are uploaded as they complete: remote.py).
+(checkpoints are uploaded as they complete: remote.py). For an oci:// output the result is written the same
+way to its checkpoint storage (output.checkpointUri), then pushed from there (publish.py).
 """
 
 from __future__ import annotations
@@ -33,8 +34,17 @@ def kubetune_version() -> str:
         return "0.0.0+unknown"
 
 
+def storage_uri(config: TrainerConfig) -> str | None:
+    """Where checkpoints and the saved result live: output.uri, or output.checkpointUri for an oci:// output
+    (None: only the local output_dir, as in local runs)."""
+    runtime = config.runtime
+    if runtime.output_uri and runtime.output_uri.startswith("oci://"):
+        return runtime.checkpoint_uri
+    return runtime.output_uri
+
+
 def result_uri(config: TrainerConfig, *parts: str) -> str:
-    base = config.runtime.output_uri or f"file://{Path(config.runtime.output_dir).absolute()}"
+    base = storage_uri(config) or f"file://{Path(config.runtime.output_dir).absolute()}"
     return "/".join([base.rstrip("/"), *parts])
 
 
@@ -116,6 +126,15 @@ def upload(local_dir: Path, uri: str) -> None:
         fs.put_file(str(path), f"{remote}/{rel.as_posix()}")
     if (local_dir / SUCCESS).exists():
         fs.put_file(str(local_dir / SUCCESS), f"{remote}/{SUCCESS}")
+
+
+def upload_file(local_dir: Path, rel: str, uri: str) -> None:
+    """Copy one file of local_dir to the same place under s3://BUCKET/PREFIX (e.g. an updated lineage.json)."""
+    from kubetune.api.v1alpha1 import parse_uri
+
+    parsed = parse_uri(uri, ("s3",))
+    remote = f"{parsed.bucket}/{parsed.path}".rstrip("/")
+    sources.s3_filesystem().put_file(str(local_dir / rel), f"{remote}/{rel}")
 
 
 # Under FSDP, checkpoints of full fine-tunes are saved sharded (fast, any size); the final model must be
@@ -222,6 +241,7 @@ def save(
     marker = out / (SUCCESS + ".tmp")
     marker.write_text(json.dumps(result, indent=2, sort_keys=True))
     marker.replace(out / SUCCESS)
-    if config.runtime.output_uri and config.runtime.output_uri.startswith("s3://"):
-        upload(out, config.runtime.output_uri)
+    storage = storage_uri(config)
+    if storage and storage.startswith("s3://"):
+        upload(out, storage)
     return result

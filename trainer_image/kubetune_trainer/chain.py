@@ -13,7 +13,7 @@ import logging
 
 from kubetune.api.v1alpha1 import ModelSpec, ResolvedModel, TrainerConfig
 
-from . import sources
+from . import oci, sources
 from .errors import ConfigError, TrainerError
 
 log = logging.getLogger("kubetune_trainer.chain")
@@ -45,7 +45,7 @@ def parent_adapters(config: TrainerConfig) -> list[str]:
 
 
 def adapter_path(uri: str) -> str:
-    """A local folder holding the adapter at URI (pvc/file as mounted, s3 downloaded, hf as a Hub id)."""
+    """A local folder holding the adapter at URI (pvc/file as mounted, s3 and oci downloaded, hf as a Hub id)."""
     scheme = uri.split("://", 1)[0]
     if scheme in ("pvc", "file"):
         path = sources.local_path(uri)
@@ -56,6 +56,11 @@ def adapter_path(uri: str) -> str:
         dest = sources.work_dir("adapters", hashlib.sha256(uri.encode()).hexdigest()[:12])
         if not (dest / "adapter_config.json").exists():
             sources.download_s3(uri, dest)
+        return str(dest)
+    if scheme == "oci":  # another job's pushed adapter, pinned by its digest
+        dest = sources.work_dir("adapters", "oci-" + hashlib.sha256(uri.encode()).hexdigest()[:12])
+        if oci.pulled_digest(dest) is None:
+            oci.pull(uri, dest, auth_path=oci.auth_file("model"), field="model.fineTuneJobRef")
         return str(dest)
     return uri.removeprefix("hf://")
 

@@ -4,8 +4,8 @@
 - ``kubetune-trainer train --local``: the same for a config written by ``kubetune train --local
   --processes N`` (file:// URIs allowed).
 - ``kubetune-trainer launch``: start one process per GPU (accelerate/torchrun) that each run ``train``.
-- ``kubetune-trainer fetch URI DEST``: copy an s3:// model or adapter into DEST (the init container of
-  a ModelServe's serving pods), with the same download the training uses.
+- ``kubetune-trainer fetch URI DEST``: copy an s3:// model or adapter, or pull an oci:// ModelPack artifact,
+  into DEST (the init container of a ModelServe's serving pods), with the same download the training uses.
 """
 
 from __future__ import annotations
@@ -38,13 +38,24 @@ def train_main(config_path: str | None = None, local: bool = False) -> int:
     return 0
 
 
-def fetch_main(uri: str, dest: str) -> int:
+def fetch_main(uri: str, dest: str, field: str = "model.uri") -> int:
     from pathlib import Path
 
     from .errors import TrainerError
-    from .sources import download_s3
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if uri.startswith("oci://"):
+            from . import oci
+
+            pulled = oci.pull(uri, Path(dest), auth_path=oci.auth_file("model"), field=field)
+            print(
+                f"fetched {uri} ({pulled.digest}: {pulled.files} files, {pulled.size} bytes) to {dest}",
+                flush=True,
+            )
+            return 0
+        from .sources import download_s3
+
         path = download_s3(uri, Path(dest))
     except (TrainerError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -66,9 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the config is a local run's (kubetune train --local --processes N)",
     )
-    fetch = sub.add_parser("fetch", help="copy an s3:// prefix into a folder (serving pods' init container)")
-    fetch.add_argument("uri", help="s3://BUCKET/PREFIX")
+    fetch = sub.add_parser(
+        "fetch",
+        help="copy an s3:// prefix or pull an oci:// model into a folder (serving pods' init container)",
+    )
+    fetch.add_argument("uri", help="s3://BUCKET/PREFIX or oci://REGISTRY/REPOSITORY:TAG[@sha256:DIGEST]")
     fetch.add_argument("dest", help="local folder")
+    fetch.add_argument("--field", default="model.uri", help="the spec field that named URI (for messages)")
     sub.add_parser("launch", help="start the training processes for this pod's GPUs", add_help=False)
     if argv and argv[0] == "launch":
         from . import launch
@@ -76,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return launch.main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "fetch":
-        return fetch_main(args.uri, args.dest)
+        return fetch_main(args.uri, args.dest, args.field)
     return train_main(args.config, local=args.local)
 
 

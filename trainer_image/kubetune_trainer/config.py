@@ -61,15 +61,22 @@ def load_manifest(path: str) -> FineTuneJob:
 
 
 def local_config(job: FineTuneJob, output_dir: str | None = None) -> TrainerConfig:
-    """A TrainerConfig for ``kubetune train --local``: results in output_dir (default ./out/NAME)."""
+    """A TrainerConfig for ``kubetune train --local``: results in output_dir (default ./out/NAME). An oci://
+    output is pushed from there (its checkpoints in output_dir, or a file:// output.checkpointUri)."""
     name = job.metadata.name or "finetunejob"
+    output = job.spec.output
+    oci = bool(output.uri and output.uri.startswith("oci://"))
+    local_uri = output.checkpoint_uri if oci else output.uri
     if output_dir is None:
-        uri = job.spec.output.uri
-        output_dir = uri[len("file://") :] if uri and uri.startswith("file://") else os.path.join("out", name)
+        output_dir = (
+            local_uri[len("file://") :]
+            if local_uri and local_uri.startswith("file://")
+            else os.path.join("out", name)
+        )
     runtime = TrainerRuntime(
         run_id=config_hash(job),
         output_dir=str(Path(output_dir).absolute()),
-        output_uri=None,
+        output_uri=output.uri if oci else None,  # pushed from output_dir, the result's storage here
         image=None,
         report_status=False,
         metrics_port=None,

@@ -104,12 +104,17 @@ def result_config(config: TrainerConfig, passed: bool) -> TrainerConfig:
         return config
     runtime = config.runtime
     sub = f"{evaluation.REJECTED}/{runtime.run_id}"
-    moved = runtime.model_copy(
-        update={
-            "output_dir": str(Path(runtime.output_dir) / sub),
-            "output_uri": f"{runtime.output_uri.rstrip('/')}/{sub}" if runtime.output_uri else None,
-        }
-    )
+    oci = bool(runtime.output_uri and runtime.output_uri.startswith("oci://"))
+    update = {
+        "output_dir": str(Path(runtime.output_dir) / sub),
+        # an oci:// output is a reference, not a folder: the rejected result stays on its checkpoint storage
+        "output_uri": f"{runtime.output_uri.rstrip('/')}/{sub}"
+        if runtime.output_uri and not oci
+        else runtime.output_uri,
+    }
+    if runtime.checkpoint_uri:
+        update["checkpoint_uri"] = f"{runtime.checkpoint_uri.rstrip('/')}/{sub}"
+    moved = runtime.model_copy(update=update)
     return config.model_copy(update={"runtime": moved})
 
 

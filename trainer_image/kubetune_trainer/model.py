@@ -11,7 +11,7 @@ from pathlib import Path
 from kubetune.api.v1alpha1 import ModelSpec, parse_uri
 from kubetune.api.v1alpha1.trainerconfig import CACHE_DIR
 
-from . import sources
+from . import oci, sources
 from .errors import ConfigError, TrainerError
 
 AUTO_CLASSES = {
@@ -61,6 +61,12 @@ def resolve_source(spec: ModelSpec) -> ModelSource:
         if not path.exists():
             raise TrainerError(f"model.uri {uri}: {path} does not exist")
         return ModelSource(str(path), None, uri, False)
+    if parsed.scheme == "oci":  # a ModelPack artifact, pulled once per digest; its digest is the revision
+        dest = _cache_dir("models", "oci-" + hashlib.sha256(uri.encode()).hexdigest()[:12])
+        have = oci.pulled_digest(dest)
+        if have is None or not parsed.digest or have != parsed.digest:  # a tag may have moved: pull again
+            have = oci.pull(uri, dest, auth_path=oci.auth_file("model")).digest
+        return ModelSource(str(dest), have, uri, False)
     # s3: download to the cache first
     dest = _cache_dir("models", hashlib.sha256(uri.encode()).hexdigest()[:12])
     if not (dest / "config.json").exists():
@@ -69,7 +75,10 @@ def resolve_source(spec: ModelSpec) -> ModelSource:
 
 
 def resolved_revision(source: ModelSource) -> str | None:
-    """The commit the Hub revision points at (None for local models or when it cannot be found offline)."""
+    """The commit the Hub revision points at, the manifest digest of an oci:// model (None for local models or
+    when it cannot be found offline)."""
+    if source.uri.startswith("oci://"):
+        return source.revision
     if not source.is_hub:
         return None
     if source.revision and re.fullmatch(r"[0-9a-f]{40}", source.revision):

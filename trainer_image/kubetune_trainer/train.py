@@ -21,6 +21,7 @@ from . import (
     gatekeeper,
     methods,
     objectives,
+    publish,
     remote,
     reporting,
     stall,
@@ -140,7 +141,7 @@ def run_training(
 
     checkpoints.clean_foreign(runtime.output_dir, runtime.run_id)
     resume = checkpoints.latest_complete(runtime.output_dir, runtime.run_id)
-    store = remote.for_output(runtime.output_uri)  # s3://: checkpoints are mirrored there
+    store = remote.for_output(artifacts.storage_uri(config))  # s3://: checkpoints are mirrored there
     if resume is None and store is not None:
         resume = remote.restore(store, runtime.output_dir, runtime.run_id)
     if resume is not None:
@@ -230,5 +231,6 @@ def run_training(
             distributed=world_facts.to_dict(),
             evaluation=verdict.status if verdict is not None else None,
         )
+        result = publish.publish(saved_config, result)  # oci:// output: push; output.register: model registry
         reporting.report_result(config, result)  # reporting: status.result
     return Outcome(result, metrics, trainer.model, tokenizer, prepared, trainer)

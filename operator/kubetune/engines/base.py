@@ -31,7 +31,7 @@ from kubetune.api.v1alpha1 import CLASSIFICATION_TASKS, ENCODER_TASKS, FineTuneJ
 from kubetune.api.v1alpha1.finetunejob import ResultStatus
 
 # Where things are inside a serving pod (render/modelserve.py mounts them; engines point their servers there).
-MODELS_DIR = "/mnt/kubetune/models"  # emptyDir: s3:// downloads
+MODELS_DIR = "/mnt/kubetune/models"  # emptyDir: s3:// downloads and oci:// pulls
 HF_CACHE_DIR = "/data"  # an emptyDir: Hub downloads (the TGI image's HUGGINGFACE_HUB_CACHE)
 HOME_DIR = "/home/kubetune"
 # $USER: getpass.getuser() (torch's cache paths) needs a name; the pod's uid has no passwd entry.
@@ -51,13 +51,15 @@ class Source:
 
     name: str | None
     uri: str
-    """Where it is (hf://, pvc:// or s3://)."""
+    """Where it is (hf://, pvc://, s3:// or oci://)."""
     source: str | None = None
     """FineTuneJob/NAME@CONFIGHASH#UID when it came from a job's result."""
     s3_secret: str | None = None
     """Secret with S3 credentials (a job's output.secretRef) for the download init container."""
     hf_token: tuple[str, str] | None = None
     """(Secret, key) with a Hub token for a private hf:// source."""
+    registry_secret: str | None = None
+    """kubernetes.io/dockerconfigjson Secret for an oci:// source's pull init container."""
     rank: int | None = None
     """An adapter's LoRA rank (its FineTuneJob's method.lora.r; None when given by URI)."""
 

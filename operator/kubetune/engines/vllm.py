@@ -144,7 +144,9 @@ def pod_needs(ms: ModelServe, sources: Sources) -> dict[str, Any]:
         "lora": bool(ms.spec.adapters),
         "rank": max_lora_rank(ms, [a.rank for a in sources.adapters]),
         "claims": claims,
-        "downloaded": [f"{a.name}={a.uri}" for a in sources.adapters if a.uri.startswith("s3://")],
+        "downloaded": [
+            f"{a.name}={a.uri}" for a in sources.adapters if a.uri.startswith(("s3://", "oci://"))
+        ],
     }
 
 

@@ -3,9 +3,15 @@ against another job's reward model (objective.rl.rewards[].model.fineTuneJobRef)
 
 Pure: ``resolve`` takes the job and the FineTuneJobs of its chain by name (raw objects as read from the API
 server, None when missing) and returns a Verdict: ready (with the resolved URIs for the TrainerConfig and
-the parents for status.result.parents), waiting (WaitingForModel: a referenced job has not succeeded yet)
-or failed (a referenced job failed, is missing, does not produce what is needed, or the chain has a cycle).
-``read_chain`` collects those objects through an injected getter, following the references transitively.
+the parents for status.result.parents), waiting (WaitingForModel: a referenced job does not exist yet,
+reason ReferenceNotFound, or has not succeeded yet) or failed (a referenced job failed or does not produce
+what is needed, or the chain has a cycle). ``read_chain`` collects those objects through an injected
+getter, following the references transitively.
+
+Chains converge in any order of creation: a job applied before the job it refers to waits for it (Argo CD
+and Flux apply a commit's manifests in any order), and a cycle is a cycle whichever of its jobs came
+first. A failed verdict is never final: it is decided again whenever a referenced job changes (the
+dependents index wakes the job), and clears once the reference is fixed.
 
 How a result becomes the next job's base model:
 - a full model (method full or head-only) or a merged model (output.mergeAdapter) is loaded as it is;
@@ -24,16 +30,19 @@ from typing import Any, Literal
 from kubetune.api.v1alpha1 import (
     ADAPTER_METHODS,
     CLASSIFICATION_TASKS,
+    RL_OBJECTIVES,
     ChainResolution,
     FineTuneJob,
     ParentResult,
     ResolvedModel,
+    implied_task,
 )
 from kubetune.reconcile.references import ReferenceIndex
 from kubetune.reconcile.results import readiness
 
 WAITING_CONDITION = "WaitingForModel"
-# Reasons of a failed verdict (the FineTuneJob's Failed condition); they clear once the chain resolves.
+# Reasons of a verdict that holds the job back (ReferenceNotFound waits; the others are a Failed condition
+# that clears once the reference is fixed).
 REFERENCE_REASONS = (
     "ReferenceNotFound", "ReferenceFailed", "ReferenceCycle", "ReferenceIncompatible", "ReferenceNotPromoted",
 )  # fmt: skip
@@ -84,7 +93,7 @@ def references(spec: FineTuneJob | Raw) -> list[Reference]:
     if ref:
         found.append(Reference(ref, "model", "spec.model.fineTuneJobRef"))
     objective = raw.get("objective") or {}
-    if isinstance(objective, Mapping) and objective.get("type") in ("grpo", "rloo"):
+    if isinstance(objective, Mapping) and objective.get("type") in RL_OBJECTIVES:
         for i, reward in enumerate(((objective.get("rl") or {}).get("rewards")) or []):
             name = (((reward or {}).get("model") or {}).get("fineTuneJobRef") or {}).get("name")
             if name:
@@ -145,9 +154,10 @@ def _succeeded(ref: Reference, jobs: Mapping[str, Raw | None], via: str, started
     found = readiness(obj, follow=started)
     if found.state == "missing":
         raise _Stop(
-            "failed",
+            "waiting",
             "ReferenceNotFound",
-            f"{via}: FineTuneJob {ref.name!r} not found in this namespace: create it or fix the name",
+            f"{via}: FineTuneJob {ref.name!r} not found in this namespace: waiting for it to be created "
+            "(or fix the name)",
         )
     if found.state == "failed":
         raise _Stop(
@@ -208,10 +218,18 @@ def _base_of(name: str, jobs: Mapping[str, Raw | None], via: str, depth: int) ->
     return _resolved_result(parent, jobs, via, depth)
 
 
+def _implied_task(objective: str) -> str:
+    try:
+        return implied_task(objective)
+    except KeyError:  # not an objective of this version: its own validation says so
+        return "causal-lm"
+
+
 def _check_kind(ref: Reference, obj: Raw, task: str) -> None:
     spec = _spec(obj)
-    parent_task = (spec.get("model") or {}).get("task", "causal-lm")
     objective = (spec.get("objective") or {}).get("type", "sft")
+    # A job stored without model.task trains the task its objective implies (reward: a classifier).
+    parent_task = (spec.get("model") or {}).get("task") or _implied_task(objective)
     if ref.role == "reward-model":
         if objective != "reward":
             raise _Stop(
@@ -293,8 +311,8 @@ def conditions(verdict: Verdict) -> list[tuple[str, bool, str, str]]:
     """The FineTuneJob conditions (type, status, reason, message) for a verdict that holds the run back."""
     if verdict.state == "waiting":
         return [
-            (WAITING_CONDITION, True, WAITING_CONDITION, verdict.message),
-            ("Running", False, WAITING_CONDITION, verdict.message),
+            (WAITING_CONDITION, True, verdict.reason, verdict.message),
+            ("Running", False, verdict.reason, verdict.message),
         ]
     return [
         (WAITING_CONDITION, False, verdict.reason, verdict.message),
@@ -304,8 +322,8 @@ def conditions(verdict: Verdict) -> list[tuple[str, bool, str, str]]:
 
 
 class Dependents(ReferenceIndex):
-    """Which FineTuneJobs refer to which (their base model or a reward model): an event of a job wakes the
-    jobs that wait on it."""
+    """Which FineTuneJobs refer to which (their base model or a reward model): a change of a job that its
+    dependents read (``references.Readings``) wakes the jobs that refer to it."""
 
     def __init__(self) -> None:
         super().__init__(referenced_names)

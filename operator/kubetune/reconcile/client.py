@@ -1,14 +1,5 @@
-"""The operator's one Kubernetes client: a thin adapter over the official ``kubernetes`` package.
-
-Credentials come from ``kubernetes.config`` exactly as kubectl finds them: the pod's ServiceAccount
-in a cluster, else the current context of $KUBECONFIG (or ~/.kube/config), with every kind of user
-the package supports (exec plugins as EKS/GKE/AKS/OIDC use them, auth-providers, tokens, token files,
-client certificates) and proxies ($HTTPS_PROXY/$NO_PROXY, and the cluster's ``proxy-url``).
-Credentials that expire are refreshed by the package itself before a request (its
-``refresh_api_key_hook``: exec plugins are run again, projected ServiceAccount tokens re-read).
-kubetune writes no credentials anywhere (kubeconfigs are loaded with ``persist_config=False``); the
-package keeps ``*-data`` certificates in private temporary files (mode 0600) that it removes at exit,
-because Python's TLS stack loads client certificates only from files.
+"""The operator's one Kubernetes client: a thin adapter over the official ``kubernetes`` package, with the
+credentials kubectl would use (credentials.py) and retries that honour 429 + Retry-After (throttling.py).
 
 Objects stay plain JSON dicts: requests go through ``ApiClient.call_api`` with
 ``_preload_content=False`` and the body is ``json.loads``-ed, so no generated model classes are built
@@ -33,14 +24,15 @@ from urllib.parse import quote
 
 import urllib3
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
-from kubernetes.config import kube_config
 
 from .clock import fmt_time, now
+from .credentials import load_configuration
+from .refusals import server_message
+from .throttling import throttled_retries
 
 log = logging.getLogger("kubetune.client")
 
-# kind -> (API prefix, plural); every kind here is namespaced but Node (read by the fit check)
+# kind -> (API prefix, plural); every kind here is namespaced but Namespace and Node (read by the fit check)
 RESOURCES: dict[str, tuple[str, str]] = {
     "Node": ("/api/v1", "nodes"),
     "ConfigMap": ("/api/v1", "configmaps"),
@@ -49,6 +41,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Secret": ("/api/v1", "secrets"),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "Pod": ("/api/v1", "pods"),
+    "Namespace": ("/api/v1", "namespaces"),
     "Event": ("/api/v1", "events"),
     "Deployment": ("/apis/apps/v1", "deployments"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
@@ -78,127 +71,8 @@ class ApiException(Exception):
 
     @property
     def message(self) -> str:
-        try:
-            status = json.loads(self.body or "")
-        except ValueError:
-            status = None
-        if isinstance(status, dict) and status.get("message"):
-            return str(status["message"])
-        return (self.body or "").strip() or self.reason or f"HTTP {self.status}"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Credentials
-
-
-def load_configuration(kubeconfig: str | None = None, context: str | None = None) -> k8s.Configuration:
-    """The client configuration kubectl would use: in-cluster when the pod's ServiceAccount is
-    mounted (and no KUBECONFIG path is given), else the kubeconfig (KUBECONFIG may list several
-    files, merged like kubectl). Raises ``kubernetes.config.ConfigException`` when neither works."""
-    cfg = k8s.Configuration()
-    if kubeconfig is None and not os.environ.get("KUBECONFIG"):
-        try:
-            k8s_config.load_incluster_config(client_configuration=cfg)
-            _serialize_refreshes(cfg)
-            log.debug("credentials: in-cluster ServiceAccount")
-            return cfg
-        except k8s_config.ConfigException:
-            pass
-    loader = kube_config._get_kube_config_loader(
-        filename=kubeconfig or os.environ.get("KUBECONFIG") or kube_config.KUBE_CONFIG_DEFAULT_LOCATION,
-        active_context=context,
-        persist_config=False,  # never write refreshed tokens back into the user's files
-    )
-    loader.load_and_set(cfg)
-    # The package reads proxies from $HTTPS_PROXY/$NO_PROXY only; kubectl also honours the cluster's
-    # proxy-url (and lets it win over the environment).
-    proxy_url = loader._cluster.safe_get("proxy-url")
-    if proxy_url:
-        cfg.proxy = proxy_url
-    _serialize_refreshes(cfg)
-    log.debug("credentials: kubeconfig context %s", loader.current_context.get("name"))
-    return cfg
-
-
-def _serialize_refreshes(cfg: k8s.Configuration) -> None:
-    """Run the package's credential refresh (an exec plugin, a token file) one thread at a time.
-
-    Every request calls ``refresh_api_key_hook``; when the credential expired, all worker threads
-    would run the exec plugin at once. The package's hook re-installs itself on each refresh, so the
-    wrapper keeps track of the current one.
-    """
-    inner: Callable[[k8s.Configuration], None] | None = cfg.refresh_api_key_hook
-    if inner is None:
-        return
-    lock = threading.Lock()
-    current = [inner]
-
-    def refresh(c: k8s.Configuration) -> None:
-        with lock:
-            current[0](c)
-            if c.refresh_api_key_hook is not refresh:
-                current[0] = c.refresh_api_key_hook
-                c.refresh_api_key_hook = refresh
-
-    cfg.refresh_api_key_hook = refresh
-
-
-THROTTLED_RETRIES = 8
-"""How often one request is sent again after 429 Too Many Requests before the caller sees the 429."""
-
-
-class ThrottledRetry(urllib3.util.Retry):
-    """urllib3's retries (connection errors; idempotent requests on a 503 with Retry-After), plus: a 429 Too
-    Many Requests is retried for every method, after the server's Retry-After.
-
-    The API server answers 429 when API Priority and Fairness (or --max-requests-inflight) rejects a
-    request, before it is executed, so sending a POST or PATCH again cannot apply it twice. urllib3 by
-    default retries only idempotent methods, and the package sends applies and merge patches as PATCH: a
-    throttled operator would see every rejected write as a failed reconcile."""
-
-    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
-        if status_code == 429:
-            return self.respect_retry_after_header and self.total != 0 and self.status != 0
-        return super().is_retry(method, status_code, has_retry_after)
-
-
-def throttled_retries() -> ThrottledRetry:
-    """The retry policy of the operator's requests (``Configuration.retries``)."""
-    return ThrottledRetry(
-        total=THROTTLED_RETRIES,
-        connect=3,
-        read=3,  # idempotent methods only (urllib3's allowed_methods): a lost PATCH response is not resent
-        redirect=3,
-        status=THROTTLED_RETRIES,
-        backoff_factor=0.5,  # without a Retry-After: 0.5 s, 1 s, 2 s, ... (at most backoff_max)
-        backoff_max=10,
-        respect_retry_after_header=True,
-        raise_on_status=False,  # retries used up: the 429 itself goes to the caller (ApiException 429)
-    )
-
-
-class ThrottledRetryLevel(logging.Filter):
-    """kopf's log of a 429 it retries, as a WARNING rather than an ERROR (a handler filter: sees every logger).
-
-    kopf (``kopf/_cogs/clients/api.py``) retries a 429 with its ``networking.error_backoffs``, waiting at
-    least the server's Retry-After, and logs each retry at ERROR ("Request attempt #1/9 failed; will
-    retry"). A throttled operator is doing what the cluster's administrator asked, so a burst would fill the
-    log with ERROR lines that need nobody's attention. Only those records are lowered: kopf giving up
-    ("escalating") and every other error stay ERRORs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.ERROR and record.name.startswith("kopf."):
-            message = record.getMessage()
-            if "will retry" in message and "APITooManyRequestsError" in message:
-                record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
-
-
-def lower_throttled_retries(root: logging.Logger | None = None) -> None:
-    """Install ThrottledRetryLevel on the handlers of ROOT (default: the root logger), once."""
-    for handler in (root or logging.getLogger()).handlers:
-        if not any(isinstance(f, ThrottledRetryLevel) for f in handler.filters):
-            handler.addFilter(ThrottledRetryLevel())
+        """The API server's own words (refusals.server_message, the one parser of its answers)."""
+        return server_message(self.body, (self.body or "").strip() or self.reason or f"HTTP {self.status}")
 
 
 def api_client(
@@ -210,15 +84,6 @@ def api_client(
     cfg.connection_pool_maxsize = pool_size
     cfg.retries = retries if retries is not None else throttled_retries()
     return k8s.ApiClient(configuration=cfg)
-
-
-def bearer_token(cfg: k8s.Configuration) -> str | None:
-    """The current bearer token of CFG (refreshed first when it expired), without the scheme."""
-    header = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
-    if not header:
-        return None
-    scheme, _, token = header.partition(" ")
-    return token if token else scheme
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -248,6 +113,7 @@ class Kube:
         self.reads: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
         self.on_write: Callable[[str, str], None] | None = None
+        self.on_read: Callable[[str, str], None] | None = None
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
 
     @classmethod
@@ -304,8 +170,9 @@ class Kube:
     def _count(self, table: Counter[tuple[str, str]], verb: str, kind: str) -> None:
         with self._lock:
             table[(verb, kind)] += 1
-        if table is self.writes and self.on_write is not None:
-            self.on_write(verb, kind)
+        hook = self.on_write if table is self.writes else self.on_read
+        if hook is not None:
+            hook(verb, kind)
 
     # -----------------------------------------------------------------------------------------------
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
@@ -323,11 +190,13 @@ class Kube:
         self,
         kind: str,
         namespace: str | None,
-        labels: dict[str, str] | None = None,
+        labels: dict[str, str] | str | None = None,
         fields: dict[str, str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Every object of KIND (with LABELS and FIELDS: a field selector), fetched page by page."""
-        selector = [("labelSelector", label_selector(labels))] if labels else []
+        """Every object of KIND (with LABELS, a map or a selector such as "key" for "has the label", and
+        FIELDS: a field selector), fetched page by page; NAMESPACE None: in every namespace."""
+        labels = label_selector(labels) if isinstance(labels, dict) else labels
+        selector = [("labelSelector", labels)] if labels else []
         if fields:
             selector.append(("fieldSelector", label_selector(fields)))
         items: list[dict[str, Any]] = []
@@ -434,16 +303,4 @@ class Kube:
             log.debug("event %s on %s/%s not written: %s", reason, meta["namespace"], meta["name"], exc)
 
 
-__all__ = [
-    "COMPONENT",
-    "RESOURCES",
-    "ApiException",
-    "Kube",
-    "ThrottledRetry",
-    "ThrottledRetryLevel",
-    "api_client",
-    "bearer_token",
-    "load_configuration",
-    "lower_throttled_retries",
-    "throttled_retries",
-]
+__all__ = ["COMPONENT", "RESOURCES", "ApiException", "Kube", "api_client", "label_selector"]

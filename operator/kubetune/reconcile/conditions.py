@@ -12,7 +12,7 @@ different from metadata.generation -> InProgress; the first condition in the lis
 ``set_kstatus`` keeps the three consistent: Reconciling and Stalled are never True together, and an
 object that is neither done nor stuck has Ready=False, so it reads InProgress.
 
-Interface (both controllers):
+Interface (both controllers use it, through ``draft.Draft``):
 
 - ``load_conditions(status, types)`` -> dict type -> condition (copies)
 - ``set_condition(conds, type_, status, reason, message, generation=, now=)``
@@ -77,13 +77,13 @@ def seconds_in_state(cond: dict[str, Any] | None, now: dt.datetime) -> float:
 class KStatus:
     """What the object's kstatus conditions should say.
 
-    ready: (True only when the object does what it is for) with reason and message.
-    reconciling: (reason, message) while work is in progress, None when it is not.
-    stalled: (reason, message) when it cannot progress without a change by the user, None otherwise.
-    A stalled object is not reconciling (stalled wins when both are given)."""
+    ready: True only when the object does what it is for, with reason and message; None leaves Ready to
+    the controller (a ModelServe's Ready is its rollout's). reconciling: (reason, message) while work is in
+    progress, None when it is not. stalled: (reason, message) when it cannot progress without a change by
+    the user, None otherwise. A stalled object is not reconciling (stalled wins when both are given)."""
 
-    ready: bool
-    ready_reason: str
+    ready: bool | None
+    ready_reason: str = ""
     ready_message: str = ""
     reconciling: tuple[str, str] | None = None
     stalled: tuple[str, str] | None = None
@@ -92,9 +92,12 @@ class KStatus:
 
 
 def set_kstatus(conds: dict[str, dict[str, Any]], ks: KStatus, *, generation: int, now: dt.datetime) -> None:
-    """Set Ready, Reconciling and Stalled in CONDS from KS (see the module docstring for how kstatus
-    reads them)."""
-    set_condition(conds, "Ready", ks.ready, ks.ready_reason, ks.ready_message, generation=generation, now=now)
+    """Set Ready (unless KS leaves it), Reconciling and Stalled in CONDS from KS (see the module docstring
+    for how kstatus reads them)."""
+    if ks.ready is not None:
+        set_condition(
+            conds, "Ready", ks.ready, ks.ready_reason, ks.ready_message, generation=generation, now=now
+        )
     if ks.stalled is not None:
         reason, message = ks.stalled
         set_condition(conds, "Stalled", True, reason, message, generation=generation, now=now)

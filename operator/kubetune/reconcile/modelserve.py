@@ -1,10 +1,14 @@
-"""The ModelServe reconcile's shell: read, decide (reconcile/modelserve_decision.py), smoke-test, write.
+"""The ModelServe reconcile's shell: observe once, decide (reconcile/modelserve_decision.py), act once
+through the one write path (writes.py).
 
-Level-based: every pass reads the ModelServe, its children and the FineTuneJobs it references, asks the
-pure decision what should be, and makes it so; it never asks what event woke it. When the decision
-needs a smoke test (a rollout became available), the shell runs it (a real generate call through
-huggingface_hub's InferenceClient) and decides again with its outcome. A child write the API server
-refuses becomes a condition quoting the server (``modelserve_decision.refused``), never a silent retry.
+Level-based: every reconcile reads the ModelServe, its children and the FineTuneJobs it references, asks
+the pure decision what should be, and makes it so; it never asks what event woke it. The ModelServe, its
+Deployment and the FineTuneJobs come from the watch index; its Service and PodDisruptionBudget from what
+this process last applied (a GET only when it does not know); the pods of an engine with live adapters
+are listed, and asked what they have loaded. Two things a decision asks for are actions whose outcome is
+an observation: a smoke test (once a rollout is available) and live adapter changes; the shell carries them
+out and decides again with the outcome. A child write the API server refuses is one too: the decision says
+it in its conditions, quoting the server (``modelserve_decision.refused``), never a silent retry.
 """
 
 from __future__ import annotations
@@ -20,23 +24,23 @@ from kubetune.render import modelserve as r
 from kubetune.render.common import MODELSERVE_LABEL
 
 from .adapter_admin import apply_change, observe_pod
-from .client import ApiException, Kube
+from .client import Kube
 from .clock import now
 from .live_adapters import PodState
 from .modelserve_decision import (
+    OWN_STATUS_FIELDS,
     Decision,
     Observed,
     ServeOptions,
     SmokeOutcome,
     SmokeRequest,
     decide,
-    refused,
-    server_message,
 )
 from .openai_check import run_openai_smoke_test
+from .refusals import Refusal
 from .smoketest import SmokeTestUnavailable, run_smoke_test
 from .sources import referenced_jobs
-from .status import merge_patch
+from .writes import Conflict, NamespaceTerminating, Writer
 
 log = logging.getLogger("kubetune.modelserve")
 
@@ -49,6 +53,8 @@ class ServeResult:
 
     requeue_after: float | None = None
     problem: bool = False
+    gone: bool = False
+    """The object no longer exists: forget its key."""
     phase: str | None = None
     rollout: str | None = None
     """succeeded, rolled-back or failed when a rollout finished in this pass."""
@@ -67,20 +73,35 @@ class ModelServeReconciler:
         kube: Kube,
         opts: ServeOptions,
         *,
+        writer: Writer | None = None,
         smoke_test: SmokeTest = run_smoke_test,
         openai_smoke_test: SmokeTest = run_openai_smoke_test,
         clock=now,
     ):
         self.kube = kube
         self.opts = opts
+        self.writer = writer or Writer(kube)
+        self.index = self.writer.index
         self.smoke_test = smoke_test
         self.openai_smoke_test = openai_smoke_test
         self.clock = clock
 
     def reconcile(self, namespace: str, name: str) -> ServeResult:
-        obj = self.kube.get("ModelServe", namespace, name)
+        obj = self.index.get("ModelServe", namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
-            return ServeResult()  # garbage collection removes the children
+            return ServeResult(gone=True)  # garbage collection removes the children
+        try:
+            return self.converge(obj)
+        except NamespaceTerminating:
+            return ServeResult(gone=True)
+        except Conflict as conflict:
+            # Decided from a version that is not the latest: read it again and reconcile once more.
+            log.debug("%s/%s: %s; reconciling the latest version", namespace, name, conflict)
+            gone = self.writer.refresh("ModelServe", namespace, name) is None
+            return ServeResult(requeue_after=None if gone else 0.0, gone=gone)
+
+    def converge(self, obj: dict[str, Any]) -> ServeResult:
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         observed = self.observe(obj)
         decision = decide(observed, self.opts, self.clock())
         if decision.smoke_request is not None:
@@ -99,10 +120,13 @@ class ModelServeReconciler:
                     log.warning("%s/%s: %s", namespace, name, outcome.error)
             observed = replace(observed, pods=self.observe_pods(obj), adapter_outcomes=outcomes)
             decision = decide(observed, self.opts, self.clock())
-        decision = self.write_children(obj, decision)
-        for type_, reason, message in decision.events:
-            self.kube.event(obj, type_, reason, message)
-        write_status(self.kube, obj, decision)
+        refusal = self.act(obj, decision)
+        if refusal is not None:
+            log.warning("%s/%s: the API server refused %s %s: %s", namespace, name, refusal.kind, refusal.name,
+                        refusal.message)  # fmt: skip
+            decision = decide(replace(observed, refusals=(refusal,)), self.opts, self.clock())
+        self.writer.emit(obj, decision.events)
+        self.writer.status(obj, decision.status, OWN_STATUS_FIELDS)
         return ServeResult(
             requeue_after=decision.requeue_after,
             problem=decision.problem,
@@ -116,12 +140,13 @@ class ModelServeReconciler:
         """Everything the decision reads. Children are read by the names the spec gives them."""
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         spec = obj.get("spec") or {}
-        jobs = {ref: self.kube.get("FineTuneJob", ns, ref) for ref in referenced_jobs({"spec": spec})}
+        jobs = {ref: self.index.get("FineTuneJob", ns, ref) for ref in referenced_jobs({"spec": spec})}
+        may_exist = _reconciled_before(obj)
         return Observed(
             obj=obj,
-            deployment=self.kube.get("Deployment", ns, r.deployment_name_of(name)),
-            service=self.kube.get("Service", ns, r.service_name_of(name)),
-            pdb=self.kube.get("PodDisruptionBudget", ns, r.pdb_name_of(name)),
+            deployment=self.index.get("Deployment", ns, r.deployment_name_of(name)),
+            service=self.writer.live("Service", ns, r.service_name_of(name), may_exist=may_exist),
+            pdb=self.writer.live("PodDisruptionBudget", ns, r.pdb_name_of(name), may_exist=may_exist),
             jobs=jobs,
             pods=self.observe_pods(obj),
         )
@@ -172,24 +197,24 @@ class ModelServeReconciler:
             return SmokeOutcome(request.revision, unavailable=str(error))
         return SmokeOutcome(request.revision, result=result)
 
-    def write_children(self, obj: dict[str, Any], decision: Decision) -> Decision:
-        """Apply and delete what DECISION says; a refused write turns the decision into a refusal."""
-        ns = obj["metadata"]["namespace"]
-        try:
-            for child in decision.writes:
-                kind, name = child["kind"], child["metadata"]["name"]
-                self.kube.apply(child)
-            for kind, name, uid in decision.deletes:
-                self.kube.delete(kind, ns, name, uid=uid)
-        except ApiException as exc:
-            if exc.status in (0, 404, 408, 429) or exc.status >= 500:
-                raise  # the server or the network failed (or asks to wait), not the request: the queue retries
-            message = server_message(exc.body, f"{exc.status} {exc.reason}")
-            log.warning(
-                "%s/%s: the API server refused %s %s: %s", ns, obj["metadata"]["name"], kind, name, message
-            )
-            return refused(decision, obj, kind, name, message, self.clock())
-        return decision
+    def act(self, obj: dict[str, Any], decision: Decision) -> Refusal | None:
+        """Apply and delete what DECISION says; the first write the API server refuses is returned."""
+        ns, uid = obj["metadata"]["namespace"], obj["metadata"].get("uid") or ""
+        may_exist = _reconciled_before(obj)
+        for child in decision.writes:
+            refusal = self.writer.apply(child, owner_uid=uid, may_exist=may_exist)
+            if refusal is not None:
+                return refusal
+        for kind, name, child_uid in decision.deletes:
+            refusal = self.writer.delete(kind, ns, name, uid=child_uid)
+            if refusal is not None:
+                return refusal
+        return None
+
+
+def _reconciled_before(obj: dict[str, Any]) -> bool:
+    """Never reconciled: its Service and PDB cannot exist yet (no GET before applying them)."""
+    return bool((obj.get("status") or {}).get("observedGeneration"))
 
 
 def _engine(obj: dict[str, Any]) -> Engine:
@@ -199,19 +224,6 @@ def _engine(obj: dict[str, Any]) -> Engine:
 def _ready(pod: dict[str, Any]) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-def write_status(kube: Kube, obj: dict[str, Any], decision: Decision) -> None:
-    """Patch the status subresource from what was read to what DECISION wants (nothing when equal)."""
-    if decision.status == decision.old_status:
-        return
-    patch = merge_patch(decision.old_status, decision.status)
-    meta = obj["metadata"]
-    try:
-        kube.patch("ModelServe", meta["namespace"], meta["name"], {"status": patch}, subresource="status")
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
 
 
 __all__ = ["CONTROLLER", "ModelServeReconciler", "ServeOptions", "ServeResult"]

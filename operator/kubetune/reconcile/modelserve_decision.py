@@ -37,14 +37,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api.v1alpha1 import ModelServe, validate_document
-from kubetune.engines import engine_of
+from kubetune.engines import ENGINES, engine_of
 from kubetune.engines.smoke import DEFAULT_TIMEOUT_SECONDS, SmokeTestResult
 from kubetune.render import modelserve as r
 from kubetune.render.common import applied_hash, with_hash
 from kubetune.settings import DEFAULT_VLLM_IMAGE
 
 from .clock import fmt_time, parse_time
-from .conditions import load_conditions, set_condition
+from .conditions import KStatus
+from .draft import Draft
 from .live_adapters import (
     AdapterChange,
     ChangeOutcome,
@@ -54,8 +55,9 @@ from .live_adapters import (
     plan,
     served_adapters,
 )
+from .refusals import Refusal
 from .sources import REASON_NOT_PROMOTED, REASON_UNSUPPORTED, REASON_WAITING, Resolution, resolve_sources
-from .status import strip_none
+from .status import Event, strip_none
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Reconciling", "Stalled")
 OWN_STATUS_FIELDS = (
@@ -72,6 +74,8 @@ class ServeOptions:
     tgi_image: str
     trainer_image: str
     vllm_image: str = DEFAULT_VLLM_IMAGE
+    oci_plain_http: tuple[str, ...] = ()
+    """oci:// registries the pull init containers speak to over plain HTTP."""
     endpoint_override: str | None = None
     pod_address_override: str | None = None
     """vLLM pods' addresses for live adapter updates: a template with {pod}, {namespace}, {ip}, {port}."""
@@ -80,8 +84,10 @@ class ServeOptions:
     smoke_attempts: int = 3
 
     def image(self, engine: str) -> str:
-        """The image of ENGINE's pods when the ModelServe names none (the operator's settings)."""
-        return {"tgi": self.tgi_image, "vllm": self.vllm_image}[engine]
+        """The image of ENGINE's pods when the ModelServe names none: the operator's setting ``<engine>_image``
+        where there is one, else the engine's own default."""
+        configured: str | None = getattr(self, f"{engine}_image", None)
+        return configured or ENGINES[engine].default_image
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,8 @@ class Observed:
     """vllm: the ready pods of the current revision and what each has loaded."""
     adapter_outcomes: tuple[ChangeOutcome, ...] | None = None
     """vllm: what the adapter changes an earlier decision asked for gave (None: none were made)."""
+    refusals: tuple[Refusal, ...] = ()
+    """Child writes the API server refused in this reconcile (the decision then says so: ``refused``)."""
 
 
 @dataclass
@@ -145,8 +153,7 @@ class Decision:
     """The ModelServe's whole status as this decision wants it."""
     old_status: dict[str, Any] = field(default_factory=dict)
     """The fields of the status this controller owns, as read (the write is a merge patch between the two)."""
-    events: list[tuple[str, str, str]] = field(default_factory=list)
-    """(type, reason, message)."""
+    events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     problem: bool = False
     """Retry with the queue's backoff (the operator could not do its part)."""
@@ -165,7 +172,10 @@ class Decision:
 
 def decide(observed: Observed, opts: ServeOptions, now: dt.datetime) -> Decision:
     """The whole decision for one ModelServe (None of the inputs is changed)."""
-    return _Decider(observed, opts, now).run()
+    decision = _Decider(observed, opts, now).run()
+    for refusal in observed.refusals[:1]:
+        return refused(decision, observed.obj, refusal.kind, refusal.name, refusal.message, now)
+    return decision
 
 
 def refused(
@@ -177,51 +187,30 @@ def refused(
     child was refused, quoting the server, and what to change; one Event when the refusal is new; the
     queue retries with backoff (a quota or a policy may change without the ModelServe changing).
     """
-    gen = int(obj["metadata"].get("generation") or 1)
     old = decision.old_status
-    conds = load_conditions(old, CONDITION_TYPES)
+    draft = Draft({"metadata": obj["metadata"], "status": old}, CONDITION_TYPES, now)
     words = (
         f"the API server refused {kind} {name}: {message}; change what it objects to (the ModelServe's "
         "spec, or the policy, quota or permissions named in the message); retrying with backoff"
     )
-    was = conds.get("Stalled") or {}
     serving = (old.get("revision") or {}).get("hash") and decision.status.get("readyReplicas")
-
-    def put(type_: str, status: bool, message_: str) -> None:
-        set_condition(conds, type_, status, REASON_CHILD_REFUSED, message_, generation=gen, now=now)
-
-    put(
-        "Ready",
-        bool(serving),
-        f"still serving revision {old['revision']['hash']}; {words}" if serving else words,
-    )
-    put("Progressing", False, words)
-    put("Degraded", True, words)
-    put("Reconciling", False, "")
-    put("Stalled", True, words)
+    ready = f"still serving revision {old['revision']['hash']}; {words}" if serving else words
+    draft.set("Ready", bool(serving), REASON_CHILD_REFUSED, ready)
+    draft.set("Progressing", False, REASON_CHILD_REFUSED, words)
+    draft.set("Degraded", True, REASON_CHILD_REFUSED, words)
+    draft.finish_kstatus(KStatus(None, stalled=(REASON_CHILD_REFUSED, words)))
+    draft.event_on_change("Warning", REASON_CHILD_REFUSED, words, "Stalled")
     status = {k: v for k, v in old.items() if k not in ("conditions", "phase")}
     for key in ("endpoint", "replicas", "readyReplicas"):
         if key in decision.status:
             status[key] = decision.status[key]
     phase = "Degraded" if serving else "Failed"
-    status.update(phase=phase, observedGeneration=gen, conditions=[conds[t] for t in CONDITION_TYPES])
-    events = (
-        []
-        if was.get("reason") == REASON_CHILD_REFUSED and was.get("message") == words
-        else [("Warning", REASON_CHILD_REFUSED, words)]
+    status.update(
+        phase=phase, observedGeneration=draft.gen, conditions=[draft.conds[t] for t in CONDITION_TYPES]
     )
     return Decision(
-        status=strip_none(status), old_status=old, events=events, problem=True, phase=phase,
+        status=strip_none(status), old_status=old, events=draft.events, problem=True, phase=phase,
     )  # fmt: skip
-
-
-def server_message(body: str | bytes | None, fallback: str) -> str:
-    """The message of a Kubernetes Status body (what the server says is wrong), else FALLBACK."""
-    try:
-        status = json.loads(body or "")
-    except (TypeError, ValueError):
-        return fallback
-    return str(status.get("message") or fallback) if isinstance(status, dict) else fallback
 
 
 # ---- the decider ---------------------------------------------------------------------------------
@@ -260,31 +249,23 @@ def _clean_template(template: dict[str, Any]) -> dict[str, Any]:
     return tpl
 
 
-class _Decider:
+class _Decider(Draft):
     def __init__(self, observed: Observed, opts: ServeOptions, now: dt.datetime) -> None:
+        super().__init__(observed.obj, CONDITION_TYPES, now)
         self.observed = observed
         self.opts = opts
-        self.obj = observed.obj
-        self.meta = self.obj["metadata"]
         self.uid = self.meta.get("uid") or ""
-        self.gen = int(self.meta.get("generation") or 1)
-        self.now = now
         old = self.obj.get("status") or {}
         self.old = {k: old.get(k) for k in OWN_STATUS_FIELDS if old.get(k) is not None}
         self.st: dict[str, Any] = json.loads(
             json.dumps({k: v for k, v in self.old.items() if k not in ("conditions", "phase")})
         )
-        self.conds = load_conditions(old, CONDITION_TYPES)
-        self.old_conds = {t: dict(c) for t, c in self.conds.items()}
         self.out = Decision(old_status=self.old)
         self.phase: str = "Pending"
         self.kstatus: tuple[str | None, str, str] = (None, "", "")
         self.jobs = observed.jobs
 
     # ---- helpers ----------------------------------------------------------------------------
-
-    def set(self, type_: str, status: bool, reason: str, message: str) -> None:
-        set_condition(self.conds, type_, status, reason, message, generation=self.gen, now=self.now)
 
     def reconciling(self, reason: str, message: str) -> None:
         self.kstatus = ("Reconciling", reason, message)
@@ -294,19 +275,6 @@ class _Decider:
 
     def current(self) -> None:
         self.kstatus = (None, "", "")
-
-    def event(self, type_: str, reason: str, message: str) -> None:
-        self.out.events.append((type_, reason, message))
-
-    def event_on_change(self, type_: str, reason: str, message: str, condition: str) -> None:
-        """One Event when CONDITION takes this reason and message, not one per pass."""
-        was = self.old_conds.get(condition) or {}
-        if was.get("reason") != reason or was.get("message") != message:
-            self.event(type_, reason, message)
-
-    def after(self, seconds: float) -> None:
-        current = self.out.requeue_after
-        self.out.requeue_after = seconds if current is None else min(current, seconds)
 
     def apply(self, desired: dict[str, Any], live: dict[str, Any] | None) -> None:
         """Write DESIRED unless LIVE was applied with the same content."""
@@ -319,6 +287,8 @@ class _Decider:
     def run(self) -> Decision:
         self.converge()
         self.finish()
+        self.out.events = self.events
+        self.out.requeue_after = self.requeue_after
         return self.out
 
     def converge(self) -> None:
@@ -357,7 +327,7 @@ class _Decider:
             lora_modules = engine.started_adapters(dep["spec"].get("template"))
         template = r.render_pod_template(
             ms, res, image=image, trainer_image=self.opts.trainer_image, revision_hash_=rev,
-            lora_modules=lora_modules,
+            lora_modules=lora_modules, oci_plain_http=self.opts.oci_plain_http,
         )  # fmt: skip
         annotations = dict(((dep or {}).get("metadata") or {}).get("annotations") or {})
         failed = annotations.get(r.ANNOTATION_FAILED_REVISION)
@@ -661,10 +631,13 @@ class _Decider:
 
     def finish(self) -> None:
         kind, reason, message = self.kstatus
-        self.set("Reconciling", kind == "Reconciling", reason if kind == "Reconciling" else "Idle",
-                 message if kind == "Reconciling" else "")  # fmt: skip
-        self.set("Stalled", kind == "Stalled", reason if kind == "Stalled" else "Progressing",
-                 message if kind == "Stalled" else "")  # fmt: skip
+        self.finish_kstatus(
+            KStatus(
+                None,  # Ready is the rollout's (set above)
+                reconciling=(reason, message) if kind == "Reconciling" else None,
+                stalled=(reason, message) if kind == "Stalled" else None,
+            )
+        )
         for type_ in CONDITION_TYPES:
             if type_ not in self.conds:
                 self.set(type_, False, "Pending", "")

@@ -107,6 +107,11 @@ class _Referenced:
         secret = self.job.spec.output.secret_ref
         return secret.name if uri.startswith("s3://") and secret else None
 
+    def registry_secret(self, uri: str) -> str | None:
+        """The job's output.secretRef (a dockerconfigjson Secret) pulls its oci:// result too."""
+        secret = self.job.spec.output.secret_ref
+        return secret.name if uri.startswith("oci://") and secret else None
+
 
 def _referenced(res: Resolution, where: str, ref: str, found: Job | None) -> _Referenced | None:
     """The referenced job, or None after recording why it cannot be used (missing or invalid)."""
@@ -155,6 +160,8 @@ def _uri_source(name: str | None, uri: str, secret: SecretKeyRef | None) -> Sour
         return Source(name, uri, s3_secret=secret.name)
     if uri.startswith("hf://"):
         return Source(name, uri, hf_token=(secret.name, secret.key))
+    if uri.startswith("oci://"):
+        return Source(name, uri, registry_secret=secret.name)
     return Source(name, uri)
 
 
@@ -175,7 +182,9 @@ def _model(res: Resolution, ms: ModelServe, engine: Engine, jobs: Mapping[str, J
         res.waiting.append(_waiting_message(where, ref, found.phase))
     else:
         uri = found.result.merged_uri or found.result.uri or ""
-        res.model = Source(None, uri, found.source_id(ref), found.s3_secret(uri))
+        res.model = Source(
+            None, uri, found.source_id(ref), found.s3_secret(uri), registry_secret=found.registry_secret(uri)
+        )
 
 
 def _adapters(res: Resolution, ms: ModelServe, engine: Engine, jobs: Mapping[str, Job | None]) -> None:
@@ -200,7 +209,14 @@ def _adapters(res: Resolution, ms: ModelServe, engine: Engine, jobs: Mapping[str
             lora = job.spec.method.lora
             rank = lora.r if lora is not None else None
             res.adapters.append(
-                Source(adapter.name, uri, found.source_id(ref), found.s3_secret(uri), rank=rank)
+                Source(
+                    adapter.name,
+                    uri,
+                    found.source_id(ref),
+                    found.s3_secret(uri),
+                    registry_secret=found.registry_secret(uri),
+                    rank=rank,
+                )  # fmt: skip
             )
         # An adapter trained on another Hub model than the one served does not load.
         served, trained_on = spec.model.uri or "", job.spec.model.uri or ""  # a chained job has no model.uri

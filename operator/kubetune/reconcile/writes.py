@@ -1,57 +1,111 @@
-"""The writes every controller makes the same way: its object's status and Events.
+"""The one write path of both controllers: children, status, Events.
 
-Status: ``write_status`` sends the merge patch ``status.status_patch`` computes (nothing when nothing
-changed) to the status subresource.
-
-Events: ``EventRecorder.emit`` writes core/v1 Events and drops one that this process already wrote for
-the same object (type, reason, message) within ``window`` seconds, so a state that is reconciled again
-and again (a refused child retried with backoff) gives one Event, not one per retry. Decisions emit
-Events on transitions (a condition that changed), which already survives restarts; the window is the
-second line of defence.
+- **Children** are server-side applied under the operator's field manager (``apply``), and only when what
+  is live differs from what is wanted: every child carries the hash of the content it was applied with
+  (``render.common.with_hash``), compared with the watched copy (``index.WatchIndex``: Jobs, Deployments),
+  or for children the operator does not watch (ConfigMaps, Services, RBAC, PDBs) with what it last applied
+  or read (``Children``, entries expire after ``max_age`` so drift is repaired), or else with a GET when the
+  child may exist. A child of that name owned by someone else is refused without a write.
+- **Status**: a JSON merge patch of the fields the controller owns (``status.status_patch``: nothing when
+  nothing changed) that carries the resourceVersion the decision read: when the object changed meanwhile
+  the API server answers 409, and the write is reported as ``Conflict``; the shell reads the object again
+  and reconciles once more (controller-runtime's optimistic concurrency).
+- **Events** through one recorder (``EventRecorder``) that writes each (object, type, reason, message) at
+  most once per window.
+- **Refusals**: a write the API server refuses (``refusals.is_refusal``) comes back as a ``Refusal`` for
+  the decision to turn into a condition and an Event; other errors are raised (the work queue retries with
+  backoff); a namespace being deleted raises ``NamespaceTerminating`` (nothing left to do).
+- **Own writes**: every write's answer goes into the watch index (so the next reconcile sees it before its
+  watch event) and into ``OwnWrites`` (so that event queues no reconcile).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
+from kubetune.render.common import RUN_ID_LABEL, SPEC_HASH_ANNOTATION, applied_hash
+
 from .client import ApiException, Kube
+from .index import WatchIndex
+from .own_writes import OwnWrites
+from .refusals import Refusal, is_refusal, namespace_terminating
 from .status import Event, status_patch
 
+WATCHED = frozenset({"FineTuneJob", "ModelServe", "Job", "Pod", "Deployment"})
+"""Kinds the operator's kopf handlers watch (their objects are in the watch index)."""
+CHILD_CACHE_SECONDS = 600.0
 
-def write_status(
-    kube: Kube, obj: dict[str, Any], new: dict[str, Any], fields: Iterable[str]
-) -> dict[str, Any] | None:
-    """Patch OBJ's status subresource to NEW's FIELDS when they differ; OBJ's status (and resourceVersion)
-    is updated in place so a second write in the same pass compares with what was written. Returns the patch sent (None: no
-    write). An object deleted meanwhile is not an error."""
-    fields = tuple(fields)
-    patch = status_patch(obj, new, fields)
-    if patch is None:
-        return None
-    meta = obj["metadata"]
-    try:
-        written = kube.patch(
-            obj["kind"], meta.get("namespace"), meta["name"], {"status": patch}, subresource="status"
-        )
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        return None
-    # the version the write made (its watch event carries it: see reconcile/own_writes.py)
-    version = ((written or {}).get("metadata") or {}).get("resourceVersion")
-    if version:
-        meta["resourceVersion"] = version
-    status = obj.setdefault("status", {})
-    for k in fields:
-        if new.get(k) is None:
-            status.pop(k, None)
-        else:
-            status[k] = new[k]
-    return patch
+
+class NamespaceTerminating(Exception):
+    """A write was refused because the namespace is being deleted: nothing to decide, nothing to retry."""
+
+
+class Conflict(Exception):
+    """The object changed since it was read (409 on a write that carried its resourceVersion)."""
+
+
+class Expiring:
+    """A thread-safe map whose entries are forgotten MAX_AGE seconds after they were put."""
+
+    def __init__(self, max_age: float, clock: Callable[[], float] = time.monotonic):
+        self.max_age = max_age
+        self.clock = clock
+        self._entries: dict[Hashable, tuple[Any, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None or self.clock() - entry[1] > self.max_age:
+            return None
+        return entry[0]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._entries[key] = (value, self.clock())
+
+    def forget(self, key: Hashable) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+
+class Children(Expiring):
+    """What the operator knows of the children it does not watch, as it last applied or read them, by (kind,
+    namespace, name): their uid, owners, the hash they were applied with and their run id, nothing else (kept
+    as JSON text: tens of thousands of them at scale); an entry is forgotten after MAX_AGE seconds (and then
+    read again: drift repair)."""
+
+    def __init__(self, max_age: float = CHILD_CACHE_SECONDS, clock: Callable[[], float] = time.monotonic):
+        super().__init__(max_age, clock)
+
+    def remember(self, kind: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+        slim = {
+            "kind": kind,
+            "metadata": {
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "labels": {k: v for k, v in labels.items() if k == RUN_ID_LABEL},
+                "annotations": {k: v for k, v in annotations.items() if k == SPEC_HASH_ANNOTATION},
+                "ownerReferences": [
+                    {k: ref.get(k) for k in ("kind", "name", "uid", "controller")}
+                    for ref in meta.get("ownerReferences") or []
+                ],
+            },
+        }
+        key = (kind, meta.get("namespace") or "", meta.get("name") or "")
+        self.put(key, json.dumps(slim, separators=(",", ":")))
+
+    def known(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        text = self.get((kind, namespace, name))
+        return None if text is None else json.loads(text)
 
 
 class EventRecorder:
@@ -96,4 +150,176 @@ class EventRecorder:
         return written
 
 
-__all__ = ["EventRecorder", "write_status"]
+def owned_by(obj: dict[str, Any], owner_uid: str) -> bool:
+    return any(ref.get("uid") == owner_uid for ref in obj["metadata"].get("ownerReferences") or [])
+
+
+class Writer:
+    """Every write of a reconcile; thread-safe (one instance serves every worker of both controllers)."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        index: WatchIndex | None = None,
+        own_writes: OwnWrites | None = None,
+        events: EventRecorder | None = None,
+        children: Children | None = None,
+    ):
+        self.kube = kube
+        self.index = index or WatchIndex()
+        self.own_writes = own_writes or OwnWrites()
+        self.events = events or EventRecorder(kube)
+        self.children = children or Children()
+
+    # -- what a write made --
+
+    def remember(self, written: dict[str, Any] | None, kind: str | None = None) -> None:
+        """WRITTEN (an API answer) is the object's latest state: into the index or the child cache, and its
+        resourceVersion into the own writes (its watch event then queues nothing)."""
+        if not written or not written.get("metadata"):
+            return
+        kind = kind or str(written.get("kind") or "")
+        meta = written["metadata"]
+        if kind not in WATCHED:
+            self.children.remember(kind, written)
+            return
+        self.index.put(written, kind)
+        self.own_writes.record(
+            kind, meta.get("namespace") or "", meta.get("name") or "", meta.get("resourceVersion")
+        )
+
+    def refused(self, exc: ApiException, kind: str, name: str) -> Refusal:
+        """EXC as a refusal the decision turns into a condition; other errors go up (the queue retries)."""
+        if not is_refusal(exc.status):
+            raise exc
+        if namespace_terminating(exc.body):
+            raise NamespaceTerminating(str(exc)) from exc
+        return Refusal(kind, name, exc.status, exc.message)
+
+    # -- children --
+
+    def live(self, kind: str, namespace: str, name: str, *, may_exist: bool) -> dict[str, Any] | None:
+        """What is live of a child: the watched copy, the remembered one, or (MAY_EXIST) a GET."""
+        if kind in WATCHED:
+            return self.index.get(kind, namespace, name)
+        cached = self.children.known(kind, namespace, name)
+        if cached is not None or not may_exist:
+            return cached
+        found = self.kube.get(kind, namespace, name)
+        if found is not None:
+            self.children.remember(kind, found)
+        return found
+
+    def apply(self, obj: dict[str, Any], *, owner_uid: str, may_exist: bool = True) -> Refusal | None:
+        """Apply child OBJ unless what is live was applied with the same content; a child of that name that
+        belongs to someone else is refused. MAY_EXIST False (its owner was never reconciled): no GET."""
+        kind, meta = obj["kind"], obj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        live = self.live(kind, namespace, name, may_exist=may_exist)
+        if live is not None and not owned_by(live, owner_uid):
+            message = (
+                f"{kind} {name!r} already exists and does not belong to this {self._owner_kind(obj)}: "
+                f"delete it or rename the {self._owner_kind(obj)}"
+            )
+            return Refusal(kind, name, 409, message, foreign=True)
+        if live is not None and applied_hash(live) is not None and applied_hash(live) == applied_hash(obj):
+            return None
+        try:
+            self.remember(self.kube.apply(obj), kind)
+        except ApiException as exc:
+            return self.refused(exc, kind, name)
+        return None
+
+    @staticmethod
+    def _owner_kind(obj: dict[str, Any]) -> str:
+        refs = obj["metadata"].get("ownerReferences") or [{}]
+        return str(refs[0].get("kind") or "owner")
+
+    def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> Refusal | None:
+        """A JSON merge patch of a child. A child that is gone (404: its DELETED event not seen yet, or
+        missed) leaves the index, and the reconcile runs again without it (``Conflict``)."""
+        try:
+            self.remember(self.kube.patch(kind, namespace, name, patch), kind)
+        except ApiException as exc:
+            if exc.status == 404 and kind in WATCHED:
+                self.index.remove(kind, namespace, name)
+                raise Conflict(f"{kind} {name} is gone") from exc
+            return self.refused(exc, kind, name)
+        return None
+
+    def delete(
+        self, kind: str, namespace: str, name: str, *, uid: str | None, propagation: str = "Background"
+    ) -> Refusal | None:
+        try:
+            deleted = self.kube.delete(kind, namespace, name, uid=uid, propagation=propagation)
+        except ApiException as exc:
+            return self.refused(exc, kind, name)
+        if kind not in WATCHED:
+            self.children.forget((kind, namespace, name))
+        elif not deleted:  # it was gone already (its DELETED event not seen yet, or missed): forget it
+            self.index.remove(kind, namespace, name, uid=uid)
+        return None
+
+    # -- the owner --
+
+    def status(
+        self, obj: dict[str, Any], new: dict[str, Any], fields: Iterable[str]
+    ) -> dict[str, Any] | None:
+        """Patch OBJ's status subresource to NEW's FIELDS when they differ, as of OBJ's resourceVersion (else
+        ``Conflict``). OBJ's status and resourceVersion follow the write, so a second write in the same
+        reconcile compares with the first. Returns the patch sent (None: no write). An object deleted
+        meanwhile is not an error."""
+        fields = tuple(fields)
+        patch = status_patch(obj, new, fields)
+        if patch is None:
+            return None
+        meta = obj["metadata"]
+        body: dict[str, Any] = {"status": patch}
+        if meta.get("resourceVersion"):
+            body["metadata"] = {"resourceVersion": meta["resourceVersion"]}
+        try:
+            written = self.kube.patch(
+                obj["kind"], meta.get("namespace"), meta["name"], body, subresource="status"
+            )
+        except ApiException as exc:
+            if exc.status == 404:  # deleted meanwhile (or its DELETED event was missed): forget it
+                self.index.remove(obj["kind"], meta.get("namespace"), meta["name"])
+                return None
+            if exc.status == 409:
+                raise Conflict(exc.message) from exc
+            raise
+        self.remember(written, obj["kind"])
+        version = ((written or {}).get("metadata") or {}).get("resourceVersion")
+        if version:
+            meta["resourceVersion"] = version
+        status = obj.setdefault("status", {})
+        for k in fields:
+            if new.get(k) is None:
+                status.pop(k, None)
+            else:
+                status[k] = new[k]
+        return patch
+
+    def refresh(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """Read the object again (after a Conflict) into the index; None when it is gone."""
+        found = self.kube.get(kind, namespace, name)
+        if found is None:
+            self.index.remove(kind, namespace, name)
+        else:
+            self.index.put(found, kind)
+        return found
+
+    def emit(self, obj: dict[str, Any], events: Iterable[tuple[str, str, str]]) -> None:
+        self.events.emit(obj, events)
+
+
+__all__ = [
+    "WATCHED",
+    "Children",
+    "Expiring",
+    "Conflict",
+    "EventRecorder",
+    "NamespaceTerminating",
+    "Writer",
+    "owned_by",
+]

@@ -25,6 +25,7 @@ import yaml
 from kubetune.api.v1alpha1 import (
     ChainResolution,
     FineTuneJob,
+    SecretKeyRef,
     TrainerConfig,
     TrainerRuntime,
     config_hash,
@@ -69,6 +70,7 @@ from .common import (
     short_hash,
     with_hash,
 )
+from .publishing import DOCKER_CONFIG_KEY, register_env, registry_secrets, trainer_registry
 from .tracking import tracking_env
 
 # Spec fields that change in place; any other change after the run started starts a new run.
@@ -101,6 +103,8 @@ class RenderOptions:
     trainer_image: str = "ghcr.io/kubetune/kubetune-trainer:0.1.0"
     image_pull_policy: str | None = None
     termination_grace_seconds: int = 120
+    oci_plain_http: tuple[str, ...] = ()
+    """Registries (host[:port]) spoken to over plain HTTP (KUBETUNE_OCI_PLAIN_HTTP_REGISTRIES)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -146,8 +150,15 @@ def image_of(job: FineTuneJob, opts: RenderOptions) -> str:
     return job.spec.image or opts.trainer_image
 
 
+def storage_uri(job: FineTuneJob) -> str:
+    """Where checkpoints and the saved result go: output.uri, or output.checkpointUri for an oci:// output."""
+    output = job.spec.output
+    uri = output.uri or ""
+    return (output.checkpoint_uri or "") if uri.startswith("oci://") else uri
+
+
 def output_dir(job: FineTuneJob) -> str:
-    uri = job.spec.output.uri or ""
+    uri = storage_uri(job)
     if uri.startswith("pvc://"):
         return pvc_local_path(uri)
     return f"{WORK_DIR}/output"
@@ -165,9 +176,6 @@ def base_labels(job: FineTuneJob) -> dict[str, str]:
         }
     )
     return labels
-
-
-_label_value = label_value  # the name reconcile/finetunejob.py imports it by
 
 
 def _meta(job: FineTuneJob, owner: dict[str, Any], name: str, **extra: Any) -> dict[str, Any]:
@@ -202,6 +210,12 @@ def secret_uses(job: FineTuneJob) -> list[SecretUse]:
     spec = job.spec
     uses: list[SecretUse] = []
     for role, path, uri, ref in (
+        (
+            "CHECKPOINT",
+            "spec.output.checkpointSecretRef",
+            spec.output.checkpoint_uri or "",
+            spec.output.checkpoint_secret_ref,
+        ),  # fmt: skip
         ("OUTPUT", "spec.output.secretRef", spec.output.uri or "", spec.output.secret_ref),
         ("DATASET", "spec.dataset.secretRef", spec.dataset.uri, spec.dataset.secret_ref),
         ("MODEL", "spec.model.secretRef", spec.model.uri or "", spec.model.secret_ref),
@@ -210,8 +224,10 @@ def secret_uses(job: FineTuneJob) -> list[SecretUse]:
             continue
         if uri.startswith("s3://"):
             uses.append(SecretUse(path, ref.name, S3_KEYS_REQUIRED, S3_KEYS_OPTIONAL, f"KUBETUNE_{role}_"))
-        elif uri.startswith("hf://"):
+        elif uri.startswith("hf://") and isinstance(ref, SecretKeyRef):
             uses.append(SecretUse(path, ref.name, (ref.key,), (), f"KUBETUNE_{role}_"))
+    # oci://: a kubernetes.io/dockerconfigjson Secret, mounted as a file (render/publishing.py), not env
+    uses += [SecretUse(path, name, (DOCKER_CONFIG_KEY,)) for _, path, name in registry_secrets(job)]
     return uses
 
 
@@ -231,7 +247,7 @@ def secret_env(job: FineTuneJob) -> list[dict[str, Any]]:
     """
     env: list[dict[str, Any]] = []
     seen: set[str] = set()
-    uses = secret_uses(job)
+    uses = [u for u in secret_uses(job) if u.required_keys != (DOCKER_CONFIG_KEY,)]
     hf = [u for u in uses if u.required_keys and u.required_keys[0] not in S3_KEYS_REQUIRED]
     s3 = [u for u in uses if u.required_keys == S3_KEYS_REQUIRED]
     hf_order = sorted(hf, key=lambda u: 0 if u.field.startswith("spec.model") else 1)
@@ -267,6 +283,9 @@ def trainer_config(
             run_id=run_id(job),
             output_dir=output_dir(job),
             output_uri=job.spec.output.uri,
+            checkpoint_uri=storage_uri(job)
+            if job.spec.output.uri and job.spec.output.uri.startswith("oci://")
+            else None,
             image=image_of(job, opts),
             report_status=True,
             metrics_port=METRICS_PORT,
@@ -381,7 +400,7 @@ def _volumes(
         {"name": "cache", "mountPath": CACHE_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    out = spec.output.uri or ""
+    out = storage_uri(job)
     written = {parse_uri(out, ("pvc",)).claim} if out.startswith("pvc://") else set()
     for claim in pvc_claims(job, chain.uris() if chain else ()):
         vol = _volume_name(claim)
@@ -391,7 +410,7 @@ def _volumes(
     return volumes, mounts
 
 
-def _env(job: FineTuneJob, jname: str) -> list[dict[str, Any]]:
+def _env(job: FineTuneJob, jname: str, registry_env: list[dict[str, Any]]) -> list[dict[str, Any]]:
     spec = job.spec
     name = job.metadata.name or ""
     ours: list[dict[str, Any]] = [
@@ -413,6 +432,8 @@ def _env(job: FineTuneJob, jname: str) -> list[dict[str, Any]]:
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
         *secret_env(job),
         *tracking_env(job),
+        *register_env(job),
+        *registry_env,
     ]
     user = [e.to_dict() for e in spec.env]
     user_names = {e["name"] for e in user}
@@ -470,6 +491,9 @@ def render_job(
     jname = job_name(name, attempt)
     rid = run_id(job)
     volumes, mounts = _volumes(job, chain)
+    registry_volumes, registry_mounts, registry_env = trainer_registry(job, opts.oci_plain_http)
+    volumes += registry_volumes
+    mounts += registry_mounts
     labels = base_labels(job)
     labels.update({RUN_ID_LABEL: rid, ATTEMPT_LABEL: str(attempt)})
     job_labels = dict(labels)
@@ -481,7 +505,7 @@ def render_job(
         "name": TRAINER_CONTAINER,
         "image": image_of(job, opts),
         "command": ["kubetune-trainer", "launch"],
-        "env": _env(job, jname),
+        "env": _env(job, jname, registry_env),
         "ports": [
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
             {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"},
@@ -558,16 +582,3 @@ def render_job(
         },
     }
     return with_hash(body)
-
-
-def render_children(
-    job: FineTuneJob, opts: RenderOptions, attempt: int = 1, chain: ChainResolution | None = None
-) -> list[dict[str, Any]]:
-    """Everything a FineTuneJob's attempt needs, in the order it is applied (the Job last; the Service only
-    for multi-node runs)."""
-    return [
-        *render_rbac(job),
-        render_configmap(job, opts, chain),
-        *([render_service(job, attempt)] if needs_service(job) else []),
-        render_job(job, opts, attempt, chain=chain),
-    ]

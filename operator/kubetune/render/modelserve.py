@@ -45,6 +45,7 @@ from kubetune.render.common import (
     propagated_labels,
     short_hash,
 )
+from kubetune.render.publishing import fetch_init_container, registry_auth
 
 # ---- names, labels, annotations -------------------------------------------------------------
 
@@ -146,7 +147,7 @@ def endpoint(ms: ModelServe, override: str | None = None) -> str:
 
 def adapter_path_in_pod(src: Source) -> str:
     """Where a serving pod finds adapter SRC: a mounted claim's path, a Hub id, or the init container's copy."""
-    parsed = parse_uri(src.uri, ("hf", "pvc", "s3"))
+    parsed = parse_uri(src.uri, ("hf", "pvc", "s3", "oci"))
     if parsed.scheme == "hf":
         return parsed.hf_repo_id
     if parsed.scheme == "pvc":
@@ -181,10 +182,13 @@ class _Volumes:
     mounts: list[dict[str, Any]] = field(default_factory=list)
     claims: set[str] = field(default_factory=set)
     downloads: list[tuple[str, str, str | None]] = field(default_factory=list)  # (uri, dest, secret)
+    pulls: list[tuple[str, str, str | None, str]] = field(
+        default_factory=list
+    )  # oci: (uri, dest, secret, field)
 
-    def local_path(self, src: Source, slot: str) -> str:
+    def local_path(self, src: Source, slot: str, where: str = "model.uri") -> str:
         """Where SRC is inside the serving container; hf:// ids are returned as is (the engine downloads them)."""
-        parsed = parse_uri(src.uri, ("hf", "pvc", "s3"))
+        parsed = parse_uri(src.uri, ("hf", "pvc", "s3", "oci"))
         if parsed.scheme == "hf":
             return parsed.hf_repo_id
         if parsed.scheme == "pvc":
@@ -199,7 +203,10 @@ class _Volumes:
                 )
             return pvc_local_path(src.uri)
         dest = f"{MODELS_DIR}/{slot}"
-        self.downloads.append((src.uri, dest, src.s3_secret))
+        if parsed.scheme == "oci":  # pulled by an init container (render/publishing.py)
+            self.pulls.append((src.uri, dest, src.registry_secret, where))
+        else:
+            self.downloads.append((src.uri, dest, src.s3_secret))
         return dest
 
 
@@ -241,8 +248,11 @@ def render_pod_template(
     trainer_image: str,
     revision_hash_: str,
     lora_modules: Sequence[str] | None = None,
+    oci_plain_http: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The pod template of one revision: the engine's container around SOURCES (which must have a model).
+
+    OCI_PLAIN_HTTP: registries the pull init containers of oci:// sources reach over plain HTTP.
 
     LORA_MODULES (engines with live adapters): the adapters the revision's pods start with; None means those
     of SOURCES (a new revision). The decision passes the live Deployment's own while the revision stays, so
@@ -254,7 +264,10 @@ def render_pod_template(
     engine = engine_of(ms)
     vols = _Volumes()
     model_path = vols.local_path(sources.model, "model")
-    adapters = tuple((a.name or "", vols.local_path(a, f"adapter-{a.name}")) for a in sources.adapters)
+    adapters = tuple(
+        (a.name or "", vols.local_path(a, f"adapter-{a.name}", f"adapters[{i}].uri"))
+        for i, a in enumerate(sources.adapters)
+    )
     placement = Placement(
         model=model_path,
         adapters=adapters,
@@ -292,7 +305,7 @@ def render_pod_template(
         *vols.mounts,
     ]
     init_containers = []
-    if vols.downloads:
+    if vols.downloads or vols.pulls:
         volumes.append({"name": "models", "emptyDir": {}})
         mounts.append({"name": "models", "mountPath": MODELS_DIR, "readOnly": True})
         for index, (uri, dest, secret) in enumerate(vols.downloads):
@@ -310,6 +323,20 @@ def render_pod_template(
             if secret:
                 init["envFrom"] = [{"secretRef": {"name": secret}}]
             init_containers.append(init)
+        registry_volumes: dict[str, str] = {}  # Secret -> volume
+        for index, (uri, dest, secret, where) in enumerate(vols.pulls):
+            volume = None
+            if secret:
+                volume = registry_volumes.setdefault(secret, f"registry-{len(registry_volumes)}")
+            init_containers.append(
+                fetch_init_container(
+                    name=f"pull-{index}", image=trainer_image, uri=uri, dest=dest, field=where,
+                    models_volume="models", models_dir=MODELS_DIR, security_context=container_security_context(),
+                    registry_volume=volume, plain_http=oci_plain_http,
+                )
+            )  # fmt: skip
+        for secret, volume in registry_volumes.items():
+            volumes.append(registry_auth("model", secret, volume)[0])
 
     container = engine.container(ms, placement, image, live_modules=lora_modules)
     health = engine.health_path

@@ -37,8 +37,9 @@ from .objective import (
     implied_task_cel,
     objective_problems,
 )
+from .publishing import PUBLISHING_CEL, PublishError, RegisteredModel, RegisterSpec, publishing_problems
 from .tracking import TRACKING_CEL, TrackingSpec, tracking_problems
-from .uris import URIError, parse_uri
+from .uris import OCI_DIGEST, OCI_HOST, OCI_REPOSITORY, OCI_TAG, URIError, parse_uri
 
 Task = Literal[
     "causal-lm", "seq2seq", "sequence-classification", "token-classification", "masked-lm", "question-answering"
@@ -84,9 +85,10 @@ TRAINING_SET_METRICS = ("perplexity",)  # computable from the training loss when
 Strategy = Literal["auto", "ddp", "fsdp", "deepspeed"]
 ResultKind = Literal["adapter", "full", "prefix", "prompt", "masked-lm", "question-answering", "reward-model"]
 
-MODEL_SCHEMES = ("hf", "pvc", "s3", "file")
+MODEL_SCHEMES = ("hf", "pvc", "s3", "oci", "file")
 DATASET_SCHEMES = ("hf", "pvc", "s3", "https", "file")
-OUTPUT_SCHEMES = ("pvc", "s3", "file")
+OUTPUT_SCHEMES = ("pvc", "s3", "oci", "file")
+CHECKPOINT_SCHEMES = ("pvc", "s3", "file")
 
 
 def _uri_validator(allowed: tuple[str, ...]):
@@ -107,6 +109,7 @@ _SCHEME_PATTERNS = {
     "hf": r"hf:///*[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?/*",
     "pvc": r"pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*(/.*)?",
     "s3": r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?",
+    "oci": rf"oci://{OCI_HOST}/{OCI_REPOSITORY}(:{OCI_TAG}(@({OCI_DIGEST}))?|@({OCI_DIGEST}))",
     "https": r"https://[^/?#]+([/?#].*)?",
     "file": r"file:///.*",
 }
@@ -131,10 +134,12 @@ if TYPE_CHECKING:  # to a type checker they are strings; pydantic gets the check
     ModelURI = str
     DatasetURI = str
     OutputURI = str
+    CheckpointURI = str
 else:
     ModelURI = _uri_type(MODEL_SCHEMES)
     DatasetURI = _uri_type(DATASET_SCHEMES)
     OutputURI = _uri_type(OUTPUT_SCHEMES)
+    CheckpointURI = _uri_type(CHECKPOINT_SCHEMES)
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
@@ -155,8 +160,8 @@ class ModelSpec(KubeModel):
     }
 
     uri: ModelURI | None = None
-    """Where the base model comes from: hf://ORG/NAME, pvc://CLAIM/PATH or s3://BUCKET/PREFIX; exclusive with
-    fineTuneJobRef."""
+    """Where the base model comes from: hf://ORG/NAME, pvc://CLAIM/PATH, s3://BUCKET/PREFIX or an OCI model
+    artifact oci://REGISTRY/REPOSITORY:TAG (or @sha256:DIGEST); exclusive with fineTuneJobRef."""
     fine_tune_job_ref: LocalObjectReference | None = None
     """Start from another FineTuneJob's result (same namespace) instead of uri: its merged or full model, or its
     adapter merged into that job's base. The job waits (condition WaitingForModel) until that one Succeeded."""
@@ -173,7 +178,8 @@ class ModelSpec(KubeModel):
     trust_remote_code: bool = False
     """Run model code from the model repository (only for models you trust)."""
     secret_ref: SecretKeyRef | None = None
-    """Secret with a Hub token (key defaults to HF_TOKEN) or S3 credentials for a private model."""
+    """Secret with a Hub token (key defaults to HF_TOKEN) or S3 credentials for a private model; for oci:// a
+    kubernetes.io/dockerconfigjson Secret (as image pull secrets are)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -423,11 +429,25 @@ class OutputSpec(KubeModel):
     """Where the result goes."""
 
     uri: OutputURI | None = None
-    """pvc://CLAIM/PATH or s3://BUCKET/PREFIX; required in a cluster."""
+    """pvc://CLAIM/PATH, s3://BUCKET/PREFIX or oci://REGISTRY/REPOSITORY:TAG (a CNCF ModelPack artifact pushed
+    to that registry); required in a cluster."""
     merge_adapter: bool = False
     """Also write the adapter merged into the base model (lora, qlora, ia3)."""
     secret_ref: SecretKeyRef | None = None
-    """Secret with S3 credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_ENDPOINT_URL)."""
+    """Secret with S3 credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_ENDPOINT_URL); for
+    oci:// a kubernetes.io/dockerconfigjson Secret with the registry's credentials (as image pull secrets are)."""
+    checkpoint_uri: CheckpointURI | None = None
+    """oci:// outputs: where checkpoints and a copy of the result go (pvc://CLAIM/PATH or s3://BUCKET/PREFIX);
+    required with oci://, so a refused push loses nothing."""
+    checkpoint_secret_ref: LocalObjectReference | None = None
+    """Secret with S3 credentials for an s3:// checkpointUri (the keys of secretRef for s3://)."""
+    overwrite_tag: bool = False
+    """oci:// outputs: push even when the tag exists (it then points at the new result). Off: a run never moves
+    a tag that another push made, and says so."""
+    # "register" in YAML; another name in Python (pydantic's BaseModel has a register() of its own)
+    registration: Annotated[RegisterSpec | None, Field(alias="register")] = None
+    """Model registries that get a version for each promoted result (a result that failed its evaluation gate
+    is not registered)."""
 
 
 # CEL rules the API server checks; the same rules run in Python in FineTuneJobSpec.check_rules. Where they say
@@ -473,7 +493,8 @@ FINETUNEJOB_SPEC_CEL: list[JsonValue] = [
     },
     {
         "rule": "has(self.output.uri) && !self.output.uri.startsWith('file://')",
-        "message": "output.uri is required in a cluster and must be pvc://CLAIM/PATH or s3://BUCKET/PREFIX",
+        "message": "output.uri is required in a cluster and must be pvc://CLAIM/PATH, s3://BUCKET/PREFIX or "
+        "oci://REGISTRY/REPOSITORY:TAG",
         "fieldPath": ".output.uri",
     },
     {
@@ -561,6 +582,7 @@ FINETUNEJOB_SPEC_CEL: list[JsonValue] = [
 
 
 FINETUNEJOB_SPEC_CEL += TRACKING_CEL
+FINETUNEJOB_SPEC_CEL += PUBLISHING_CEL
 FINETUNEJOB_SPEC_CEL += EVALUATION_CEL
 FINETUNEJOB_SPEC_CEL[:] = implied_task_cel(
     FINETUNEJOB_SPEC_CEL
@@ -715,6 +737,7 @@ class FineTuneJobSpec(KubeModel):
              "warmupRatio and warmupSteps are exclusive: set one of them"),
         ]  # fmt: skip
         checks += tracking_problems(self.tracking)
+        checks += publishing_problems(self.output, self.tracking, target == TARGET_CLUSTER)
         if self.evaluation is not None:
             checks += evaluation_problems(
                 self.evaluation,
@@ -756,7 +779,11 @@ class FineTuneJobSpec(KubeModel):
         if target == TARGET_CLUSTER:
             if self.output.uri is None or self.output.uri.startswith("file://"):
                 problems.append(
-                    Problem("output.uri", "required in a cluster: use pvc://CLAIM/PATH or s3://BUCKET/PREFIX")
+                    Problem(
+                        "output.uri",
+                        "required in a cluster: use pvc://CLAIM/PATH, s3://BUCKET/PREFIX or "
+                        "oci://REGISTRY/REPOSITORY:TAG",
+                    )
                 )
             for path, uri in (("model.uri", model.uri or ""), ("dataset.uri", data.uri)):
                 if uri.startswith("file://"):
@@ -866,6 +893,15 @@ class ResultStatus(KubeModel):
     """Trainer image that produced it."""
     parents: list[ParentResult] = Field(default_factory=list)
     """The chain this result comes from: the FineTuneJobs whose results it started from or used."""
+    digest: str | None = None
+    """oci:// outputs: the pushed artifact's manifest digest (uri names it too: oci://...:TAG@sha256:...)."""
+    storage_uri: str | None = None
+    """oci:// outputs: where the result is also kept (under output.checkpointUri)."""
+    publish_error: PublishError | None = None
+    """Why the result did not reach output.uri (oci://) or its model registry; the result is then at
+    storageUri."""
+    registered_model: RegisteredModel | None = None
+    """The model registry version the result became (output.register)."""
     promoted: bool | None = None
     """false: the result failed its evaluation gate (spec.evaluation); it is kept, and no ModelServe serves it.
     true (or unset, for results without an evaluation) it is served."""
@@ -882,7 +918,11 @@ class FineTuneJobStatus(KubeModel):
     observed_generation: int | None = None
     """The metadata.generation the status reflects."""
     conditions: list[Condition] = Field(default_factory=list)
-    """Validated, Running, Succeeded, Failed, Suspended."""
+    """Validated (the spec, and the fit check: DoesNotFit), Running (the trainer pods, or why they do not
+    run), Succeeded, Failed (with the reason: InvalidSpec, BackoffLimitExceeded, DeadlineExceeded,
+    EvaluationGateFailed, a broken reference...), Suspended (spec.suspend, Kueue admission), WaitingForModel
+    (a referenced FineTuneJob does not exist yet or has not succeeded), and Ready, Reconciling, Stalled as
+    kstatus (Flux, Argo CD) reads them."""
     job_name: str | None = None
     """The trainer batch/v1 Job."""
     start_time: datetime | None = None

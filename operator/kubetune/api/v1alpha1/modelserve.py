@@ -24,7 +24,7 @@ from .common import (
 )
 from .finetunejob import _uri_type
 
-SERVE_SCHEMES = ("hf", "pvc", "s3")
+SERVE_SCHEMES = ("hf", "pvc", "s3", "oci")
 if TYPE_CHECKING:  # to a type checker it is a string; pydantic gets the checks
     ServeURI = str
 else:
@@ -63,10 +63,12 @@ class ModelSource(KubeModel):
     fine_tune_job_ref: LocalObjectReference | None = None
     """Serve this FineTuneJob's result (its full or merged model); follows each new result."""
     uri: ServeURI | None = None
-    """Serve this model: hf://ORG/NAME, pvc://CLAIM/PATH or s3://BUCKET/PREFIX."""
+    """Serve this model: hf://ORG/NAME, pvc://CLAIM/PATH, s3://BUCKET/PREFIX or an OCI model artifact
+    oci://REGISTRY/REPOSITORY:TAG (or @sha256:DIGEST; pulled by an init container)."""
     secret_ref: SecretKeyRef | None = None
-    """With uri: a Secret with a Hub token for a private hf:// model (key defaults to HF_TOKEN), or with S3
-    credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_ENDPOINT_URL) for s3://."""
+    """With uri: a Secret with a Hub token for a private hf:// model (key defaults to HF_TOKEN), with S3
+    credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_ENDPOINT_URL) for s3://, or a
+    kubernetes.io/dockerconfigjson Secret for oci://."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:

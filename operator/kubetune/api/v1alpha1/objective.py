@@ -414,16 +414,6 @@ class ObjectiveSpec(KubeModel):
             )
         return self
 
-    def fine_tune_job_refs(self) -> list[str]:
-        """Names of the FineTuneJobs whose reward models this objective uses."""
-        if self.type not in RL_OBJECTIVES:
-            return []
-        return [
-            r.model.fine_tune_job_ref.name
-            for r in self.rl.rewards
-            if r.model is not None and r.model.fine_tune_job_ref is not None
-        ]
-
 
 # ------------------------------------------------------------------------ rules across spec fields
 # Generated from OBJECTIVES, twice: as CEL for the API server (OBJECTIVE_SPEC_CEL, part of the FineTuneJob spec's

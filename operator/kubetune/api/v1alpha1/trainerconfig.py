@@ -35,6 +35,13 @@ ENV_MASTER_ADDR = "KUBETUNE_MASTER_ADDR"  # stable DNS name of pod 0 behind the 
 ENV_MASTER_PORT = "KUBETUNE_MASTER_PORT"
 ENV_POD_NAME = "KUBETUNE_POD_NAME"
 ENV_REPORT_STATUS = "KUBETUNE_REPORT_STATUS"  # "true" in a cluster: patch the FineTuneJob's status
+# OCI registries (kubetune_trainer.oci): the ones spoken to over plain HTTP (comma-separated host[:port], an
+# operator setting), and the docker config files with a role's registry credentials (a mounted
+# kubernetes.io/dockerconfigjson Secret under REGISTRY_AUTH_DIR/ROLE/config.json).
+ENV_OCI_PLAIN_HTTP = "KUBETUNE_OCI_PLAIN_HTTP"
+ENV_OUTPUT_REGISTRY_AUTH = "KUBETUNE_OUTPUT_REGISTRY_AUTH"
+ENV_MODEL_REGISTRY_AUTH = "KUBETUNE_MODEL_REGISTRY_AUTH"
+REGISTRY_AUTH_DIR = "/etc/kubetune/registry"
 
 
 def pvc_local_path(uri: str) -> str:
@@ -46,7 +53,14 @@ def pvc_local_path(uri: str) -> str:
 def pvc_claims(job: FineTuneJob, extra_uris: tuple[str, ...] = ()) -> list[str]:
     """The distinct PersistentVolumeClaims a FineTuneJob reads or writes, in a stable order (EXTRA_URIS: what
     its FineTuneJob references resolved to, see ChainResolution.uris)."""
-    uris = [job.spec.model.uri or "", job.spec.dataset.uri, job.spec.output.uri or "", *extra_uris]
+    output = job.spec.output
+    uris = [
+        job.spec.model.uri or "",
+        job.spec.dataset.uri,
+        output.uri or "",
+        output.checkpoint_uri or "",
+        *extra_uris,
+    ]
     claims = [parse_uri(u, ("pvc",)).claim for u in uris if u.startswith("pvc://")]
     return sorted(set(claims))
 
@@ -97,7 +111,11 @@ class TrainerRuntime(KubeModel):
     output_dir: Annotated[str, Field(min_length=1)]
     """Local directory the trainer writes the result and checkpoints to (a mounted claim, or staging for s3)."""
     output_uri: str | None = None
-    """Where the result ends up as the user wrote it (pvc:// or s3://); None for local runs."""
+    """Where the result ends up as the user wrote it (pvc://, s3:// or oci://); None for local runs that write
+    to output_dir only."""
+    checkpoint_uri: str | None = None
+    """oci:// outputs: where the checkpoints and a copy of the result go (output.checkpointUri: pvc:// or s3://;
+    output_dir is its local side); None otherwise."""
     image: str | None = None
     """Trainer image, recorded in the lineage."""
     report_status: bool = False

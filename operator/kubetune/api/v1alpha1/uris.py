@@ -1,4 +1,5 @@
-"""URIs of the API (docs/api-reference.md): hf://, pvc://, s3://, https:// (datasets only) and file:// (local runs only).
+"""URIs of the API (docs/api-reference.md): hf://, pvc://, s3://, oci:// (OCI registries), https:// (datasets only) and
+file:// (local runs only).
 
 Parsing is pure: no DNS, no network. The SSRF rule here looks at the literal host; the trainer checks the
 resolved addresses again when it fetches (see ``kubetune_trainer.data``).
@@ -12,8 +13,8 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-Scheme = Literal["hf", "pvc", "s3", "https", "file"]
-SCHEMES: tuple[str, ...] = ("hf", "pvc", "s3", "https", "file")
+Scheme = Literal["hf", "pvc", "s3", "oci", "https", "file"]
+SCHEMES: tuple[str, ...] = ("hf", "pvc", "s3", "oci", "https", "file")
 
 # Host names that always mean "this machine" or a cloud metadata service.
 FORBIDDEN_HOSTNAMES = frozenset(
@@ -38,6 +39,23 @@ _PVC_NAME = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
 _HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
+# OCI references as the distribution specification (and docker/containerd) write them: a registry host (a DNS
+# name or an address, with an optional port), a repository of lowercase path components, then a tag and/or a
+# digest. The same shapes go into the CRD as RE2 patterns (finetunejob._SCHEME_PATTERNS).
+OCI_HOST = (
+    r"([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:.]+\])"
+    r"(:[0-9]{1,5})?"
+)
+OCI_COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
+OCI_REPOSITORY = rf"{OCI_COMPONENT}(/{OCI_COMPONENT})*"
+OCI_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+OCI_DIGEST = r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}"
+OCI_NAME_MAX = 255  # registry/repository, as the distribution specification bounds it
+_OCI_HOST = re.compile(rf"^{OCI_HOST}$")
+_OCI_REPOSITORY = re.compile(rf"^{OCI_REPOSITORY}$")
+_OCI_TAG = re.compile(rf"^{OCI_TAG}$")
+_OCI_DIGEST = re.compile(rf"^({OCI_DIGEST})$")
+
 
 class URIError(ValueError):
     """A URI that does not follow the API's URI rules; the message says what a valid one looks like."""
@@ -51,8 +69,10 @@ class ParsedURI:
     authority: (
         str  # hf: org (or the repo when it has no org); pvc: claim; s3: bucket; https: host[:port]; file: ""
     )
-    path: str  # hf: "org/name"; pvc/s3: path inside; https: path; file: absolute path
+    path: str  # hf: "org/name"; pvc/s3: path inside; oci: repository; https: path; file: absolute path
     raw: str
+    tag: str | None = None  # oci: the tag, if any
+    digest: str | None = None  # oci: the manifest digest (sha256:HEX), if any
 
     @property
     def hf_repo_id(self) -> str:
@@ -65,6 +85,26 @@ class ParsedURI:
     @property
     def bucket(self) -> str:
         return self.authority
+
+    @property
+    def registry(self) -> str:
+        """oci: the registry host[:port]."""
+        return self.authority
+
+    @property
+    def repository(self) -> str:
+        """oci: the repository inside the registry."""
+        return self.path
+
+    @property
+    def reference(self) -> str:
+        """oci: REGISTRY/REPO[:TAG][@DIGEST], as registry clients (oras, crane, docker) write it."""
+        out = f"{self.authority}/{self.path}"
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out
 
 
 def parse_uri(uri: str, allowed: tuple[str, ...] = SCHEMES) -> ParsedURI:
@@ -95,6 +135,8 @@ def parse_uri(uri: str, allowed: tuple[str, ...] = SCHEMES) -> ParsedURI:
         if not _S3_BUCKET.match(bucket):
             raise URIError(f"{uri!r}: {bucket!r} is not an S3 bucket name; expected s3://BUCKET/PREFIX")
         return ParsedURI("s3", bucket, prefix.strip("/"), uri)
+    if scheme == "oci":
+        return parse_oci(uri, rest)
     if scheme == "https":
         host = check_public_https_url(uri)
         parts = urlsplit(uri)
@@ -103,6 +145,48 @@ def parse_uri(uri: str, allowed: tuple[str, ...] = SCHEMES) -> ParsedURI:
     if not rest.startswith("/"):
         raise URIError(f"{uri!r}: a file URI needs an absolute path, file:///ABS/PATH")
     return ParsedURI("file", "", rest, uri)
+
+
+def parse_oci(uri: str, rest: str) -> ParsedURI:
+    """oci://REGISTRY/REPO:TAG, oci://REGISTRY/REPO@sha256:DIGEST or both (the digest is what is read then)."""
+    shape = "expected oci://REGISTRY/REPOSITORY:TAG or oci://REGISTRY/REPOSITORY@sha256:DIGEST"
+    host, _, name = rest.partition("/")
+    if not host or not _OCI_HOST.match(host):
+        raise URIError(
+            f"{uri!r}: {host!r} is not a registry host (a DNS name or address, optional :PORT); {shape}"
+        )
+    name, _, digest = name.partition("@")
+    repository, tag = name, None
+    if ":" in name:
+        repository, _, tag = name.rpartition(":")
+    if not repository:
+        raise URIError(f"{uri!r} names no repository; {shape}")
+    if not _OCI_REPOSITORY.match(repository):
+        raise URIError(
+            f"{uri!r}: {repository!r} is not a repository name (lowercase letters, digits and . _ - between them, "
+            f"path components separated by /); {shape}"
+        )
+    if len(f"{host}/{repository}") > OCI_NAME_MAX:
+        raise URIError(f"{uri!r}: registry and repository are longer than {OCI_NAME_MAX} characters")
+    if tag is not None and not _OCI_TAG.match(tag):
+        raise URIError(
+            f"{uri!r}: {tag!r} is not a tag (letters, digits, _ . -, not starting with . or -, at most 128)"
+        )
+    if digest and not _OCI_DIGEST.match(digest):
+        raise URIError(f"{uri!r}: {digest!r} is not a digest; write @sha256: and 64 lowercase hex digits")
+    if tag is None and not digest:
+        raise URIError(f"{uri!r} has neither a tag nor a digest; {shape}")
+    return ParsedURI("oci", host, repository, uri, tag=tag, digest=digest or None)
+
+
+def oci_uri(registry: str, repository: str, tag: str | None = None, digest: str | None = None) -> str:
+    """The oci:// URI of a registry, repository, tag and digest."""
+    out = f"oci://{registry}/{repository}"
+    if tag:
+        out += f":{tag}"
+    if digest:
+        out += f"@{digest}"
+    return out
 
 
 def check_public_https_url(url: str) -> str:
@@ -165,6 +249,7 @@ def _shapes(allowed: tuple[str, ...]) -> str:
         "hf": "hf://ORG/NAME",
         "pvc": "pvc://CLAIM/PATH",
         "s3": "s3://BUCKET/PREFIX",
+        "oci": "oci://REGISTRY/REPOSITORY:TAG",
         "https": "https://HOST/PATH",
         "file": "file:///ABS/PATH (local runs only)",
     }
