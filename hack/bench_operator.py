@@ -186,9 +186,20 @@ class FloorJob(NamedTuple):
     status_patch: dict[str, Any]
 
 
-def floor_job(name: str, namespace: str) -> FloorJob:
+def fit_inputs(api: client.ApiClient, model_uri: str) -> Any:
+    """The fit check's inputs as the operator reads them for MODEL_URI (kubetune.modelconfig: config.json
+    from the Hub, here or not; the GPU memory of this cluster's nodes)."""
+    from kubetune.api.fit import gpu_memory_of_nodes
+    from kubetune.modelconfig import ConfigCache
+
+    config, why = ConfigCache().config(model_uri, None)
+    nodes = send(api, "GET", "/api/v1/nodes", None)["items"]
+    return config, why, gpu_memory_of_nodes({}, "nvidia.com/gpu", nodes)
+
+
+def floor_job(name: str, namespace: str, fit: Any) -> FloorJob:
     """What the operator's first reconcile of tiny_job(NAME, suspend=True) writes, from kubetune's own
-    decision (the same renderers, the same status)."""
+    decision (the same renderers, the same status; FIT: fit_inputs)."""
     from kubetune.api.v1alpha1 import validate_document
     from kubetune.reconcile.finetunejob_decision import STATUS_FIELDS, Observed, decide
     from kubetune.reconcile.status import status_patch
@@ -198,7 +209,8 @@ def floor_job(name: str, namespace: str) -> FloorJob:
     doc = json.loads(json.dumps(body))
     doc["metadata"].update(namespace=namespace, uid=OWNER_UID, generation=1)
     assert validate_document(doc).ok
-    decision = decide(Observed(obj=doc), RenderOptions(), dt.datetime.now(dt.UTC))
+    observed = Observed(obj=doc, secrets={}, pvcs={}, fit=fit)
+    decision = decide(observed, RenderOptions(), dt.datetime.now(dt.UTC))
     assert decision.status is not None
     patch = status_patch(doc, decision.status, STATUS_FIELDS)
     assert patch is not None
@@ -344,7 +356,8 @@ def run_floor(api: client.ApiClient, op: Operator, ns: str, args: argparse.Names
     """The full floor of ARGS.burst_jobs FineTuneJobs, with as many threads as the burst's client: per job
     what no operator can avoid, sent by a plain client one request after the other (the FineTuneJob's
     create, its children's creates, its status patch), in a namespace the operator does not watch."""
-    jobs = [floor_job(f"burst-{i}", ns) for i in range(args.burst_jobs)]
+    fit = fit_inputs(api, tiny_job("x")["spec"]["model"]["uri"])
+    jobs = [floor_job(f"burst-{i}", ns, fit) for i in range(args.burst_jobs)]
     requests = Counter(
         kind
         for job in jobs
