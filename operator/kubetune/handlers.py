@@ -182,7 +182,8 @@ async def trainer_job_event(body: kopf.Body, type: str | None = None, **_: Any) 
 async def trainer_pod_event(
     namespace: str | None, meta: kopf.Meta, body: kopf.Body, type: str | None = None, **_: Any
 ) -> None:
-    runtime.observed("Pod", body, type)
+    if not runtime.observed("Pod", body, type) and type is None:
+        return  # a listing's copy of what the index held already (runtime.child_event)
     # The label value is cut for long names; the annotation keeps the whole name.
     owner = (meta.get("annotations") or {}).get(FINETUNEJOB_LABEL) or (meta.get("labels") or {}).get(
         FINETUNEJOB_LABEL

@@ -326,16 +326,17 @@ def caused_by_us(kind: str, namespace: str | None, name: str | None, resource_ve
     return rt is not None and rt.own_writes.caused_by_us(kind, namespace, name, resource_version)
 
 
-def observed(kind: str, body: Mapping[str, Any], type_: str | None) -> None:
-    """A watch event's object: kept in the index the reconciles read (removed when it was deleted)."""
+def observed(kind: str, body: Mapping[str, Any], type_: str | None) -> bool:
+    """A watch event's object: kept in the index the reconciles read (removed when it was deleted). False
+    when the index held that very version already: nothing the reconciles have not seen."""
     rt = _current
     if rt is None:
-        return
+        return True
     if type_ == "DELETED":
         meta = body.get("metadata") or {}
         rt.index.remove(kind, meta.get("namespace"), meta.get("name"))
-    else:
-        rt.index.put(body, kind)
+        return True
+    return rt.index.put(body, kind)
 
 
 def object_event(controller: str, kind: str, body: Mapping[str, Any], type_: str | None) -> None:
@@ -354,10 +355,15 @@ def child_event(
     controller: str, kind: str, owner_kind: str, body: Mapping[str, Any], type_: str | None
 ) -> None:
     """A watch event of a child (KIND) of a controller's object (OWNER_KIND, its controller reference): into
-    the index, and reconcile the owner, unless the event shows exactly what the owner's reconcile wrote."""
-    observed(kind, body, type_)
+    the index, and reconcile the owner, unless the event shows exactly what the owner's reconcile wrote, or is
+    a listing's (a restart's) copy of the very version the index held already: the owner's own listing queues
+    it, and its reconcile reads the child from the index (a restart then reconciles each object once, not
+    once more per child)."""
+    fresh = observed(kind, body, type_)
     meta = body.get("metadata") or {}
     namespace = meta.get("namespace")
+    if type_ is None and not fresh:
+        return
     if type_ != "DELETED" and caused_by_us(kind, namespace, meta.get("name"), meta.get("resourceVersion")):
         return
     for ref in meta.get("ownerReferences") or []:
