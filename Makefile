@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup test test-unit lint crds crds-check demo bench bench-trainer bench-operator clean testbin cluster-up cluster-down \
+.PHONY: setup test test-unit lint crds crds-check demo bench bench-trainer bench-operator bench-scale clean testbin cluster-up cluster-down \
 	realnode-deps realnode-prepare images images-background images-wait e2e vllm-venv vllm-background vllm-wait
 
 ## setup: create .venv and install kubetune with the trainer and dev extras (pinned by constraints.txt)
@@ -127,6 +127,11 @@ bench: bench-trainer bench-operator
 ## bench-operator: the 1000-job burst against its floor (3 alternating rounds), requests per job, latency, resync, RSS
 bench-operator: setup testbin
 	$(PY) hack/bench_operator.py --latency-jobs 100 --burst-jobs 1000 --rounds 3 --json .cluster/bench/operator.json
+
+## bench-scale: the operator among 1,000, 3,000 and 10,000 FineTuneJobs (RSS, restart, apply -> Job, an idle
+## minute's requests; not part of `bench`: populating 10,000 takes a while; docs/benchmarks.md "Operator at scale")
+bench-scale: setup testbin
+	$(PY) -u hack/bench_scale.py --json .cluster/bench/scale.json $(SCALE_ARGS)
 
 ## bench-trainer: tokens/s of the kubetune trainer (packing) vs a padded HF Trainer + PEFT baseline (best of 3 alternating)
 bench-trainer: setup

@@ -21,8 +21,8 @@ def main(trainer_path: str, operator_path: str) -> int:
         f"({t['share_of_ideal']:.0%} of it); load average {t['load_average']}"
     )
     print(
-        f"operator: {o['burst']['n']} FineTuneJobs until every Job in {o['burst_to_floor']:.2f}x the floor "
-        f"({o['burst']['all_jobs_s']} s vs {o['floor']['creates']} plain creates in {o['floor']['seconds']} s; "
+        f"operator: {o['burst']['n']} FineTuneJobs until every Job in {o['burst_to_floor']:.2f}x the full floor "
+        f"({o['burst']['all_jobs_s']} s vs {o['floor']['requests']} requests of a plain client in {o['floor']['seconds']} s; "
         f"best of {len(o['rounds'])} each; rounds {o['burst_to_floor_each_round']}); "
         f"{o['burst']['duplicates']} duplicates, {o['burst']['create_errors'] + o['burst']['reconcile_errors']:.0f} errors; "
         f"apply -> Job p99 {o['latency_ms']['p99']} ms; RSS {o['rss_mib']} / {o['rss_after_resync_mib']} MiB"

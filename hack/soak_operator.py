@@ -101,8 +101,10 @@ def main() -> int:
         # The operator image's setting (operator/Dockerfile): measure what users run.
         MALLOC_ARENA_MAX="2",
     )
-    op.start()
+    # Made before the operator starts: kopf 1.45 misses a namespace created between its namespace
+    # observer's listing and its watch's own.
     ns = new_ns(core, f"soak-{tag}")
+    op.start()
     rows: list[dict] = []
     print(
         f"{'wave':>4} {'jobs':>5} {'create s':>9} {'all Jobs s':>10} {'delete+gc s':>11} "

@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 
 from kubetune import runtime
+from kubetune.reconcile.queue import event_priority
 from kubetune.reconcile.references import ReferenceIndex
 from kubetune.reconcile.sources import referenced_jobs
 from kubetune.render.common import MODELSERVE_LABEL
@@ -49,4 +50,4 @@ async def modelserve_finetunejob_event(
         return
     runtime.observed("FineTuneJob", body, type)  # kept once: the same version from two handlers
     for ms in INDEX.woken(namespace, name, None if type == "DELETED" else dict(body)):
-        runtime.enqueue(runtime.MODELSERVE, namespace, ms)
+        runtime.enqueue(runtime.MODELSERVE, namespace, ms, event_priority(type))

@@ -26,7 +26,7 @@ from kubetune.reconcile.index import WatchIndex, is_glob, match_namespace
 from kubetune.reconcile.modelserve import CONTROLLER as MODELSERVE
 from kubetune.reconcile.modelserve import ModelServeReconciler, ServeOptions
 from kubetune.reconcile.own_writes import OwnWrites
-from kubetune.reconcile.queue import Key, Outcome, WorkQueue
+from kubetune.reconcile.queue import NORMAL, Key, Outcome, WorkQueue, event_priority
 from kubetune.reconcile.writes import Children, Expiring, Writer
 from kubetune.render.common import FINETUNEJOB_LABEL, MODELSERVE_LABEL
 from kubetune.render.finetunejob import RenderOptions
@@ -48,6 +48,7 @@ __all__ = [
     "enqueue",
     "object_event",
     "observed",
+    "REMEMBERED",
     "prime_index",
     "start",
     "stop",
@@ -258,16 +259,37 @@ def watched_namespaces(kube: Kube, patterns: list[str]) -> list[str | None]:
     return [n for n in names if any(match_namespace(n, p) for p in patterns)]
 
 
-def prime_index(kube: Kube, index: WatchIndex, patterns: list[str]) -> int:
+# The children the reconciles write but kopf does not watch, by the label each carries: remembered
+# (reconcile/writes.py: Children) from one list of each kind at startup, so that a restart's resync does not
+# read them one by one (4 GETs per FineTuneJob: its ConfigMap, ServiceAccount, Role and RoleBinding).
+REMEMBERED = (
+    ("ConfigMap", FINETUNEJOB_LABEL),
+    ("ServiceAccount", FINETUNEJOB_LABEL),
+    ("Role", FINETUNEJOB_LABEL),
+    ("RoleBinding", FINETUNEJOB_LABEL),
+    ("Service", FINETUNEJOB_LABEL),
+    ("Service", MODELSERVE_LABEL),
+    ("PodDisruptionBudget", MODELSERVE_LABEL),
+)
+
+
+def prime_index(kube: Kube, index: WatchIndex, patterns: list[str], children: Children | None = None) -> int:
     """Fill the watch index with one list of every watched kind, before kopf starts watching (controller-
     runtime's cache sync): kopf lists them too, but delivers its kinds' objects in no particular order, so a
     restarted operator's first reconcile of a FineTuneJob could otherwise see no Job or pods yet and write a
-    status as if there were none. Returns how many objects it put."""
+    status as if there were none. With CHILDREN, also remember every unwatched child (REMEMBERED) from one
+    list of each kind. Returns how many objects it put."""
     count = 0
     for namespace in watched_namespaces(kube, patterns):
         for kind, api_version, label in WATCHED:
             for obj in kube.list(kind, namespace, label):
                 index.put({"apiVersion": api_version, "kind": kind, **obj}, kind)
+                count += 1
+        if children is None:
+            continue
+        for kind, label in REMEMBERED:
+            for obj in kube.list(kind, namespace, label):
+                children.remember(kind, obj)
                 count += 1
     return count
 
@@ -278,7 +300,9 @@ async def start(settings: Settings) -> Runtime:
     global _current
     rt = await asyncio.to_thread(build_runtime, settings)
     try:
-        count = await asyncio.to_thread(prime_index, rt.kube, rt.index, settings.namespaces)
+        count = await asyncio.to_thread(
+            prime_index, rt.kube, rt.index, settings.namespaces, rt.writer.children
+        )
         log.info("watch index primed with %d objects", count)
     except ApiException as exc:  # e.g. no permission to list namespaces: kopf's lists fill it
         log.warning(
@@ -302,16 +326,17 @@ def caused_by_us(kind: str, namespace: str | None, name: str | None, resource_ve
     return rt is not None and rt.own_writes.caused_by_us(kind, namespace, name, resource_version)
 
 
-def observed(kind: str, body: Mapping[str, Any], type_: str | None) -> None:
-    """A watch event's object: kept in the index the reconciles read (removed when it was deleted)."""
+def observed(kind: str, body: Mapping[str, Any], type_: str | None) -> bool:
+    """A watch event's object: kept in the index the reconciles read (removed when it was deleted). False
+    when the index held that very version already: nothing the reconciles have not seen."""
     rt = _current
     if rt is None:
-        return
+        return True
     if type_ == "DELETED":
         meta = body.get("metadata") or {}
         rt.index.remove(kind, meta.get("namespace"), meta.get("name"))
-    else:
-        rt.index.put(body, kind)
+        return True
+    return rt.index.put(body, kind)
 
 
 def object_event(controller: str, kind: str, body: Mapping[str, Any], type_: str | None) -> None:
@@ -322,28 +347,35 @@ def object_event(controller: str, kind: str, body: Mapping[str, Any], type_: str
     namespace, name = meta.get("namespace"), meta.get("name")
     if type_ != "DELETED" and caused_by_us(kind, namespace, name, meta.get("resourceVersion")):
         return
-    enqueue(controller, namespace, name)
+    # New work first: a listed object (a restart's listing) whose spec was seen goes behind new work.
+    enqueue(controller, namespace, name, event_priority(type_, body))
 
 
 def child_event(
     controller: str, kind: str, owner_kind: str, body: Mapping[str, Any], type_: str | None
 ) -> None:
     """A watch event of a child (KIND) of a controller's object (OWNER_KIND, its controller reference): into
-    the index, and reconcile the owner, unless the event shows exactly what the owner's reconcile wrote."""
-    observed(kind, body, type_)
+    the index, and reconcile the owner, unless the event shows exactly what the owner's reconcile wrote, or is
+    a listing's (a restart's) copy of the very version the index held already: the owner's own listing queues
+    it, and its reconcile reads the child from the index (a restart then reconciles each object once, not
+    once more per child)."""
+    fresh = observed(kind, body, type_)
     meta = body.get("metadata") or {}
     namespace = meta.get("namespace")
+    if type_ is None and not fresh:
+        return
     if type_ != "DELETED" and caused_by_us(kind, namespace, meta.get("name"), meta.get("resourceVersion")):
         return
     for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == owner_kind and ref.get("controller"):
-            enqueue(controller, namespace, ref.get("name"))
+            enqueue(controller, namespace, ref.get("name"), event_priority(type_))
 
 
-def enqueue(controller: str, namespace: str | None, name: str | None) -> None:
-    """Reconcile CONTROLLER's object NAMESPACE/NAME soon (and on every resync). Events that come before
-    the runtime started are dropped: kopf's initial listing after startup enqueues everything again."""
+def enqueue(controller: str, namespace: str | None, name: str | None, priority: int = NORMAL) -> None:
+    """Reconcile CONTROLLER's object NAMESPACE/NAME soon (and on every resync), before the keys of a lower
+    PRIORITY (reconcile/queue.py: event_priority). Events that come before the runtime started are dropped:
+    kopf's initial listing after startup enqueues everything again."""
     rt = _current
     if rt is None or not namespace or not name:
         return
-    rt.queues[controller].add((namespace, name), track=True)
+    rt.queues[controller].add((namespace, name), track=True, priority=priority)

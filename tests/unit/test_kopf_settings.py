@@ -6,7 +6,7 @@ import warnings
 
 import kopf
 
-from kubetune.handlers import configure_kopf
+from kubetune.handlers import NoDiffBase, configure_kopf
 
 
 def test_kopf_settings_use_no_deprecated_names():
@@ -26,3 +26,21 @@ def test_kopf_workers_let_go_of_bodies_soon():
     assert 0 < settings.queueing.idle_timeout <= 1.0
     assert settings.watching.chunk_size == 100  # the initial LIST in pages
     assert settings.posting.enabled is False  # the reconcile writes its own Events
+
+
+def test_kopf_keeps_no_diff_base_and_no_handler_needs_one():
+    """kopf's per-event copy of the whole object (the diff base of its change-detecting handlers) is
+    skipped (handlers.NoDiffBase). That is right only while no handler detects changes: create, update,
+    resume, delete, field handlers, daemons and timers all read the diff base; a new one fails here."""
+    import kubetune.manager  # noqa: F401 - registers the handlers of both kinds with kopf
+
+    registry = kopf.get_default_registry()
+    assert registry._watching.get_all_handlers(), "the event handlers are registered"
+    assert not registry._changing.get_all_handlers()
+    assert not registry._spawning.get_all_handlers()
+    settings = kopf.OperatorSettings()
+    configure_kopf(settings)
+    storage = settings.persistence.diffbase_storage
+    assert isinstance(storage, NoDiffBase)
+    body = kopf.Body({"metadata": {"name": "x", "managedFields": [{"manager": "m"}]}, "spec": {"a": 1}})
+    assert storage.build(body=body) == {} and storage.fetch(body=body) is None

@@ -8,7 +8,7 @@ import random
 import threading
 import time
 
-from kubetune.reconcile.queue import Key, Outcome, WorkQueue
+from kubetune.reconcile.queue import LOW, NORMAL, Key, Outcome, WorkQueue, event_priority
 
 KEYS = [("ns", f"obj-{i}") for i in range(20)]
 THREADS = 16
@@ -152,3 +152,124 @@ def test_adds_before_start_and_after_stop_are_dropped():
     queue.add(("ns", "a"))
     queue.forget(("ns", "a"))
     assert queue.stats()["queued"] == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# New work first: priorities (controller-runtime's priority queue)
+
+
+class Gate:
+    """A reconcile that records the order of keys and holds the one named ``hold`` until ``open()``."""
+
+    def __init__(self, hold: str = "gate", outcomes: dict[str, list[Outcome]] | None = None) -> None:
+        self.order: list[str] = []
+        self.hold = hold
+        self.outcomes = outcomes or {}
+        self.entered = threading.Event()
+        self._released = threading.Event()
+
+    def open(self) -> None:
+        self._released.set()
+
+    def reconcile(self, key: Key) -> Outcome:
+        self.order.append(key[1])
+        if key[1] == self.hold:
+            self.entered.set()
+            assert self._released.wait(30), "the gate was never opened"
+        left = self.outcomes.get(key[1])
+        return left.pop(0) if left else Outcome()
+
+
+async def _until(check, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def test_a_new_key_is_taken_before_thousands_of_resync_keys():
+    """3,000 keys of a restart's listing are queued (LOW) while one worker is busy; a new object's key
+    (NORMAL) added after all of them is the next one taken, and every listed key still runs, in order."""
+    gate = Gate()
+    listed = [("ns", f"old-{i:04d}") for i in range(3000)]
+
+    async def main() -> None:
+        queue = WorkQueue("prio", gate.reconcile, workers=1)
+        await queue.start()
+        queue.add(("ns", "gate"))
+        await _until(gate.entered.is_set, "the gate's reconcile to start")
+        for key in listed:
+            queue.add(key, track=True, priority=LOW)
+        queue.add(("ns", "new"), track=True)
+        await _until(lambda: queue.stats()["queued"] == len(listed) + 1, "every key queued")
+        assert queue.stats()["queued_low"] == len(listed)
+        gate.open()
+        await _until(queue.idle, "the queue to drain")
+        await queue.stop()
+
+    asyncio.run(main())
+    assert gate.order[:2] == ["gate", "new"]
+    assert gate.order[2:] == [name for _, name in listed]  # nothing lost, first in first out among them
+
+
+def test_a_key_keeps_the_highest_priority_it_was_added_with():
+    """A listed key (LOW) that then gets a real event is raised to NORMAL (and runs once); a NORMAL key
+    listed again stays NORMAL; a LOW key added while it runs runs again at LOW, a NORMAL one at NORMAL."""
+    gate = Gate()
+
+    async def main() -> None:
+        queue = WorkQueue("prio", gate.reconcile, workers=1)
+        await queue.start()
+        queue.add(("ns", "gate"))
+        await _until(gate.entered.is_set, "the gate's reconcile to start")
+        queue.add(("ns", "low-1"), priority=LOW)
+        queue.add(("ns", "raised"), priority=LOW)
+        queue.add(("ns", "low-2"), priority=LOW)
+        queue.add(("ns", "normal"))
+        queue.add(("ns", "normal"), priority=LOW)  # stays NORMAL
+        queue.add(("ns", "raised"))  # NORMAL now: behind "normal", before every LOW key
+        queue.add(("ns", "gate"), priority=LOW)  # added while it runs: runs again, at LOW
+        await _until(lambda: queue.stats()["queued"] == 4, "four keys queued")
+        gate.hold = ""  # its second run passes
+        gate.open()
+        await _until(queue.idle, "the queue to drain")
+        await queue.stop()
+
+    asyncio.run(main())
+    assert gate.order == ["gate", "normal", "raised", "low-1", "low-2", "gate"]
+
+
+def test_a_timer_keeps_the_priority_of_the_reconcile_that_set_it():
+    """A resync key (LOW) whose reconcile asks to run again later comes back at LOW: a new key queued after
+    the timer fired still goes first."""
+    gate = Gate(outcomes={"old": [Outcome(requeue_after=0.01)]})
+
+    async def main() -> None:
+        queue = WorkQueue("prio", gate.reconcile, workers=1)
+        await queue.start()
+        queue.add(("ns", "old"), priority=LOW)
+        await _until(lambda: gate.order == ["old"] and queue.stats()["timers"] == 1, "old's timer")
+        queue.add(("ns", "gate"))
+        await _until(gate.entered.is_set, "the gate's reconcile to start")
+        await _until(lambda: queue.stats()["timers"] == 0 and queue.stats()["queued"] == 1, "the timer fired")
+        queue.add(("ns", "new"))
+        gate.open()
+        await _until(queue.idle, "the queue to drain")
+        await queue.stop()
+
+    asyncio.run(main())
+    assert gate.order == ["old", "gate", "new", "old"]
+
+
+def test_the_priority_of_a_watch_event():
+    listed_seen = {"metadata": {"generation": 3}, "status": {"observedGeneration": 3}}
+    listed_edited = {"metadata": {"generation": 4}, "status": {"observedGeneration": 3}}
+    listed_new = {"metadata": {"generation": 1}}
+    assert event_priority(None, listed_seen) == LOW  # a restart's listing: nothing known to have changed
+    assert event_priority(None, listed_edited) == NORMAL  # edited while the operator was away
+    assert event_priority(None, listed_new) == NORMAL  # created while the operator was away
+    assert event_priority(None) == LOW  # a child from a listing
+    for real in ("ADDED", "MODIFIED", "DELETED"):
+        assert event_priority(real, listed_seen) == NORMAL
+        assert event_priority(real) == NORMAL

@@ -68,18 +68,19 @@ class WatchIndex:
 
     # -- writes (handlers, the write path) --
 
-    def put(self, body: Mapping[str, Any], kind: str | None = None) -> None:
-        """Keep BODY (a watch event's object or a write's answer) as the latest state of its object."""
+    def put(self, body: Mapping[str, Any], kind: str | None = None) -> bool:
+        """Keep BODY (a watch event's object or a write's answer) as the latest state of its object; False
+        when the index held that very version already (nothing new)."""
         meta = body.get("metadata") or {}
         kind = kind or str(body.get("kind") or "")
         namespace, name = meta.get("namespace"), meta.get("name")
         if not (kind and namespace and name):
-            return
+            return False
         key = (kind, namespace, name)
         version = meta.get("resourceVersion")
         with self._lock:
             if version is not None and self._versions.get(key) == version:
-                return  # the same version again (two handlers of one watch, or our own write's event)
+                return False  # the same version again (two handlers of one watch, or our own write's event)
         slim = _slim(kind, body)
         slim.setdefault("kind", kind)  # the items of a LIST have none
         text = json.dumps(slim, separators=(",", ":"))
@@ -88,6 +89,7 @@ class WatchIndex:
             self._objects[key] = text
             self._versions[key] = version
             self._own(key, owner)
+        return True
 
     def remove(self, kind: str, namespace: str | None, name: str | None, *, uid: str | None = None) -> None:
         """Forget the object (UID: only when the kept one is that object, not a newer one of that name)."""
