@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 DOCKER_CONFIG_KEY = ".dockerconfigjson"
 DOCKER_CONFIG_SECRET_TYPE = "kubernetes.io/dockerconfigjson"
 # An MLflow registered model's name: no '/' or ':' (MLflow refuses them); not starting with '.' (so not '.' or '..').
-MLFLOW_MODEL_NAME_PATTERN = r"^[A-Za-z0-9_][^/:]*$"
+MLFLOW_MODEL_NAME_PATTERN = r"^[^./:][^/:]*$"
 
 PublishFailure = Literal[
     "InvalidReference", "RegistryUnreachable", "PushRefused", "TagExists", "PushFailed", "RegistrationFailed"
