@@ -30,12 +30,17 @@ from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 RECONCILE_LOGGER = "kubetune.runtime"
-# `python -m kubetune.cli operator`, with the reconcile lines of RECONCILE_LOGGER at DEBUG, and every thread's
-# Python stack written to the log on SIGUSR1 (dump_stacks: what a stalled operator was doing).
+# kopf's reactor: at DEBUG it names the tasks still running when it stops ("Hung tasks are stopped: ...;
+# tasks left: ..."), a few lines per stop: what held a stopping operator for kopf's 5 s (docs/testing.md, "A
+# kopf shutdown error line").
+KOPF_STOP_LOGGER = "kopf._core.reactor.running"
+# `python -m kubetune.cli operator`, with the reconcile lines of RECONCILE_LOGGER and kopf's task stops at DEBUG,
+# and every thread's Python stack written to the log on SIGUSR1 (dump_stacks: what a stalled operator was doing).
 BOOT = (
     "import faulthandler, logging, signal, sys; "
     "faulthandler.register(signal.SIGUSR1, all_threads=True); "
     f"logging.getLogger({RECONCILE_LOGGER!r}).setLevel(logging.DEBUG); "
+    f"logging.getLogger({KOPF_STOP_LOGGER!r}).setLevel(logging.DEBUG); "
     "from kubetune.cli import main; main(sys.argv[1:])"
 )
 
