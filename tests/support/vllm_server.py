@@ -37,6 +37,7 @@ from typing import Any
 
 from tests.support.loopback import LoopbackServer
 from tests.support.ports import free_port
+from tests.support.waiting import process_exited, wait_for
 
 VLLM_VERSION = "0.32.0"
 REPO = Path(__file__).resolve().parents[2]
@@ -112,20 +113,14 @@ class VLLMProcess:
                 [str(python), "-m", "vllm.entrypoints.openai.api_server", *self.argv],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
             )  # fmt: skip
-        while True:
-            if self.proc.poll() is not None:
-                raise VLLMUnavailable(
-                    f"vLLM exited with {self.proc.returncode} while starting:\n{self.log_tail()}"
-                )
-            if _health(self.url):
-                self.start_seconds = time.monotonic() - started
-                return self
-            if time.monotonic() - started > timeout:
-                self.stop()
-                raise VLLMUnavailable(
-                    f"vLLM did not answer /health within {timeout:.0f} s:\n{self.log_tail()}"
-                )
-            time.sleep(0.5)
+        try:
+            wait_for(lambda: _health(self.url), timeout, 0.5, "vLLM to answer /health",
+                     fail_if=process_exited(self.proc, "vLLM"))  # fmt: skip
+        except AssertionError as failure:
+            self.stop()  # nothing to stop when it exited
+            raise VLLMUnavailable(f"{failure}\n{self.log_tail()}") from None
+        self.start_seconds = time.monotonic() - started
+        return self
 
     def log_tail(self, lines: int = 40) -> str:
         with contextlib.suppress(OSError):
