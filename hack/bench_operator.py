@@ -620,10 +620,10 @@ def main() -> int:
     return 0
 
 
-def replace_operator_table(doc: str, text: str) -> str:
-    """DOC with its operator section's heading, command and table replaced by TEXT; the notes written by
-    hand after the table (what bounds a figure, what changed) are kept."""
-    start = doc.find("## Operator: FineTuneJob controller")
+def replace_section(doc: str, heading: str, text: str) -> str:
+    """DOC with the section starting at HEADING replaced by TEXT up to its last table row; the notes written by
+    hand after the table (what bounds a figure, what changed) are kept. Appended when DOC has no such section."""
+    start = doc.find(heading)
     if start < 0:
         return doc.rstrip("\n") + "\n\n" + text
     end = doc.find("\n## ", start + 1)
@@ -632,6 +632,11 @@ def replace_operator_table(doc: str, text: str) -> str:
     rows = [i for i, line in enumerate(lines) if line.startswith("|")]
     notes = "".join(lines[rows[-1] + 1 :]) if rows else ""
     return doc[:start] + text + notes + doc[end:]
+
+
+def replace_operator_table(doc: str, text: str) -> str:
+    """DOC with its operator section's heading, command and table replaced by TEXT (replace_section)."""
+    return replace_section(doc, "## Operator: FineTuneJob controller", text)
 
 
 def write_docs(r: dict[str, Any], args: argparse.Namespace) -> None:

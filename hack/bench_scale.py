@@ -59,6 +59,7 @@ from hack.bench_operator import (  # noqa: E402
     new_ns,
     path_of,
     pct,
+    replace_section,
     send,
     settle,
     versions,
@@ -482,20 +483,6 @@ def main() -> int:
 
 
 SECTION = "## Operator at scale"
-
-
-def replace_section(doc: str, heading: str, text: str) -> str:
-    """DOC with the section starting at HEADING replaced by TEXT up to its table's end (the notes written by
-    hand after the table are kept); appended when DOC has no such section."""
-    start = doc.find(heading)
-    if start < 0:
-        return doc.rstrip("\n") + "\n\n" + text
-    end = doc.find("\n## ", start + 1)
-    end = len(doc) if end < 0 else end + 1
-    lines = doc[start:end].splitlines(keepends=True)
-    rows = [i for i, line in enumerate(lines) if line.startswith("|")]
-    notes = "".join(lines[rows[-1] + 1 :]) if rows else ""
-    return doc[:start] + text + notes + doc[end:]
 
 
 def write_docs(r: dict[str, Any]) -> None:
