@@ -6,7 +6,6 @@ with its estimate in status."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -56,7 +55,7 @@ def full_8b(name: str, **resources) -> dict:
                     resources={"nodes": 1, "gpusPerNode": 1, **resources})  # fmt: skip
 
 
-def test_a_job_that_cannot_fit_never_gets_a_job_and_skip_fit_check_starts_it(ftj):
+def test_a_job_that_cannot_fit_never_gets_a_job_and_skip_fit_check_starts_it(ftj, fit_operator):
     ftj.create(full_8b("big"))
     validated = wait_for(lambda: (c := ftj.cond("big", "Validated")).get("reason") == "DoesNotFit" and c, 30,
                          what="Validated=False DoesNotFit")  # fmt: skip
@@ -75,7 +74,9 @@ def test_a_job_that_cannot_fit_never_gets_a_job_and_skip_fit_check_starts_it(ftj
     stalled = ftj.cond("big", "Stalled")
     assert (stalled["status"], stalled["reason"]) == ("True", "DoesNotFit")
     assert any(e.reason == "DoesNotFit" and e.type == "Warning" for e in ftj.events("big"))
-    time.sleep(3)  # the operator retries with backoff: still no Job
+    # The operator retries a job that cannot fit with backoff: after its next look, still no Job.
+    looked = fit_operator.reconciles("FineTuneJob", ftj.ns, "big")
+    fit_operator.wait_reconciled("FineTuneJob", ftj.ns, "big", after=looked)
     assert ftj.jobs("big") == []
 
     ftj.patch("big", {"spec": {"resources": {"skipFitCheck": True}}})
