@@ -24,6 +24,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 ## The vLLM venv of the serving tests (hack/vllm-venv.sh: downloads and pip installs, ~6.3 GB) builds in the
 ## background beside them the same way, and is waited for before pytest too.
 ## Each phase says how long it took ([phase] lines, hack/phase.sh), and the end sums them up, also after a failure.
+## Once every Go binary is built (testbin, realnode-prepare), Go's module and build caches are emptied (go-caches,
+## hack/gocache.sh: about 8 GB nothing reads again; the binaries stay cached).
 PHASE := bash hack/phase.sh
 PHASE_END := { bash hack/phase.sh --summary; exit 1; }
 test:
@@ -33,6 +35,7 @@ test:
 	@$(PHASE) setup $(MAKE) --no-print-directory setup || $(PHASE_END)
 	@$(PHASE) testbin $(MAKE) --no-print-directory testbin || $(PHASE_END)
 	@$(PHASE) realnode-prepare $(MAKE) --no-print-directory realnode-prepare || $(PHASE_END)
+	@$(PHASE) go-caches bash hack/gocache.sh trim || $(PHASE_END)
 	@$(PHASE) lint $(MAKE) --no-print-directory lint || $(PHASE_END)
 	@$(PHASE) images-wait $(MAKE) --no-print-directory images-wait || $(PHASE_END)
 	@$(PHASE) vllm-wait $(MAKE) --no-print-directory vllm-wait || $(PHASE_END)
@@ -74,10 +77,11 @@ test-unit: setup
 	$(PY) -m pytest tests/unit tests/operator/test_render.py -m "not cluster and not trainer"
 
 ## testbin: build the pinned etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, kwok and helm,
-## plus kstatus and promtool (hack/gotools.sh), into ~/.cache/kubetune/testbin (a no-op once built; see docs/testing.md)
+## plus the test tools of hack/gotools.sh (kstatus, promtool, argocd-lua, and the OCI tests' registry and crane),
+## into ~/.cache/kubetune/testbin (a no-op once built; see docs/testing.md)
 testbin:
 	bash hack/testbin.sh
-	bash hack/gotools.sh
+	bash hack/gotools.sh kstatus promtool argocd-lua registry crane
 
 ## realnode-deps: install the real node's Debian packages (containerd, runc, CNI plugins, iptables, conntrack,
 ## busybox-static; a no-op when present) and build its kubelet, kube-proxy, coredns, pause and apiprobe

@@ -34,7 +34,8 @@
 #   when named: the second registry client that reads back what the trainer pushed with oras.
 #
 # Like hack/testbin.sh: results land in $KUBETUNE_TESTBIN_DIR (default ~/.cache/kubetune/testbin),
-# a folder exists only once its build succeeded, and no toolchain is ever downloaded.
+# a folder exists only once its build succeeded, no toolchain is ever downloaded, and Go's caches are
+# kubetune's own (hack/gocache.sh).
 set -euo pipefail
 
 PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}   # Prometheus 3.16's Go module version
@@ -42,6 +43,8 @@ PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}   # Prometheus 3.16's Go modu
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TESTBIN_DIR=${KUBETUNE_TESTBIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubetune/testbin}
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
+# shellcheck source=hack/gocache.sh
+source "$HERE/gocache.sh"
 
 export GOTOOLCHAIN=local
 export GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod -buildvcs=false"

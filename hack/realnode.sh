@@ -27,6 +27,8 @@ PAUSE_DIR=$TESTBIN_DIR/pause-$(sha256sum "$PAUSE_SRC" | cut -c1-12)
 APIPROBE_SRC=$HERE/realnode/apiprobe
 APIPROBE_DIR=$TESTBIN_DIR/apiprobe-$(cat "$APIPROBE_SRC/go.mod" "$APIPROBE_SRC/main.go" | sha256sum | cut -c1-12)
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
+# shellcheck source=hack/gocache.sh
+source "$HERE/gocache.sh"
 
 log() { printf '[realnode] %s\n' "$*" >&2; }
 

@@ -11,7 +11,8 @@
 # Results land in $KUBETUNE_TESTBIN_DIR (default ~/.cache/kubetune/testbin), one folder per
 # component and version, e.g. kubernetes-v1.36.3/kube-apiserver. A folder exists only once its
 # build succeeded (built in a temp dir, then renamed), so a half-finished build is never reused.
-# Go's module and build caches stay in their default places (go env GOMODCACHE / GOCACHE).
+# Go's module and build caches are kubetune's own (hack/gocache.sh): `make test` empties them once every
+# binary is built.
 #
 # kube-* and etcd cannot be `go install`ed (their go.mod files have replace directives), so each is
 # built from a throw-away wrapper module that requires the release and, for Kubernetes, replaces
@@ -25,6 +26,8 @@ HELM_VERSION=${HELM_VERSION:-v3.21.4}
 
 TESTBIN_DIR=${KUBETUNE_TESTBIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubetune/testbin}
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
+# shellcheck source=hack/gocache.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gocache.sh"
 
 # Never download a toolchain: the pinned tags' go.mod `go` lines are satisfied by the installed Go.
 export GOTOOLCHAIN=local
