@@ -86,6 +86,12 @@ class Traffic:
         return {text for m, text in self.answers if m == model}
 
 
+def other_than_reload_gap(errors: list[str], name: str) -> list[str]:
+    """The ERRORS that are not NAME unknown to the server (404 "does not exist": the moment between the
+    unload and the load that switch NAME to a new version)."""
+    return [e for e in errors if not (e.startswith(f"{name}: NotFoundError") and "does not exist" in e)]
+
+
 def observe_pod(name: str, address: str, timeout: float):
     return adapter_admin.observe_pod(name, address, timeout, ops=VLLM.live_adapters)
 
@@ -168,7 +174,9 @@ def test_a_new_version_is_switched_in_while_clients_keep_asking(vllm, said):
     with traffic.running():
         outcome = apply_change(todo.changes[0], prompt="hello", max_tokens=6, expect="kubetune", timeout=60)
     assert outcome.error is None
-    assert traffic.errors == [] and traffic.said("support") and traffic.said("bot")
+    # The only failures: the served name unknown between its unload and its load (the switch's reload).
+    assert not other_than_reload_gap(traffic.errors, "support"), traffic.errors
+    assert traffic.said("support") and traffic.said("bot")
     # The new version under the served name and under its version name.
     assert vllm.loaded("p1") == {"support": V2, "support@d2": V2}
     assert says(client(vllm.pod_url("p1")), "support") == said["v2"]  # the answer changed
@@ -178,7 +186,8 @@ def test_a_new_version_is_switched_in_while_clients_keep_asking(vllm, said):
     assert steps == [
         ("/v1/load_lora_adapter", "support@d2", None),
         ("/v1/completions", "support@d2", None),
-        ("/v1/load_lora_adapter", "support", True),
+        ("/v1/unload_lora_adapter", "support", None),
+        ("/v1/load_lora_adapter", "support", None),  # never load_inplace (engines/vllm.py)
     ]
     # Nothing left to do.
     assert (
@@ -205,6 +214,10 @@ def test_a_rerun_to_the_same_path_is_a_new_version_and_is_served(vllm, said, pvc
     assert [(c.kind, c.path, c.staging) for c in changes] == [("replace", path, "rerun@run2")]
     assert apply_change(changes[0], prompt="hello", max_tokens=4, expect=None, timeout=60).error is None
     assert says(api, "rerun") == said["v2"] and says(api, "rerun@run2") == said["v2"]
+    # A third run writes to the path before any check has seen it: what is served was read once, at its load,
+    # and stays (with vLLM's in-place reload, the served name read the path again at every batch).
+    pvcs.put("models/rerun/out", tiny_llama.v1)
+    assert says(api, "rerun") == said["v2"] and says(api, "rerun@run2") == said["v2"]
     # The next pass retires the first run's version name.
     pod = observe_pod("p1", vllm.pod_url("p1"), 30)
     todo = plan([desired("rerun", path, "run2")], [pod], failed={}).changes
@@ -213,7 +226,8 @@ def test_a_rerun_to_the_same_path_is_a_new_version_and_is_served(vllm, said, pvc
 
 def test_a_version_name_gives_one_version_per_request_during_a_switch(vllm, said):
     """What docs/operations.md promises: requests to a version name (NAME@DIGEST) are answered by that version
-    only, also while the served name switches to the next version; the served name never fails."""
+    only, also while the served name switches to the next version, and never fail; the served name fails only
+    while it is reloaded (404)."""
     pod = observe_pod("p1", vllm.pod_url("p1"), 30)
     (pin,) = plan([desired("support", V1, "d1")], [pod], failed={}).changes
     assert apply_change(pin, prompt="hello", max_tokens=4, expect=None, timeout=60).error is None
@@ -222,7 +236,7 @@ def test_a_version_name_gives_one_version_per_request_during_a_switch(vllm, said
     traffic = Traffic(vllm.pod_url("p1"), ["support@d1", "support"], threads=3)
     with traffic.running():
         assert apply_change(switch, prompt="hello", max_tokens=4, expect=None, timeout=60).error is None
-    assert traffic.errors == []
+    assert not other_than_reload_gap(traffic.errors, "support"), traffic.errors
     assert traffic.said("support@d1") == {said["v1"]}  # one version, every request
     assert says(client(vllm.pod_url("p1")), "support") == said["v2"]
 
@@ -273,13 +287,13 @@ def test_removal_and_addition_while_clients_keep_asking(vllm, said):
 
 
 def test_a_pod_that_dies_during_the_switch_keeps_a_working_version(vllm, said):
-    """The in-place load reaches the server, but its answer never comes back (the pod's connection dies, on
-    the client's retry too): the change fails, and the pod serves one of the two versions under the name,
+    """The served name's load reaches the server, but its answer never comes back (the pod's connection dies,
+    on the client's retry too): the change fails, and the pod serves one of the two versions under the name,
     never nothing."""
     pod = observe_pod("p1", vllm.pod_url("p1"), 30)
     (change,) = plan([desired("support", V2, "d2")], [pod], failed={}).changes
     vllm.inject(
-        "die-after", "/v1/load_lora_adapter", when=lambda body: bool(body.get("load_inplace")), times=2
+        "die-after", "/v1/load_lora_adapter", when=lambda body: body.get("lora_name") == "support", times=2
     )
     outcome = apply_change(change, prompt="hello", max_tokens=6, expect="kubetune", timeout=60)
     assert outcome.error is not None and "pod p1" in outcome.error, outcome.error

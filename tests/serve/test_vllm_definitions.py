@@ -125,7 +125,7 @@ def test_every_rendered_command_line_is_accepted_and_means_the_spec(verdicts):
         if n:
             # --max-loras: the spec's, else every adapter in one batch (vLLM's own default is 1).
             assert case["max_loras"] == (ms.spec.vllm.max_loras or n), name
-            assert case["max_cpu_loras"] == (ms.spec.vllm.max_cpu_loras or 2 * case["max_loras"]), name
+            assert case["max_cpu_loras"] == (ms.spec.vllm.max_cpu_loras or 3 * case["max_loras"]), name
             assert case["lora_modules"] == [f"{a.name}=/mnt/pvc/models/{a.name}" for a in ms.spec.adapters], (
                 name
             )

@@ -42,10 +42,8 @@ def test_each_engine_declares_its_settings_image_and_protocols(name):
 def test_only_engines_with_live_adapters_plan_them():
     assert ENGINES["vllm"].live_adapters is not None and ENGINES["tgi"].live_adapters is None
     ops = ENGINES["vllm"].live_adapters
-    assert ops.load_request("a", "/p", inplace=True) == (
-        "/load_lora_adapter",
-        {"lora_name": "a", "lora_path": "/p", "load_inplace": True},
-    )
+    # Never in place (engines/vllm.py: vLLM would read the path again at every batch).
+    assert ops.load_request("a", "/p") == ("/load_lora_adapter", {"lora_name": "a", "lora_path": "/p"})
     assert ops.unload_request("a") == ("/unload_lora_adapter", {"lora_name": "a"})
     models = [{"id": "bot", "root": "/m"}, {"id": "a", "root": "/p", "parent": "bot"}]
     assert ops.loaded(models) == {"a": "/p"}

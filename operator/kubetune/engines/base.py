@@ -127,9 +127,8 @@ class LiveAdapterApi(ABC):
     API base (``/v1``). reconcile/live_adapters.py plans the changes, reconcile/adapter_admin.py sends them."""
 
     @abstractmethod
-    def load_request(self, name: str, path: str, *, inplace: bool = False) -> tuple[str, dict[str, Any]]:
-        """(path, JSON body) of the request that loads PATH under the served name NAME (INPLACE: replace the
-        weights of a NAME that is loaded already, without unloading it first)."""
+    def load_request(self, name: str, path: str) -> tuple[str, dict[str, Any]]:
+        """(path, JSON body) of the request that loads PATH under the served name NAME (not loaded yet)."""
 
     @abstractmethod
     def unload_request(self, name: str) -> tuple[str, dict[str, Any]]:

@@ -7,8 +7,8 @@ adapters loaded and unloaded on running servers.
   smallest rank vLLM accepts that fits every adapter (their FineTuneJobs' method.lora.r).
 - The adapters a revision started with go to ``--lora-modules`` (a pod restarted by Kubernetes starts
   with them); later versions, additions and removals are loaded and unloaded on the running pods by the
-  operator through vLLM's runtime LoRA endpoints (``POST /v1/load_lora_adapter {lora_name, lora_path,
-  load_inplace}``, ``POST /v1/unload_lora_adapter {lora_name}``), enabled by
+  operator through vLLM's runtime LoRA endpoints (``POST /v1/load_lora_adapter {lora_name, lora_path}``,
+  ``POST /v1/unload_lora_adapter {lora_name}``), enabled by
   VLLM_ALLOW_RUNTIME_LORA_UPDATING. So adapters are not part of the revision: only what a pod needs at
   start is (the claims its adapters live on, adapters copied from S3, LoRA on or off, the rank).
 - Smoke test: the model list, then one completion per target, through the ``openai`` client
@@ -97,9 +97,11 @@ def args(
         out += ["--enable-lora", "--max-lora-rank", str(max_lora_rank(ms, ranks))]
         # vLLM's own default is 1: two adapters would never share a batch.
         batch = max_loras(ms, len(lora_modules))
-        # Each adapter is loaded twice on a pod, under its served name and its version name (reconcile/
-        # live_adapters.py): by default both stay in CPU memory (vLLM's default, max_loras, holds half).
-        out += ["--max-loras", str(batch), "--max-cpu-loras", str(v.max_cpu_loras or 2 * batch)]
+        # Each adapter is loaded twice on a pod, under its served name and its version name, and three times
+        # while a new version is switched in (reconcile/live_adapters.py): by default all of them stay in CPU
+        # memory. An adapter vLLM evicts is read again from its path when next asked for, and that path may
+        # hold a newer run's files by then (vLLM's default, max_loras, would hold a third).
+        out += ["--max-loras", str(batch), "--max-cpu-loras", str(v.max_cpu_loras or 3 * batch)]
         if lora_modules:
             out += ["--lora-modules", *lora_modules]
     return out + list(v.extra_args)
@@ -155,12 +157,14 @@ class RuntimeLoRA(LiveAdapterApi):
     plain-text "Success: ..." or an error ``{"error": {"message", "type", "param", "code"}}`` (400 already
     loaded / bad input, 404 unknown adapter, 500 the engine failed to load)."""
 
-    def load_request(self, name: str, path: str, *, inplace: bool = False) -> tuple[str, dict[str, Any]]:
-        return "/load_lora_adapter", {
-            "lora_name": name,
-            "lora_path": path,
-            **({"load_inplace": True} if inplace else {}),
-        }
+    def load_request(self, name: str, path: str) -> tuple[str, dict[str, Any]]:
+        # Never load_inplace: vLLM 0.32 keeps that flag on the request it stores for the name, so every later
+        # batch with the name reloads the adapter from its path (vLLM issue 33791; the fixes proposed upstream,
+        # PRs 36373 and 41482, were not merged when this was written): slow,
+        # and the path is where a FineTuneJob's next run writes its result, so the name would serve files that
+        # no check has seen yet (and a result vLLM refuses then kills its engine). live_adapters.py switches
+        # a served name by unloading and loading it.
+        return "/load_lora_adapter", {"lora_name": name, "lora_path": path}
 
     def unload_request(self, name: str) -> tuple[str, dict[str, Any]]:
         return "/unload_lora_adapter", {"lora_name": name}

@@ -1,7 +1,7 @@
 """Live adapter changes on one pod's server, through the ``openai`` client (the I/O of live adapters).
 
 What to send is the engine's (``Engine.live_adapters``: vLLM's runtime LoRA endpoints, engines/vllm.py);
-the scheme (staging name, check, in-place switch) is explained in reconcile/live_adapters.py. The engine's
+the scheme (version name, check, switch) is explained in reconcile/live_adapters.py. The engine's
 server speaks the OpenAI API: a completion under an adapter's served name checks it.
 """
 
@@ -32,8 +32,8 @@ class PodAdmin:
         """Adapter served name -> the path it was loaded from."""
         return self.ops.loaded([m.model_dump() for m in self.api.models.list().data])
 
-    def load(self, name: str, path: str, *, inplace: bool = False) -> None:
-        where, body = self.ops.load_request(name, path, inplace=inplace)
+    def load(self, name: str, path: str) -> None:
+        where, body = self.ops.load_request(name, path)
         self.api.post(where, cast_to=str, body=body)
 
     def unload(self, name: str) -> None:
@@ -76,8 +76,11 @@ def apply_change(
         if outcome.error:
             return outcome
         try:
-            # A new NAME is loaded; a served one is switched in place (it resolves at every moment).
-            pod.load(change.name, change.path, inplace=change.kind == "replace")
+            # A new NAME is loaded; a served one is unloaded and loaded again from the new path (never in
+            # place: engines/vllm.py says why), so it is unknown to the server for the time the load takes.
+            if change.kind == "replace":
+                pod.unload_quietly(change.name)
+            pod.load(change.name, change.path)
         except openai.OpenAIError:
             pod.unload_quietly(change.staging)  # the version name must not claim what NAME does not serve
             raise

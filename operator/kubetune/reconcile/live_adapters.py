@@ -19,16 +19,20 @@ that serves another version) gets the switch:
    version name.
 2. A completion with the version name (temperature 0) must answer and match ``expect``: a version that
    does not load or does not answer never reaches the served name.
-3. ``POST /v1/load_lora_adapter {lora_name: NAME, lora_path: NEW, load_inplace: true}`` -- vLLM reads the
-   new weights, then swaps them in under NAME's id; NAME resolves at every moment (never a 404 or 5xx
-   because of the switch). (For a new NAME: a plain load.)
+3. ``POST /v1/unload_lora_adapter {lora_name: NAME}``, then ``POST /v1/load_lora_adapter {lora_name: NAME,
+   lora_path: NEW}`` (for a new NAME: the load alone). Not vLLM's in-place reload (``load_inplace``): vLLM
+   keeps that flag on the name, and every later batch with NAME would then read the adapter from its path
+   again -- where the FineTuneJob's next run writes (engines/vllm.py).
 4. A completion with NAME; then, once the pod is up to date, the next pass unloads the previous version's
    name (``NAME@OLD``) and names no longer wanted.
 
-What a client sees during the switch (docs/operations.md): NAME always answers; a request that starts after
-step 3 is answered by the new version; a request in flight during step 3 may be generated partly by each
-(vLLM applies an in-place reload between generation steps). ``NAME@DIGEST`` gives one version per request:
-its weights never change, and a request in flight when it is unloaded still finishes on it.
+What a client sees during the switch (docs/operations.md): between the unload and the load of step 3 (the
+time vLLM takes to read the adapter: milliseconds for small adapters), NAME is unknown (404, "does not
+exist"); a request that starts after step 3 is answered by the new version, one in flight during it may be
+generated partly by each (vLLM reads an unloaded adapter again from its path for requests still using it).
+``NAME@DIGEST`` answers throughout and gives one version per request: its weights never change. vLLM keeps every loaded name in CPU
+memory (``--max-cpu-loras``, sized for three names per adapter), so nothing is read from a path again once
+loaded.
 
 A failure in 1-3 unloads the new version name, keeps the old version served and is remembered per adapter
 (``servedAdapters[].failedDigest``): that version is not tried again until a new result arrives.

@@ -232,8 +232,9 @@ class VLLMSpec(KubeModel):
     """--max-lora-rank; defaults to the smallest vLLM accepts that fits the adapters' LoRA rank (their
     FineTuneJobs' method.lora.r; 64 for adapters given by uri)."""
     max_cpu_loras: Annotated[int | None, Field(ge=1)] = None
-    """--max-cpu-loras: adapters kept in CPU memory; defaults to twice maxLoras (each adapter is loaded under its
-    served name and its version name NAME@DIGEST)."""
+    """--max-cpu-loras: adapters kept in CPU memory; defaults to three times maxLoras (each adapter is loaded under
+    its served name and its version name NAME@DIGEST, and a new version's name beside them while it is switched
+    in)."""
     extra_args: ExtraArgs = Field(default_factory=list)
     """More `vllm serve` arguments, as is."""
 
