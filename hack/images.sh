@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Build kubetune's images from this repository and load them into a cluster's nodes.
 #
-#   hack/images.sh [build]           the base (once), then kubetune-operator, kubetune-trainer and
-#                                    kubetune-tgi-test, tagged :dev ($KUBETUNE_IMAGE_TAG)
+#   hack/images.sh [build]           the base (once), then kubetune-operator, kubetune-trainer,
+#                                    kubetune-tgi-test and kubetune-vllm-cpu, tagged :dev ($KUBETUNE_IMAGE_TAG)
 #   hack/images.sh load [SOCKET]     import them into a containerd (default: the local test cluster's real
 #                                    node, <cluster dir>/real-0/containerd.sock), skipping each image that
-#                                    is there already with the same ID
+#                                    is there already with the same ID; the version an import replaces is
+#                                    removed first, and the imported layers' archives once unpacked (below)
 #   hack/images.sh kind-load [NAME]  `kind load docker-image` them into kind cluster NAME (kubetune-test)
 #   hack/images.sh ids               print "IMAGE ID SIZE" of the built images (from the last build)
 #   hack/images.sh dockerd-up        start dockerd if no Docker engine answers (see below), leave it running
@@ -47,7 +48,11 @@ CA_BUNDLE=${KUBETUNE_BASE_CA_BUNDLE-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certifica
 OPERATOR=kubetune-operator:$TAG
 TRAINER=kubetune-trainer:$TAG
 TGI=kubetune-tgi-test:$TAG
-IMAGES=("$OPERATOR" "$TRAINER" "$TGI")
+VLLM=kubetune-vllm-cpu:$TAG
+IMAGES=("$OPERATOR" "$TRAINER" "$TGI" "$VLLM")
+# Images loaded in one archive (`docker save`) because they share layers, which then travel once: the TGI test
+# image is the trainer's plus a layer. The vLLM image shares only the base (170 MB) and goes alone.
+LOAD_GROUPS=("$OPERATOR $TRAINER $TGI" "$VLLM")
 IDS_FILE=$CACHE/built-$TAG.txt
 
 export DOCKER_BUILDKIT=1
@@ -192,6 +197,24 @@ build_one() {
   log "$image built in $(since "$started") s"
 }
 
+# The vLLM image on the CPU (hack/vllm/Dockerfile: the serving tests' vLLM venv, hack/vllm-venv.sh install-into);
+# only the base is shared with the others (its torch and CUDA libraries are other versions than the trainer's).
+# Its inputs are few and named here: the Dockerfile, the three files it copies and the base. The image is kept
+# when they are those it was built from (recorded in $CACHE), whatever Docker's build cache still holds: a
+# pruned build cache (`docker builder prune`, a disk guard) would otherwise rebuild 7 GB, 4-10 minutes.
+VLLM_INPUTS=(hack/vllm/Dockerfile hack/vllm-venv.sh hack/vllm/constraints.txt hack/vllm/requirements.py)
+build_vllm() {
+  local key built record=$CACHE/inputs-${VLLM%%:*}-$TAG.txt
+  key=$({ (cd "$ROOT" && sha256sum "${VLLM_INPUTS[@]}"); "$DOCKER" image inspect -f '{{.Id}}' "$BASE_IMAGE"; } | sha256sum | cut -c1-16)
+  built=$("$DOCKER" image inspect -f '{{.Id}}' "$VLLM" 2>/dev/null || true)
+  if [[ -n $built && $(cat "$record" 2>/dev/null) == "$key $built" ]]; then
+    log "$VLLM is up to date (built from inputs $key)"
+    return 0
+  fi
+  build_one "$VLLM" "$ROOT/hack" -f "$ROOT/hack/vllm/Dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE"
+  echo "$key $("$DOCKER" image inspect -f '{{.Id}}' "$VLLM")" >"$record"
+}
+
 build() {
   local started
   started=$(now)
@@ -199,6 +222,7 @@ build() {
   build_one "$OPERATOR" "$ROOT" -f "$ROOT/operator/Dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE"
   build_one "$TRAINER" "$ROOT" -f "$ROOT/trainer_image/Dockerfile" --build-arg "CUDA_IMAGE=$BASE_IMAGE"
   build_one "$TGI" "$ROOT/tests" -f "$ROOT/tests/e2e/tgi-test.Dockerfile" --build-arg "TRAINER_IMAGE=$TRAINER"
+  build_vllm
   local image
   for image in "${IMAGES[@]}"; do
     "$DOCKER" image inspect -f "$image {{.Id}} {{.Size}}" "$image"
@@ -233,13 +257,53 @@ default_socket() {
   fi
 }
 
+# discard_layer_archives CTR IMAGE...: containerd keeps an imported layer twice, as the archive in its content
+# store and unpacked as a snapshot. Pods run from the snapshots (with the image's manifest and config, which
+# stay), so the archives go once the import has unpacked them -- what containerd's CRI does for the images it
+# pulls with discard_unpacked_layers. It halves the store: the trainer and vLLM images are ~7 GB each. A later
+# import brings the archives it needs again.
+discard_layer_archives() {
+  local ctr=$1 image manifest
+  shift
+  for image; do
+    manifest=$($ctr images ls "name==docker.io/library/$image" | awk 'NR > 1 { print $3; exit }')
+    [[ -n $manifest ]] || die "$image is not in containerd after its import"
+    $ctr content get "$manifest" \
+      | python3 -c 'import json, sys; print("\n".join(layer["digest"] for layer in json.load(sys.stdin)["layers"]))' \
+      | xargs -r $ctr content rm >/dev/null
+  done
+}
+
+# import_batch CTR SOCKET IMAGE...: one archive of IMAGEs into containerd, replacing the versions it has.
+import_batch() {
+  local ctr=$1 socket=$2 image want have
+  shift 2
+  # The version each import replaces would be garbage right after it; removed first, the store holds one
+  # version of a 7 GB image at a time, not two.
+  for image; do
+    if [[ -n $(containerd_image_id "$ctr" "docker.io/library/$image") ]]; then
+      $ctr images rm --sync "docker.io/library/$image" >/dev/null
+    fi
+  done
+  # Named by tag only (docker.io/library/NAME:TAG, as the kubelet looks it up), so the kubelet reports the
+  # image ID (sha256:<config digest>) as the container's imageID: the tests compare it with the build's.
+  "$DOCKER" save "$@" | $ctr images import - >>"$CACHE/logs/load.log" 2>&1 \
+    || { tail -20 "$CACHE/logs/load.log" >&2; die "importing $* into $socket failed"; }
+  for image; do
+    want=$(built_id "$image")
+    have=$(containerd_image_id "$ctr" "docker.io/library/$image")
+    [[ $have == "$want" ]] || die "$image: containerd has ${have:-nothing}, expected $want"
+  done
+  discard_layer_archives "$ctr" "$@"
+}
+
 load() {
   local socket=${1:-${KUBETUNE_CONTAINERD_ADDRESS:-}}
   [[ -n $socket ]] || socket=$(default_socket)
   [[ -n $socket ]] || socket=$CLUSTER_DIR/real-0/containerd.sock
   [[ -S $socket ]] || die "no containerd socket at $socket (start the real node: python -m tests.support.controlplane up --real-node)"
   command -v ctr >/dev/null || die "ctr (containerd's client) is missing"
-  local ctr="ctr --address $socket --namespace k8s.io" image want have started needed=()
+  local ctr="ctr --address $socket --namespace k8s.io" image want have started group batch needed=()
   for image in "${IMAGES[@]}"; do
     want=$(built_id "$image")
     have=$(containerd_image_id "$ctr" "docker.io/library/$image")
@@ -252,15 +316,13 @@ load() {
   ((${#needed[@]})) || return 0
   dockerd_up
   started=$(now)
-  # One archive for all of them: the layers they share (the trainer's, under the TGI test image) travel once.
-  # Named by tag only (docker.io/library/NAME:TAG, as the kubelet looks it up), so the kubelet reports the
-  # image ID (sha256:<config digest>) as the container's imageID: the tests compare it with the build's.
-  "$DOCKER" save "${needed[@]}" | $ctr images import - >"$CACHE/logs/load.log" 2>&1 \
-    || { tail -20 "$CACHE/logs/load.log" >&2; die "importing ${needed[*]} into $socket failed"; }
-  for image in "${needed[@]}"; do
-    want=$(built_id "$image")
-    have=$(containerd_image_id "$ctr" "docker.io/library/$image")
-    [[ $have == "$want" ]] || die "$image: containerd has ${have:-nothing}, expected $want"
+  : >"$CACHE/logs/load.log"
+  for group in "${LOAD_GROUPS[@]}"; do
+    batch=()
+    for image in $group; do
+      [[ " ${needed[*]} " != *" $image "* ]] || batch+=("$image")
+    done
+    ((${#batch[@]} == 0)) || import_batch "$ctr" "$socket" "${batch[@]}"
   done
   log "${needed[*]} loaded into $socket in $(since "$started") s"
 }

