@@ -8,7 +8,7 @@ import random
 import threading
 import time
 
-from kubetune.reconcile.queue import LOW, NORMAL, Key, Outcome, WorkQueue, event_priority
+from kubetune.reconcile.queue import LOW, NORMAL, Key, Outcome, WorkQueue, event_priority, resync_slice
 
 KEYS = [("ns", f"obj-{i}") for i in range(20)]
 THREADS = 16
@@ -273,3 +273,30 @@ def test_the_priority_of_a_watch_event():
     for real in ("ADDED", "MODIFIED", "DELETED"):
         assert event_priority(real, listed_seen) == NORMAL
         assert event_priority(real) == NORMAL
+
+
+def test_the_resync_queues_each_key_once_a_period_spread_over_it():
+    """The periodic resync queues the known keys a slice at a time, in slice order, each once a period (all at
+    once, every object's reconcile, and the reads of those whose children's memory expired, came in one
+    burst)."""
+    keys = [("ns", f"obj-{i:03d}") for i in range(300)]
+    slices = [resync_slice(k) for k in keys]
+    assert len(set(slices)) >= 50 and max(slices.count(s) for s in set(slices)) <= 20  # spread evenly
+    order: list[Key] = []
+
+    def reconcile(key: Key) -> Outcome:
+        order.append(key)
+        return Outcome()
+
+    async def main() -> None:
+        queue = WorkQueue("spread", reconcile, workers=1, resync_seconds=3.0)
+        queue.known.update(keys)  # known (as after their first reconciles), nothing queued
+        await queue.start()
+        await _until(lambda: len(order) >= len(keys), "a full period of resyncs")
+        await queue.stop()
+
+    asyncio.run(main())
+    first_period = order[: len(keys)]
+    assert sorted(first_period) == sorted(keys)  # each known key once
+    turns = [resync_slice(k) for k in first_period]
+    assert turns == sorted(turns), "keys were not queued slice by slice"

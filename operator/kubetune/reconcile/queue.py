@@ -10,6 +10,10 @@ queued twice keeps the higher of its priorities; a timer or a retry keeps the pr
 asked for it. Without this, a restart among thousands of objects queued every one of them ahead of a new
 FineTuneJob, which then waited minutes for its Job (docs/benchmarks.md, "New work first").
 
+The periodic resync queues every known key once per period, spread over it: a key's turn comes at its own
+point of the period (``resync_slice``, a hash of the key), so 10,000 objects are not all queued, reconciled
+and (those whose children's memory expired) read at the same moment every period.
+
 Reconciles are synchronous functions (the Kubernetes client is blocking); they run in a thread pool.
 The queue's state changes only on its event loop: a reconcile hands its ``Outcome`` back (the worker
 coroutine applies it on the loop, ``forget`` included), and ``add``/``add_after``/``forget`` called from
@@ -23,6 +27,7 @@ import itertools
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +61,15 @@ def event_priority(event_type: str | None, body: Mapping[str, Any] | None = None
     generation = (body.get("metadata") or {}).get("generation")
     seen = (body.get("status") or {}).get("observedGeneration")
     return LOW if generation is not None and seen == generation else NORMAL
+
+
+RESYNC_SLICES = 60
+"""The resync period is cut in this many slices; each key is queued in one of them (``resync_slice``)."""
+
+
+def resync_slice(key: Key, slices: int = RESYNC_SLICES) -> int:
+    """The slice of the resync period in which KEY is queued: stable for a key, spread evenly over keys."""
+    return zlib.crc32(f"{key[0]}/{key[1]}".encode()) % slices
 
 
 @dataclass(frozen=True)
@@ -221,10 +235,12 @@ class WorkQueue:
         self._loop = None
 
     async def _resync(self) -> None:
+        step = (self.resync_seconds or 600) / RESYNC_SLICES
         while True:
-            await asyncio.sleep(self.resync_seconds or 600)
-            for key in list(self.known):
-                self._put(key, LOW)
+            for part in range(RESYNC_SLICES):
+                await asyncio.sleep(step)
+                for key in [k for k in self.known if resync_slice(k) == part]:
+                    self._put(key, LOW)
 
     async def _take(self) -> tuple[Key, int]:
         """The next key (the highest priority, then the oldest) and its priority; stale entries skipped."""
