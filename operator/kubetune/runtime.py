@@ -214,7 +214,7 @@ def build_runtime(settings: Settings, kube: Kube | None = None) -> Runtime:
     kube.on_read = lambda verb, kind: metrics.API_READS.labels(verb, kind).inc()
     # One write path for both controllers: one index of what the watches deliver, one record of the own
     # writes, one Event recorder, one memory of the unwatched children.
-    writer = Writer(kube, children=Children(max_age=settings.resync_seconds))
+    writer = Writer(kube, children=Children(max_age=settings.resync_seconds, manager=settings.field_manager))
     rt = Runtime(settings=settings, kube=kube, writer=writer)
     # A first reconcile applies its static children in waves, each wave's at once (reconcile/finetunejob.py:
     # execute, static_waves): up to four requests per reconcile; with every worker busy (a burst) the API

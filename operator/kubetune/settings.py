@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """Log level of the operator."""
     field_manager: str = "kubetune"
-    """Server-side apply field manager of every child object."""
+    """Field manager of the operator's writes: the creates, server-side applies and patches of its children."""
     workers: int = 8
     """Reconciles that run at the same time (different objects; one object is never reconciled twice at once)."""
     resync_seconds: float = 600.0

@@ -18,7 +18,7 @@ import socket
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -228,6 +228,32 @@ class Kube:
             content_type="application/apply-patch+yaml",
         )
         return applied
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """POST OBJ under the operator's field manager (its fields are recorded as that manager's Update)."""
+        meta = obj["metadata"]
+        self._count(self.writes, "create", obj["kind"])
+        created: dict[str, Any] = self.request(
+            "POST",
+            self._path(obj["kind"], meta.get("namespace")),
+            query=[("fieldManager", self.field_manager)],
+            body=obj,
+        )
+        return created
+
+    def json_patch(
+        self, kind: str, namespace: str | None, name: str, operations: Sequence[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """A JSON patch (RFC 6902) of the object."""
+        self._count(self.writes, "patch", kind)
+        patched: dict[str, Any] = self.request(
+            "PATCH",
+            self._path(kind, namespace, name),
+            query=[("fieldManager", self.field_manager)],
+            body=operations,
+            content_type="application/json-patch+json",
+        )
+        return patched
 
     def patch(
         self,

@@ -14,6 +14,9 @@ object and the children it watches from here, so a reconcile of an unchanged obj
   inputs are never shared), and the text is one object per entry for the garbage collector, which a
   nested dict of hundreds of objects is not. Jobs lose their pod template and Pods their spec (the
   decisions read their metadata and status only).
+- What the decisions never read, the field managers (``metadata.managedFields``), is dropped too; kept is
+  only whether the operator's own manager wrote an object's fields through an update (``written_by_update``,
+  for the write path: see ``field_owners``).
 
 Thread-safe: the handlers write on kopf's event loop, the reconciles read in worker threads.
 """
@@ -26,6 +29,8 @@ import threading
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
+
+from .field_owners import written_by_update
 
 Raw = dict[str, Any]
 Key = tuple[str, str, str]  # kind, namespace, name
@@ -59,8 +64,10 @@ def _controller_uid(meta: Mapping[str, Any]) -> str | None:
 class WatchIndex:
     """Watched objects by (kind, namespace, name), and by their controller's uid."""
 
-    def __init__(self) -> None:
+    def __init__(self, manager: str = "kubetune") -> None:
+        self.manager = manager  # the operator's field manager
         self._objects: dict[Key, str] = {}
+        self._updated: set[Key] = set()  # objects whose fields MANAGER wrote through an update
         self._versions: dict[Key, str | None] = {}
         self._owned: dict[tuple[str, str, str], set[str]] = defaultdict(set)  # (kind, ns, owner uid) -> names
         self._owner: dict[Key, str] = {}
@@ -85,10 +92,15 @@ class WatchIndex:
         slim.setdefault("kind", kind)  # the items of a LIST have none
         text = json.dumps(slim, separators=(",", ":"))
         owner = _controller_uid(meta)
+        updated = written_by_update(meta.get("managedFields"), self.manager)
         with self._lock:
             self._objects[key] = text
             self._versions[key] = version
             self._own(key, owner)
+            if updated:
+                self._updated.add(key)
+            else:
+                self._updated.discard(key)
         return True
 
     def remove(self, kind: str, namespace: str | None, name: str | None, *, uid: str | None = None) -> None:
@@ -106,6 +118,7 @@ class WatchIndex:
                 return
             self._objects.pop(key, None)
             self._versions.pop(key, None)
+            self._updated.discard(key)
             self._own(key, None)
 
     def _own(self, key: Key, owner: str | None) -> None:
@@ -127,6 +140,12 @@ class WatchIndex:
         with self._lock:
             text = self._objects.get((kind, namespace, name))
         return None if text is None else json.loads(text)
+
+    def written_by_update(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether the kept object has fields the operator's manager wrote through an update (a create, a
+        merge patch), which a server-side apply must adopt first (``field_owners.adopt``)."""
+        with self._lock:
+            return (kind, namespace, name) in self._updated
 
     def owned(self, kind: str, namespace: str, owner_uid: str) -> list[Raw]:
         """Copies of the objects of KIND whose controller is OWNER_UID, by name."""

@@ -1,11 +1,14 @@
 """The one write path of both controllers: children, status, Events.
 
-- **Children** are server-side applied under the operator's field manager (``apply``), and only when what
-  is live differs from what is wanted: every child carries the hash of the content it was applied with
+- **Children** are written under the operator's field manager (``apply``), and only when what is live
+  differs from what is wanted: every child carries the hash of the content it was applied with
   (``render.common.with_hash``), compared with the watched copy (``index.WatchIndex``: Jobs, Deployments),
   or for children the operator does not watch (ConfigMaps, Services, RBAC, PDBs) with what it last applied
   or read (``Children``, entries expire after ``max_age`` so drift is repaired), or else with a GET when the
-  child may exist. A child of that name owned by someone else is refused without a write.
+  child may exist. A child that does not exist is created (a POST costs the API server less than a
+  server-side apply); one that exists is server-side applied, after its fields written by the create (or by
+  a merge patch) were moved to the operator's Apply entry (``field_owners``), so the apply removes what the
+  operator no longer sets. A child of that name owned by someone else is refused without a write.
 - **Status**: a JSON merge patch of the fields the controller owns (``status.status_patch``: nothing when
   nothing changed) that carries the resourceVersion the decision read: when the object changed meanwhile
   the API server answers 409, and the write is reported as ``Conflict``; the shell reads the object again
@@ -31,6 +34,7 @@ from typing import Any
 from kubetune.render.common import RUN_ID_LABEL, SPEC_HASH_ANNOTATION, applied_hash
 
 from .client import ApiException, Kube
+from .field_owners import adopt_patch, written_by_update
 from .index import WatchIndex
 from .own_writes import OwnWrites
 from .refusals import Refusal, is_refusal, namespace_terminating
@@ -39,6 +43,7 @@ from .status import Event, status_patch
 WATCHED = frozenset({"FineTuneJob", "ModelServe", "Job", "Pod", "Deployment"})
 """Kinds the operator's kopf handlers watch (their objects are in the watch index)."""
 CHILD_CACHE_SECONDS = 600.0
+ADOPT_TRIES = 3  # a child changed between the read and the adoption of its fields: read it again
 
 
 class NamespaceTerminating(Exception):
@@ -76,17 +81,24 @@ class Expiring:
 
 class Children(Expiring):
     """What the operator knows of the children it does not watch, as it last applied or read them, by (kind,
-    namespace, name): their uid, owners, the hash they were applied with and their run id, nothing else (kept
-    as JSON text: tens of thousands of them at scale); an entry is forgotten after MAX_AGE seconds (and then
-    read again: drift repair)."""
+    namespace, name): their uid, owners, the hash they were applied with, their run id and whether MANAGER
+    (the operator's field manager) wrote fields of theirs through an update, nothing else (kept as JSON text:
+    tens of thousands of them at scale); an entry is forgotten after MAX_AGE seconds (and then read again:
+    drift repair)."""
 
-    def __init__(self, max_age: float = CHILD_CACHE_SECONDS, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        max_age: float = CHILD_CACHE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        manager: str = "kubetune",
+    ):
         super().__init__(max_age, clock)
+        self.manager = manager
 
     def remember(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
-        slim = {
+        slim: dict[str, Any] = {
             "kind": kind,
             "metadata": {
                 "name": meta.get("name"),
@@ -100,12 +112,22 @@ class Children(Expiring):
                 ],
             },
         }
+        if written_by_update(meta.get("managedFields"), self.manager):
+            slim["writtenByUpdate"] = True
         key = (kind, meta.get("namespace") or "", meta.get("name") or "")
         self.put(key, json.dumps(slim, separators=(",", ":")))
 
     def known(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         text = self.get((kind, namespace, name))
-        return None if text is None else json.loads(text)
+        if text is None:
+            return None
+        known: dict[str, Any] = json.loads(text)
+        known.pop("writtenByUpdate", None)
+        return known
+
+    def written_by_update(self, kind: str, namespace: str, name: str) -> bool:
+        text = self.get((kind, namespace, name))
+        return text is not None and bool(json.loads(text).get("writtenByUpdate"))
 
 
 class EventRecorder:
@@ -166,10 +188,10 @@ class Writer:
         children: Children | None = None,
     ):
         self.kube = kube
-        self.index = index or WatchIndex()
+        self.index = index or WatchIndex(kube.field_manager)
         self.own_writes = own_writes or OwnWrites()
         self.events = events or EventRecorder(kube)
-        self.children = children or Children()
+        self.children = children or Children(manager=kube.field_manager)
 
     # -- what a write made --
 
@@ -211,24 +233,62 @@ class Writer:
         return found
 
     def apply(self, obj: dict[str, Any], *, owner_uid: str, may_exist: bool = True) -> Refusal | None:
-        """Apply child OBJ unless what is live was applied with the same content; a child of that name that
-        belongs to someone else is refused. MAY_EXIST False (its owner was never reconciled): no GET."""
+        """Create child OBJ, or apply it unless what is live was applied with the same content; a child of that
+        name that belongs to someone else is refused. MAY_EXIST False (its owner was never reconciled): no
+        GET."""
         kind, meta = obj["kind"], obj["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         live = self.live(kind, namespace, name, may_exist=may_exist)
-        if live is not None and not owned_by(live, owner_uid):
+        if live is None:
+            try:
+                self.remember(self.kube.create(obj), kind)
+                return None
+            except ApiException as exc:
+                if exc.status != 409:  # 409: it exists after all (not seen yet, or someone else's)
+                    return self.refused(exc, kind, name)
+            live = self.kube.get(kind, namespace, name)
+            if live is None:  # deleted again meanwhile: the next reconcile creates it
+                raise Conflict(f"{kind} {name} was there and is gone")
+            if kind in WATCHED:
+                self.index.put(live, kind)
+            else:
+                self.children.remember(kind, live)
+        if not owned_by(live, owner_uid):
             message = (
                 f"{kind} {name!r} already exists and does not belong to this {self._owner_kind(obj)}: "
                 f"delete it or rename the {self._owner_kind(obj)}"
             )
             return Refusal(kind, name, 409, message, foreign=True)
-        if live is not None and applied_hash(live) is not None and applied_hash(live) == applied_hash(obj):
+        if applied_hash(live) is not None and applied_hash(live) == applied_hash(obj):
             return None
         try:
+            if self._written_by_update(kind, namespace, name):
+                self._adopt_updated_fields(kind, namespace, name)
             self.remember(self.kube.apply(obj), kind)
         except ApiException as exc:
             return self.refused(exc, kind, name)
         return None
+
+    def _written_by_update(self, kind: str, namespace: str, name: str) -> bool:
+        if kind in WATCHED:
+            return self.index.written_by_update(kind, namespace, name)
+        return self.children.written_by_update(kind, namespace, name)
+
+    def _adopt_updated_fields(self, kind: str, namespace: str, name: str) -> None:
+        """Move the child's fields written by the operator's updates (its create, merge patches) to the
+        operator's Apply entry, so the apply that follows owns them (``field_owners``)."""
+        for _ in range(ADOPT_TRIES):
+            current = self.kube.get(kind, namespace, name)
+            patch = adopt_patch(current, self.kube.field_manager) if current is not None else None
+            if patch is None:
+                return
+            try:
+                self.remember(self.kube.json_patch(kind, namespace, name, patch), kind)
+                return
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+        raise Conflict(f"{kind} {name} kept changing while its field owners were moved")
 
     @staticmethod
     def _owner_kind(obj: dict[str, Any]) -> str:
