@@ -74,3 +74,39 @@ def test_a_status_decided_from_a_stale_read_is_refused_and_read_again(kube, crds
         )
     finally:
         kube.delete_namespace(ns)
+
+
+@pytest.mark.kwok
+def test_the_resync_reads_the_children_of_work_in_progress_only(kube, crds, tmp_path):
+    """Drift repair reads a FineTuneJob's unwatched children again once what the operator remembers of them is
+    older than the resync period, except for a FineTuneJob that finished with its current spec (at 10,000
+    FineTuneJobs, most of them finished, it was a burst of thousands of GETs every period)."""
+    ns = kube.new_namespace("settled")
+    op = Operator(kube.kubeconfig, tmp_path, namespaces=ns, KUBETUNE_RESYNC_SECONDS="2")
+    op.start()
+
+    def three_resyncs(name: str) -> None:
+        seen = op.reconciles("FineTuneJob", ns, name)
+        for _ in range(3):  # the third one finds entries at least a period old whatever its phase
+            seen = op.wait_reconciled("FineTuneJob", ns, name, after=seen, timeout=30)
+
+    try:
+        f = FTJ(kube, ns)
+        f.create(tiny_job("finished"))
+        f.wait_phase("finished", "Succeeded", 120)
+        gets = op.metric("kubetune_api_reads_total", verb="get")
+        three_resyncs("finished")
+        assert op.metric("kubetune_api_reads_total", verb="get") == gets, (
+            "a finished job's children were read"
+        )
+
+        f.create(tiny_job("waiting", suspend=True))
+        f.wait_phase("waiting", "Suspended", 60)
+        gets = op.metric("kubetune_api_reads_total", verb="get")
+        three_resyncs("waiting")
+        assert op.metric("kubetune_api_reads_total", verb="get") > gets, (
+            "work in progress got no drift repair"
+        )
+    finally:
+        op.stop()
+        kube.delete_namespace(ns)

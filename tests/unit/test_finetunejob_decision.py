@@ -18,6 +18,7 @@ from kubetune.reconcile.clock import fmt_time
 from kubetune.reconcile.conditions import KSTATUS_TYPES
 from kubetune.reconcile.finetunejob_decision import Decision, Observed, decide
 from kubetune.reconcile.finetunejob_draft import STALL_GRACE_SECONDS, STATUS_FIELDS
+from kubetune.reconcile.finetunejob_observe import finished_with_this_spec
 from kubetune.reconcile.refusals import Refusal
 from kubetune.reconcile.status import status_patch
 from kubetune.render.finetunejob import RenderOptions
@@ -579,3 +580,18 @@ def test_static_children_applied_from_the_same_inputs_are_not_rendered_again():
     d2 = decide_all(obj, at(6), jobs=[job], pods=pods, static_signature=first.static_signature)
     assert [o["kind"] for o in d2.apply] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap"]
     assert d2.apply[-1]["metadata"]["labels"]["team"] == "nlp"
+
+
+def test_finished_with_this_spec_means_done_and_not_edited_since():
+    def ftj(phase: str | None, generation: int, observed: int | None) -> dict:
+        return {
+            "metadata": {"generation": generation},
+            "status": {"phase": phase, "observedGeneration": observed},
+        }
+
+    assert finished_with_this_spec(ftj("Succeeded", 2, 2)) and finished_with_this_spec(ftj("Failed", 1, 1))
+    assert not finished_with_this_spec(ftj("Succeeded", 3, 2))  # edited since: a new run may start
+    assert not finished_with_this_spec(ftj("Running", 1, 1)) and not finished_with_this_spec(
+        ftj(None, 1, None)
+    )
+    assert not finished_with_this_spec({"metadata": {"generation": 1}})

@@ -15,6 +15,11 @@ FineTuneJobs of its chain). Two things are not watched, and are read only when t
 
 These are supersets of what the decision uses; reading a little more than needed costs a GET, reading less
 would leave the decision without what it must check.
+
+The unwatched children the operator made (RBAC, ConfigMap, Service) are read again once what it remembers of
+them is older than the resync period (drift repair), except for a FineTuneJob that finished with its current
+spec (``finished_with_this_spec``): nothing reads its children any more, and an edit of its spec (a new
+generation) ends the exception.
 """
 
 from __future__ import annotations
@@ -46,6 +51,14 @@ class Reads:
     """Uids of Jobs whose FailedCreate Events to list."""
     fit: bool = False
     """Read the fit check's inputs."""
+
+
+def finished_with_this_spec(obj: Raw) -> bool:
+    """Whether the FineTuneJob Succeeded or Failed, and its spec has not changed since the status said so."""
+    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+    return status.get("phase") in ("Succeeded", "Failed") and status.get("observedGeneration") == meta.get(
+        "generation"
+    )
 
 
 def reads(
@@ -121,4 +134,4 @@ def _jobs_without_pods(
     return found
 
 
-__all__ = ["Reads", "reads"]
+__all__ = ["Reads", "finished_with_this_spec", "reads"]

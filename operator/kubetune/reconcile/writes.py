@@ -63,10 +63,11 @@ class Expiring:
         self._entries: dict[Hashable, tuple[Any, float]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable) -> Any:
+    def get(self, key: Hashable, *, any_age: bool = False) -> Any:
+        """The entry put under KEY, unless it is older than MAX_AGE (ANY_AGE: however old)."""
         with self._lock:
             entry = self._entries.get(key)
-        if entry is None or self.clock() - entry[1] > self.max_age:
+        if entry is None or (not any_age and self.clock() - entry[1] > self.max_age):
             return None
         return entry[0]
 
@@ -117,8 +118,8 @@ class Children(Expiring):
         key = (kind, meta.get("namespace") or "", meta.get("name") or "")
         self.put(key, json.dumps(slim, separators=(",", ":")))
 
-    def known(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        text = self.get((kind, namespace, name))
+    def known(self, kind: str, namespace: str, name: str, *, any_age: bool = False) -> dict[str, Any] | None:
+        text = self.get((kind, namespace, name), any_age=any_age)
         if text is None:
             return None
         known: dict[str, Any] = json.loads(text)
@@ -220,11 +221,14 @@ class Writer:
 
     # -- children --
 
-    def live(self, kind: str, namespace: str, name: str, *, may_exist: bool) -> dict[str, Any] | None:
-        """What is live of a child: the watched copy, the remembered one, or (MAY_EXIST) a GET."""
+    def live(
+        self, kind: str, namespace: str, name: str, *, may_exist: bool, any_age: bool = False
+    ) -> dict[str, Any] | None:
+        """What is live of a child: the watched copy, the remembered one (ANY_AGE: even one older than the
+        drift-repair age), or (MAY_EXIST) a GET."""
         if kind in WATCHED:
             return self.index.get(kind, namespace, name)
-        cached = self.children.known(kind, namespace, name)
+        cached = self.children.known(kind, namespace, name, any_age=any_age)
         if cached is not None or not may_exist:
             return cached
         found = self.kube.get(kind, namespace, name)
