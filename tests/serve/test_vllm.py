@@ -9,8 +9,10 @@ Every update runs with completions going on at the same time (``Traffic``), as i
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from contextlib import contextmanager
 import openai
 import pytest
 
-from kubetune.engines.vllm import VLLM
+from kubetune.engines.vllm import KEEP_ALIVE_SECONDS, VLLM
 from kubetune.reconcile import adapter_admin
 from kubetune.reconcile.live_adapters import AdapterChange, DesiredAdapter, plan
 from kubetune.reconcile.openai_check import client, run_openai_smoke_test
@@ -310,3 +312,28 @@ def test_a_server_that_hangs_on_a_load_fails_the_change_within_its_timeout(vllm)
     vllm.release()
     assert outcome.error is not None and "Timeout" in outcome.error, outcome.error
     assert vllm.loaded("p1") == {"support": V1}
+
+
+UVICORN_KEEP_ALIVE_SECONDS = 5  # vLLM's default (uvicorn's): an idle connection is closed after it
+
+
+def test_the_server_keeps_an_idle_connection_longer_than_proxies_do(vllm_engine):
+    """The operator's vLLM pods keep an idle client connection open KEEP_ALIVE_SECONDS (rendered env), not 5 s:
+    a proxy that reuses a connection idle for a few seconds is not answered with a reset."""
+    assert KEEP_ALIVE_SECONDS > 90  # Go's HTTP transport (the API server's proxy) keeps idle connections 90 s
+    host, port = vllm_engine.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("GET", "/health")
+        first = conn.getresponse()
+        first.read()
+        sock = conn.sock
+        time.sleep(
+            UVICORN_KEEP_ALIVE_SECONDS + 1.5
+        )  # idle past the default: the default server has closed it
+        conn.request("GET", "/health")  # on the same socket (http.client reconnects only a closed one)
+        second = conn.getresponse()
+        second.read()
+        assert (first.status, second.status) == (200, 200) and conn.sock is sock
+    finally:
+        conn.close()

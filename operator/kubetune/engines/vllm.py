@@ -129,10 +129,20 @@ def _until_flag(argv: list[str]) -> list[str]:
     return out
 
 
+KEEP_ALIVE_SECONDS = 120
+"""How long the server keeps an idle client connection open (uvicorn's default, vLLM's too: 5 s). A proxy in
+front of the pods (the API server's service proxy, a gateway, a sidecar; Go's HTTP transport keeps idle
+connections 90 s) that sends a request on a connection the server is closing gets a reset and answers
+502/503 (a reset of this kind, "connection reset by peer" from the API server's service proxy, failed the
+vLLM e2e test once). Longer than the proxies' idle timeouts, the proxy closes first (llm-d sets 120 s for the
+same reason)."""
+
+
 def env(placement: Placement) -> list[dict[str, Any]]:
     return [
         # Runtime LoRA updates: POST /v1/load_lora_adapter and /v1/unload_lora_adapter.
         {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
+        {"name": "VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "value": str(KEEP_ALIVE_SECONDS)},
         {"name": "HF_HOME", "value": HF_HOME},
         *home_env(),
         *hf_token_env(placement),
