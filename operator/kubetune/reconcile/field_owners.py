@@ -20,17 +20,20 @@ from typing import Any
 Entry = dict[str, Any]
 
 
-def _is_main_resource(entry: Mapping[str, Any]) -> bool:
-    return not entry.get("subresource")
+def _is_entry(entry: Mapping[str, Any], manager: str, operation: str) -> bool:
+    """Whether ENTRY is MANAGER's OPERATION ("Update" or "Apply") entry of the object itself (not a
+    subresource)."""
+    return (
+        entry.get("manager") == manager
+        and entry.get("operation") == operation
+        and not entry.get("subresource")
+    )
 
 
 def written_by_update(managed_fields: Sequence[Mapping[str, Any]] | None, manager: str) -> bool:
     """Whether MANAGER owns fields of the object itself (not a subresource) through an update (a create, a
     PUT, a merge patch): what ``adopt`` moves."""
-    return any(
-        e.get("manager") == manager and e.get("operation") == "Update" and _is_main_resource(e)
-        for e in managed_fields or ()
-    )
+    return any(_is_entry(e, manager, "Update") for e in managed_fields or ())
 
 
 def union_fields(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
@@ -49,22 +52,11 @@ def union_fields(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
 def adopt(managed_fields: Sequence[Mapping[str, Any]], manager: str) -> list[Entry] | None:
     """MANAGED_FIELDS with MANAGER's update entries of the object itself folded into its Apply entry (made from
     the first of them when there is none); None when there is nothing to move."""
-    updates = [
-        e
-        for e in managed_fields
-        if e.get("manager") == manager and e.get("operation") == "Update" and _is_main_resource(e)
-    ]
+    updates = [e for e in managed_fields if _is_entry(e, manager, "Update")]
     if not updates:
         return None
     rest = [copy.deepcopy(dict(e)) for e in managed_fields if not any(e is u for u in updates)]
-    applied = next(
-        (
-            e
-            for e in rest
-            if e.get("manager") == manager and e.get("operation") == "Apply" and _is_main_resource(e)
-        ),
-        None,
-    )
+    applied = next((e for e in rest if _is_entry(e, manager, "Apply")), None)
     if applied is None:
         applied = {k: copy.deepcopy(v) for k, v in updates[0].items() if k != "subresource"}
         applied["operation"] = "Apply"

@@ -233,8 +233,16 @@ class Writer:
             return cached
         found = self.kube.get(kind, namespace, name)
         if found is not None:
-            self.children.remember(kind, found)
+            self._keep_read(kind, found)
         return found
+
+    def _keep_read(self, kind: str, found: dict[str, Any]) -> None:
+        """What a GET found (not an own write: its watch event still counts): into the index or the child
+        cache."""
+        if kind in WATCHED:
+            self.index.put(found, kind)
+        else:
+            self.children.remember(kind, found)
 
     def apply(self, obj: dict[str, Any], *, owner_uid: str, may_exist: bool = True) -> Refusal | None:
         """Create child OBJ, or apply it unless what is live was applied with the same content; a child of that
@@ -253,10 +261,7 @@ class Writer:
             live = self.kube.get(kind, namespace, name)
             if live is None:  # deleted again meanwhile: the next reconcile creates it
                 raise Conflict(f"{kind} {name} was there and is gone")
-            if kind in WATCHED:
-                self.index.put(live, kind)
-            else:
-                self.children.remember(kind, live)
+            self._keep_read(kind, live)
         if not owned_by(live, owner_uid):
             message = (
                 f"{kind} {name!r} already exists and does not belong to this {self._owner_kind(obj)}: "
