@@ -23,6 +23,7 @@ import kopf
 
 from kubetune import metrics, runtime
 from kubetune.reconcile.chains import Dependents
+from kubetune.reconcile.client import LIST_PAGE_SIZE
 from kubetune.reconcile.credentials import bearer_token, load_configuration
 from kubetune.reconcile.queue import event_priority
 from kubetune.render.common import FINETUNEJOB_LABEL
@@ -125,7 +126,7 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.reconnect_backoff = 1.0
     # kopf's initial LISTs come in pages it processes one at a time (it keeps one page in memory), so a
     # restart among thousands of objects does not hold every object's JSON at once.
-    settings.watching.chunk_size = 100
+    settings.watching.chunk_size = LIST_PAGE_SIZE
     settings.networking.request_timeout = 60
 
 

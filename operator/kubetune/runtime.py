@@ -280,17 +280,22 @@ def prime_index(kube: Kube, index: WatchIndex, patterns: list[str], children: Ch
     status as if there were none. With CHILDREN, also remember every unwatched child (REMEMBERED) from one
     list of each kind. Returns how many objects it put."""
     count = 0
+    # Page by page, keeping only what the index keeps: the whole list of a kind (thousands of Jobs with their
+    # managed fields) is never alive at once. A list started again (expired continue token) puts objects
+    # again, which changes nothing.
     for namespace in watched_namespaces(kube, patterns):
         for kind, api_version, label in WATCHED:
-            for obj in kube.list(kind, namespace, label):
-                index.put({"apiVersion": api_version, "kind": kind, **obj}, kind)
-                count += 1
+            for page, _ in kube.pages(kind, namespace, label):
+                for obj in page:
+                    index.put({"apiVersion": api_version, "kind": kind, **obj}, kind)
+                count += len(page)
         if children is None:
             continue
         for kind, label in REMEMBERED:
-            for obj in kube.list(kind, namespace, label):
-                children.remember(kind, obj)
-                count += 1
+            for page, _ in kube.pages(kind, namespace, label):
+                for obj in page:
+                    children.remember(kind, obj)
+                count += len(page)
     return count
 
 

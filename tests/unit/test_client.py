@@ -93,3 +93,41 @@ def test_api_exception_quotes_the_servers_message():
     assert exc.message == status["message"]
     assert ApiException(0, "MaxRetryError", "connection refused").message == "connection refused"
     assert ApiException(503, "Service Unavailable", None).message == "Service Unavailable"
+
+
+def paged_kube(pages: list[list[dict]], expire_at: int | None = None):
+    """A Kube whose requests answer from PAGES (the continue token of page N is "N"); the first request for
+    page EXPIRE_AT answers 410, as the API server does for an expired continue token."""
+    from kubetune.reconcile.client import Kube
+
+    kube = Kube(api=None, page_size=2)  # type: ignore[arg-type]
+    seen: list[str | None] = []
+
+    def request(method, path, query=None, **_):
+        token = dict(query or []).get("continue")
+        seen.append(token)
+        if expire_at is not None and token == str(expire_at) and seen.count(token) == 1:
+            raise ApiException(410, "Expired", json.dumps({"message": "continue token expired"}))
+        n = int(token or 0)
+        more = {"continue": str(n + 1)} if n + 1 < len(pages) else {}
+        return {"items": pages[n], "metadata": more}
+
+    kube.request = request  # type: ignore[method-assign]
+    return kube, seen
+
+
+def test_a_list_is_read_page_by_page_and_started_again_when_its_continue_token_expires():
+    pages = [[{"n": 0}, {"n": 1}], [{"n": 2}, {"n": 3}], [{"n": 4}]]
+    kube, _ = paged_kube(pages)
+    assert [first for _, first in kube.pages("ConfigMap", "ns")] == [True, False, False]
+    assert [o["n"] for o in kube.list("ConfigMap", "ns")] == [0, 1, 2, 3, 4]
+
+    expiring, seen = paged_kube(pages, expire_at=2)
+    got = list(expiring.pages("ConfigMap", "ns"))
+    # page 0, page 1, then the token for page 2 expired: the list starts again from the first page
+    assert [(first, [o["n"] for o in page]) for page, first in got] == [
+        (True, [0, 1]), (False, [2, 3]), (True, [0, 1]), (False, [2, 3]), (False, [4])
+    ]  # fmt: skip
+    assert seen == [None, "1", "2", None, "1", "2"]
+    # list() keeps only the consistent list
+    assert [o["n"] for o in paged_kube(pages, expire_at=2)[0].list("ConfigMap", "ns")] == [0, 1, 2, 3, 4]
