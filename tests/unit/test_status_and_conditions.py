@@ -85,3 +85,14 @@ def test_event_recorder_writes_the_same_event_once_per_window():
     clock[0] = 61
     recorder.emit(obj, [refused, ("Normal", "JobCreated", "created")])
     assert sink.written == [refused, refused, refused, ("Normal", "JobCreated", "created")]
+
+
+def test_event_recorder_forgets_what_fell_out_of_its_window():
+    clock = [0.0]
+    recorder = EventRecorder(_EventSink(), window=60, clock=lambda: clock[0])  # type: ignore[arg-type]
+    for uid in ("a", "b", "c"):
+        recorder.emit({"metadata": {"name": uid, "namespace": "ns", "uid": uid}}, [("Normal", "R", "m")])
+    assert len(recorder) == 3
+    clock[0] = 61
+    recorder.emit({"metadata": {"name": "d", "namespace": "ns", "uid": "d"}}, [("Normal", "R", "m")])
+    assert len(recorder) == 1  # only d's: a, b and c would not be deduplicated any more

@@ -107,6 +107,13 @@ class FineTuneJobReconciler:
         """Threads for a reconcile's independent child applies (None: one after the other)."""
 
     def reconcile(self, namespace: str, name: str) -> Result:
+        result = self._reconcile(namespace, name)
+        if result.gone:  # what was remembered of it is of no use any more
+            self.signatures.forget((namespace, name))
+            self.writer.children.forget_owned("FineTuneJob", namespace, name)
+        return result
+
+    def _reconcile(self, namespace: str, name: str) -> Result:
         obj = self.index.get("FineTuneJob", namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return Result(gone=True)  # gone: garbage collection removes the children

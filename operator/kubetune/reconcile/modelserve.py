@@ -87,6 +87,12 @@ class ModelServeReconciler:
         self.clock = clock
 
     def reconcile(self, namespace: str, name: str) -> ServeResult:
+        result = self._reconcile(namespace, name)
+        if result.gone:  # what was remembered of its children is of no use any more
+            self.writer.children.forget_owned("ModelServe", namespace, name)
+        return result
+
+    def _reconcile(self, namespace: str, name: str) -> ServeResult:
         obj = self.index.get("ModelServe", namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return ServeResult(gone=True)  # garbage collection removes the children

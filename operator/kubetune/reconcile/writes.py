@@ -79,6 +79,10 @@ class Expiring:
         with self._lock:
             self._entries.pop(key, None)
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
 
 class Children(Expiring):
     """What the operator knows of the children it does not watch, as it last applied or read them, by (kind,
@@ -95,6 +99,10 @@ class Children(Expiring):
     ):
         super().__init__(max_age, clock)
         self.manager = manager
+        # (owner kind, namespace, owner name) -> the keys of its remembered children, so that an owner's
+        # deletion forgets them (forget_owned): nothing else would, and every child ever made would stay
+        # remembered. A list: an owner has a handful, and it is a third of a set's size.
+        self._owned: dict[tuple[str, str, str], list[Hashable]] = {}
 
     def remember(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
@@ -116,7 +124,25 @@ class Children(Expiring):
         if written_by_update(meta.get("managedFields"), self.manager):
             slim["writtenByUpdate"] = True
         key = (kind, meta.get("namespace") or "", meta.get("name") or "")
-        self.put(key, json.dumps(slim, separators=(",", ":")))
+        text = json.dumps(slim, separators=(",", ":"))
+        owners = [
+            (ref.get("kind") or "", key[1], ref.get("name") or "")
+            for ref in slim["metadata"]["ownerReferences"]
+            if ref.get("controller")
+        ]
+        with self._lock:
+            self._entries[key] = (text, self.clock())
+            for owner in owners:
+                children = self._owned.setdefault(owner, [])
+                if key not in children:
+                    children.append(key)
+
+    def forget_owned(self, owner_kind: str, namespace: str, owner_name: str) -> None:
+        """Forget the children of an owner that is gone (garbage collection deletes them). A child forgotten
+        too early (a new owner of that name already wrote it) costs one read later, nothing more."""
+        with self._lock:
+            for key in self._owned.pop((owner_kind, namespace, owner_name), ()):
+                self._entries.pop(key, None)
 
     def known(self, kind: str, namespace: str, name: str, *, any_age: bool = False) -> dict[str, Any] | None:
         text = self.get((kind, namespace, name), any_age=any_age)
@@ -157,9 +183,15 @@ class EventRecorder:
                 return False
             self._seen[key] = now
             self._seen.move_to_end(key)
-            while len(self._seen) > self.max_entries:
+            # Oldest first: drop what fell out of the window (it dedupes nothing any more), and keep the bound.
+            while len(self._seen) > self.max_entries or now - next(iter(self._seen.values())) >= self.window:
                 self._seen.popitem(last=False)
             return True
+
+    def __len__(self) -> int:
+        """How many recent Events it remembers (to skip their repeats)."""
+        with self._lock:
+            return len(self._seen)
 
     def emit(self, obj: dict[str, Any], events: Iterable[tuple[str, str, str]]) -> list[Event]:
         """Write EVENTS (type, reason, message) about OBJ, skipping repeats; returns those written."""
