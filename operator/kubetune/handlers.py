@@ -119,8 +119,11 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # 1,100 FineTuneJobs); Python's allocator cannot return an arena while any object in it lives, so RSS
     # stayed ~60 MiB higher after the restart than before it (docs/benchmarks.md, "Memory after a
     # restart"). The handlers only enqueue a key and kopf makes no patches, so a worker has nothing to wait
-    # for; events of one object within half a second still share a worker.
-    settings.queueing.idle_timeout = 0.5
+    # for. 0.5 s still left ~20 MiB more after a restart among 1,100 FineTuneJobs than 0.1 s (kopf lists a
+    # page of 100 in well under half a second: about a thousand bodies were alive at once;
+    # hack/bench_operator_rss.py, docs/benchmarks.md "Operator RSS"). Not 0: kopf's wait for the next event
+    # would then time out before its queue could hand one over.
+    settings.queueing.idle_timeout = 0.1
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.reconnect_backoff = 1.0
