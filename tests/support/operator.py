@@ -76,14 +76,16 @@ class Operator:
         self.starts += 1
         env = dict(os.environ)
         env.update(
-            KUBECONFIG=self.kubeconfig,
-            KUBETUNE_NAMESPACES=self.namespaces,
-            KUBETUNE_METRICS_PORT=str(self.metrics_port),
-            KUBETUNE_HEALTH_PORT=str(self.health_port),
-            KUBETUNE_BACKOFF_BASE_SECONDS="0.5",
-            KUBETUNE_BACKOFF_MAX_SECONDS="5",
-            PYTHONPATH=os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer_image")]),
-            **self.extra_env,
+            {
+                "KUBECONFIG": self.kubeconfig,
+                "KUBETUNE_NAMESPACES": self.namespaces,
+                "KUBETUNE_METRICS_PORT": str(self.metrics_port),
+                "KUBETUNE_HEALTH_PORT": str(self.health_port),
+                "KUBETUNE_BACKOFF_BASE_SECONDS": "0.5",
+                "KUBETUNE_BACKOFF_MAX_SECONDS": "5",
+                "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer_image")]),
+            },
+            **self.extra_env,  # may replace any of the above (a benchmark runs another tree's code)
         )
         self.log_dir.mkdir(parents=True, exist_ok=True)
         fh = open(self.log_path, "w")  # noqa: SIM115 - owned by the process
