@@ -166,8 +166,8 @@ def main() -> None:
         mine = [s for s in sides if s["tree"] == spec]
         steady, after = [s["steady"] for s in mine], [s["after_restart"] for s in mine]
         print(
-            f"| {spec} | median {statistics.median(steady)} ({', '.join(map(str, steady))}) "
-            f"| median {statistics.median(after)} ({', '.join(map(str, after))}) | {len(mine)} |"
+            f"| {spec} | median {round(statistics.median(steady), 1)} ({', '.join(map(str, steady))}) "
+            f"| median {round(statistics.median(after), 1)} ({', '.join(map(str, after))}) | {len(mine)} |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(sides, indent=1))
