@@ -6,7 +6,7 @@ from kubetune.reconcile.client import Kube
 from kubetune.reconcile.finetunejob import FineTuneJobReconciler
 from kubetune.reconcile.modelserve import ModelServeReconciler
 from kubetune.reconcile.modelserve_decision import ServeOptions
-from kubetune.reconcile.writes import Children, Writer
+from kubetune.reconcile.writes import Children, Expiring, Writer
 from kubetune.render.finetunejob import RenderOptions
 
 
@@ -64,3 +64,17 @@ def test_a_modelserve_that_is_gone_leaves_nothing_remembered():
     assert reconciler.reconcile("ns", "gone").gone
 
     assert len(writer.children) == 0
+
+
+def test_an_empty_memory_passed_in_is_the_one_used():
+    # Empty, they are falsy (they have a length): "children or Children()" replaced the runtime's, which
+    # carries the resync period, by a default one (caught by test_observe_once_cluster.py).
+    kube = Kube(api=None)  # type: ignore[arg-type]
+    children = Children(max_age=2.0)
+    writer = Writer(kube, children=children)
+    assert writer.children is children
+    signatures = Expiring(2.0)
+    assert (
+        FineTuneJobReconciler(kube, RenderOptions(), writer=writer, signatures=signatures).signatures
+        is signatures
+    )

@@ -100,7 +100,7 @@ class FineTuneJobReconciler:
         self.opts = opts
         self.writer = writer or Writer(kube)
         self.index: WatchIndex = self.writer.index
-        self.signatures = signatures or Expiring(STATIC_KINDS_RECHECK_SECONDS)
+        self.signatures = Expiring(STATIC_KINDS_RECHECK_SECONDS) if signatures is None else signatures
         """What the static children were last rendered and applied from, per FineTuneJob."""
         self.clock = clock
         self.writers = writers

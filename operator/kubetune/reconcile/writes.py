@@ -221,10 +221,12 @@ class Writer:
         children: Children | None = None,
     ):
         self.kube = kube
-        self.index = index or WatchIndex(kube.field_manager)
-        self.own_writes = own_writes or OwnWrites()
-        self.events = events or EventRecorder(kube)
-        self.children = children or Children(manager=kube.field_manager)
+        # "is None", not "or": an empty index or memory is falsy (they have a length), and one passed in must
+        # be the one used (the runtime's Children carries the resync period).
+        self.index = WatchIndex(kube.field_manager) if index is None else index
+        self.own_writes = OwnWrites() if own_writes is None else own_writes
+        self.events = EventRecorder(kube) if events is None else events
+        self.children = Children(manager=kube.field_manager) if children is None else children
 
     # -- what a write made --
 
